@@ -1,0 +1,55 @@
+# lrsweep: two commands set everything up.
+#   make demo   build .venv if missing, write the demo Delta table, run a sweep (MLflow store: mlflow.db)
+#   make test   build .venv if missing, run the test suite
+# Java 17+ is the only prerequisite.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SUBMIT := $(VENV)/bin/spark-submit
+ENV    ?= local
+ARGS   ?=
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast lint typecheck bench ui check-java clean fetch-jars
+
+$(VENV)/.installed: pyproject.toml | check-java
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pipelines.session write-spark-defaults
+	@touch $@
+
+check-java:
+	@java_bin=$${JAVA_HOME:+$$JAVA_HOME/bin/}java; \
+	command -v $$java_bin >/dev/null 2>&1 || { echo "error: Java 17+ is required by Spark 4 and '$$java_bin' was not found; install a JDK 17 or newer (or set JAVA_HOME)" >&2; exit 2; }; \
+	v=$$($$java_bin -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1); \
+	[ "$${v:-0}" -ge 17 ] || { echo "error: Java $${v:-unknown} found ($$java_bin); Spark 4 needs Java 17 or newer" >&2; exit 2; }
+
+demo: $(VENV)/.installed
+	$(SUBMIT) jobs/make_demo_table.py --env $(ENV) $(ARGS)
+	$(SUBMIT) jobs/train_sweep.py --env $(ENV) $(ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check pipelines jobs tests bench
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+bench: $(VENV)/.installed
+	$(SUBMIT) --master "local[2]" --driver-memory 8g bench/bench_sweep.py $(BENCH_ARGS)
+
+ui: $(VENV)/.installed
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+
+fetch-jars: $(VENV)/.installed
+	$(PY) -m pipelines.session fetch-jars jars
+
+clean:
+	rm -rf data mlruns mlartifacts spark-warehouse metastore_db derby.log .pytest_cache

@@ -1,0 +1,498 @@
+"""Typed configuration: ``conf/base/*.yml``, an environment overlay ``conf/<env>/``, ``--set`` overrides.
+
+Loading order (later wins, mappings merge key by key)::
+
+    conf/base/*.yml  ->  conf/<env>/*.yml  ->  --set dotted.key=value ...
+
+The merged mapping is validated once, before Spark starts. An invalid value raises
+:class:`~pipelines.errors.ConfigError` naming the dotted key, the value and the rule.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipelines import PROJECT_ROOT
+from pipelines.errors import ConfigError
+
+DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
+DEFAULT_ENV = "local"
+
+
+class _Section(BaseModel):
+    """A configuration section: unknown keys are errors, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Which feature table to read and how (``data.*``)."""
+
+    table: str = Field(min_length=1, description="Delta path or catalog table name")
+    version: int | str | None = Field(
+        default=None, description="Delta version number or timestamp; latest at job start when omitted"
+    )
+    label: str = Field(min_length=1)
+    features: list[str] | None = Field(
+        default=None, description="feature columns; every numeric column but the label when omitted"
+    )
+    exclude: list[str] = Field(default_factory=list, description="columns never used as features (ids)")
+    on_null: Literal["drop", "fail"] = "drop"
+    validation_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+
+    @field_validator("version")
+    @classmethod
+    def _version_non_negative(cls, version: int | str | None) -> int | str | None:
+        if isinstance(version, int) and version < 0:
+            raise ValueError("must be a version number >= 0 or a timestamp such as '2026-11-29 10:00:00'")
+        return version
+
+    @field_validator("features")
+    @classmethod
+    def _features_non_empty(cls, features: list[str] | None) -> list[str] | None:
+        if features is not None and len(features) == 0:
+            raise ValueError("must list at least one column, or be omitted to use every numeric column")
+        if features is not None and len(set(features)) != len(features):
+            raise ValueError("must not list a column twice")
+        return features
+
+
+class ModelConfig(_Section):
+    """The linear model (``model.*``): objective = mean loss + reg_param * elastic-net penalty."""
+
+    loss: Literal["squared", "logistic"] = "logistic"
+    fit_intercept: bool = True
+    reg_param: float = Field(default=0.0, ge=0.0)
+    l1_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class FeaturesConfig(_Section):
+    """Feature preparation (``features.*``)."""
+
+    standardize: bool = True
+
+
+ScheduleName = Literal[
+    "constant", "inv_sqrt", "invscaling", "step", "exponential", "cosine", "one_cycle", "warmup_cosine",
+    "adaptive",
+]
+
+
+class ScheduleConfig(_Section):
+    """Learning-rate schedule (``train.schedule``); a bare name such as ``cosine`` is accepted too.
+
+    Durations are in epochs, converted to optimizer steps by the engine.
+    """
+
+    name: ScheduleName = "constant"
+    warmup_epochs: float = Field(default=0.0, ge=0.0)
+    power_t: float = Field(default=0.5, gt=0.0)
+    step_epochs: float = Field(default=1.0, gt=0.0, description="'step' decay: epochs between decays")
+    gamma: float = Field(default=0.5, gt=0.0, le=1.0, description="'step'/'exponential' decay factor")
+    min_factor: float = Field(default=0.0, ge=0.0, le=1.0, description="cosine floor, a fraction of the rate")
+    pct_start: float = Field(default=0.3, gt=0.0, lt=1.0)
+    div_factor: float = Field(default=25.0, gt=0.0)
+    final_div_factor: float = Field(default=1e4, gt=0.0)
+    n_iter_no_change: int = Field(default=5, ge=1, description="'adaptive': epochs without improvement")
+    tol: float = Field(default=1e-4, ge=0.0, description="'adaptive': improvement needed")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+OptimizerName = Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+
+
+class OptimizerConfig(_Section):
+    """Optimizer (``train.optimizer``); a bare name such as ``adam`` is accepted too."""
+
+    name: OptimizerName = "sgd"
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(default=0.999, ge=0.0, lt=1.0)
+    alpha: float = Field(default=0.99, ge=0.0, lt=1.0, description="rmsprop smoothing constant")
+    eps: float = Field(default=1e-8, gt=0.0)
+    sync_state: Literal["average", "reset"] = Field(
+        default="average", description="local_sgd: optimizer state at a synchronization point"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class TrainConfig(_Section):
+    """How each model of the grid is trained (``train.*``)."""
+
+    algorithm: Literal["local_sgd", "gd"] = "local_sgd"
+    epochs: int = Field(default=10, ge=1, le=100_000)
+    batch_size: int = Field(default=256, ge=1)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    seed: int = Field(default=42, ge=0)
+    sync_every: int | None = Field(
+        default=None, ge=1, description="local_sgd: average models every N local steps (default: each epoch)"
+    )
+    batch_fraction: float = Field(default=1.0, gt=0.0, le=1.0, description="gd: sampled fraction per step")
+    num_partitions: int | None = Field(default=None, ge=1, description="partitions of the training data")
+
+
+class LearningRateRange(_Section):
+    """A log-spaced grid: ``num`` rates from ``min`` to ``max`` inclusive."""
+
+    min: float = Field(gt=0.0)
+    max: float = Field(gt=0.0)
+    num: int = Field(ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LearningRateRange:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+    def rates(self) -> list[float]:
+        """The grid, ascending: ``geomspace(min, max, num)``."""
+        return [float(rate) for rate in np.geomspace(self.min, self.max, self.num)]
+
+
+class EarlyStoppingConfig(_Section):
+    """Per-rate early stopping on validation loss (``sweep.early_stopping.*``)."""
+
+    enabled: bool = False
+    patience: int = Field(default=3, ge=1)
+    min_delta: float = Field(default=0.0, ge=0.0)
+
+
+class PruningConfig(_Section):
+    """Successive halving across the grid (``sweep.pruning.*``): rungs at epochs r, r*eta, r*eta^2 ..."""
+
+    enabled: bool = False
+    min_epochs: int = Field(default=1, ge=1, description="r: the first rung")
+    eta: int = Field(default=3, ge=2, description="keep the best 1/eta rates at each rung")
+
+
+class SweepConfig(_Section):
+    """The learning-rate grid and the policies applied across it (``sweep.*``)."""
+
+    id: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    learning_rates: list[float] | LearningRateRange | Literal["auto"] = Field(
+        default_factory=lambda: LearningRateRange(min=1e-4, max=1.0, num=8)
+    )
+    divergence_factor: float = Field(default=4.0, gt=1.0)
+    seeds: list[int] | None = Field(default=None, description="repeat every rate with these seeds")
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    pruning: PruningConfig = Field(default_factory=PruningConfig)
+    auto_num: int = Field(default=5, ge=1, le=64, description="'auto': rates in the grid around the suggestion")
+    auto_span: float = Field(default=10.0, gt=1.0, description="'auto': grid spans suggestion/span..*span")
+    refine: bool = Field(default=False, description="run a second, finer grid around the best rate")
+
+    @field_validator("learning_rates", mode="before")
+    @classmethod
+    def _parse_scalar(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return [float(value)]
+        return value
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _positive_rates(
+        cls, value: list[float] | LearningRateRange | str
+    ) -> list[float] | LearningRateRange | str:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("must list at least one learning rate")
+            bad = [rate for rate in value if not (math.isfinite(rate) and rate > 0)]
+            if bad:
+                raise ValueError(f"every learning rate must be finite and > 0, got {bad}")
+            if len(set(value)) != len(value):
+                raise ValueError("must not list a learning rate twice")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+            raise ValueError("must be a non-empty list of distinct integers")
+        return seeds
+
+    def grid(self) -> list[float]:
+        """The explicit grid, ascending. ``auto`` grids are built by the range test instead."""
+        if isinstance(self.learning_rates, LearningRateRange):
+            return self.learning_rates.rates()
+        if isinstance(self.learning_rates, list):
+            return sorted(self.learning_rates)
+        raise ConfigError("sweep.learning_rates is 'auto': the grid comes from the range test")
+
+
+class RangeTestConfig(_Section):
+    """Smith's learning-rate range test (``range_test.*``)."""
+
+    min_lr: float = Field(default=1e-6, gt=0.0)
+    max_lr: float = Field(default=10.0, gt=0.0)
+    num_steps: int = Field(default=100, ge=10)
+    smoothing: float = Field(default=0.98, ge=0.0, lt=1.0)
+    stop_factor: float = Field(default=4.0, gt=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RangeTestConfig:
+        if self.max_lr <= self.min_lr:
+            raise ValueError(f"max_lr ({self.max_lr}) must be > min_lr ({self.min_lr})")
+        return self
+
+
+class TrackingConfig(_Section):
+    """MLflow (``tracking.*``). ``uri`` falls back to $MLFLOW_TRACKING_URI, then ``mlflow.db`` here."""
+
+    uri: str | None = None
+    experiment: str = Field(default="lrsweep", min_length=1)
+    registered_model: str = Field(default="lrsweep_model", min_length=1)
+    register_when: Literal["always", "if_better", "never"] = "if_better"
+
+
+class OutputConfig(_Section):
+    """Where results go (``output.*``)."""
+
+    results_table: str = Field(min_length=1)
+    predictions_table: str = Field(min_length=1)
+
+
+class ScoringConfig(_Section):
+    """Batch scoring (``scoring.*``); the input defaults to ``data.table`` at its latest version."""
+
+    model_uri: str | None = Field(default=None, description="default: models:/<registered_model>@champion")
+    input_table: str | None = None
+
+
+class SparkConfig(_Section):
+    """Spark settings that lrsweep owns (``spark.*``); ``spark-submit`` flags take precedence."""
+
+    master: str = "local[*]"
+    app_name: str = "lrsweep"
+    shuffle_partitions: int = Field(default=8, ge=1)
+    jars: list[str] = Field(default_factory=list, description="pre-fetched jars (air-gapped clusters)")
+    conf: dict[str, str] = Field(default_factory=dict)
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
+
+
+class DemoConfig(_Section):
+    """The demo feature table (``demo.*``)."""
+
+    table: str = Field(min_length=1)
+    rows: int = Field(default=200_000, ge=10)
+    append_rows: int = Field(default=20_000, ge=1)
+    seed: int = Field(default=7, ge=0)
+    partitions: int = Field(default=4, ge=1)
+    null_fraction: float = Field(default=0.005, ge=0.0, lt=0.5)
+
+
+class Config(_Section):
+    """The whole validated configuration; each step receives only its section."""
+
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    range_test: RangeTestConfig = Field(default_factory=RangeTestConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    output: OutputConfig
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    demo: DemoConfig
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_config(
+    env: str = DEFAULT_ENV,
+    overrides: Sequence[str] = (),
+    conf_dir: Path | str = DEFAULT_CONF_DIR,
+) -> Config:
+    """Load ``conf/base``, overlay ``conf/<env>``, apply ``key=value`` overrides and validate.
+
+    Parameters
+    ----------
+    env
+        Name of the overlay folder under ``conf_dir``. ``local`` may be absent; any other must exist.
+    overrides
+        ``dotted.key=value`` strings; values are parsed as YAML (``[1e-3, 1e-2]``, ``true``, ``null``).
+    conf_dir
+        Folder holding ``base/`` and the overlays.
+
+    Raises
+    ------
+    ConfigError
+        A file cannot be parsed, an override is malformed, or a value breaks its rule.
+    """
+    conf_dir = Path(conf_dir)
+    base_dir = conf_dir / "base"
+    if not base_dir.is_dir():
+        raise ConfigError(f"configuration folder {base_dir} does not exist")
+    merged = _read_folder(base_dir)
+    env_dir = conf_dir / env
+    if env_dir.is_dir():
+        merged = deep_merge(merged, _read_folder(env_dir))
+    elif env != DEFAULT_ENV:
+        available = sorted(p.name for p in conf_dir.iterdir() if p.is_dir() and p.name != "base")
+        raise ConfigError(f"--env {env!r}: no folder {env_dir} (available environments: {available})")
+    for override in overrides:
+        merged = deep_merge(merged, parse_override(override))
+    return validate_config(merged)
+
+
+def validate_config(raw: Mapping[str, Any]) -> Config:
+    """Validate a merged mapping into :class:`Config`, resolving relative table paths."""
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error)) from None
+    return _resolve_paths(config)
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per offending key: ``conf: <dotted.key> = <value>: <rule>``.
+
+    For a key that accepts several shapes (a list or a range, say), a broken rule of the shape the user
+    wrote wins over "is not the other shape".
+    """
+    by_key: dict[str, list[Any]] = {}
+    for problem in error.errors():
+        key = ".".join(str(part) for part in problem["loc"] if not _is_union_tag(part))
+        by_key.setdefault(key, []).append(problem)
+    lines = []
+    for key, problems in by_key.items():
+        value_errors = [p for p in problems if p["type"] in ("value_error", "assertion_error")]
+        if value_errors or len(problems) == 1:
+            chosen = value_errors or problems
+            rule = "; ".join(dict.fromkeys(p["msg"].removeprefix("Value error, ") for p in chosen))
+        else:
+            rule = "expected one of: " + " | ".join(dict.fromkeys(p["msg"] for p in problems))
+        first = problems[0]
+        if first["type"] == "extra_forbidden":
+            lines.append(f"conf: {key}: unknown key")
+        elif first["type"] == "missing":
+            lines.append(f"conf: {key}: required key is missing")
+        else:
+            lines.append(f"conf: {key} = {first.get('input')!r}: {rule}")
+    return "\n".join(lines)
+
+
+def _is_union_tag(part: int | str) -> bool:
+    # pydantic names the union member it tried ("list[float]", "LearningRateRange", "literal['auto']")
+    return isinstance(part, str) and ("[" in part or part[:1].isupper() or part in _SCALAR_TAGS)
+
+
+_SCALAR_TAGS = frozenset({"int", "str", "float", "bool", "none"})
+
+
+def parse_override(override: str) -> dict[str, Any]:
+    """``"train.epochs=5"`` -> ``{"train": {"epochs": 5}}``; the value is parsed as YAML."""
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {override!r}: expected dotted.key=value, e.g. --set train.epochs=5")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {override!r}: value is not valid YAML ({error})") from None
+    value = _yaml_float(value)
+    nested: dict[str, Any] = {}
+    cursor = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return nested
+
+
+def _yaml_float(value: Any) -> Any:
+    # YAML 1.1 reads "1e-3" as a string (users mean a number) and 2026-11-29 as a date (keep the text).
+    if isinstance(value, datetime.date):
+        return value.isoformat(sep=" ") if isinstance(value, datetime.datetime) else value.isoformat()
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if isinstance(value, list):
+        return [_yaml_float(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _yaml_float(item) for key, item in value.items()}
+    return value
+
+
+def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``overlay`` into ``base``: mappings merge recursively, anything else is replaced."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_folder(folder: Path) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for path in sorted(folder.glob("*.yml")) + sorted(folder.glob("*.yaml")):
+        try:
+            content = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+        if not isinstance(content, Mapping):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        merged = deep_merge(merged, _yaml_float(content))
+    return merged
+
+
+# ----------------------------------------------------------------------------------------- table paths
+
+
+def is_path(identifier: str) -> bool:
+    """A table identifier is a path when it has a URI scheme or a slash; else it is a catalog name."""
+    return "://" in identifier or identifier.startswith(("file:", "/", ".")) or "/" in identifier
+
+
+def resolve_table(identifier: str, base: Path = PROJECT_ROOT) -> str:
+    """Relative local paths are taken from the project root, so jobs work from any directory."""
+    if is_path(identifier) and "://" not in identifier and not identifier.startswith("file:"):
+        path = Path(identifier)
+        return str(path if path.is_absolute() else (base / path).resolve())
+    return identifier
+
+
+def _resolve_paths(config: Config) -> Config:
+    def table(value: str | None) -> str | None:
+        return None if value is None else resolve_table(value)
+
+    return config.model_copy(
+        update={
+            "data": config.data.model_copy(update={"table": table(config.data.table)}),
+            "output": config.output.model_copy(
+                update={
+                    "results_table": table(config.output.results_table),
+                    "predictions_table": table(config.output.predictions_table),
+                }
+            ),
+            "demo": config.demo.model_copy(update={"table": table(config.demo.table)}),
+            "scoring": config.scoring.model_copy(update={"input_table": table(config.scoring.input_table)}),
+        }
+    )
+
+
+def overrides_from_pairs(pairs: Iterable[tuple[str, Any]]) -> list[str]:
+    """Build ``--set`` strings from Python values (for notebooks and tests)."""
+    return [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for key, value in pairs]

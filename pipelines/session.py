@@ -1,0 +1,266 @@
+"""The one place a SparkSession is configured: Delta Lake, the project's Python, quiet logs.
+
+Works the same from ``python`` and from ``spark-submit``. Precedence, highest first:
+
+1. anything ``spark-submit`` was given (``--master``, ``--packages``, ``--jars``, ``--conf``);
+2. the ``spark.*`` section of the configuration;
+3. defaults here (``local[*]``, Delta's jars resolved for the installed pyspark/delta-spark).
+
+Delta's jars come either from Spark's own package resolution (``spark.jars.packages``, as
+``delta.configure_spark_with_delta_pip`` does) or, on air-gapped clusters, from pre-fetched jars
+(``spark.jars`` in the configuration, ``--jars`` on spark-submit, or ``$LRSWEEP_SPARK_JARS``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from typing import TYPE_CHECKING
+
+from pipelines.config import SparkConfig
+from pipelines.errors import SparkSetupError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+MIN_JAVA = 17
+
+#: Settings lrsweep applies unless the user set them: small local shuffles, Delta's snapshot
+#: reconstruction on few partitions (its default of 50 dominates small jobs), Arrow on.
+DEFAULT_CONF = {
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.databricks.delta.snapshotPartitions": "4",
+    "spark.sql.sources.partitionOverwriteMode": "dynamic",
+    "spark.python.worker.reuse": "true",
+    "spark.sql.session.timeZone": "UTC",
+}
+
+
+#: Spark's own console logging at WARN (spark-submit defaults to INFO), progress bars kept.
+LOG4J2_PROPERTIES = """\
+rootLogger.level = warn
+rootLogger.appenderRef.stdout.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+logger.repl.name = org.apache.spark.repl.Main
+logger.repl.level = warn
+logger.ivy.name = org.apache.ivy
+logger.ivy.level = error
+"""
+
+
+def delta_maven_coordinates() -> str:
+    """Maven coordinates of the Delta jar matching the installed pyspark and delta-spark.
+
+    The same rule as ``delta.configure_spark_with_delta_pip``: ``io.delta:delta-spark_<spark
+    major.minor>_2.13:<delta-spark version>``.
+    """
+    import pyspark
+
+    spark_major_minor = ".".join(pyspark.__version__.split(".")[:2])
+    return f"io.delta:delta-spark_{spark_major_minor}_2.13:{metadata.version('delta-spark')}"
+
+
+def check_java(minimum: int = MIN_JAVA) -> int:
+    """Return the Java major version, or raise :class:`SparkSetupError` saying what to install."""
+    java_home = os.environ.get("JAVA_HOME")
+    java = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
+    if not java or not os.path.exists(java):
+        raise SparkSetupError(
+            f"Java {minimum}+ is required by Spark 4 and was not found (no 'java' on PATH"
+            f"{', JAVA_HOME=' + java_home if java_home else ''}); install a JDK {minimum} or newer"
+        )
+    completed = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', completed.stderr + completed.stdout)
+    if not match:
+        raise SparkSetupError(f"could not read the Java version from '{java} -version'")
+    major = int(match.group(1))
+    if major == 1 and match.group(2):  # "1.8.0_392"
+        major = int(match.group(2))
+    if major < minimum:
+        raise SparkSetupError(f"Java {major} found at {java}; Spark 4 needs Java {minimum} or newer")
+    return major
+
+
+def under_spark_submit() -> bool:
+    """True when this interpreter was launched by ``spark-submit`` (its JVM is already running)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def get_spark(config: SparkConfig | None = None) -> SparkSession:
+    """Build (or return the running) SparkSession with Delta Lake configured.
+
+    Parameters
+    ----------
+    config
+        The ``spark`` section; defaults apply when omitted.
+
+    Raises
+    ------
+    SparkSetupError
+        Java is missing or too old, or Delta's classes are not on the classpath under spark-submit.
+    """
+    from pyspark import SparkConf, SparkContext
+    from pyspark.sql import SparkSession
+
+    config = config or SparkConfig()
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    if not under_spark_submit():
+        check_java()
+    # Python workers run the interpreter that runs this code: the project's virtualenv.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+    if under_spark_submit():
+        SparkContext._ensure_initialized()  # connect to spark-submit's JVM to read what it was given
+    given = SparkConf()  # spark-submit's settings (or spark-defaults.conf); empty in a plain python
+    given_keys = {key for key, _ in given.getAll()}
+
+    builder = SparkSession.builder.appName(config.app_name)
+    settings: dict[str, str] = {
+        "spark.master": config.master,
+        "spark.sql.shuffle.partitions": str(config.shuffle_partitions),
+        "spark.pyspark.python": os.environ["PYSPARK_PYTHON"],
+        "spark.pyspark.driver.python": os.environ["PYSPARK_DRIVER_PYTHON"],
+        "spark.ui.showConsoleProgress": "true",
+        **DEFAULT_CONF,
+        **config.conf,
+    }
+    settings.update(_delta_settings(config, given))
+    for key, value in settings.items():
+        if key not in given_keys:
+            builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(config.log_level)
+    _check_delta_on_classpath(spark)
+    return spark
+
+
+def _delta_settings(config: SparkConfig, given: object) -> dict[str, str]:
+    from pyspark import SparkConf
+
+    assert isinstance(given, SparkConf)
+    settings: dict[str, str] = {}
+    extensions = [e for e in (given.get("spark.sql.extensions") or "").split(",") if e]
+    if DELTA_EXTENSION not in extensions:
+        settings["spark.sql.extensions"] = ",".join([*extensions, DELTA_EXTENSION])
+    settings["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
+    if under_spark_submit():
+        return settings  # jars cannot be added to a running JVM: spark-submit's --packages/--jars decide
+    jars = list(config.jars) or [j for j in os.environ.get("LRSWEEP_SPARK_JARS", "").split(",") if j]
+    user_args = os.environ.get("PYSPARK_SUBMIT_ARGS", "")
+    already = given.get("spark.jars.packages") or given.get("spark.jars") or "--packages" in user_args
+    if jars:
+        settings["spark.jars"] = ",".join(jars)
+    elif not already:
+        settings["spark.jars.packages"] = delta_maven_coordinates()
+    return settings
+
+
+def _check_delta_on_classpath(spark: SparkSession) -> None:
+    jvm = spark.sparkContext._jvm
+    try:
+        assert jvm is not None
+        jvm.java.lang.Class.forName(
+            "io.delta.tables.DeltaTable", True, jvm.Thread.currentThread().getContextClassLoader()
+        )
+    except Exception as error:
+        raise SparkSetupError(
+            "Delta Lake classes are not on Spark's classpath: run spark-submit with "
+            f"--packages {delta_maven_coordinates()} (or --jars with pre-fetched Delta jars)"
+        ) from error
+
+
+def spark_submit_args() -> list[str]:
+    """Arguments that make a bare ``spark-submit`` run lrsweep jobs: Delta's package, this Python."""
+    return [
+        "--packages", delta_maven_coordinates(),
+        "--conf", f"spark.pyspark.python={sys.executable}",
+        "--conf", f"spark.pyspark.driver.python={sys.executable}",
+    ]
+
+
+def write_spark_defaults(jars: list[str] | None = None) -> str:
+    """Write ``spark-defaults.conf`` for the installed pyspark, so a bare ``spark-submit`` has Delta.
+
+    With ``jars`` (or ``$LRSWEEP_SPARK_JARS``) the pre-fetched jars are used instead of package
+    resolution. Returns the file's path.
+    """
+    import pyspark
+
+    jars = jars or [j for j in os.environ.get("LRSWEEP_SPARK_JARS", "").split(",") if j]
+    conf_dir = os.environ.get("SPARK_CONF_DIR") or os.path.join(os.path.dirname(pyspark.__file__), "conf")
+    os.makedirs(conf_dir, exist_ok=True)
+    lines = [
+        "# Written by `python -m pipelines.session write-spark-defaults` (lrsweep's make bootstrap).",
+        f"spark.jars {','.join(jars)}" if jars else f"spark.jars.packages {delta_maven_coordinates()}",
+        f"spark.sql.extensions {DELTA_EXTENSION}",
+        f"spark.sql.catalog.spark_catalog {DELTA_CATALOG}",
+        f"spark.pyspark.python {sys.executable}",
+        f"spark.pyspark.driver.python {sys.executable}",
+    ]
+    path = os.path.join(conf_dir, "spark-defaults.conf")
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    with open(os.path.join(conf_dir, "log4j2.properties"), "w") as handle:
+        handle.write(LOG4J2_PROPERTIES)
+    return path
+
+
+def fetch_jars(target_dir: str) -> list[str]:
+    """Resolve Delta's jars through Spark's own package mechanism and copy them to ``target_dir``.
+
+    For air-gapped clusters: run once where the Maven repository is reachable, ship the folder, and
+    point ``spark.jars`` (or ``--jars``, or ``$LRSWEEP_SPARK_JARS``) at the copied files.
+    """
+    from pyspark.sql import SparkSession
+
+    spark = (SparkSession.builder.master("local[1]").appName("lrsweep-fetch-jars")
+             .config("spark.jars.packages", delta_maven_coordinates())
+             .config("spark.ui.enabled", "false").getOrCreate())
+    try:
+        resolved = [j for j in spark.sparkContext.getConf().get("spark.jars", "").split(",") if j]
+    finally:
+        spark.stop()
+    os.makedirs(target_dir, exist_ok=True)
+    copied = []
+    for jar in resolved:
+        source = jar.removeprefix("file://").removeprefix("file:")
+        destination = os.path.join(target_dir, os.path.basename(source))
+        shutil.copyfile(source, destination)
+        copied.append(os.path.abspath(destination))
+    return copied
+
+
+if __name__ == "__main__":
+    # `python -m pipelines.session COMMAND`: set-up helpers used by the Makefile.
+    command = sys.argv[1] if len(sys.argv) > 1 else "submit-args"
+    if command == "submit-args":
+        print(" ".join(spark_submit_args()))
+    elif command == "packages":
+        print(delta_maven_coordinates())
+    elif command == "write-spark-defaults":
+        print(write_spark_defaults())
+    elif command == "fetch-jars":
+        print(",".join(fetch_jars(sys.argv[2] if len(sys.argv) > 2 else "jars")))
+    elif command == "check-java":
+        try:
+            print(f"java {check_java()}")
+        except SparkSetupError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+    else:
+        print(f"unknown command {command!r}: submit-args | packages | write-spark-defaults | fetch-jars DIR"
+              " | check-java", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,238 @@
+"""Per-block numerics the distributed layer runs on each partition.
+
+Two training modes share these kernels:
+
+* full-batch gradient descent: every partition returns :func:`batch_gradients`
+  (sums, not means), the driver adds them up, divides by the total row count and
+  calls :func:`pipelines.sgd.optimizers.apply_update` (MLlib's ``treeAggregate`` of
+  ``(grad_sum, loss_sum, count)``);
+* mini-batch SGD with model averaging: every partition runs :func:`minibatch_epoch`
+  on its rows from the same starting models, the driver averages the returned model
+  rows (and optimizer states) weighted by row counts.
+
+All K model rows are handled at once: margins are one ``(B, d) @ (d, K)`` product and
+gradients one ``(K, B) @ (B, d)`` product per batch; no Python loop runs over K.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pipelines.sgd._types import FloatArray
+from pipelines.sgd.losses import Loss, get_loss
+from pipelines.sgd.optimizers import OptimizerSpec, OptimizerState, apply_update
+from pipelines.sgd.regularization import Regularization
+from pipelines.sgd.schedules import ScheduleSpec, multiplier
+
+
+def compute_margins(X: FloatArray, weights: FloatArray, intercepts: FloatArray) -> FloatArray:
+    """Margins ``m_ik = x_i . w_k + b_k``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+    weights : ndarray of shape (K, d)
+    intercepts : ndarray of shape (K,)
+
+    Returns
+    -------
+    ndarray of shape (n, K)
+    """
+    margins: FloatArray = X @ weights.T
+    margins += intercepts
+    return margins
+
+
+def batch_gradients(
+    X: FloatArray,
+    y: FloatArray,
+    weights: FloatArray,
+    intercepts: FloatArray,
+    loss: Loss | str,
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Gradient and loss *sums* over the rows of one block, for all K models.
+
+    ``grad_w_sum[k] = sum_i loss'(m_ik, y_i) * x_i``,
+    ``grad_b_sum[k] = sum_i loss'(m_ik, y_i)``,
+    ``loss_sum[k] = sum_i loss(m_ik, y_i)``; no penalty is included.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+    y : ndarray of shape (n,)
+    weights : ndarray of shape (K, d)
+    intercepts : ndarray of shape (K,)
+    loss : Loss or str
+
+    Returns
+    -------
+    grad_w_sum : ndarray of shape (K, d)
+    grad_b_sum : ndarray of shape (K,)
+    loss_sum : ndarray of shape (K,)
+    """
+    loss_function = _resolve_loss(loss)
+    margins = compute_margins(X, weights, intercepts)
+    derivatives = loss_function.derivative(margins, y)
+    grad_w_sum: FloatArray = derivatives.T @ X
+    grad_b_sum: FloatArray = derivatives.sum(axis=0)
+    loss_sum: FloatArray = loss_function.value(margins, y).sum(axis=0)
+    return grad_w_sum, grad_b_sum, loss_sum
+
+
+def loss_sums(
+    X: FloatArray,
+    y: FloatArray,
+    weights: FloatArray,
+    intercepts: FloatArray,
+    loss: Loss | str,
+) -> FloatArray:
+    """``sum_i loss(x_i . w_k + b_k, y_i)`` per model row, shape ``(K,)`` (no penalty)."""
+    loss_function = _resolve_loss(loss)
+    result: FloatArray = loss_function.value(compute_margins(X, weights, intercepts), y).sum(axis=0)
+    return result
+
+
+def epoch_permutation(n_rows: int, seed: int, epoch: int) -> np.ndarray:
+    """Row order of one epoch: ``np.random.default_rng([seed, epoch]).permutation(n_rows)``.
+
+    Deterministic in ``(seed, epoch, n_rows)``; independent of K, so a model row sees
+    the same batches whichever other rows it is trained with.
+    """
+    return np.random.default_rng([seed, epoch]).permutation(n_rows)
+
+
+def minibatch_epoch(
+    X: FloatArray,
+    y: FloatArray,
+    weights: FloatArray,
+    intercepts: FloatArray,
+    opt_state: OptimizerState,
+    *,
+    loss: Loss | str,
+    optimizer: OptimizerSpec,
+    regularization: Regularization,
+    learning_rates: FloatArray,
+    schedule: ScheduleSpec,
+    total_steps: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    fit_intercept: bool = True,
+) -> tuple[FloatArray, FloatArray, OptimizerState, int]:
+    """One shuffled pass of mini-batch updates over the block's rows, for all K models.
+
+    Rows are visited in the order :func:`epoch_permutation` ``(n, seed, epoch)`` in
+    ``ceil(n / batch_size)`` batches (the last one may be smaller). For each batch of
+    ``B`` rows and each row ``k``:
+
+    * gradient = mean over the batch: ``(1/B) sum_i loss'(m_ik, y_i) * [x_i, 1]``;
+    * step ``t_k = opt_state.step[k] + 1``;
+    * ``step_size_k = learning_rates[k] * multiplier(schedule, t_k, total_steps)``;
+    * :func:`pipelines.sgd.optimizers.apply_update` with the regularization.
+
+    The result is a deterministic function of the inputs (bit-for-bit).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+    y : ndarray of shape (n,)
+    weights : ndarray of shape (K, d)
+    intercepts : ndarray of shape (K,)
+    opt_state : OptimizerState
+        State for the K rows; not modified (a copy is advanced and returned).
+    loss : Loss or str
+    optimizer : OptimizerSpec
+    regularization : Regularization
+    learning_rates : ndarray of shape (K,)
+    schedule : ScheduleSpec
+    total_steps : int
+        ``T`` passed to the schedule (the whole run's number of steps).
+    batch_size : int
+        ``>= 1``.
+    seed, epoch : int
+        Together they fix the row order.
+    fit_intercept : bool
+        If False the intercepts get zero gradients and are returned unchanged.
+
+    Returns
+    -------
+    weights : ndarray of shape (K, d)
+    intercepts : ndarray of shape (K,)
+    opt_state : OptimizerState
+        Advanced by ``steps_taken`` for every row.
+    steps_taken : int
+        ``ceil(n / batch_size)``.
+    """
+    loss_function = _resolve_loss(loss)
+    _check_block(X, y, weights, intercepts)
+    n_rows = X.shape[0]
+    n_models = weights.shape[0]
+    if learning_rates.shape != (n_models,):
+        raise ValueError(
+            f"learning_rates must have shape ({n_models},) to match weights, got {learning_rates.shape}"
+        )
+    if opt_state.n_rows != n_models:
+        raise ValueError(f"opt_state has {opt_state.n_rows} rows, weights have {n_models}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    state = opt_state.copy()
+    n_batches = math.ceil(n_rows / batch_size)
+    if n_batches == 0:
+        return weights.copy(), intercepts.copy(), state, 0
+    # Steps of every batch for every row: (n_batches, K), one schedule call per epoch.
+    steps = state.step[np.newaxis, :] + 1 + np.arange(n_batches, dtype=np.int64)[:, np.newaxis]
+    step_sizes_per_batch = learning_rates * np.asarray(multiplier(schedule, steps, total_steps))
+
+    order = epoch_permutation(n_rows, seed, epoch)
+    ones = np.ones(batch_size)
+    zero_intercepts = np.zeros(n_models)
+    weights_t = np.ascontiguousarray(weights.T)  # (d, K): margins are X_batch @ weights_t
+    for batch_index in range(n_batches):
+        # Gathering each batch with np.take measured faster than one X[order] per epoch.
+        batch_rows = order[batch_index * batch_size : (batch_index + 1) * batch_size]
+        X_batch = np.take(X, batch_rows, axis=0)
+        y_batch = np.take(y, batch_rows)
+        margins = X_batch @ weights_t
+        margins += intercepts
+        derivatives = loss_function.derivative(margins, y_batch)
+        inverse_batch_rows = 1.0 / batch_rows.shape[0]
+        grad_w = (derivatives.T @ X_batch) * inverse_batch_rows
+        # A BLAS product, several times faster than derivatives.sum(axis=0) at this size.
+        grad_b = (
+            (ones[: batch_rows.shape[0]] @ derivatives) * inverse_batch_rows
+            if fit_intercept
+            else zero_intercepts
+        )
+        new_weights, new_intercepts = apply_update(
+            optimizer,
+            state,
+            weights_t.T,
+            intercepts,
+            grad_w,
+            grad_b,
+            step_sizes_per_batch[batch_index],
+            regularization,
+        )
+        weights_t = np.ascontiguousarray(new_weights.T)
+        if fit_intercept:
+            intercepts = new_intercepts
+    return np.ascontiguousarray(weights_t.T), intercepts.copy(), state, n_batches
+
+
+def _resolve_loss(loss: Loss | str) -> Loss:
+    return get_loss(loss) if isinstance(loss, str) else loss
+
+
+def _check_block(X: FloatArray, y: FloatArray, weights: FloatArray, intercepts: FloatArray) -> None:
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (n, d), got shape {X.shape}")
+    if y.shape != (X.shape[0],):
+        raise ValueError(f"y must have shape ({X.shape[0]},) to match X, got {y.shape}")
+    if weights.ndim != 2 or weights.shape[1] != X.shape[1]:
+        raise ValueError(f"weights must have shape (K, {X.shape[1]}) to match X, got {weights.shape}")
+    if intercepts.shape != (weights.shape[0],):
+        raise ValueError(
+            f"intercepts must have shape ({weights.shape[0]},) to match weights, got {intercepts.shape}"
+        )

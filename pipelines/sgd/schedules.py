@@ -1,0 +1,299 @@
+"""Learning-rate multipliers as a function of the step.
+
+A schedule maps the 1-based step ``t`` (an int or an int array) and the total number
+of steps ``T`` to a multiplier; the step size of model row ``k`` at step ``t`` is
+``learning_rates[k] * multiplier(spec, t, T)``.
+
+=============== ==============================================================
+name            multiplier(t, T)
+=============== ==============================================================
+constant        ``1``
+inv_sqrt        ``1 / sqrt(t)`` (Spark MLlib ``GradientDescent``: ``stepSize / sqrt(iter)``)
+invscaling      ``1 / t**power_t`` (scikit-learn: ``eta = eta0 / pow(t, power_t)``)
+step            ``gamma**floor((t - 1) / step_size)``
+exponential     ``gamma**(t - 1)``
+cosine          ``min_factor + (1 - min_factor) * 0.5 * (1 + cos(pi * (t - 1) / T))``
+one_cycle       PyTorch ``OneCycleLR`` (cosine annealing, two phases) with peak 1
+warmup_cosine   ``cosine`` behind a linear warm-up of ``warmup_steps`` steps
+=============== ==============================================================
+
+Warm-up. With ``warmup_steps = W > 0`` every schedule is preceded by a linear ramp
+``t / W`` for ``t <= W`` (reaching 1 at ``t = W``); afterwards the inner schedule
+sees step ``t - W`` out of ``T - W`` steps. ``warmup_cosine`` is therefore the same
+as ``cosine`` with ``warmup_steps`` set; it exists as a name for configuration.
+
+Steps past ``T`` keep the final value for ``cosine`` and ``one_cycle`` (progress is
+clipped at 1) and continue the formula for the others.
+
+scikit-learn's ``adaptive`` rate (divide by 5 after ``n_iter_no_change`` epochs
+without improvement) depends on validation losses, not on ``t``; it is the
+epoch-level state :class:`AdaptiveRateState`, owned by the sweep loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipelines.sgd._types import FloatArray, IntArray
+
+SCHEDULE_NAMES: tuple[str, ...] = (
+    "constant",
+    "inv_sqrt",
+    "invscaling",
+    "step",
+    "exponential",
+    "cosine",
+    "one_cycle",
+    "warmup_cosine",
+)
+"""Names accepted by :class:`ScheduleSpec`."""
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A named schedule and its parameters; unused parameters are ignored.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`SCHEDULE_NAMES`.
+    power_t : float
+        Exponent of ``invscaling``, ``> 0``.
+    step_size : int
+        Steps between decays of ``step``, ``>= 1``.
+    gamma : float
+        Decay factor of ``step`` (per ``step_size`` steps) and ``exponential`` (per
+        step), ``0 < gamma <= 1``.
+    min_factor : float
+        Floor of ``cosine`` / ``warmup_cosine``, ``0 <= min_factor <= 1``.
+    warmup_steps : int
+        Length of the linear warm-up in front of any schedule, ``>= 0``.
+    pct_start : float
+        ``one_cycle``: share of the steps spent increasing, ``0 < pct_start < 1``.
+    div_factor : float
+        ``one_cycle``: initial multiplier is ``1 / div_factor``, ``>= 1``.
+    final_div_factor : float
+        ``one_cycle``: final multiplier is ``1 / (div_factor * final_div_factor)``, ``>= 1``.
+    """
+
+    name: str = "constant"
+    power_t: float = 0.5
+    step_size: int = 1
+    gamma: float = 0.5
+    min_factor: float = 0.0
+    warmup_steps: int = 0
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+
+    def __post_init__(self) -> None:
+        if self.name not in SCHEDULE_NAMES:
+            raise ValueError(f"schedule name must be one of {list(SCHEDULE_NAMES)}, got {self.name!r}")
+        # Type checks first: the range checks below compare with numbers.
+        _require(isinstance(self.step_size, int | np.integer), "step_size", self.step_size, "must be an int")
+        _require(
+            isinstance(self.warmup_steps, int | np.integer),
+            "warmup_steps",
+            self.warmup_steps,
+            "must be an int",
+        )
+        _require(self.power_t > 0, "power_t", self.power_t, "must be > 0")
+        _require(self.step_size >= 1, "step_size", self.step_size, "must be >= 1")
+        _require(0 < self.gamma <= 1, "gamma", self.gamma, "must be in (0, 1]")
+        _require(0 <= self.min_factor <= 1, "min_factor", self.min_factor, "must be in [0, 1]")
+        _require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be >= 0")
+        _require(0 < self.pct_start < 1, "pct_start", self.pct_start, "must be in (0, 1)")
+        _require(self.div_factor >= 1, "div_factor", self.div_factor, "must be >= 1")
+        _require(self.final_div_factor >= 1, "final_div_factor", self.final_div_factor, "must be >= 1")
+
+
+def _require(condition: bool, parameter: str, value: object, rule: str) -> None:
+    if not condition:
+        raise ValueError(f"schedule parameter {parameter}={value!r} {rule}")
+
+
+def multiplier(spec: ScheduleSpec, t: int | IntArray, total_steps: int) -> float | FloatArray:
+    """Learning-rate multiplier at 1-based step ``t`` of ``total_steps``.
+
+    Parameters
+    ----------
+    spec : ScheduleSpec
+    t : int or ndarray of int
+        1-based step(s), all ``>= 1``; an array gives an array of the same shape.
+    total_steps : int
+        ``T >= 1``, the number of steps the schedule is laid out over.
+
+    Returns
+    -------
+    float or ndarray of float64
+        A float for an int ``t``, otherwise an array shaped like ``t``.
+
+    Raises
+    ------
+    ValueError
+        If ``total_steps < 1`` or any ``t < 1``.
+    """
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps!r}")
+    steps = np.asarray(t, dtype=np.float64)
+    if steps.size and float(steps.min()) < 1:
+        raise ValueError(f"step t must be >= 1 (1-based), got min {float(steps.min())!r}")
+    values = _with_warmup(spec, steps, float(total_steps))
+    if np.ndim(t) == 0:
+        return float(values)
+    return values
+
+
+def _with_warmup(spec: ScheduleSpec, steps: FloatArray, total_steps: float) -> FloatArray:
+    inner = _INNER_SCHEDULES[spec.name]
+    warmup = float(spec.warmup_steps)
+    if warmup == 0:
+        return inner(spec, steps, total_steps)
+    inner_steps = np.maximum(steps - warmup, 1.0)
+    inner_total = max(total_steps - warmup, 1.0)
+    result: FloatArray = np.where(steps <= warmup, steps / warmup, inner(spec, inner_steps, inner_total))
+    return result
+
+
+def _constant(spec: ScheduleSpec, steps: FloatArray, total_steps: float) -> FloatArray:
+    return np.ones_like(steps)
+
+
+def _inv_sqrt(spec: ScheduleSpec, steps: FloatArray, total_steps: float) -> FloatArray:
+    result: FloatArray = 1.0 / np.sqrt(steps)
+    return result
+
+
+def _invscaling(spec: ScheduleSpec, steps: FloatArray, total_steps: float) -> FloatArray:
+    result: FloatArray = 1.0 / np.power(steps, spec.power_t)
+    return result
+
+
+def _step(spec: ScheduleSpec, steps: FloatArray, total_steps: float) -> FloatArray:
+    result: FloatArray = np.power(spec.gamma, np.floor((steps - 1.0) / spec.step_size))
+    return result
+
+
+def _exponential(spec: ScheduleSpec, steps: FloatArray, total_steps: float) -> FloatArray:
+    result: FloatArray = np.power(spec.gamma, steps - 1.0)
+    return result
+
+
+def _cosine(spec: ScheduleSpec, steps: FloatArray, total_steps: float) -> FloatArray:
+    progress = np.minimum((steps - 1.0) / total_steps, 1.0)
+    result: FloatArray = spec.min_factor + (1.0 - spec.min_factor) * 0.5 * (1.0 + np.cos(np.pi * progress))
+    return result
+
+
+def _one_cycle(spec: ScheduleSpec, steps: FloatArray, total_steps: float) -> FloatArray:
+    """PyTorch ``OneCycleLR`` (``three_phase=False``, cosine) with peak multiplier 1.
+
+    Torch's ``step_num`` is ``t - 1``. Phase 1 anneals from ``1 / div_factor`` to 1
+    over ``step_num in [0, pct_start * T - 1]``; phase 2 from 1 to
+    ``1 / (div_factor * final_div_factor)`` over ``[pct_start * T - 1, T - 1]``, with
+    ``anneal(a, b, pct) = b + (a - b) / 2 * (1 + cos(pi * pct))``.
+    """
+    initial = 1.0 / spec.div_factor
+    final = initial / spec.final_div_factor
+    step_num = steps - 1.0
+    phase1_end = spec.pct_start * total_steps - 1.0
+    phase2_end = total_steps - 1.0
+    # Torch divides by phase1_end, which is 0 when pct_start * T == 1; start at the peak then.
+    phase1_pct = step_num / phase1_end if phase1_end > 0 else np.ones_like(step_num)
+    phase2_length = phase2_end - phase1_end
+    phase2_pct = (step_num - phase1_end) / phase2_length if phase2_length > 0 else np.ones_like(step_num)
+    rising = _cosine_anneal(initial, 1.0, np.clip(phase1_pct, 0.0, 1.0))
+    falling = _cosine_anneal(1.0, final, np.clip(phase2_pct, 0.0, 1.0))
+    result: FloatArray = np.where(step_num <= phase1_end, rising, falling)
+    return result
+
+
+def _cosine_anneal(start: float, end: float, pct: FloatArray) -> FloatArray:
+    result: FloatArray = end + (start - end) / 2.0 * (1.0 + np.cos(np.pi * pct))
+    return result
+
+
+_INNER_SCHEDULES: dict[str, Callable[[ScheduleSpec, FloatArray, float], FloatArray]] = {
+    "constant": _constant,
+    "inv_sqrt": _inv_sqrt,
+    "invscaling": _invscaling,
+    "step": _step,
+    "exponential": _exponential,
+    "cosine": _cosine,
+    "one_cycle": _one_cycle,
+    "warmup_cosine": _cosine,
+}
+
+
+@dataclass
+class AdaptiveRateState:
+    """scikit-learn's ``adaptive`` learning rate, per model row, at epoch level.
+
+    After each epoch the sweep loop calls :meth:`update` with the validation losses.
+    A row *improves* when ``val_loss < best_loss - tol``; otherwise its counter of
+    epochs without improvement grows. When the counter reaches ``n_iter_no_change``,
+    the row's multiplier is divided by ``divisor`` (5 in scikit-learn) and the
+    counter restarts. A NaN loss (a diverged row) never counts as an improvement.
+
+    Attributes
+    ----------
+    multipliers : ndarray of shape (K,)
+        Current learning-rate multipliers, starting at 1.
+    best_losses : ndarray of shape (K,)
+        Lowest validation loss seen, starting at ``inf``.
+    epochs_without_improvement : ndarray of shape (K,), int64
+    n_iter_no_change : int
+        Patience in epochs, ``>= 1``.
+    divisor : float
+        Factor the multiplier is divided by, ``> 1``.
+    """
+
+    multipliers: FloatArray
+    best_losses: FloatArray
+    epochs_without_improvement: IntArray
+    n_iter_no_change: int = 5
+    divisor: float = field(default=5.0)
+
+    @classmethod
+    def start(cls, n_rows: int, n_iter_no_change: int = 5, divisor: float = 5.0) -> AdaptiveRateState:
+        """Fresh state for ``n_rows`` model rows (multipliers 1, best losses ``inf``)."""
+        if n_iter_no_change < 1:
+            raise ValueError(f"n_iter_no_change must be >= 1, got {n_iter_no_change!r}")
+        if divisor <= 1:
+            raise ValueError(f"divisor must be > 1, got {divisor!r}")
+        return cls(
+            multipliers=np.ones(n_rows),
+            best_losses=np.full(n_rows, np.inf),
+            epochs_without_improvement=np.zeros(n_rows, dtype=np.int64),
+            n_iter_no_change=n_iter_no_change,
+            divisor=divisor,
+        )
+
+    def update(self, val_losses: FloatArray, tol: float) -> FloatArray:
+        """Record one epoch's validation losses and return the new multipliers.
+
+        Parameters
+        ----------
+        val_losses : ndarray of shape (K,)
+        tol : float
+            Minimum decrease that counts as an improvement.
+
+        Returns
+        -------
+        ndarray of shape (K,)
+            A copy of :attr:`multipliers` after the update.
+        """
+        improved = val_losses < self.best_losses - tol
+        epochs_without_improvement: IntArray = np.where(improved, 0, self.epochs_without_improvement + 1)
+        patience_exhausted = epochs_without_improvement >= self.n_iter_no_change
+        multipliers: FloatArray = np.where(
+            patience_exhausted, self.multipliers / self.divisor, self.multipliers
+        )
+        self.best_losses = np.fmin(self.best_losses, val_losses)
+        self.epochs_without_improvement = np.where(patience_exhausted, 0, epochs_without_improvement)
+        self.multipliers = multipliers
+        updated_multipliers: FloatArray = multipliers.copy()
+        return updated_multipliers

@@ -1,0 +1,75 @@
+"""Shared fixtures: one SparkSession for the whole suite, a small demo Delta table, configs.
+
+Spark starts once (about 10 s); tests that need it take the ``spark`` fixture, unit tests never do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pipelines.config import Config, load_config
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+DEMO_ROWS = 4000
+DEMO_APPEND_ROWS = 400
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
+    from pipelines.config import SparkConfig
+    from pipelines.session import get_spark
+
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    session = get_spark(SparkConfig(
+        master="local[2]",
+        app_name="lrsweep-tests",
+        shuffle_partitions=2,
+        conf={
+            "spark.ui.enabled": "false",
+            "spark.default.parallelism": "2",
+            "spark.sql.warehouse.dir": str(warehouse),
+            "spark.driver.memory": "2g",
+        },
+    ))
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_table(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small churn table (versions 0 and 1) shared by the integration tests; never modified."""
+    from pipelines.lakehouse.demo_data import write_demo_table
+
+    path = str(tmp_path_factory.mktemp("lake") / "churn_features")
+    config = make_config(path, tmp_path_factory.mktemp("out"),
+                         [f"demo.rows={DEMO_ROWS}", f"demo.append_rows={DEMO_APPEND_ROWS}", "demo.partitions=2"])
+    write_demo_table(spark, config.demo)
+    return path
+
+
+def make_config(table: str, workdir: Path, overrides: list[str] | None = None) -> Config:
+    """The base configuration pointed at ``table``, with outputs and MLflow under ``workdir``."""
+    return load_config(overrides=[
+        f"data.table={table}",
+        f"demo.table={table}",
+        f"output.results_table={workdir / 'results'}",
+        f"output.predictions_table={workdir / 'predictions'}",
+        f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
+        *(overrides or []),
+    ])
+
+
+def table_overrides(table: str, workdir: Path) -> list[str]:
+    """``--set`` arguments equivalent to :func:`make_config` (for running jobs in-process)."""
+    return [
+        "--set", f"data.table={table}",
+        "--set", f"output.results_table={workdir / 'results'}",
+        "--set", f"output.predictions_table={workdir / 'predictions'}",
+        "--set", f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
+    ]

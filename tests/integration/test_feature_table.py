@@ -1,0 +1,122 @@
+"""Reading feature tables from real Delta tables: pinned versions, validation, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+
+from jobs import train_sweep
+from pipelines.cli import run_job
+from pipelines.lakehouse.reader import read_feature_table, resolve_version, table_versions
+from tests.conftest import DEMO_APPEND_ROWS, DEMO_ROWS, make_config, table_overrides
+
+
+def test_latest_version_is_pinned_and_returned(spark: SparkSession, demo_table: str, tmp_path: Path) -> None:
+    config = make_config(demo_table, tmp_path)
+    table = read_feature_table(spark, config.data, "logistic")
+    assert table.ref.version == 1
+    assert table.ref.identifier == demo_table
+    assert table.rows_read == DEMO_ROWS + DEMO_APPEND_ROWS
+    assert 0 < table.rows_dropped_null < 0.05 * table.rows_read  # the demo table has a few nulls
+    assert table.dataframe.count() == table.rows
+    assert "customer_id" not in table.features and "churned" not in table.features
+    assert "lifetime_value" in table.features and len(table.features) >= 25
+    assert set(table.null_counts) == {"satisfaction_score", "days_since_last_login"}
+
+
+def test_older_version_and_timestamp_are_read_as_of_then(spark: SparkSession, demo_table: str,
+                                                         tmp_path: Path) -> None:
+    table = read_feature_table(spark, make_config(demo_table, tmp_path, ["data.version=0"]).data, "logistic")
+    assert table.ref.version == 0 and table.rows_read == DEMO_ROWS
+    first_commit = table_versions(spark, demo_table)[0][1]
+    ref = resolve_version(spark, demo_table, first_commit.isoformat())
+    assert ref.version == 0
+
+
+def test_explicit_features_and_squared_label(spark: SparkSession, demo_table: str, tmp_path: Path) -> None:
+    config = make_config(demo_table, tmp_path, ["data.label=lifetime_value",
+                                                "data.features=[tenure_months, monthly_charges]"])
+    table = read_feature_table(spark, config.data, "squared")
+    assert table.features == ("tenure_months", "monthly_charges")
+    assert table.rows_dropped_null == 0  # nulls only in unused columns
+    assert [f.dataType.simpleString() for f in table.dataframe.schema.fields] == ["double"] * 3
+
+
+def test_rows_appended_after_pinning_are_not_seen(spark: SparkSession, tmp_path: Path) -> None:
+    path = str(tmp_path / "growing")
+    spark.range(100).selectExpr("id % 2 AS label", "CAST(id AS DOUBLE) AS x").write.format("delta").save(path)
+    config = make_config(path, tmp_path, ["data.label=label", "data.exclude=[]"])
+    table = read_feature_table(spark, config.data, "logistic")
+    spark.range(50).selectExpr("id % 2 AS label", "CAST(id AS DOUBLE) AS x").write.format("delta") \
+        .mode("append").save(path)
+    assert table.dataframe.count() == 100
+
+
+def _run(demo_or_path: str, tmp_path: Path, *overrides: str) -> int:
+    argv = table_overrides(demo_or_path, tmp_path)
+    for override in overrides:
+        argv += ["--set", override]
+    return run_job(train_sweep.main, [*argv, "--set", "train.epochs=1"])
+
+
+@pytest.fixture(scope="module")
+def bad_tables(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("bad")
+    tables = {
+        "parquet": str(root / "plain_parquet"),
+        "three_classes": str(root / "three_classes"),
+        "one_class": str(root / "one_class"),
+        "all_null": str(root / "all_null"),
+        "with_nulls": str(root / "with_nulls"),
+        "string_feature": str(root / "string_feature"),
+    }
+    spark.range(10).selectExpr("id % 2 AS label", "id * 1.0 AS x").write.parquet(tables["parquet"])
+    spark.range(30).selectExpr("id % 3 AS label", "id * 1.0 AS x").write.format("delta").save(tables["three_classes"])
+    spark.range(30).selectExpr("1 AS label", "id * 1.0 AS x").write.format("delta").save(tables["one_class"])
+    spark.range(10).selectExpr("id % 2 AS label", "CAST(NULL AS DOUBLE) AS x").write.format("delta") \
+        .save(tables["all_null"])
+    spark.range(10).selectExpr("id % 2 AS label", "IF(id < 3, NULL, id * 1.0) AS x").write.format("delta") \
+        .save(tables["with_nulls"])
+    spark.range(10).selectExpr("id % 2 AS label", "id * 1.0 AS x", "CAST(id AS STRING) AS city") \
+        .write.format("delta").save(tables["string_feature"])
+    return tables
+
+
+@pytest.mark.parametrize(
+    ("table_key", "overrides", "message"),
+    [
+        ("missing", [], "table {path} not found: the path does not exist"),
+        ("parquet", ["data.label=label"], "table {path} is not a Delta table (no _delta_log)"),
+        ("demo", ["data.version=9"], "table {path}: version 9 is not available; available versions: 0..1"),
+        ("demo", ["data.version=1999-01-01"], "table {path}: no version at or before 1999-01-01"),
+        ("demo", ["data.version=yesterday"], "data.version 'yesterday' is neither a version number nor"),
+        ("demo", ["data.label=is_churn"], "label column 'is_churn' not found; available columns: ["),
+        ("demo", ["data.features=[tenure_months, tenure]"], "feature column(s) ['tenure'] not found"),
+        ("string_feature", ["data.label=label", "data.features=[x, city]"],
+         "feature column 'city' has type string; expected a numeric type"),
+        ("three_classes", ["data.label=label"],
+         "label 'label' has values other than 0 and 1 (min 0.0, max 2.0, 3 distinct)"),
+        ("one_class", ["data.label=label"], "label 'label' has a single class (1.0)"),
+        ("with_nulls", ["data.label=label", "data.on_null=fail"],
+         "3 rows have nulls (x: 3) and data.on_null is 'fail'"),
+        ("all_null", ["data.label=label"], "no rows left after dropping 10 rows with nulls"),
+    ],
+)
+def test_bad_input_exits_non_zero_naming_table_and_column(
+    demo_table: str, bad_tables: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    table_key: str, overrides: list[str], message: str,
+) -> None:
+    path = {"demo": demo_table, "missing": str(tmp_path / "nowhere")}.get(table_key) or bad_tables[table_key]
+    exit_code = _run(path, tmp_path, *overrides)
+    captured = capsys.readouterr()
+    assert exit_code == 2
+    assert message.format(path=path) in captured.err
+    assert captured.err.startswith("error: ") and "Traceback" not in captured.err
+
+
+def test_invalid_configuration_fails_before_reading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    exit_code = run_job(train_sweep.main, ["--set", "train.epochs=zero"])
+    assert exit_code == 2
+    assert "error: conf: train.epochs = 'zero': Input should be a valid integer" in capsys.readouterr().err

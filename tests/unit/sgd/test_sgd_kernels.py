@@ -1,0 +1,197 @@
+"""Block kernels: gradient sums, and the mini-batch epoch's K-independence and determinism."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipelines.sgd._types import FloatArray
+from pipelines.sgd.kernels import batch_gradients, loss_sums, minibatch_epoch
+from pipelines.sgd.losses import LOSS_NAMES, get_loss
+from pipelines.sgd.optimizers import OPTIMIZER_NAMES, OptimizerSpec, OptimizerState, init_state
+from pipelines.sgd.regularization import Regularization
+from pipelines.sgd.schedules import ScheduleSpec
+
+Data = tuple[FloatArray, FloatArray]
+
+
+def _data(loss_name: str, regression_data: Data, classification_data: Data) -> Data:
+    return regression_data if loss_name == "squared" else classification_data
+
+
+@pytest.mark.parametrize("loss_name", LOSS_NAMES)
+def test_batch_gradients_are_sums_of_per_sample_gradients(
+    loss_name: str, regression_data: Data, classification_data: Data
+) -> None:
+    X, y = _data(loss_name, regression_data, classification_data)
+    X, y = X[:50], y[:50]
+    rng = np.random.default_rng(5)
+    weights, intercepts = rng.standard_normal((3, X.shape[1])), rng.standard_normal(3)
+    grad_w_sum, grad_b_sum, loss_sum = batch_gradients(X, y, weights, intercepts, loss_name)
+    loss = get_loss(loss_name)
+    for k in range(3):
+        expected_w, expected_b, expected_loss = np.zeros(X.shape[1]), 0.0, 0.0
+        for i in range(X.shape[0]):
+            margin = np.array([[X[i] @ weights[k] + intercepts[k]]])
+            derivative = float(loss.derivative(margin, y[i : i + 1])[0, 0])
+            expected_w += derivative * X[i]
+            expected_b += derivative
+            expected_loss += float(loss.value(margin, y[i : i + 1])[0, 0])
+        np.testing.assert_allclose(grad_w_sum[k], expected_w, rtol=1e-12, atol=1e-12)
+        assert grad_b_sum[k] == pytest.approx(expected_b, rel=1e-12, abs=1e-12)
+        assert loss_sum[k] == pytest.approx(expected_loss, rel=1e-12)
+    np.testing.assert_allclose(loss_sums(X, y, weights, intercepts, loss_name), loss_sum, rtol=1e-15)
+
+
+def _run_epochs(
+    X: FloatArray,
+    y: FloatArray,
+    learning_rates: FloatArray,
+    optimizer: OptimizerSpec,
+    loss_name: str,
+    n_epochs: int = 2,
+    fit_intercept: bool = True,
+) -> tuple[FloatArray, FloatArray, OptimizerState, int]:
+    n_models = learning_rates.shape[0]
+    weights, intercepts = np.zeros((n_models, X.shape[1])), np.zeros(n_models)
+    state = init_state(optimizer, n_models, X.shape[1])
+    steps_taken = 0
+    for epoch in range(n_epochs):
+        weights, intercepts, state, steps_taken = minibatch_epoch(
+            X,
+            y,
+            weights,
+            intercepts,
+            state,
+            loss=loss_name,
+            optimizer=optimizer,
+            regularization=Regularization(0.01, 0.3),
+            learning_rates=learning_rates,
+            schedule=ScheduleSpec("warmup_cosine", warmup_steps=5),
+            total_steps=n_epochs * math.ceil(X.shape[0] / 64),
+            batch_size=64,
+            seed=11,
+            epoch=epoch,
+            fit_intercept=fit_intercept,
+        )
+    return weights, intercepts, state, steps_taken
+
+
+@pytest.mark.parametrize("loss_name", LOSS_NAMES)
+@pytest.mark.parametrize("optimizer_name", OPTIMIZER_NAMES)
+def test_k_rates_at_once_equal_k_separate_runs(
+    optimizer_name: str, loss_name: str, regression_data: Data, classification_data: Data
+) -> None:
+    X, y = _data(loss_name, regression_data, classification_data)
+    learning_rates = np.array([0.003, 0.03, 0.1])
+    optimizer = OptimizerSpec(optimizer_name)
+    weights, intercepts, state, steps_taken = _run_epochs(X, y, learning_rates, optimizer, loss_name)
+    assert steps_taken == math.ceil(X.shape[0] / 64)
+    np.testing.assert_array_equal(state.step, [2 * steps_taken] * 3)
+    for k, rate in enumerate(learning_rates):
+        single_weights, single_intercepts, _, _ = _run_epochs(X, y, np.array([rate]), optimizer, loss_name)
+        np.testing.assert_allclose(weights[k], single_weights[0], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(intercepts[k], single_intercepts[0], rtol=1e-12, atol=1e-14)
+
+
+def test_minibatch_epoch_is_bit_for_bit_deterministic(classification_data: Data) -> None:
+    X, y = classification_data
+    learning_rates = np.array([0.01, 0.1])
+    first = _run_epochs(X, y, learning_rates, OptimizerSpec("adam"), "logistic")
+    second = _run_epochs(X, y, learning_rates, OptimizerSpec("adam"), "logistic")
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+    for key, value in first[2].to_arrays().items():
+        np.testing.assert_array_equal(second[2].to_arrays()[key], value)
+
+
+def test_epoch_number_changes_the_row_order(regression_data: Data) -> None:
+    X, y = regression_data
+    optimizer = OptimizerSpec("sgd")
+    results = [
+        minibatch_epoch(
+            X,
+            y,
+            np.zeros((1, X.shape[1])),
+            np.zeros(1),
+            init_state(optimizer, 1, X.shape[1]),
+            loss="squared",
+            optimizer=optimizer,
+            regularization=Regularization(),
+            learning_rates=np.array([0.05]),
+            schedule=ScheduleSpec(),
+            total_steps=10,
+            batch_size=32,
+            seed=1,
+            epoch=epoch,
+        )[0]
+        for epoch in (0, 1)
+    ]
+    assert not np.array_equal(results[0], results[1])
+
+
+def test_inputs_are_not_modified_and_fit_intercept_false_keeps_zero(regression_data: Data) -> None:
+    X, y = regression_data
+    X_before, y_before = X.copy(), y.copy()
+    weights, intercepts, _, _ = _run_epochs(
+        X, y, np.array([0.05]), OptimizerSpec("adam"), "squared", fit_intercept=False
+    )
+    np.testing.assert_array_equal(intercepts, [0.0])
+    assert np.abs(weights).sum() > 0
+    np.testing.assert_array_equal(X, X_before)
+    np.testing.assert_array_equal(y, y_before)
+
+
+def test_one_batch_per_epoch_is_a_gradient_descent_step(regression_data: Data) -> None:
+    X, y = regression_data
+    rng = np.random.default_rng(8)
+    weights, intercepts = rng.standard_normal((2, X.shape[1])), rng.standard_normal(2)
+    optimizer = OptimizerSpec("sgd")
+    learning_rates = np.array([0.1, 0.5])
+    new_weights, new_intercepts, _, steps_taken = minibatch_epoch(
+        X,
+        y,
+        weights,
+        intercepts,
+        init_state(optimizer, 2, X.shape[1]),
+        loss="squared",
+        optimizer=optimizer,
+        regularization=Regularization(),
+        learning_rates=learning_rates,
+        schedule=ScheduleSpec(),
+        total_steps=1,
+        batch_size=10_000,
+        seed=0,
+        epoch=0,
+    )
+    grad_w_sum, grad_b_sum, _ = batch_gradients(X, y, weights, intercepts, "squared")
+    assert steps_taken == 1
+    n_rows = X.shape[0]
+    np.testing.assert_allclose(
+        new_weights, weights - learning_rates[:, None] * grad_w_sum / n_rows, rtol=1e-12
+    )
+    np.testing.assert_allclose(new_intercepts, intercepts - learning_rates * grad_b_sum / n_rows, rtol=1e-12)
+
+
+def test_minibatch_epoch_rejects_mismatched_shapes(regression_data: Data) -> None:
+    X, y = regression_data
+    optimizer = OptimizerSpec("sgd")
+    with pytest.raises(ValueError, match=r"learning_rates must have shape \(2,\)"):
+        minibatch_epoch(
+            X,
+            y,
+            np.zeros((2, X.shape[1])),
+            np.zeros(2),
+            init_state(optimizer, 2, X.shape[1]),
+            loss="squared",
+            optimizer=optimizer,
+            regularization=Regularization(),
+            learning_rates=np.array([0.1]),
+            schedule=ScheduleSpec(),
+            total_steps=1,
+            batch_size=8,
+            seed=0,
+            epoch=0,
+        )

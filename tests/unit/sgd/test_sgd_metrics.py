@@ -1,0 +1,97 @@
+"""Mergeable metrics against scikit-learn, and merging across blocks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    log_loss,
+    mean_absolute_error,
+    mean_squared_error,
+    r2_score,
+    roc_auc_score,
+)
+
+from pipelines.sgd._types import FloatArray
+from pipelines.sgd.metrics import MetricAccumulator
+
+Data = tuple[FloatArray, FloatArray]
+
+
+def _models(n_features: int) -> tuple[FloatArray, FloatArray]:
+    rng = np.random.default_rng(9)
+    return rng.standard_normal((3, n_features)), rng.standard_normal(3)
+
+
+def test_logistic_metrics_match_sklearn(classification_data: Data) -> None:
+    X, y = classification_data
+    weights, intercepts = _models(X.shape[1])
+    metrics = MetricAccumulator.from_block(X, y, weights, intercepts, "logistic").compute()
+    assert set(metrics) == {"loss", "count", "log_loss", "accuracy", "auc"}
+    for k in range(3):
+        probabilities = 1.0 / (1.0 + np.exp(-(X @ weights[k] + intercepts[k])))
+        assert metrics["log_loss"][k] == pytest.approx(log_loss(y, probabilities), rel=1e-10)
+        assert metrics["loss"][k] == metrics["log_loss"][k]
+        assert metrics["accuracy"][k] == accuracy_score(y, probabilities > 0.5)
+        assert metrics["auc"][k] == pytest.approx(roc_auc_score(y, probabilities), abs=1e-3)
+    np.testing.assert_array_equal(metrics["count"], [X.shape[0]] * 3)
+
+
+def test_histogram_auc_is_exact_for_scores_on_bin_centres() -> None:
+    y = np.array([0.0, 1.0, 0.0, 1.0, 1.0, 0.0])
+    probabilities = (np.array([3, 3, 10, 12, 40, 41]) + 0.5) / 64
+    margins = np.log(probabilities / (1 - probabilities))
+    metrics = MetricAccumulator.from_block(
+        np.ones((6, 1)), y, np.zeros((1, 1)), np.zeros(1), "logistic", n_bins=64
+    )
+    assert metrics.compute()["auc"][0] == pytest.approx(0.5)  # all-zero model: every score ties
+    moved = MetricAccumulator.from_block(
+        margins[:, None], y, np.ones((1, 1)), np.zeros(1), "logistic", n_bins=64
+    )
+    assert moved.compute()["auc"][0] == pytest.approx(roc_auc_score(y, probabilities), rel=1e-12)
+
+
+def test_squared_metrics_match_sklearn(regression_data: Data) -> None:
+    X, y = regression_data
+    weights, intercepts = _models(X.shape[1])
+    metrics = MetricAccumulator.from_block(X, y, weights, intercepts, "squared").compute()
+    assert set(metrics) == {"loss", "count", "rmse", "mae", "r2"}
+    for k in range(3):
+        predictions = X @ weights[k] + intercepts[k]
+        assert metrics["rmse"][k] == pytest.approx(np.sqrt(mean_squared_error(y, predictions)), rel=1e-12)
+        assert metrics["mae"][k] == pytest.approx(mean_absolute_error(y, predictions), rel=1e-12)
+        assert metrics["r2"][k] == pytest.approx(r2_score(y, predictions), rel=1e-10)
+        assert metrics["loss"][k] == pytest.approx(0.5 * mean_squared_error(y, predictions), rel=1e-12)
+
+
+@pytest.mark.parametrize("loss_name", ["squared", "logistic"])
+def test_three_merged_blocks_equal_one_block(
+    loss_name: str, regression_data: Data, classification_data: Data
+) -> None:
+    X, y = regression_data if loss_name == "squared" else classification_data
+    weights, intercepts = _models(X.shape[1])
+    whole = MetricAccumulator.from_block(X, y, weights, intercepts, loss_name)
+    blocks = [
+        MetricAccumulator.from_block(X[rows], y[rows], weights, intercepts, loss_name)
+        for rows in np.array_split(np.arange(X.shape[0]), 3)
+    ]
+    merged = MetricAccumulator.empty(loss_name, 3)
+    for block in blocks:
+        shipped = MetricAccumulator.from_arrays(loss_name, block.to_arrays())
+        merged = merged.merge(shipped)
+    assert merged.count == whole.count
+    merged_metrics, whole_metrics = merged.compute(), whole.compute()
+    for name, values in whole_metrics.items():
+        np.testing.assert_allclose(merged_metrics[name], values, rtol=1e-12, err_msg=name)
+
+
+def test_merge_rejects_different_losses(regression_data: Data) -> None:
+    with pytest.raises(ValueError, match="cannot merge 'squared' metrics with 'logistic'"):
+        MetricAccumulator.empty("squared", 2).merge(MetricAccumulator.empty("logistic", 2))
+
+
+def test_empty_accumulator_computes_nan(regression_data: Data) -> None:
+    metrics = MetricAccumulator.empty("logistic", 2).compute()
+    assert np.isnan(metrics["loss"]).all()
+    assert np.isnan(metrics["auc"]).all()

@@ -1,0 +1,139 @@
+"""Schedules against hand-written scalar formulas; the adaptive-rate helper."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipelines.sgd.schedules import SCHEDULE_NAMES, AdaptiveRateState, ScheduleSpec, multiplier
+
+TOTAL_STEPS = 40
+PARAMETERS = {"power_t": 0.35, "step_size": 7, "gamma": 0.9, "min_factor": 0.1}
+
+
+def _scalar_one_cycle(t: int, total: int, spec: ScheduleSpec) -> float:
+    """torch.optim.lr_scheduler.OneCycleLR.get_lr, written out for one step."""
+    step_num = t - 1
+    initial = 1.0 / spec.div_factor
+    final = initial / spec.final_div_factor
+    phases = [(spec.pct_start * total - 1, initial, 1.0), (total - 1, 1.0, final)]
+    start_step = 0.0
+    for index, (end_step, start_value, end_value) in enumerate(phases):
+        if step_num <= end_step or index == len(phases) - 1:
+            pct = (step_num - start_step) / (end_step - start_step)
+            return end_value + (start_value - end_value) / 2.0 * (math.cos(math.pi * pct) + 1)
+        start_step = end_step
+    raise AssertionError("unreachable")
+
+
+def _scalar_inner(spec: ScheduleSpec, t: int, total: int) -> float:
+    if spec.name == "constant":
+        return 1.0
+    if spec.name == "inv_sqrt":
+        return 1.0 / math.sqrt(t)
+    if spec.name == "invscaling":
+        return 1.0 / t**spec.power_t
+    if spec.name == "step":
+        return spec.gamma ** ((t - 1) // spec.step_size)
+    if spec.name == "exponential":
+        return spec.gamma ** (t - 1)
+    if spec.name in ("cosine", "warmup_cosine"):
+        return spec.min_factor + (1 - spec.min_factor) * 0.5 * (1 + math.cos(math.pi * (t - 1) / total))
+    return _scalar_one_cycle(t, total, spec)
+
+
+def _scalar_multiplier(spec: ScheduleSpec, t: int, total: int) -> float:
+    warmup = spec.warmup_steps
+    if warmup and t <= warmup:
+        return t / warmup
+    return _scalar_inner(spec, t - warmup, total - warmup)
+
+
+@pytest.mark.parametrize("warmup_steps", [0, 5])
+@pytest.mark.parametrize("name", SCHEDULE_NAMES)
+def test_multiplier_matches_scalar_formula(name: str, warmup_steps: int) -> None:
+    spec = ScheduleSpec(name, warmup_steps=warmup_steps, **PARAMETERS)  # type: ignore[arg-type]
+    steps = np.arange(1, TOTAL_STEPS + 1)
+    expected = [_scalar_multiplier(spec, int(t), TOTAL_STEPS) for t in steps]
+    vectorized = multiplier(spec, steps, TOTAL_STEPS)
+    assert isinstance(vectorized, np.ndarray)
+    np.testing.assert_allclose(vectorized, expected, rtol=1e-12)
+    for t in (1, 9, TOTAL_STEPS):
+        scalar = multiplier(spec, t, TOTAL_STEPS)
+        assert isinstance(scalar, float)
+        assert scalar == pytest.approx(expected[t - 1], rel=1e-12)
+
+
+def test_inv_sqrt_is_mllib_and_invscaling_is_sklearn() -> None:
+    steps = np.arange(1, 11)
+    np.testing.assert_allclose(multiplier(ScheduleSpec("inv_sqrt"), steps, 10), 1 / np.sqrt(steps))
+    np.testing.assert_allclose(
+        multiplier(ScheduleSpec("invscaling", power_t=0.25), steps, 10), 1 / np.power(steps, 0.25)
+    )
+
+
+def test_one_cycle_peaks_at_one_and_ends_near_final_value() -> None:
+    spec = ScheduleSpec("one_cycle")
+    values = np.asarray(multiplier(spec, np.arange(1, 101), 100))
+    assert values[0] == pytest.approx(1 / 25)
+    assert values.max() == pytest.approx(1.0)
+    assert int(values.argmax()) == 29  # step_num = pct_start * T - 1
+    assert values[-1] == pytest.approx(1 / 25 / 1e4)
+
+
+def test_cosine_holds_its_floor_after_the_last_step() -> None:
+    spec = ScheduleSpec("cosine", min_factor=0.2)
+    assert multiplier(spec, 11, 10) == pytest.approx(0.2)
+    assert multiplier(spec, 50, 10) == pytest.approx(0.2)
+
+
+def test_multiplier_keeps_the_shape_of_a_step_matrix() -> None:
+    steps = np.array([[1, 2], [3, 4]])
+    assert np.asarray(multiplier(ScheduleSpec("exponential"), steps, 4)).shape == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"name": "linear"}, "schedule name must be one of"),
+        ({"power_t": 0.0}, r"power_t=0.0 must be > 0"),
+        ({"step_size": 0}, r"step_size=0 must be >= 1"),
+        ({"step_size": 2.5}, r"step_size=2.5 must be an int"),
+        ({"gamma": 1.5}, r"gamma=1.5 must be in \(0, 1\]"),
+        ({"min_factor": -0.1}, r"min_factor=-0.1 must be in \[0, 1\]"),
+        ({"warmup_steps": -1}, r"warmup_steps=-1 must be >= 0"),
+        ({"pct_start": 1.0}, r"pct_start=1.0 must be in \(0, 1\)"),
+        ({"div_factor": 0.5}, r"div_factor=0.5 must be >= 1"),
+        ({"final_div_factor": 0.0}, r"final_div_factor=0.0 must be >= 1"),
+    ],
+)
+def test_invalid_parameters_name_the_parameter_value_and_rule(
+    parameters: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        ScheduleSpec(**parameters)  # type: ignore[arg-type]
+
+
+def test_multiplier_rejects_steps_before_one_and_empty_runs() -> None:
+    with pytest.raises(ValueError, match="1-based"):
+        multiplier(ScheduleSpec(), 0, 10)
+    with pytest.raises(ValueError, match="total_steps must be >= 1"):
+        multiplier(ScheduleSpec(), 1, 0)
+
+
+def test_adaptive_rate_divides_by_five_after_patience_runs_out() -> None:
+    state = AdaptiveRateState.start(n_rows=3, n_iter_no_change=2)
+    history = [
+        np.array([1.0, 1.0, 1.0]),
+        np.array([0.5, 1.0, np.nan]),  # row 0 improves; row 1 stalls; row 2 diverged
+        np.array([0.4, 1.0, np.nan]),  # rows 1 and 2 hit patience 2
+        np.array([0.39, 0.9, np.nan]),  # row 0 improves by less than tol
+    ]
+    multipliers = [state.update(val_losses, tol=0.05) for val_losses in history]
+    np.testing.assert_allclose(multipliers[1], [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(multipliers[2], [1.0, 0.2, 0.2])
+    np.testing.assert_allclose(multipliers[3], [1.0, 0.2, 0.2])
+    np.testing.assert_array_equal(state.epochs_without_improvement, [1, 0, 1])
+    np.testing.assert_allclose(state.best_losses, [0.39, 0.9, 1.0])

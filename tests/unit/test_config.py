@@ -1,0 +1,101 @@
+"""Configuration: base + overlay + overrides, validated with messages naming key, value and rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines import PROJECT_ROOT
+from pipelines.config import LearningRateRange, load_config, parse_override
+from pipelines.errors import ConfigError
+
+
+def test_base_configuration_loads_with_documented_keys() -> None:
+    config = load_config()
+    assert config.data.table == str(PROJECT_ROOT / "data/delta/churn_features")
+    assert config.data.version is None
+    assert config.data.label == "churned"
+    assert config.data.features is None
+    assert config.model.loss == "logistic"
+    assert config.model.fit_intercept is True
+    assert config.model.reg_param == 0.0
+    assert config.features.standardize is True
+    assert config.train.algorithm == "local_sgd"
+    assert config.train.schedule.name == "constant"
+    assert isinstance(config.sweep.learning_rates, LearningRateRange)
+    assert config.sweep.grid() == pytest.approx(list(__import__("numpy").geomspace(1e-4, 1.0, 8)))
+    assert config.tracking.experiment
+    assert config.output.results_table.endswith("data/delta/sweep_results")
+
+
+def test_overrides_are_parsed_as_yaml_and_numbers() -> None:
+    config = load_config(overrides=[
+        "train.epochs=3", "sweep.learning_rates=[1e-3, 0.1]", "model.loss=squared",
+        "data.features=[a, b]", "data.version=2", "train.schedule=cosine", "train.optimizer=adam",
+    ])
+    assert config.train.epochs == 3
+    assert config.sweep.grid() == [1e-3, 0.1]
+    assert config.model.loss == "squared"
+    assert config.data.features == ["a", "b"]
+    assert config.data.version == 2
+    assert config.train.schedule.name == "cosine"
+    assert config.train.optimizer.name == "adam"
+
+
+def test_range_grid_is_log_spaced_and_inclusive() -> None:
+    config = load_config(overrides=["sweep.learning_rates={min: 0.001, max: 0.1, num: 3}"])
+    assert config.sweep.grid() == pytest.approx([1e-3, 1e-2, 1e-1])
+
+
+def test_env_overlay_wins_over_base(tmp_path: Path) -> None:
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "all.yml").write_text((PROJECT_ROOT / "conf/base/data.yml").read_text()
+                                               + (PROJECT_ROOT / "conf/base/output.yml").read_text()
+                                               + (PROJECT_ROOT / "conf/base/demo.yml").read_text())
+    (tmp_path / "prod").mkdir()
+    (tmp_path / "prod" / "data.yml").write_text("data:\n  table: main.features.churn\n  on_null: fail\n")
+    config = load_config(env="prod", conf_dir=tmp_path)
+    assert config.data.table == "main.features.churn"  # a catalog name stays a name
+    assert config.data.on_null == "fail"
+    assert config.data.label == "churned"  # untouched keys keep the base value
+    config = load_config(env="prod", conf_dir=tmp_path, overrides=["data.on_null=drop"])
+    assert config.data.on_null == "drop"  # --set wins over the overlay
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.epochs=0", "conf: train.epochs = 0: Input should be greater than or equal to 1"),
+        ("model.loss=hinge", "conf: model.loss = 'hinge': Input should be 'squared' or 'logistic'"),
+        ("trian.epochs=3", "conf: trian: unknown key"),
+        ("train.epoch=3", "conf: train.epoch: unknown key"),
+        ("sweep.learning_rates=[0.1, -1]",
+         "conf: sweep.learning_rates = [0.1, -1]: every learning rate must be finite and > 0"),
+        ("sweep.learning_rates={min: 1, max: 0.1, num: 3}", "max (0.1) must be >= min (1.0)"),
+        ("data.validation_fraction=1.5", "conf: data.validation_fraction = 1.5: Input should be less than 1"),
+        ("data.on_null=ignore", "conf: data.on_null = 'ignore': Input should be 'drop' or 'fail'"),
+        ("train.algorithm=adam", "conf: train.algorithm = 'adam'"),
+        ("data.version=-1", "conf: data.version = -1"),
+        ("data.features=[]", "conf: data.features = []: must list at least one column"),
+        ("sweep.divergence_factor=1", "conf: sweep.divergence_factor = 1"),
+    ],
+)
+def test_invalid_values_name_key_value_and_rule(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(overrides=[override])
+    assert expected in str(raised.value)
+
+
+def test_malformed_override_and_missing_env_are_clear() -> None:
+    with pytest.raises(ConfigError, match=r"--set 'epochs': expected dotted.key=value"):
+        parse_override("epochs")
+    with pytest.raises(ConfigError, match=r"--env 'staging': no folder .*available environments"):
+        load_config(env="staging")
+
+
+def test_invalid_yaml_file_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "broken.yml").write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken.yml: not valid YAML"):
+        load_config(conf_dir=tmp_path)
