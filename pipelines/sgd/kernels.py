@@ -30,6 +30,10 @@ from pipelines.sgd.schedules import ScheduleSpec, multiplier
 def compute_margins(X: FloatArray, weights: FloatArray, intercepts: FloatArray) -> FloatArray:
     """Margins ``m_ik = x_i . w_k + b_k``.
 
+    Computed as K independent products (a stacked ``matmul`` of ``(1, d) @ (d, n)`` items), not one
+    ``(n, d) @ (d, K)`` GEMM: a GEMM's blocking, and so its rounding, depends on K, and a model row must
+    get bit-identical results whichever other rows (rates) it is trained with.
+
     Parameters
     ----------
     X : ndarray of shape (n, d)
@@ -39,10 +43,21 @@ def compute_margins(X: FloatArray, weights: FloatArray, intercepts: FloatArray) 
     Returns
     -------
     ndarray of shape (n, K)
+        A transposed view of a C-contiguous ``(K, n)`` array.
     """
-    margins: FloatArray = X @ weights.T
-    margins += intercepts
-    return margins
+    margins_by_row: FloatArray = np.matmul(weights[:, np.newaxis, :], X.T)[:, 0, :]
+    margins_by_row += intercepts[:, np.newaxis]
+    return margins_by_row.T
+
+
+def rowwise_gradient(derivatives: FloatArray, X: FloatArray) -> FloatArray:
+    """``sum_i derivatives[i, k] * x_i`` for every row k, shape ``(K, d)``.
+
+    K independent ``(1, n) @ (n, d)`` products, so a row's result does not depend on K (see
+    :func:`compute_margins`).
+    """
+    gradient: FloatArray = np.matmul(derivatives.T[:, np.newaxis, :], X)[:, 0, :]
+    return gradient
 
 
 def batch_gradients(
@@ -75,8 +90,8 @@ def batch_gradients(
     loss_function = _resolve_loss(loss)
     margins = compute_margins(X, weights, intercepts)
     derivatives = loss_function.derivative(margins, y)
-    grad_w_sum: FloatArray = derivatives.T @ X
-    grad_b_sum: FloatArray = derivatives.sum(axis=0)
+    grad_w_sum = rowwise_gradient(derivatives, X)
+    grad_b_sum: FloatArray = np.add.reduce(derivatives, axis=0)
     loss_sum: FloatArray = loss_function.value(margins, y).sum(axis=0)
     return grad_w_sum, grad_b_sum, loss_sum
 
@@ -120,6 +135,7 @@ def minibatch_epoch(
     seed: int,
     epoch: int,
     fit_intercept: bool = True,
+    batch_range: tuple[int, int] | None = None,
 ) -> tuple[FloatArray, FloatArray, OptimizerState, int]:
     """One shuffled pass of mini-batch updates over the block's rows, for all K models.
 
@@ -155,6 +171,9 @@ def minibatch_epoch(
         Together they fix the row order.
     fit_intercept : bool
         If False the intercepts get zero gradients and are returned unchanged.
+    batch_range : (start, stop), optional
+        Run only batches ``start .. stop-1`` of this epoch's order (for synchronizing every few steps);
+        default: all of them. Running the ranges of one epoch back to back equals one full call.
 
     Returns
     -------
@@ -178,7 +197,9 @@ def minibatch_epoch(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     state = opt_state.copy()
-    n_batches = math.ceil(n_rows / batch_size)
+    first_batch, stop_batch = batch_range or (0, math.ceil(n_rows / batch_size))
+    stop_batch = min(stop_batch, math.ceil(n_rows / batch_size))
+    n_batches = max(0, stop_batch - first_batch)
     if n_batches == 0:
         return weights.copy(), intercepts.copy(), state, 0
     # Steps of every batch for every row: (n_batches, K), one schedule call per epoch.
@@ -186,39 +207,35 @@ def minibatch_epoch(
     step_sizes_per_batch = learning_rates * np.asarray(multiplier(schedule, steps, total_steps))
 
     order = epoch_permutation(n_rows, seed, epoch)
-    ones = np.ones(batch_size)
     zero_intercepts = np.zeros(n_models)
-    weights_t = np.ascontiguousarray(weights.T)  # (d, K): margins are X_batch @ weights_t
     for batch_index in range(n_batches):
         # Gathering each batch with np.take measured faster than one X[order] per epoch.
-        batch_rows = order[batch_index * batch_size : (batch_index + 1) * batch_size]
+        start = (first_batch + batch_index) * batch_size
+        batch_rows = order[start : start + batch_size]
         X_batch = np.take(X, batch_rows, axis=0)
         y_batch = np.take(y, batch_rows)
-        margins = X_batch @ weights_t
-        margins += intercepts
+        margins = compute_margins(X_batch, weights, intercepts)
         derivatives = loss_function.derivative(margins, y_batch)
         inverse_batch_rows = 1.0 / batch_rows.shape[0]
-        grad_w = (derivatives.T @ X_batch) * inverse_batch_rows
-        # A BLAS product, several times faster than derivatives.sum(axis=0) at this size.
+        grad_w = rowwise_gradient(derivatives, X_batch) * inverse_batch_rows
+        # Column sums accumulate row after row: each model's sum is independent of K.
         grad_b = (
-            (ones[: batch_rows.shape[0]] @ derivatives) * inverse_batch_rows
-            if fit_intercept
-            else zero_intercepts
+            np.add.reduce(derivatives, axis=0) * inverse_batch_rows if fit_intercept else zero_intercepts
         )
         new_weights, new_intercepts = apply_update(
             optimizer,
             state,
-            weights_t.T,
+            weights,
             intercepts,
             grad_w,
             grad_b,
             step_sizes_per_batch[batch_index],
             regularization,
         )
-        weights_t = np.ascontiguousarray(new_weights.T)
+        weights = new_weights
         if fit_intercept:
             intercepts = new_intercepts
-    return np.ascontiguousarray(weights_t.T), intercepts.copy(), state, n_batches
+    return weights.copy(), intercepts.copy(), state, n_batches
 
 
 def _resolve_loss(loss: Loss | str) -> Loss:

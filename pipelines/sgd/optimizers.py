@@ -39,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipelines.sgd._types import FloatArray, IntArray
+from pipelines.sgd.averaging import weighted_mean
 from pipelines.sgd.regularization import Regularization
 
 OPTIMIZER_NAMES: tuple[str, ...] = (
@@ -185,7 +186,6 @@ class OptimizerState:
         weight_array = np.asarray(weights, dtype=np.float64)
         if np.any(weight_array < 0) or not weight_array.sum() > 0:
             raise ValueError(f"weights must be >= 0 with a positive sum, got {list(weights)}")
-        fractions = weight_array / weight_array.sum()
         flat_states = [state.to_arrays() for state in states]
         first = flat_states[0]
         for flat in flat_states[1:]:
@@ -193,8 +193,7 @@ class OptimizerState:
                 raise ValueError("weighted_average needs states with identical slots and shapes")
         averaged: dict[str, npt.NDArray[np.generic]] = {}
         for key in first:
-            stacked = np.stack([flat[key].astype(np.float64) for flat in flat_states])
-            mean = np.tensordot(fractions, stacked, axes=1)
+            mean = weighted_mean([flat[key] for flat in flat_states], weights)
             averaged[key] = np.rint(mean).astype(np.int64) if key == "step" else mean
         return OptimizerState.from_arrays(averaged)
 
