@@ -164,3 +164,19 @@ def read_partition(batches: Iterator[pa.RecordBatch], n_features: int) -> Partit
     X_train, y_train = stack(False)
     X_val, y_val = stack(True)
     return PartitionBlocks(partition, X_train, y_train, X_val, y_val)
+
+
+def collect_arrays(blocks: BlockSet) -> list[PartitionBlocks]:
+    """Every partition's arrays on the driver, in partition order (small data: tests and debugging)."""
+    rows = blocks.dataframe.toArrow()
+    by_partition: dict[int, list[pa.RecordBatch]] = {}
+    for batch in rows.to_batches():
+        for index in range(batch.num_rows):
+            one = batch.slice(index, 1)
+            by_partition.setdefault(int(one.column("partition")[0].as_py()), []).append(one)
+    result = []
+    for partition in range(blocks.num_partitions):
+        parts = read_partition(iter(by_partition.get(partition, [])), blocks.n_features)
+        if parts is not None:
+            result.append(parts)
+    return result

@@ -46,6 +46,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from pipelines.distributed.blocks import BlockSet, read_partition
+from pipelines.distributed.faults import maybe_inject_fault
 from pipelines.sgd._types import FloatArray, IntArray
 from pipelines.sgd.averaging import weighted_mean
 from pipelines.sgd.kernels import batch_gradients, loss_sums, minibatch_epoch
@@ -136,6 +137,7 @@ def _run_task(spec: _TaskSpec, batches: Iterator[pa.RecordBatch]) -> Iterator[pa
     blocks = read_partition(batches, spec.n_features)
     if blocks is None:
         return
+    maybe_inject_fault(spec.epoch, blocks.partition)
     problem = spec.problem
     payload: dict[str, object] = {"n_train": blocks.y_train.shape[0], "n_val": blocks.y_val.shape[0]}
     if spec.eval_rows.size:
@@ -172,7 +174,7 @@ def _local_sgd(spec: _TaskSpec, X: FloatArray, y: FloatArray, W: FloatArray, b: 
             X, y, W[group], b[group], state.select(group), loss=problem.loss, optimizer=problem.optimizer,
             regularization=problem.regularization, learning_rates=spec.step_rates[group],
             schedule=problem.schedule, total_steps=spec.total_steps, batch_size=problem.batch_size,
-            seed=int(seed) + PARTITION_SEED_STRIDE * partition, epoch=spec.epoch,
+            seed=int(seed) + PARTITION_SEED_STRIDE * partition, epoch=spec.epoch - 1,
             fit_intercept=problem.fit_intercept, batch_range=spec.batch_range)
         new_W[group], new_b[group] = W_g, b_g
         for key, value in state_g.to_arrays().items():

@@ -1,0 +1,218 @@
+"""The distributed engine against the numpy reference, Spark MLlib and scikit-learn, on real Delta tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import SparkSession
+
+from pipelines.config import Config
+from pipelines.distributed.blocks import collect_arrays
+from pipelines.lakehouse.reader import read_feature_table
+from pipelines.sgd import reference_gradient_descent, reference_minibatch_sgd
+from pipelines.sgd.reference import objective
+from pipelines.sweep.runner import PreparedData, SweepRun, prepare_data, train_grid, training_problem
+from tests.conftest import make_config
+
+N_ROWS = 2400
+N_FEATURES = 5
+
+
+@pytest.fixture(scope="module")
+def synthetic_tables(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A logistic and a linear problem with features on different scales, as Delta tables."""
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(N_ROWS, N_FEATURES)) * np.array([1.0, 10.0, 0.1, 100.0, 3.0]) + np.array([0, 5, 0, 50, 1])
+    z = (X - X.mean(0)) / X.std(0) @ np.array([1.5, -2.0, 0.7, 0.0, 1.0]) - 0.3
+    frame = pd.DataFrame(X, columns=[f"x{j}" for j in range(N_FEATURES)])
+    frame["label"] = (rng.random(N_ROWS) < 1 / (1 + np.exp(-z))).astype(np.int64)
+    frame["target"] = z * 3.0 + rng.normal(size=N_ROWS) * 0.5 + 10.0
+    root = tmp_path_factory.mktemp("synthetic")
+    paths = {}
+    for name, drop in (("logistic", "target"), ("squared", "label")):
+        paths[name] = str(root / name)
+        spark.createDataFrame(frame.drop(columns=[drop])).write.format("delta").save(paths[name])
+    return paths
+
+
+def _config(table: str, loss: str, tmp_path: Path, *overrides: str) -> Config:
+    label = "label" if loss == "logistic" else "target"
+    return make_config(table, tmp_path, [f"data.label={label}", "data.exclude=[]", f"model.loss={loss}",
+                                         *overrides])
+
+
+def _prepare(spark: SparkSession, config: Config) -> PreparedData:
+    table = read_feature_table(spark, config.data, config.model.loss)
+    return prepare_data(spark, table, config.data, config.features, config.train)
+
+
+def _train_arrays(prepared: PreparedData) -> tuple[np.ndarray, np.ndarray]:
+    parts = collect_arrays(prepared.blocks)
+    return np.concatenate([p.X_train for p in parts]), np.concatenate([p.y_train for p in parts])
+
+
+def _sweep(spark: SparkSession, config: Config) -> tuple[SweepRun, PreparedData]:
+    prepared = _prepare(spark, config)
+    try:
+        return train_grid(prepared, config, config.sweep.grid()), prepared
+    finally:
+        prepared.blocks.release()
+
+
+RATES = "sweep.learning_rates=[0.01, 0.1, 0.5, 2.0]"
+
+
+@pytest.mark.parametrize("loss", ["logistic", "squared"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ["train.schedule=constant"],
+        ["train.schedule=inv_sqrt", "model.reg_param=0.01"],
+        ["train.schedule={name: step, step_epochs: 2, gamma: 0.5}", "model.reg_param=0.02", "model.l1_ratio=1.0"],
+        ["train.schedule={name: cosine, warmup_epochs: 1}", "model.reg_param=0.01", "model.l1_ratio=0.5"],
+        ["train.schedule=invscaling", "model.fit_intercept=false"],
+        ["train.schedule=exponential", "train.optimizer=momentum"],
+        ["train.schedule=one_cycle", "train.optimizer=adam"],
+    ],
+    ids=["constant", "inv_sqrt-l2", "step-l1", "warmup_cosine-elasticnet", "invscaling-nointercept",
+         "exponential-momentum", "one_cycle-adam"],
+)
+def test_gd_matches_numpy_reference(spark: SparkSession, synthetic_tables: dict[str, str], tmp_path: Path,
+                                    loss: str, settings: list[str]) -> None:
+    config = _config(synthetic_tables[loss], loss, tmp_path, "train.algorithm=gd", "train.epochs=6",
+                     "train.num_partitions=3", RATES, *settings)
+    run, prepared = _sweep(spark, config)
+    X, y = _train_arrays(prepared)
+    problem = training_problem(config.model, config.train, 1)
+    weights, intercepts, history = reference_gradient_descent(
+        X, y, np.array(config.sweep.grid()), loss=loss, optimizer=problem.optimizer,
+        regularization=problem.regularization, schedule=problem.schedule, iterations=6,
+        fit_intercept=config.model.fit_intercept)
+    final_objective = objective(X, y, weights, intercepts, loss, problem.regularization)
+    for k, rate in enumerate(run.outcome.rates):
+        if rate.status != "completed":
+            continue
+        np.testing.assert_allclose(rate.weights, weights[k], rtol=1e-9, atol=1e-12)
+        assert rate.intercept == pytest.approx(intercepts[k], rel=1e-9, abs=1e-12)
+        np.testing.assert_allclose(rate.curves["train_loss"][:-1], history[1:, k], rtol=1e-9)
+        assert rate.curves["train_loss"][-1] == pytest.approx(final_objective[k], rel=1e-9)
+    assert sum(r.status == "completed" for r in run.outcome.rates) >= 2
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "nesterov", "adagrad", "rmsprop", "adam", "adamw"])
+def test_local_sgd_on_one_partition_is_the_reference_minibatch_sgd(
+    spark: SparkSession, synthetic_tables: dict[str, str], tmp_path: Path, optimizer: str,
+) -> None:
+    config = _config(synthetic_tables["logistic"], "logistic", tmp_path, "train.num_partitions=1",
+                     "train.epochs=3", "train.batch_size=32", f"train.optimizer={optimizer}",
+                     "model.reg_param=0.001", "train.schedule={name: cosine, warmup_epochs: 0.5}",
+                     "sweep.learning_rates=[0.001, 0.01, 0.1]")
+    run, prepared = _sweep(spark, config)
+    X, y = _train_arrays(prepared)
+    problem = training_problem(config.model, config.train, -(-X.shape[0] // 32))
+    weights, intercepts, history = reference_minibatch_sgd(
+        X, y, np.array(config.sweep.grid()), loss="logistic", optimizer=problem.optimizer,
+        regularization=problem.regularization, schedule=problem.schedule, epochs=3, batch_size=32,
+        seed=config.train.seed)
+    for k, rate in enumerate(run.outcome.rates):
+        assert rate.status == "completed"
+        np.testing.assert_allclose(rate.weights, weights[k], rtol=1e-12, atol=1e-14)
+        assert rate.intercept == pytest.approx(intercepts[k], rel=1e-12, abs=1e-14)
+        np.testing.assert_allclose(rate.curves["train_loss"], history[:, k], rtol=1e-10)
+
+
+def test_gd_reproduces_spark_mllib_gradient_descent(spark: SparkSession, synthetic_tables: dict[str, str],
+                                                    tmp_path: Path) -> None:
+    from pyspark.mllib.classification import LogisticRegressionWithSGD
+    from pyspark.mllib.regression import LabeledPoint
+
+    config = _config(synthetic_tables["logistic"], "logistic", tmp_path, "train.algorithm=gd", "train.epochs=7",
+                     "train.schedule=inv_sqrt", "model.fit_intercept=false", "features.standardize=false",
+                     "train.num_partitions=2", "sweep.learning_rates=[0.0001, 0.001, 0.01]",
+                     "sweep.divergence_factor=1e12")  # MLlib has no divergence policy: let 0.01 oscillate
+    run, prepared = _sweep(spark, config)
+    assert [rate.status for rate in run.outcome.rates] == ["completed"] * 3
+    X, y = _train_arrays(prepared)
+    points = spark.sparkContext.parallelize([LabeledPoint(label, row) for label, row in zip(y, X, strict=True)], 2)
+    for rate in run.outcome.rates:
+        mllib = LogisticRegressionWithSGD.train(points, iterations=7, step=rate.learning_rate,
+                                                miniBatchFraction=1.0, regParam=0.0, intercept=False,
+                                                convergenceTol=0.0)
+        np.testing.assert_allclose(rate.weights, mllib.weights.toArray(), rtol=1e-9)
+
+
+@pytest.mark.parametrize("loss", ["logistic", "squared"])
+@pytest.mark.parametrize(
+    "settings",
+    [["train.algorithm=local_sgd", "train.epochs=10", "train.batch_size=32", "train.schedule=cosine"],
+     ["train.algorithm=gd", "train.epochs=40", "train.schedule=constant"]],
+    ids=["local_sgd-cosine", "gd"],
+)
+def test_best_rate_reaches_scikit_learn_optimum(spark: SparkSession, synthetic_tables: dict[str, str],
+                                                tmp_path: Path, loss: str, settings: list[str]) -> None:
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
+    config = _config(synthetic_tables[loss], loss, tmp_path, *settings,
+                     "sweep.learning_rates={min: 0.01, max: 3.0, num: 6}")
+    run, prepared = _sweep(spark, config)
+    X, y = _train_arrays(prepared)
+    estimator = LogisticRegression(penalty=None, tol=1e-10, max_iter=5000) if loss == "logistic" \
+        else LinearRegression()
+    estimator.fit(X, y)
+    optimum = objective(X, y, np.atleast_2d(estimator.coef_), np.atleast_1d(estimator.intercept_), loss,
+                        training_problem(config.model, config.train, 1).regularization)[0]
+    best = run.outcome.best
+    assert best is not None
+    reached = objective(X, y, best.weights[None, :], np.array([best.intercept]), loss,
+                        training_problem(config.model, config.train, 1).regularization)[0]
+    assert reached <= 1.01 * optimum
+
+
+@pytest.mark.parametrize("algorithm", ["local_sgd", "gd"])
+def test_diverging_rate_never_poisons_the_others(spark: SparkSession, synthetic_tables: dict[str, str],
+                                                 tmp_path: Path, algorithm: str) -> None:
+    common = ["train.epochs=5", f"train.algorithm={algorithm}", "train.num_partitions=2"]
+    config_with = _config(synthetic_tables["squared"], "squared", tmp_path, *common,
+                          "sweep.learning_rates=[0.01, 0.1, 50.0]")
+    config_without = _config(synthetic_tables["squared"], "squared", tmp_path, *common,
+                             "sweep.learning_rates=[0.01, 0.1]")
+    with_bad, _ = _sweep(spark, config_with)
+    without, _ = _sweep(spark, config_without)
+    bad = with_bad.outcome.rates[2]
+    assert bad.status == "diverged" and bad.stopped_epoch is not None and bad.stopped_epoch <= 2
+    assert np.all(np.isnan(bad.curves["val_loss"][bad.stopped_epoch:]))
+    for kept, alone in zip(with_bad.outcome.rates[:2], without.outcome.rates, strict=True):
+        assert kept.status == alone.status == "completed"
+        for name, curve in alone.curves.items():
+            assert np.array_equal(kept.curves[name], curve), name  # bit-identical
+        assert np.array_equal(kept.weights, alone.weights)
+    # the diverged rate stopped consuming compute: less than 3 rates x 5 epochs of row passes
+    assert with_bad.outcome.row_passes < with_bad.outcome.full_grid_row_passes - 2 * with_bad.train_rows
+
+
+def test_same_seed_and_partitioning_give_identical_curves(spark: SparkSession, synthetic_tables: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    config = _config(synthetic_tables["logistic"], "logistic", tmp_path, "train.epochs=3", "train.num_partitions=2",
+                     "sweep.learning_rates=[0.01, 0.3]")
+    first, _ = _sweep(spark, config)
+    second, _ = _sweep(spark, config)
+    for a, b in zip(first.outcome.rates, second.outcome.rates, strict=True):
+        for name in a.curves:
+            assert np.array_equal(a.curves[name], b.curves[name])
+
+
+def test_gd_does_not_depend_on_partition_count(spark: SparkSession, synthetic_tables: dict[str, str],
+                                               tmp_path: Path) -> None:
+    runs = []
+    for partitions in (1, 4):
+        config = _config(synthetic_tables["logistic"], "logistic", tmp_path, "train.algorithm=gd", "train.epochs=4",
+                         f"train.num_partitions={partitions}", "sweep.learning_rates=[0.1, 1.0]")
+        runs.append(_sweep(spark, config)[0])
+        assert runs[-1].train_rows == runs[0].train_rows  # the split does not depend on partitioning
+    for a, b in zip(*[run.outcome.rates for run in runs], strict=True):
+        np.testing.assert_allclose(a.weights, b.weights, rtol=1e-12)
+        np.testing.assert_allclose(a.curves["train_loss"], b.curves["train_loss"], rtol=1e-12)
+        np.testing.assert_allclose(a.curves["val_auc"], b.curves["val_auc"], rtol=1e-12)
