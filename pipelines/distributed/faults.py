@@ -1,14 +1,15 @@
 """Fault injection for resilience tests: crash a Python worker or an executor once, mid-job.
 
 Enabled only by the environment variable ``LRSWEEP_INJECT_FAULT`` on the executors (pass it with
-``--conf spark.executorEnv.LRSWEEP_INJECT_FAULT=...``), formatted ``KIND:epoch=E:partition=P`` with
-``KIND`` one of
+``--conf spark.executorEnv.LRSWEEP_INJECT_FAULT=...``), formatted ``KIND:epoch=E:partition=P:once=PATH``
+with ``KIND`` one of
 
 * ``python_worker``: the Python worker running that task exits abruptly;
 * ``executor``: the executor JVM that runs the task is killed (its cached blocks are lost).
 
-Only the first attempt of the first stage attempt fails, so Spark's retry then succeeds; the test checks
-that the results equal an undisturbed run's.
+The fault fires once: the first task to reach it creates the marker file ``PATH`` (exclusively) and
+crashes; later attempts find the marker and run normally, so Spark's retry succeeds. The test checks that
+the results equal an undisturbed run's.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ def maybe_inject_fault(epoch: int, partition: int) -> None:
     wanted = dict(pair.split("=", 1) for pair in pairs)
     if int(wanted.get("epoch", -1)) != epoch or int(wanted.get("partition", -1)) != partition:
         return
-    from pyspark import TaskContext
-
-    context = TaskContext.get()
-    if context is None or context.attemptNumber() != 0 or context.stageAttemptNumber() != 0:
+    try:
+        marker = os.open(wanted["once"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
         return
+    os.close(marker)
     if kind == "python_worker":
         os._exit(17)
     if kind == "executor":
