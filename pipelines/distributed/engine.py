@@ -37,15 +37,13 @@ whichever other rows it is trained with.
 from __future__ import annotations
 
 import math
-import pickle
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
 
-from pipelines.distributed.blocks import BlockSet, read_partition
+from pipelines.distributed.blocks import BlockSet, PartitionBlocks, map_partitions
 from pipelines.distributed.faults import maybe_inject_fault
 from pipelines.sgd._types import FloatArray, IntArray
 from pipelines.sgd.averaging import weighted_mean
@@ -55,7 +53,6 @@ from pipelines.sgd.optimizers import OptimizerSpec, OptimizerState, apply_update
 from pipelines.sgd.regularization import Regularization
 from pipelines.sgd.schedules import ScheduleSpec, multiplier
 
-RESULT_SCHEMA = "partition INT, payload BINARY"
 #: Offset between the shuffle seeds of consecutive partitions (partition 0 uses the seed itself, so a
 #: one-partition run equals the single-process reference).
 PARTITION_SEED_STRIDE = 7919
@@ -132,11 +129,8 @@ class _TaskSpec:
     batch_range: tuple[int, int] | None
 
 
-def _run_task(spec: _TaskSpec, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Executed on the executors: evaluate and train one partition, emit one payload."""
-    blocks = read_partition(batches, spec.n_features)
-    if blocks is None:
-        return
+def _run_task(spec: _TaskSpec, blocks: PartitionBlocks) -> dict[str, object]:
+    """Executed on the executors: evaluate and train one partition, return one payload."""
     maybe_inject_fault(spec.epoch, blocks.partition)
     problem = spec.problem
     payload: dict[str, object] = {"n_train": blocks.y_train.shape[0], "n_val": blocks.y_val.shape[0]}
@@ -154,10 +148,7 @@ def _run_task(spec: _TaskSpec, batches: Iterator[pa.RecordBatch]) -> Iterator[pa
             payload.update(grad_w=grad_w, grad_b=grad_b, count=y.shape[0])
         else:
             payload.update(_local_sgd(spec, blocks.X_train, blocks.y_train, W, b, blocks.partition))
-    yield pa.RecordBatch.from_pydict({
-        "partition": pa.array([blocks.partition], pa.int32()),
-        "payload": pa.array([pickle.dumps(payload, protocol=5)], pa.binary()),
-    })
+    return payload
 
 
 def _local_sgd(spec: _TaskSpec, X: FloatArray, y: FloatArray, W: FloatArray, b: FloatArray,
@@ -259,10 +250,10 @@ class GridTrainer:
             step_rates=(models.learning_rates * models.rate_multipliers)[train],
             seeds=models.seeds[train], epoch=epoch, total_steps=self.total_steps, batch_range=batch_range)
 
-        def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            return _run_task(spec, batches)
+        def task(blocks: PartitionBlocks) -> dict[str, object]:
+            return _run_task(spec, blocks)
 
-        rows = self.blocks.dataframe.mapInArrow(task, RESULT_SCHEMA).collect()
+        results = map_partitions(self.blocks, task)
         self.jobs += 1
         if train.size:
             if self.problem.algorithm == "gd" and self.problem.batch_fraction < 1.0:
@@ -273,8 +264,7 @@ class GridTrainer:
             else:
                 passes = self.blocks.total_train_rows
             self.row_passes += round(passes) * int(train.size)
-        ordered = sorted(rows, key=lambda row: int(row["partition"]))
-        return [pickle.loads(row["payload"]) for row in ordered]
+        return results
 
     def _evaluation(self, rows: IntArray, results: list[dict[str, object]]) -> Evaluation:
         if not rows.size:

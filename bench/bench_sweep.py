@@ -1,0 +1,273 @@
+"""Benchmark: the whole learning-rate grid in one pass, against its peers measured in the same run.
+
+    make bench                                   # 1M x 32, 8 rates, 10 epochs, local[2]; then 8M rows
+    make bench BENCH_ARGS="--rows 200000 --large-rows 0"   # a quick run
+
+Peers, all on the same training rows (already in memory for every contender):
+
+* ``grid_amortization``     wall(8-rate local_sgd sweep) / wall(1-rate run);
+* ``vs_mllib_speedup``      wall(loop of ``LogisticRegressionWithSGD.train`` over the 8 rates, 10
+                            iterations, miniBatchFraction=1.0, regParam=0.0, convergenceTol=0.0 so it
+                            runs all 10) / wall(our 8-rate ``gd`` run with the same settings);
+                            ``vs_mllib_max_rel_loss_diff`` compares the final training losses;
+* ``vs_sklearn_speedup``    wall(loop of ``SGDClassifier(loss="log_loss", learning_rate="constant",
+                            eta0=rate, max_iter=10, tol=None)`` over the 8 rates) / wall(our 8-rate
+                            ``local_sgd`` sweep), training only; ``vs_sklearn_best_val_loss_ratio`` =
+                            our best validation log-loss / scikit-learn's best;
+* ``vs_numpy_epoch_ratio``  our median per-epoch wall / one single-process vectorized numpy epoch
+                            (:func:`pipelines.sgd.kernels.minibatch_epoch`, all 8 rates) over the same rows;
+* ``driver_peak_rss_mb``    peak RSS of the Python driver during our sweeps (the data stays in Spark).
+
+The figures at ``--large-rows`` (default 8M) come from a second spark-submit of this script, so each
+driver's peak RSS is its own. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.config import Config, load_config
+from pipelines.distributed.blocks import BlockSet, collect_arrays
+from pipelines.distributed.engine import GridTrainer, ModelRows
+from pipelines.lakehouse.reader import read_feature_table
+from pipelines.session import get_spark, spark_submit_args
+from pipelines.sgd import minibatch_epoch, objective
+from pipelines.sweep.runner import PreparedData, prepare_data, train_grid, training_problem
+
+BENCH_DIR = Path(__file__).resolve().parent / "results"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process (VmHWM), in MiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def make_table(spark: Any, path: Path, rows: int, features: int, partitions: int) -> None:
+    """A logistic problem with ``features`` standard-normal-ish columns on mixed scales, as Delta."""
+    from pyspark.sql import functions as F
+
+    if (path / "_delta_log").exists():
+        return
+    frame = spark.range(rows, numPartitions=partitions)
+    columns = [(F.randn(seed=100 + j) * (10.0 ** (j % 4 - 1))).alias(f"x{j}") for j in range(features)]
+    frame = frame.select(*columns)
+    true_weights = np.random.default_rng(0).normal(size=features) / np.sqrt(features) * 3
+    z = sum(float(w) * F.col(f"x{j}") / (10.0 ** (j % 4 - 1)) for j, w in enumerate(true_weights))
+    frame = frame.withColumn("label", (F.rand(seed=7) < 1 / (1 + F.exp(-z))).cast("int"))
+    frame.write.format("delta").mode("overwrite").save(str(path))
+
+
+def timed(function: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - start
+
+
+def bench_config(table: Path, rates: list[float], epochs: int, partitions: int, *extra: str) -> Config:
+    return load_config(overrides=[
+        f"data.table={table}", "data.label=label", "data.exclude=[]", "data.validation_fraction=0.1",
+        "model.loss=logistic", f"train.epochs={epochs}", f"train.num_partitions={partitions}",
+        f"sweep.learning_rates={rates}", "sweep.divergence_factor=1e12", *extra,
+    ])
+
+
+def final_train_loss(blocks: BlockSet, config: Config, weights: np.ndarray) -> np.ndarray:
+    """Training objective of given weights, computed by the engine on the cached blocks."""
+    problem = training_problem(config.model, config.train, 1)
+    models = ModelRows.zeros([1.0] * weights.shape[0], [0] * weights.shape[0], blocks.n_features, problem.optimizer)
+    models.weights = weights.copy()
+    trainer = GridTrainer(blocks, problem, models, epochs=1)
+    return trainer.evaluate(list(range(weights.shape[0]))).train_loss
+
+
+def run_main(args: argparse.Namespace) -> dict[str, Any]:
+    spark = get_spark(load_config(overrides=["spark.master=local[2]"]).spark)
+    spark.sparkContext.setLogLevel("ERROR")
+    table = BENCH_DIR / f"table_{args.rows}x{args.features}"
+    _, seconds = timed(lambda: make_table(spark, table, args.rows, args.features, args.partitions))
+    print(f"table {table}: {args.rows} x {args.features} ({seconds:.1f} s)", flush=True)
+    rates = [float(r) for r in np.geomspace(args.min_rate, args.max_rate, args.rates)]
+
+    sgd_config = bench_config(table, rates, args.epochs, args.partitions, f"train.batch_size={args.batch_size}")
+    data = read_feature_table(spark, sgd_config.data, "logistic")
+    prepared, prepare_seconds = timed(lambda: prepare_data(spark, data, sgd_config.data, sgd_config.features,
+                                                           sgd_config.train))
+    print(f"prepared {prepared.blocks.total_train_rows} train / {prepared.blocks.total_val_rows} val rows "
+          f"in {prepared.blocks.num_partitions} partitions ({prepare_seconds:.1f} s)", flush=True)
+
+    results: dict[str, Any] = {"rows": args.rows, "features": args.features, "rates": args.rates,
+                               "epochs": args.epochs, "partitions": args.partitions}
+    train_grid(prepared, sgd_config, rates[:1], epochs=1)  # warm up Python workers
+    sweep, sweep_seconds = timed(lambda: train_grid(prepared, sgd_config, rates))
+    single_config = bench_config(table, rates[:1], args.epochs, args.partitions, f"train.batch_size={args.batch_size}")
+    _, single_seconds = timed(lambda: train_grid(prepared, single_config, rates[:1]))
+    results["grid_amortization"] = sweep_seconds / single_seconds
+    epoch_seconds = float(np.median(sweep.outcome.epoch_seconds))
+    print(f"local_sgd sweep: {args.rates} rates {sweep_seconds:.2f} s, 1 rate {single_seconds:.2f} s, "
+          f"median epoch {epoch_seconds:.3f} s", flush=True)
+
+    if not args.epoch_only:
+        gd_config = bench_config(table, rates, args.epochs, args.partitions, "train.algorithm=gd",
+                                 "train.schedule=inv_sqrt", "model.fit_intercept=false", "features.standardize=false")
+        raw = read_feature_table(spark, gd_config.data, "logistic")
+        raw_prepared = prepare_data(spark, raw, gd_config.data, gd_config.features, gd_config.train)
+        gd_run, gd_seconds = timed(lambda: train_grid(raw_prepared, gd_config, rates))
+        results["driver_peak_rss_mb"] = peak_rss_mb()
+        mllib_seconds, mllib_weights = bench_mllib(spark, raw_prepared, rates, args.epochs)
+        ours = np.array([rate.weights for rate in gd_run.outcome.rates])
+        losses = final_train_loss(raw_prepared.blocks, gd_config, np.vstack([ours, mllib_weights]))
+        ours_loss, mllib_loss = losses[: len(rates)], losses[len(rates):]
+        results["vs_mllib_speedup"] = mllib_seconds / gd_seconds
+        results["vs_mllib_max_rel_loss_diff"] = float(np.max(np.abs(ours_loss - mllib_loss) / np.abs(mllib_loss)))
+        print(f"gd: ours {gd_seconds:.2f} s, MLlib loop {mllib_seconds:.2f} s", flush=True)
+        raw_prepared.blocks.release()
+
+        sklearn_seconds, sklearn_best, numpy_epoch = bench_single_process(prepared, sgd_config, rates, args)
+        best = sweep.outcome.best
+        ours_best = best.final_metrics()["val_log_loss"] if best else float("nan")
+        results["vs_sklearn_speedup"] = sklearn_seconds / sweep_seconds
+        results["vs_sklearn_best_val_loss_ratio"] = ours_best / sklearn_best
+        print(f"scikit-learn loop {sklearn_seconds:.2f} s (best val log-loss {sklearn_best:.5f}; "
+              f"ours {ours_best:.5f})", flush=True)
+    else:
+        results["driver_peak_rss_mb"] = peak_rss_mb()
+        _, _, numpy_epoch = bench_single_process(prepared, sgd_config, rates, args, sklearn=False)
+    results["vs_numpy_epoch_ratio"] = epoch_seconds / numpy_epoch
+    results["epoch_seconds"] = epoch_seconds
+    results["numpy_epoch_seconds"] = numpy_epoch
+    prepared.blocks.release()
+    return results
+
+
+def bench_mllib(spark: Any, prepared: PreparedData, rates: list[float], iterations: int) -> tuple[float, np.ndarray]:
+    """Loop MLlib's LogisticRegressionWithSGD over the rates on the same (cached) training rows."""
+    from pyspark.mllib.classification import LogisticRegressionWithSGD
+    from pyspark.mllib.regression import LabeledPoint
+
+    n_features = prepared.blocks.n_features
+
+    def points(row: Any) -> list[Any]:
+        if row["is_validation"]:
+            return []
+        X = np.frombuffer(row["features"], dtype=np.float64).reshape(int(row["rows"]), n_features)
+        y = np.frombuffer(row["labels"], dtype=np.float64)
+        return [LabeledPoint(label, features) for label, features in zip(y, X, strict=True)]
+
+    rdd = prepared.blocks.dataframe.rdd.flatMap(points).cache()
+    rdd.count()
+    weights = []
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for rate in rates:
+            model = LogisticRegressionWithSGD.train(rdd, iterations=iterations, step=rate, miniBatchFraction=1.0,
+                                                    regParam=0.0, intercept=False, convergenceTol=0.0)
+            weights.append(model.weights.toArray())
+    seconds = time.perf_counter() - start
+    rdd.unpersist()
+    return seconds, np.array(weights)
+
+
+def bench_single_process(prepared: PreparedData, config: Config, rates: list[float], args: argparse.Namespace,
+                         sklearn: bool = True) -> tuple[float, float, float]:
+    """scikit-learn's loop and one vectorized numpy epoch, on the same rows held in this process."""
+    parts = collect_arrays(prepared.blocks)
+    X = np.concatenate([p.X_train for p in parts])
+    y = np.concatenate([p.y_train for p in parts])
+    X_val = np.concatenate([p.X_val for p in parts])
+    y_val = np.concatenate([p.y_val for p in parts])
+    problem = training_problem(config.model, config.train, -(-X.shape[0] // args.batch_size))
+    K = len(rates)
+    from pipelines.sgd import init_state
+
+    _, numpy_epoch = timed(lambda: minibatch_epoch(
+        X, y, np.zeros((K, X.shape[1])), np.zeros(K), init_state(problem.optimizer, K, X.shape[1]),
+        loss="logistic", optimizer=problem.optimizer, regularization=problem.regularization,
+        learning_rates=np.array(rates), schedule=problem.schedule, total_steps=10**6,
+        batch_size=args.batch_size, seed=0, epoch=0))
+    if not sklearn:
+        return float("nan"), float("nan"), numpy_epoch
+    from sklearn.linear_model import SGDClassifier
+
+    models = []
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for rate in rates:
+            models.append(SGDClassifier(loss="log_loss", learning_rate="constant", eta0=rate, max_iter=args.epochs,
+                                        tol=None, random_state=0).fit(X, y))
+    seconds = time.perf_counter() - start
+    val_losses = objective(X_val, y_val, np.vstack([m.coef_ for m in models]),
+                           np.concatenate([m.intercept_ for m in models]), "logistic", problem.regularization)
+    finite = val_losses[np.isfinite(val_losses)]
+    return seconds, float(finite.min()) if finite.size else float("nan"), numpy_epoch
+
+
+def run_large(args: argparse.Namespace) -> dict[str, Any]:
+    """The epoch ratio and driver RSS at ``--large-rows``, in a separate spark-submit."""
+    command = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]", "--driver-memory",
+               args.driver_memory, *spark_submit_args(), __file__, "--rows", str(args.large_rows),
+               "--large-rows", "0", "--epoch-only", "--epochs", str(args.large_epochs),
+               "--rates", str(args.rates), "--features", str(args.features), "--partitions", str(args.partitions)]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False,
+                               env={**os.environ, "PYSPARK_PYTHON": sys.executable})
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
+    if completed.returncode != 0 or not lines:
+        print(completed.stdout[-3000:], completed.stderr[-3000:], file=sys.stderr)
+        raise RuntimeError(f"large benchmark failed with exit code {completed.returncode}")
+    return dict(json.loads(lines[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--large-rows", type=int, default=8_000_000, help="0 to skip")
+    parser.add_argument("--large-epochs", type=int, default=3)
+    parser.add_argument("--features", type=int, default=32)
+    parser.add_argument("--rates", type=int, default=8)
+    parser.add_argument("--min-rate", type=float, default=1e-3)
+    parser.add_argument("--max-rate", type=float, default=3.0)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--partitions", type=int, default=2)
+    parser.add_argument("--driver-memory", default="8g")
+    parser.add_argument("--epoch-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    results = run_main(args)
+    if args.epoch_only:
+        print(json.dumps(results), flush=True)
+        return
+    if args.large_rows:
+        large = run_large(args)
+        results["vs_numpy_epoch_ratio_large"] = large["vs_numpy_epoch_ratio"]
+        results["driver_peak_rss_mb_large"] = large["driver_peak_rss_mb"]
+        results["large_rows"] = args.large_rows
+    print()
+    print(f"{'figure':34s} {'value':>12s}  target")
+    targets = {"grid_amortization": "<= 1.5", "vs_mllib_speedup": ">= 10", "vs_mllib_max_rel_loss_diff": "<= 1e-6",
+               "vs_sklearn_speedup": ">= 5", "vs_sklearn_best_val_loss_ratio": "<= 1.01",
+               "vs_numpy_epoch_ratio": "<= 3", "vs_numpy_epoch_ratio_large": "(report)",
+               "driver_peak_rss_mb": "flat in rows", "driver_peak_rss_mb_large": "flat in rows"}
+    for key, target in targets.items():
+        if key in results:
+            print(f"{key:34s} {results[key]:12.4g}  {target}")
+    print(json.dumps(results), flush=True)
+
+
+if __name__ == "__main__":
+    main()
