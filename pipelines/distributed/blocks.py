@@ -257,7 +257,9 @@ def load_staged(staging_dir: str, partition: int) -> PartitionBlocks | None:
     """A partition's staged arrays, memory-mapped; None when this host has no complete copy."""
     target = os.path.join(staging_dir, str(partition))
     try:
-        loaded = [np.load(os.path.join(target, f"{name}.npy"), mmap_mode="r") for name in _STAGED_NAMES]
+        # np.asarray drops the memmap subclass (its per-slice bookkeeping costs in the batch loop)
+        loaded = [np.asarray(np.load(os.path.join(target, f"{name}.npy"), mmap_mode="r"))
+                  for name in _STAGED_NAMES]
     except (FileNotFoundError, ValueError, OSError):
         return None
     return PartitionBlocks(partition, *loaded)

@@ -134,20 +134,25 @@ def _run_task(spec: _TaskSpec, blocks: PartitionBlocks) -> dict[str, object]:
     maybe_inject_fault(spec.epoch, blocks.partition)
     problem = spec.problem
     payload: dict[str, object] = {"n_train": blocks.y_train.shape[0], "n_val": blocks.y_val.shape[0]}
-    if spec.eval_rows.size:
-        W, b = spec.weights[spec.eval_rows], spec.intercepts[spec.eval_rows]
-        payload["train_loss_sum"] = loss_sums(blocks.X_train, blocks.y_train, W, b, problem.loss)
-        payload["validation"] = MetricAccumulator.from_block(
-            blocks.X_val, blocks.y_val, W, b, problem.loss).to_arrays()
+    fused = problem.algorithm == "gd" and problem.batch_fraction >= 1.0 and np.array_equal(
+        spec.eval_rows, spec.train_rows)  # gd's gradient pass yields the training loss at the same models
     if spec.train_rows.size and blocks.y_train.shape[0]:
         W, b = spec.weights[spec.train_rows], spec.intercepts[spec.train_rows]
         if problem.algorithm == "gd":
             X, y = _sample(blocks.X_train, blocks.y_train, problem.batch_fraction, int(spec.seeds[0]),
                            spec.epoch, blocks.partition)
-            grad_w, grad_b, _ = batch_gradients(X, y, W, b, problem.loss)
+            grad_w, grad_b, loss_sum = batch_gradients(X, y, W, b, problem.loss)
             payload.update(grad_w=grad_w, grad_b=grad_b, count=y.shape[0])
+            if fused:
+                payload["train_loss_sum"] = loss_sum
         else:
             payload.update(_local_sgd(spec, blocks.X_train, blocks.y_train, W, b, blocks.partition))
+    if spec.eval_rows.size:
+        W, b = spec.weights[spec.eval_rows], spec.intercepts[spec.eval_rows]
+        if "train_loss_sum" not in payload:
+            payload["train_loss_sum"] = loss_sums(blocks.X_train, blocks.y_train, W, b, problem.loss)
+        payload["validation"] = MetricAccumulator.from_block(
+            blocks.X_val, blocks.y_val, W, b, problem.loss).to_arrays()
     return payload
 
 
