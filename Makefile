@@ -1,6 +1,7 @@
 # lrsweep: two commands set everything up.
 #   make demo   build .venv if missing, write the demo Delta table, run a sweep (MLflow store: mlflow.db)
 #   make test   build .venv if missing, run the test suite
+#   make score  score data.table with the champion model into output.predictions_table
 # Java 17+ is the only prerequisite.
 
 PYTHON ?= python3
@@ -11,7 +12,7 @@ ENV    ?= local
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint typecheck bench ui check-java clean fetch-jars
+.PHONY: demo score test test-fast lint typecheck bench ui check-java clean fetch-jars
 
 $(VENV)/.installed: pyproject.toml | check-java
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +30,9 @@ check-java:
 demo: $(VENV)/.installed
 	$(SUBMIT) jobs/make_demo_table.py --env $(ENV) $(ARGS)
 	$(SUBMIT) jobs/train_sweep.py --env $(ENV) $(ARGS)
+
+score: $(VENV)/.installed
+	$(SUBMIT) jobs/score.py --env $(ENV) $(ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -7,12 +7,13 @@ Jobs call :func:`run_job` with their ``main``. A :class:`~pipelines.errors.Lrswe
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 
 from pipelines.config import DEFAULT_CONF_DIR, DEFAULT_ENV, Config, load_config
-from pipelines.errors import LrsweepError
+from pipelines.errors import LrsweepError, TerminatedError
 
 
 def job_parser(description: str) -> argparse.ArgumentParser:
@@ -45,3 +46,15 @@ def run_job(main: Callable[[Sequence[str]], int], argv: Sequence[str] | None = N
         traceback.print_exc()
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         return 1
+
+
+def raise_on_sigterm() -> None:
+    """Turn SIGTERM into :class:`~pipelines.errors.TerminatedError`, so open MLflow runs end KILLED.
+
+    Schedulers stop jobs with SIGTERM; without a handler Python dies at once and every run stays RUNNING.
+    """
+
+    def handler(signum: int, frame: object) -> None:
+        raise TerminatedError(f"terminated by signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)

@@ -23,3 +23,17 @@ class DataError(LrsweepError):
 
 class SparkSetupError(LrsweepError):
     """Spark cannot be started as configured (Java missing, Delta jars missing, ...)."""
+
+
+class OutputError(LrsweepError):
+    """An output location (results or predictions table) cannot be written as configured."""
+
+
+class TrackingError(LrsweepError):
+    """The MLflow tracking server, experiment, run or model cannot be used as asked."""
+
+
+class TerminatedError(LrsweepError):
+    """The job received SIGTERM (a scheduler stopped it); its MLflow runs end KILLED."""
+
+    exit_code = 143  # 128 + SIGTERM, what schedulers expect from a terminated process

@@ -1,0 +1,70 @@
+"""Matplotlib figures of a sweep, built on :class:`matplotlib.figure.Figure` (no pyplot global state)."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from pipelines.reporting.tables import rate_label
+from pipelines.sweep.loop import GridOutcome
+
+
+def loss_curves_figure(outcome: GridOutcome, loss: str) -> Figure:
+    """Every rate's training (solid) and validation (dashed) loss per epoch on one log-y plot.
+
+    Non-finite and non-positive values are left out (a diverged rate's curve stops at its last
+    finite point).
+    """
+    figure = Figure(figsize=(9, 5.5), layout="constrained")
+    axes = figure.add_subplot()
+    colors = _colors(len(outcome.rates))
+    epochs = np.arange(1, outcome.epochs + 1)
+    for rate, color in zip(outcome.rates, colors, strict=True):
+        for name, style in (("train_loss", "-"), ("val_loss", "--")):
+            curve = rate.curves[name]
+            shown = np.isfinite(curve) & (curve > 0)
+            if shown.any():
+                axes.plot(epochs[shown], curve[shown], style, color=color, marker=".",
+                          label=f"{rate_label(rate.learning_rate)} ({rate.status})" if name == "train_loss" else None)
+    axes.set_yscale("log")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(f"{loss} loss (solid: train, dashed: validation)")
+    axes.set_title("Loss curves per learning rate")
+    axes.legend(fontsize="small", ncols=2)
+    axes.grid(True, which="both", alpha=0.3)
+    return figure
+
+
+def val_loss_vs_rate_figure(outcome: GridOutcome) -> Figure:
+    """Validation loss at each rate's kept epoch against the learning rate (log x).
+
+    Diverged rates are marked with a red ``x`` on the top edge; the best rate with a star.
+    """
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    rates = np.array([r.learning_rate for r in outcome.rates])
+    val_loss = np.array([r.final_metrics().get("val_loss", np.nan) for r in outcome.rates])
+    usable = np.array([r.status != "diverged" for r in outcome.rates]) & np.isfinite(val_loss)
+    axes.plot(rates[usable], val_loss[usable], "o-", label="final validation loss")
+    if (~usable).any():
+        top = np.nanmax(val_loss[usable]) if usable.any() else 1.0
+        axes.plot(rates[~usable], np.full(int((~usable).sum()), top), "x", color="red", markersize=10,
+                  label="diverged")
+    best = outcome.best_index
+    if best is not None:
+        axes.plot([rates[best]], [val_loss[best]], "*", color="gold", markersize=16, markeredgecolor="black",
+                  label=f"best {rate_label(rates[best])}")
+    axes.set_xscale("log")
+    axes.set_xlabel("learning rate")
+    axes.set_ylabel("validation loss")
+    axes.set_title("Final validation loss vs learning rate")
+    axes.legend(fontsize="small")
+    axes.grid(True, which="both", alpha=0.3)
+    return figure
+
+
+def _colors(count: int) -> list[tuple[float, float, float, float]]:
+    from matplotlib import colormaps
+
+    colormap = colormaps["viridis"]
+    return [colormap(x) for x in np.linspace(0.0, 0.9, max(count, 1))][:count]

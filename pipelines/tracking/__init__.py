@@ -1,0 +1,1 @@
+"""MLflow: runs, metrics, datasets, figures and models. The only package that imports mlflow."""

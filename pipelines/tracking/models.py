@@ -1,0 +1,237 @@
+"""The best model of a sweep as an MLflow sklearn model, its registration, and loading it for scoring.
+
+The model is a :class:`sklearn.pipeline.Pipeline` ``StandardScaler -> LogisticRegression`` (or
+``LinearRegression``) built from the sweep's statistics and coefficients, nothing refitted: the scaler
+applies ``z = (x - mean) / scale`` with the training split's statistics, the estimator the coefficients
+learned on ``z``. It loads and predicts without Spark.
+
+Logistic models are logged with ``pyfunc_predict_fn="predict_proba"``: ``pyfunc.predict`` returns an
+``(n, 2)`` array ``[P(y=0), P(y=1)]``; batch scoring keeps ``P(y=1)``. Squared models predict the value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import sklearn
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature, infer_signature
+from pyspark.sql import Column, SparkSession
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from pipelines.errors import TrackingError
+from pipelines.features.scaling import FeatureScaling
+from pipelines.sgd._types import FloatArray
+from pipelines.tracking.runs import SweepTracker
+
+CHAMPION = "champion"
+TAG_VAL_LOSS = "lrsweep.val_loss"
+TAG_LOSS = "lrsweep.loss"
+TAG_MODEL_URI = "lrsweep.model_uri"
+TAG_REGISTRATION = "lrsweep.registration"
+MODEL_NAME = "model"
+
+
+def linear_pipeline(scaling: FeatureScaling, weights: FloatArray, intercept: float, loss: str,
+                    train_rows: int) -> Pipeline:
+    """A fitted-looking sklearn pipeline from kept statistics and coefficients (``weights`` shape ``(d,)``)."""
+    d = len(scaling.columns)
+    if weights.shape != (d,):
+        raise ValueError(f"weights have shape {weights.shape}, expected ({d},)")
+    scaler = StandardScaler()
+    scaler.mean_ = scaling.means.astype(np.float64)
+    scaler.scale_ = scaling.scales.astype(np.float64)
+    scaler.var_ = scaler.scale_ ** 2
+    scaler.n_features_in_ = d
+    scaler.feature_names_in_ = np.array(scaling.columns, dtype=object)
+    scaler.n_samples_seen_ = np.int64(train_rows)
+    estimator: LogisticRegression | LinearRegression
+    if loss == "logistic":
+        estimator = LogisticRegression()
+        estimator.coef_ = weights.reshape(1, d).astype(np.float64)
+        estimator.intercept_ = np.array([intercept], dtype=np.float64)
+        estimator.classes_ = np.array([0, 1])
+        estimator.n_iter_ = np.array([0], dtype=np.int32)
+    else:
+        estimator = LinearRegression()
+        estimator.coef_ = weights.astype(np.float64)
+        estimator.intercept_ = float(intercept)
+        estimator.rank_ = d
+        estimator.singular_ = np.ones(d)
+    estimator.n_features_in_ = d
+    return Pipeline([("scaler", scaler), ("model", estimator)])
+
+
+def predict_fn_name(loss: str) -> str:
+    return "predict_proba" if loss == "logistic" else "predict"
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    model_uri: str
+    signature: ModelSignature
+
+
+def log_model(tracker: SweepTracker, pipeline: Pipeline, input_example: pd.DataFrame, loss: str,
+              metadata: dict[str, Any]) -> str:
+    """Log ``pipeline`` on the parent run (sklearn flavor, signature, input example); return its URI.
+
+    A rerun finds the URI in the parent's ``lrsweep.model_uri`` tag and logs nothing.
+    """
+    existing = tracker.parent_tags().get(TAG_MODEL_URI)
+    if existing:
+        return existing
+    predict = getattr(pipeline, predict_fn_name(loss))
+    signature = infer_signature(input_example, predict(input_example))
+    with tracker.stopwatch.timed("model"):
+        info = mlflow.sklearn.log_model(
+            pipeline, name=MODEL_NAME, signature=signature, input_example=input_example,
+            pyfunc_predict_fn=predict_fn_name(loss), metadata={"lrsweep_loss": loss, **metadata},
+            # explicit requirements: inferring them would load the model in a subprocess (seconds)
+            pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"mlflow=={mlflow.__version__}",
+                              f"numpy=={np.__version__}", f"pandas=={pd.__version__}"])
+    tracker.set_parent_tags({TAG_MODEL_URI: info.model_uri})
+    return str(info.model_uri)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What happened to the sweep's best model in the registry."""
+
+    decision: str  # registered | skipped | kept_champion | already_done
+    reason: str
+    version: str | None = None
+
+    def describe(self, name: str) -> str:
+        where = f"{name} version {self.version}" if self.version else name
+        return f"model registry: {self.decision} ({where}): {self.reason}"
+
+
+def register_model(tracker: SweepTracker, model_uri: str, name: str, register_when: str, val_loss: float,
+                   loss: str, tags: dict[str, str]) -> Registration:
+    """Register ``model_uri`` under ``name`` and move the ``champion`` alias as ``register_when`` says.
+
+    ``always``: register and make champion. ``if_better``: only when ``val_loss`` is lower than the current
+    champion's (its ``lrsweep.val_loss`` tag) or there is no comparable champion. ``never``: nothing.
+    The decision is recorded in the parent's ``lrsweep.registration`` tag; a rerun repeats nothing.
+    """
+    recorded = tracker.parent_tags().get(TAG_REGISTRATION)
+    if recorded:
+        decision, _, version = recorded.partition(":")
+        return Registration("already_done", f"an earlier attempt of this sweep decided {decision!r}",
+                            version or None)
+    client = tracker.client
+    if register_when == "never":
+        result = Registration("skipped", "tracking.register_when is 'never'")
+    else:
+        champion = _champion(client, name)
+        reason = "tracking.register_when is 'always'"
+        if register_when == "if_better":
+            reason, better = _compare(champion, val_loss, loss)
+            if not better:
+                assert champion is not None
+                result = Registration("kept_champion", reason, str(champion.version))
+                tracker.set_parent_tags({TAG_REGISTRATION: f"{result.decision}:"})
+                return result
+        with tracker.stopwatch.timed("registry"):
+            registered = mlflow.register_model(model_uri, name, tags={
+                TAG_VAL_LOSS: repr(float(val_loss)), TAG_LOSS: loss, **tags})
+            client.set_registered_model_alias(name, CHAMPION, registered.version)
+        result = Registration("registered", f"{reason}; alias '{CHAMPION}' set", str(registered.version))
+    tracker.set_parent_tags({TAG_REGISTRATION: f"{result.decision}:{result.version or ''}"})
+    return result
+
+
+def _champion(client: MlflowClient, name: str) -> Any:
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise TrackingError(f"model registry: cannot read {name}@{CHAMPION}: {error.message}") from error
+
+
+def _compare(champion: Any, val_loss: float, loss: str) -> tuple[str, bool]:
+    if champion is None:
+        return "no champion yet", True
+    recorded = champion.tags.get(TAG_VAL_LOSS)
+    if recorded is None or champion.tags.get(TAG_LOSS) != loss:
+        return f"champion version {champion.version} has no comparable {TAG_VAL_LOSS} tag", True
+    champion_loss = float(recorded)
+    if math.isfinite(champion_loss) and val_loss >= champion_loss:
+        return (f"val_loss {val_loss:.6g} is not better than champion version {champion.version}'s "
+                f"{champion_loss:.6g}"), False
+    return f"val_loss {val_loss:.6g} beats champion version {champion.version}'s {champion_loss:.6g}", True
+
+
+# ----------------------------------------------------------------------------------------------- scoring
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    """A model resolved for batch scoring: a pinned URI, its lineage and its input columns."""
+
+    uri: str  # pinned: models:/<name>/<version> for registry URIs
+    name: str | None
+    version: str | None
+    run_id: str | None
+    features: tuple[str, ...]
+    loss: str  # "logistic" (scores are P(y=1)) or "squared"
+
+
+def resolve_scoring_model(client: MlflowClient, model_uri: str) -> ScoringModel:
+    """Pin ``model_uri`` (``models:/name@alias``, ``models:/name/3``, ``runs:/...``, ``models:/m-...``).
+
+    Raises :class:`TrackingError` naming the URI when it cannot be resolved.
+    """
+    name: str | None = None
+    version: str | None = None
+    pinned = model_uri
+    try:
+        if model_uri.startswith("models:/") and not model_uri.removeprefix("models:/").startswith("m-"):
+            path = model_uri.removeprefix("models:/")
+            if "@" in path:
+                name, _, alias = path.partition("@")
+                model_version = client.get_model_version_by_alias(name, alias)
+            else:
+                name, _, number = path.partition("/")
+                model_version = client.get_model_version(name, number)
+            version = str(model_version.version)
+            pinned = f"models:/{name}/{version}"
+        info = mlflow.models.get_model_info(pinned)
+    except MlflowException as error:
+        raise TrackingError(f"scoring.model_uri {model_uri}: {error.message}") from error
+    if info.signature is None or info.signature.inputs is None:
+        raise TrackingError(f"scoring.model_uri {model_uri}: the model has no input signature")
+    loss = (info.metadata or {}).get("lrsweep_loss")
+    if loss not in ("logistic", "squared"):
+        raise TrackingError(f"scoring.model_uri {model_uri}: not an lrsweep model (no lrsweep_loss metadata)")
+    return ScoringModel(uri=pinned, name=name, version=version, run_id=info.run_id,
+                        features=tuple(info.signature.inputs.input_names()), loss=loss)
+
+
+def scoring_udf(spark: SparkSession, model: ScoringModel) -> Callable[..., Column]:
+    """A Spark UDF (Arrow batches, the driver's environment) returning the score as a double.
+
+    Logistic models return ``P(y=1)``; squared ones the predicted value.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, DoubleType
+
+    result_type = ArrayType(DoubleType()) if model.loss == "logistic" else DoubleType()
+    udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=result_type, env_manager="local")
+
+    def score(*columns: Column) -> Column:
+        scored: Column = udf(F.struct(*columns))
+        return scored[1] if model.loss == "logistic" else scored
+
+    return score

@@ -1,0 +1,302 @@
+"""A tracked sweep against a real sqlite MLflow store and real Delta tables (in-process, shared Spark)."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from pyspark.sql import SparkSession
+
+from jobs import score as score_job
+from jobs import train_sweep
+from pipelines.cli import run_job
+from pipelines.config import Config
+from pipelines.errors import OutputError, TerminatedError
+from pipelines.orchestration.score import score_table
+from pipelines.orchestration.sweep import SweepReport, run_tracked_sweep
+from pipelines.tracking.runs import TAG_ROLE, TAG_SWEEP_ID
+from tests.conftest import make_config
+
+GRID = "[0.01, 0.1, 1000.0]"
+EPOCHS = 3
+SWEEP_ID = "it-sweep-1"
+
+
+def _config(table: str, workdir: Path, *overrides: str) -> Config:
+    return make_config(table, workdir, [
+        f"sweep.learning_rates={GRID}", f"train.epochs={EPOCHS}", f"sweep.id={SWEEP_ID}",
+        "tracking.experiment=it-sweeps", "tracking.registered_model=it_churn", *overrides])
+
+
+def _runs(client: MlflowClient, sweep_id: str, role: str) -> list[Run]:
+    experiment = client.get_experiment_by_name("it-sweeps")
+    assert experiment is not None
+    runs: list[Run] = client.search_runs(
+        [experiment.experiment_id], f"tags.`{TAG_SWEEP_ID}` = '{sweep_id}' AND tags.`{TAG_ROLE}` = '{role}'")
+    return runs
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tracked")
+
+
+@pytest.fixture(scope="module")
+def swept(spark: SparkSession, demo_table: str, workdir: Path) -> Iterator[tuple[Config, SweepReport]]:
+    config = _config(demo_table, workdir)
+    report = run_tracked_sweep(spark, config, progress=None)
+    yield config, report
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def client(swept: tuple[Config, SweepReport]) -> MlflowClient:
+    return MlflowClient(tracking_uri=swept[0].tracking.uri)
+
+
+def test_run_tree_params_tags_and_dataset(swept: tuple[Config, SweepReport], client: MlflowClient,
+                                          demo_table: str) -> None:
+    _, report = swept
+    parents, children = _runs(client, SWEEP_ID, "parent"), _runs(client, SWEEP_ID, "child")
+    assert [p.info.run_id for p in parents] == [report.parent_run_id]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert sorted(c.info.run_name for c in children) == ["lr=0.01", "lr=0.1", "lr=1000"]
+    assert all(c.data.tags["mlflow.parentRunId"] == report.parent_run_id for c in children)
+    assert all(c.info.status == "FINISHED" for c in children)
+    params = parent.data.params
+    assert params["table"] == demo_table and params["table_version"] == "1" and params["label"] == "churned"
+    assert params["loss"] == "logistic" and params["epochs"] == str(EPOCHS)
+    assert params["learning_rates"] == "0.01,0.1,1000.0" and int(params["num_features"]) >= 25
+    assert {"algorithm", "batch_size", "schedule", "optimizer", "seed"} <= set(params)
+    tags = parent.data.tags
+    assert tags[TAG_SWEEP_ID] == SWEEP_ID and tags["lrsweep.spark_master"] == "local[2]"
+    assert len(tags["lrsweep.code_version"]) >= 5
+    for run in [parent, *children]:
+        [dataset_input] = run.inputs.dataset_inputs
+        source = dataset_input.dataset.source
+        assert demo_table in source and '"delta_table_version": 1' in source.replace("'", '"'), source
+        assert dataset_input.dataset.source_type == "delta_table"
+        assert '"num_rows": 4' in dataset_input.dataset.profile  # the exact row count, no counting job
+
+
+def test_child_histories_are_finite_per_epoch_with_statuses(swept: tuple[Config, SweepReport],
+                                                            client: MlflowClient) -> None:
+    _, report = swept
+    children = {c.info.run_name: c for c in _runs(client, SWEEP_ID, "child")}
+    for name in ("lr=0.01", "lr=0.1"):
+        child = children[name]
+        assert child.data.tags["status"] == "completed" and child.data.params["learning_rate"] in ("0.01", "0.1")
+        for metric in ("train_loss", "val_loss", "val_log_loss", "val_accuracy", "val_auc"):
+            history = client.get_metric_history(child.info.run_id, metric)
+            assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), metric
+            assert all(math.isfinite(m.value) for m in history)
+    diverged = children["lr=1000"]
+    assert diverged.data.tags["status"] == "diverged"
+    at = int(diverged.data.metrics["diverged_at_epoch"])
+    assert 1 <= at <= EPOCHS and diverged.data.tags["diverged_at_epoch"] == str(at)
+    for metric in ("train_loss", "val_loss"):
+        history = client.get_metric_history(diverged.info.run_id, metric)
+        assert all(math.isfinite(m.value) for m in history) and all(1 <= m.step <= at for m in history)
+    # The parent's summary: best rate, its metrics and the time split.
+    parent = client.get_run(report.parent_run_id)
+    best = report.run.outcome.best
+    assert best is not None and best.learning_rate in (0.01, 0.1)
+    assert parent.data.metrics["best_learning_rate"] == best.learning_rate
+    assert parent.data.metrics["best_val_loss"] == pytest.approx(best.final_metrics()["val_loss"])
+    assert parent.data.metrics["rates_diverged"] == 1.0
+    assert parent.data.metrics["tracking_seconds"] > 0 and parent.data.metrics["training_seconds"] > 0
+    artifacts = {a.path for a in client.list_artifacts(report.parent_run_id, "figures")}
+    assert artifacts == {"figures/loss_curves.png", "figures/val_loss_vs_learning_rate.png"}
+    logged = mlflow.artifacts.load_dict(f"runs:/{report.parent_run_id}/results/rates.json")
+    table = pd.DataFrame(logged["data"], columns=logged["columns"])
+    assert sorted(table["learning_rate"]) == [0.01, 0.1, 1000.0] and int(table["best"].sum()) == 1
+
+
+def test_champion_loads_without_spark_and_predicts_like_raw_coefficients(swept: tuple[Config, SweepReport],
+                                                                         client: MlflowClient) -> None:
+    _, report = swept
+    assert report.registration is not None and report.registration.decision == "registered"
+    champion = client.get_model_version_by_alias("it_churn", "champion")
+    assert str(champion.version) == report.registration.version
+    assert float(champion.tags["lrsweep.val_loss"]) == pytest.approx(
+        report.run.outcome.best.final_metrics()["val_loss"])  # type: ignore[union-attr]
+    model = mlflow.pyfunc.load_model("models:/it_churn@champion")
+    features = list(report.table.features)
+    assert model.metadata.get_input_schema().input_names() == features
+    rng = np.random.default_rng(0)
+    X = report.table.dataframe.select(*features).limit(50).toPandas()
+    X = X * rng.uniform(0.5, 1.5, size=X.shape)
+    best = report.run.outcome.best
+    assert best is not None
+    raw_weights, raw_intercepts = report.run.scaling.to_raw(best.weights[None, :], np.array([best.intercept]))
+    expected = 1.0 / (1.0 + np.exp(-(X.to_numpy() @ raw_weights[0] + raw_intercepts[0])))
+    predicted = np.asarray(model.predict(X))
+    assert predicted.shape == (50, 2)
+    np.testing.assert_allclose(predicted[:, 1], expected, rtol=0, atol=1e-9)
+
+
+def test_results_table_has_one_row_per_rate_and_epoch(spark: SparkSession, swept: tuple[Config, SweepReport]
+                                                      ) -> None:
+    config, report = swept
+    rows = spark.read.format("delta").load(config.output.results_table).toPandas()
+    expected = sum(r.epochs_run for r in report.run.outcome.rates)
+    assert len(rows) == expected == report.results_rows
+    assert not rows.duplicated(["sweep_id", "learning_rate", "epoch"]).any()
+    completed = rows[rows.learning_rate == 0.1].sort_values("epoch")
+    assert completed.epoch.tolist() == list(range(1, EPOCHS + 1))
+    assert completed.status.unique().tolist() == ["completed"] and completed.val_auc.notna().all()
+    assert completed.val_rmse.isna().all()  # squared-loss columns stay empty for a logistic sweep
+    assert set(rows.child_run_id) == set(report.child_run_ids)
+    assert (rows.parent_run_id == report.parent_run_id).all() and (rows.data_version == 1).all()
+    assert rows[rows.is_best].learning_rate.nunique() == 1
+    diverged = rows[rows.learning_rate == 1000.0]
+    assert (diverged.status == "diverged").all()
+
+
+def test_rerun_with_the_same_sweep_id_adds_nothing_and_replaces_unfinished(
+    spark: SparkSession, swept: tuple[Config, SweepReport], client: MlflowClient, demo_table: str, workdir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config, first = swept
+
+    def snapshot() -> tuple[int, int, int, int, int]:
+        children = _runs(client, SWEEP_ID, "child")
+        histories = sum(len(client.get_metric_history(c.info.run_id, "val_loss")) for c in children)
+        parent_inputs = len(client.get_run(first.parent_run_id).inputs.dataset_inputs)
+        versions = len(client.search_model_versions("name='it_churn'"))
+        rows = spark.read.format("delta").load(config.output.results_table).count()
+        return len(_runs(client, SWEEP_ID, "parent")) + len(children), histories, parent_inputs, versions, rows
+
+    before = snapshot()
+    argv = ["--set", f"data.table={demo_table}", "--set", f"output.results_table={config.output.results_table}",
+            "--set", f"output.predictions_table={config.output.predictions_table}",
+            "--set", f"tracking.uri={config.tracking.uri}", "--set", "tracking.experiment=it-sweeps",
+            "--set", "tracking.registered_model=it_churn", "--set", f"sweep.learning_rates={GRID}",
+            "--set", f"train.epochs={EPOCHS}", "--set", f"sweep.id={SWEEP_ID}"]
+    assert run_job(train_sweep.main, argv) == 0
+    out = capsys.readouterr().out
+    assert f"sweep {SWEEP_ID}: parent run {first.parent_run_id} (resumed)" in out
+    assert "already in" in out and "already_done" in out
+    assert "*" in out and "val_auc" in out and "epoch 3/3" in out
+    assert snapshot() == before
+
+    # An attempt that died while logging a child: that child is replaced, the others are reused.
+    children = {c.info.run_name: c.info.run_id for c in _runs(client, SWEEP_ID, "child")}
+    client.set_terminated(children["lr=0.1"], "FAILED")
+    report = run_tracked_sweep(spark, config, progress=None)
+    assert snapshot() == before
+    replaced = dict(zip([f"lr={r.learning_rate:.4g}" for r in report.run.outcome.rates], report.child_run_ids,
+                        strict=True))
+    assert replaced["lr=0.01"] == children["lr=0.01"] and replaced["lr=0.1"] != children["lr=0.1"]
+    assert client.get_run(children["lr=0.1"]).info.lifecycle_stage == "deleted"
+    assert client.get_run(replaced["lr=0.1"]).info.status == "FINISHED"
+
+
+def test_bad_results_location_fails_naming_it_and_runs_end_failed(
+    spark: SparkSession, demo_table: str, workdir: Path, client: MlflowClient,
+) -> None:
+    not_delta = workdir / "not_a_table"
+    not_delta.mkdir()
+    (not_delta / "part-0.csv").write_text("a,b\n1,2\n")
+    config = _config(demo_table, workdir, f"output.results_table={not_delta}", "sweep.id=it-bad-output")
+    with pytest.raises(OutputError, match=f"output.results_table {not_delta} exists and is not a Delta table"):
+        run_tracked_sweep(spark, config, progress=None)
+    [parent] = _runs(client, "it-bad-output", "parent")
+    assert parent.info.status == "FAILED"
+    assert mlflow.active_run() is None
+
+
+def test_sigterm_ends_runs_killed(spark: SparkSession, demo_table: str, workdir: Path,
+                                  client: MlflowClient) -> None:
+    from pipelines.cli import raise_on_sigterm
+
+    config = _config(demo_table, workdir, "sweep.id=it-killed", "tracking.register_when=never")
+
+    def terminate_during_training(line: str) -> None:
+        if line.startswith("epoch "):  # the first epoch's progress line: training is under way
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    raise_on_sigterm()
+    try:
+        with pytest.raises(TerminatedError):
+            run_tracked_sweep(spark, config, progress=terminate_during_training)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    [parent] = _runs(client, "it-killed", "parent")
+    assert parent.info.status == "KILLED"
+    assert all(c.info.status != "RUNNING" for c in _runs(client, "it-killed", "child"))
+
+
+def test_if_better_keeps_a_better_champion(spark: SparkSession, swept: tuple[Config, SweepReport],
+                                           demo_table: str, workdir: Path, client: MlflowClient) -> None:
+    champion_before = client.get_model_version_by_alias("it_churn", "champion").version
+    config = _config(demo_table, workdir, "sweep.id=it-worse", "sweep.learning_rates=[0.00001]",
+                     "train.epochs=1")
+    report = run_tracked_sweep(spark, config, progress=None)
+    assert report.registration is not None and report.registration.decision == "kept_champion"
+    assert "is not better than champion version" in report.registration.reason
+    assert client.get_model_version_by_alias("it_churn", "champion").version == champion_before
+    assert client.get_run(report.parent_run_id).data.tags["lrsweep.registration"] == "kept_champion:"
+
+
+def test_scoring_writes_predictions_with_lineage(spark: SparkSession, swept: tuple[Config, SweepReport],
+                                                 demo_table: str, capsys: pytest.CaptureFixture[str]) -> None:
+    config, report = swept
+    result = score_table(spark, config)
+    assert result.written and result.model.name == "it_churn"
+    assert result.model.version == report.registration.version  # type: ignore[union-attr]
+    predictions = spark.read.format("delta").load(config.output.predictions_table).toPandas()
+    assert len(predictions) == result.rows == report.table.rows_read
+    scored = predictions[predictions.prediction.notna()]
+    assert len(predictions) - len(scored) == result.rows_without_prediction == report.table.rows_dropped_null
+    assert scored.prediction.between(0.0, 1.0).all()
+    assert (scored.predicted_label == (scored.prediction >= 0.5).astype(int)).all()
+    assert {"customer_id", "churned"} <= set(predictions.columns) and "tenure_months" not in predictions.columns
+    assert (predictions.model_name == "it_churn").all() and (predictions.source_version == 1).all()
+    assert (predictions.model_run_id == report.parent_run_id).all()
+    assert (predictions.source_table == demo_table).all() and predictions.scored_at.notna().all()
+
+    # Same predictions as the model applied without Spark, row for row.
+    features = list(report.table.features)
+    source = spark.read.format("delta").load(demo_table).toPandas().dropna(subset=features)
+    model = mlflow.pyfunc.load_model(result.model.uri)
+    expected = pd.Series(np.asarray(model.predict(source[features].astype("float64")))[:, 1],
+                         index=source.customer_id)
+    np.testing.assert_allclose(scored.set_index("customer_id").prediction.loc[expected.index], expected,
+                               rtol=0, atol=1e-12)
+
+    # Scoring the same model version on the same table version again appends nothing.
+    argv = ["--set", f"data.table={demo_table}", "--set", f"output.predictions_table={config.output.predictions_table}",
+            "--set", f"output.results_table={config.output.results_table}",
+            "--set", f"tracking.uri={config.tracking.uri}", "--set", "tracking.registered_model=it_churn"]
+    assert run_job(score_job.main, argv) == 0
+    assert "already had (nothing appended)" in capsys.readouterr().out
+    assert spark.read.format("delta").load(config.output.predictions_table).count() == len(predictions)
+
+
+def test_rerun_keeps_the_table_version_of_the_first_attempt(spark: SparkSession, workdir: Path) -> None:
+    path = str(workdir / "growing")
+    rows = "id % 2 AS label", "CAST(id % 7 AS DOUBLE) + (id % 2) AS x", "CAST(id % 5 AS DOUBLE) AS z"
+    spark.range(400).selectExpr(*rows).write.format("delta").save(path)
+    config = _config(path, workdir / "growing_out", "data.label=label", "data.exclude=[]", "sweep.id=it-pinned",
+                     "sweep.learning_rates=[0.1]", "train.epochs=1", "tracking.register_when=never")
+    first = run_tracked_sweep(spark, config, progress=None)
+    spark.range(400, 600).selectExpr(*rows).write.format("delta").mode("append").save(path)
+    again = run_tracked_sweep(spark, config, progress=None)
+    assert first.table.ref.version == again.table.ref.version == 0 and again.resumed
+    assert again.parent_run_id == first.parent_run_id and again.child_run_ids == first.child_run_ids
+    assert not again.results_written
+    assert spark.read.format("delta").load(config.output.results_table).count() == first.results_rows
+    client = MlflowClient(tracking_uri=config.tracking.uri)
+    assert client.get_run(first.parent_run_id).data.params["table_version"] == "0"
