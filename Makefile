@@ -12,6 +12,10 @@ ENV    ?= local
 ARGS   ?=
 PYTEST_ARGS ?=
 
+# spark-submit (and Spark's Python workers) run this project's interpreter.
+export PYSPARK_PYTHON := $(abspath $(PY))
+export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
+
 .PHONY: demo score test test-fast lint typecheck bench ui check-java clean fetch-jars
 
 $(VENV)/.installed: pyproject.toml | check-java
