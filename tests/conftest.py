@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from pipelines.config import Config, load_config
@@ -16,6 +18,8 @@ from pipelines.config import Config, load_config
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+N_ROWS = 2400
+N_FEATURES = 5
 DEMO_ROWS = 4000
 DEMO_APPEND_ROWS = 400
 
@@ -73,3 +77,20 @@ def table_overrides(table: str, workdir: Path) -> list[str]:
         "--set", f"output.predictions_table={workdir / 'predictions'}",
         "--set", f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
     ]
+
+
+@pytest.fixture(scope="session")
+def synthetic_tables(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A logistic and a linear problem with features on different scales, as Delta tables."""
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(N_ROWS, N_FEATURES)) * np.array([1.0, 10.0, 0.1, 100.0, 3.0]) + np.array([0, 5, 0, 50, 1])
+    z = (X - X.mean(0)) / X.std(0) @ np.array([1.5, -2.0, 0.7, 0.0, 1.0]) - 0.3
+    frame = pd.DataFrame(X, columns=[f"x{j}" for j in range(N_FEATURES)])
+    frame["label"] = (rng.random(N_ROWS) < 1 / (1 + np.exp(-z))).astype(np.int64)
+    frame["target"] = z * 3.0 + rng.normal(size=N_ROWS) * 0.5 + 10.0
+    root = tmp_path_factory.mktemp("synthetic")
+    paths = {}
+    for name, drop in (("logistic", "target"), ("squared", "label")):
+        paths[name] = str(root / name)
+        spark.createDataFrame(frame.drop(columns=[drop])).write.format("delta").save(paths[name])
+    return paths

@@ -6,8 +6,9 @@ float64 bytes. That DataFrame is cached; every epoch's job reads the blocks of i
 numpy arrays with zero parsing (``np.frombuffer``).
 
 The blocks are a pure function of the input rows and the partitioning (round-robin repartition sorts
-before distributing), so a lost cached partition is recomputed identically and a retried task sees the
-same data.
+before distributing, and each partition is then sorted by a content hash, since rows arrive from a shuffle
+in fetch order), so a lost cached partition is recomputed identically and a retried task sees the same
+data.
 
 Moving every block from the JVM cache to Python each epoch costs more than the epoch's arithmetic (about
 70 MB/s measured here), so each executor also keeps the partitions it has worked on as ``.npy`` files in
@@ -145,9 +146,13 @@ def build_blocks(
             if pending_rows[is_validation]:
                 yield flush(is_validation)
 
+    # After the shuffle rows arrive in fetch order, which varies between runs on a cluster: sort each
+    # partition by a content hash (ties by content) so its blocks, hence the SGD trajectory, are reproducible.
+    order_key = F.xxhash64(F.lit(0x5EED), *[F.col(c) for c in columns])
     blocks = (
         dataframe.select(*columns)
         .repartition(num_partitions)
+        .sortWithinPartitions(order_key, *columns)
         .mapInArrow(pack, BLOCK_SCHEMA)
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
@@ -197,10 +202,7 @@ def map_partitions(blocks: BlockSet, compute: Callable[[PartitionBlocks], dict[s
     One job over a manifest of partition numbers reads the executor-local staged copies; the partitions
     whose executor had none run again on the cached blocks (which stages them for next time).
     """
-    from pyspark.sql import SparkSession
-
-    spark = SparkSession.getActiveSession()
-    assert spark is not None
+    spark = blocks.dataframe.sparkSession  # works for classic and Spark Connect sessions alike
     staging, n_features = blocks.staging_dir, blocks.n_features
 
     def from_staged(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -25,7 +25,8 @@ Evaluation is fused into training: the job that trains epoch ``e`` first evaluat
 from (the result of epoch ``e - 1``) on the partition's training and validation rows, so an epoch costs
 one job, plus one final evaluation job. Consequently a policy that stops a row after epoch ``e - 1``
 learns it while epoch ``e`` is computed: that one epoch of the row's work is discarded (its models are
-rolled back), and from then on the row consumes no compute.
+rolled back), and from then on the row consumes no compute. (At pruning rungs the sweep loop evaluates in
+a job of its own instead, so pruned rates waste nothing.)
 
 Determinism: tasks depend only on their cached blocks and the broadcast closure; partition results are
 combined in partition order with elementwise sums (:func:`~pipelines.sgd.averaging.weighted_mean`), and

@@ -7,12 +7,12 @@ coefficients back so the final model applies to raw features:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from pipelines.sgd._types import FloatArray
 
@@ -47,19 +47,56 @@ class FeatureScaling:
 
 
 def fit_scaling(dataframe: DataFrame, columns: Sequence[str], standardize: bool = True) -> FeatureScaling:
-    """Means and population standard deviations of ``columns`` in one aggregation.
+    """Means and population standard deviations of ``columns`` in one distributed pass.
+
+    Every partition returns its count, means and sums of squared deviations (through Arrow); the driver
+    merges them in partition order with Chan et al.'s pairwise update
+    ``M2 = M2_a + M2_b + delta^2 * n_a * n_b / n`` (numerically stable). Unlike a Spark aggregation, whose
+    partial results merge in the order they arrive, the result is bit-for-bit reproducible, so a rerun or
+    a retried job trains on identical features.
 
     A constant column (standard deviation 0) keeps scale 1: it is centred to zeros and carries no
     information, rather than dividing by zero.
     """
     if not standardize:
         return FeatureScaling.identity(columns)
-    aggregates = [F.mean(c).alias(f"mean::{c}") for c in columns]
-    aggregates += [F.stddev_pop(c).alias(f"std::{c}") for c in columns]
-    row = dataframe.agg(*aggregates).collect()[0].asDict()
-    means = np.array([float(row[f"mean::{c}"] or 0.0) for c in columns])
-    stds = np.array([float(row[f"std::{c}"] or 0.0) for c in columns])
-    constant = stds <= 1e-12 * np.maximum(1.0, np.abs(means))
+    names = list(columns)
+
+    def moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        count, mean, m2 = 0, np.zeros(len(names)), np.zeros(len(names))
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            X = np.column_stack([batch.column(name).to_numpy(zero_copy_only=False) for name in names])
+            count, mean, m2 = _merge(count, mean, m2, X.shape[0], X.mean(axis=0),
+                                     ((X - X.mean(axis=0)) ** 2).sum(axis=0))
+        context = TaskContext.get()
+        yield pa.RecordBatch.from_pydict({
+            "partition": pa.array([context.partitionId() if context else 0], pa.int32()),
+            "count": pa.array([count], pa.int64()),
+            "mean": pa.array([mean.tobytes()], pa.binary()), "m2": pa.array([m2.tobytes()], pa.binary())})
+
+    rows = dataframe.select(*names).mapInArrow(
+        moments, "partition INT, count LONG, mean BINARY, m2 BINARY").collect()
+    count, mean, m2 = 0, np.zeros(len(names)), np.zeros(len(names))
+    for row in sorted(rows, key=lambda r: int(r["partition"])):
+        if row["count"]:
+            count, mean, m2 = _merge(count, mean, m2, int(row["count"]), np.frombuffer(row["mean"]),
+                                     np.frombuffer(row["m2"]))
+    stds = np.sqrt(m2 / count) if count else np.zeros(len(names))
+    constant = stds <= 1e-12 * np.maximum(1.0, np.abs(mean))
     scales = np.where(constant, 1.0, stds)
-    return FeatureScaling(tuple(columns), means, scales,
-                          tuple(c for c, is_constant in zip(columns, constant, strict=True) if is_constant))
+    return FeatureScaling(tuple(names), mean, scales,
+                          tuple(c for c, is_constant in zip(names, constant, strict=True) if is_constant))
+
+
+def _merge(n_a: int, mean_a: FloatArray, m2_a: FloatArray, n_b: int, mean_b: FloatArray,
+           m2_b: FloatArray) -> tuple[int, FloatArray, FloatArray]:
+    """Combine (count, mean, M2) of two disjoint sets of rows."""
+    if n_a == 0:
+        return n_b, mean_b.copy(), m2_b.copy()
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return n, mean_a + delta * (n_b / n), m2_a + m2_b + delta**2 * (n_a * n_b / n)

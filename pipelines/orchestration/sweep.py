@@ -5,6 +5,15 @@ Data flows one way::
     config -> lakehouse.reader (pinned version) -> sweep.runner (features, engine, loop)
            -> tracking (runs, dataset, figures, model, registry) + lakehouse.writer (results table)
 
+With ``sweep.learning_rates: auto`` the grid comes from Smith's range test (:mod:`pipelines.sweep.range_test`),
+run on the same cached blocks: round 1 trains ``sweep.auto_num`` log-spaced rates spanning a factor
+``sweep.auto_span`` centred on the suggestion; with ``sweep.refine`` round 2 trains a finer grid spanning
+round 1's two neighbours of its best rate (an odd number of rates, so the best rate itself is retrained and
+round 2 can only match or beat it). The range test and every round's rates are child runs of the one
+parent run (roles ``range_test`` and ``child``, rounds tagged ``lrsweep.round``). The final round is the
+sweep's result: its rows go to the results table, its best model is logged and registered, its curves
+are the parent's figures and summary.
+
 Rerunning with the same ``sweep.id`` completes what an earlier attempt left undone and duplicates nothing:
 the data version is taken from the earlier attempt, FINISHED child runs are reused, the results are
 appended with Delta's idempotent ``txnAppId``/``txnVersion``, and the model is logged and registered once.
@@ -23,9 +32,10 @@ from pyspark.sql import SparkSession
 from pipelines.config import Config
 from pipelines.lakehouse.reader import FeatureTable, read_feature_table
 from pipelines.lakehouse.writer import check_output_table, write_results
-from pipelines.reporting.figures import loss_curves_figure, val_loss_vs_rate_figure
+from pipelines.reporting.figures import loss_curves_figure, range_test_figure, val_loss_vs_rate_figure
 from pipelines.reporting.tables import MAIN_METRIC, rate_summary, results_rows
-from pipelines.sweep.runner import SweepRun, prepare_data, train_grid
+from pipelines.sweep.range_test import RangeTestResult, auto_grid, refine_span
+from pipelines.sweep.runner import PreparedData, SweepRun, prepare_data, range_test, train_grid
 from pipelines.tracking.models import Registration, linear_pipeline, log_model, register_model
 from pipelines.tracking.runs import SweepTracker, TrainingData
 from pipelines.tracking.store import code_version, connect, tracking_uri
@@ -52,6 +62,9 @@ class SweepReport:
     tracking_seconds: float
     wall_seconds: float
     summary: list[dict[str, Any]] = field(default_factory=list)
+    suggested_learning_rate: float | None = None  # 'auto' sweeps: the range test's suggestion
+    range_test: RangeTestResult | None = None  # None when not run (explicit grid, or reused on a rerun)
+    rounds: list[SweepRun] = field(default_factory=list)  # 'auto' sweeps: every round; `run` is the last
     phase_seconds: dict[str, float] = field(default_factory=dict)  # read, training, results_write
     tracking_by_label: dict[str, float] = field(default_factory=dict)  # connect, runs, children, model, ...
 
@@ -80,15 +93,61 @@ def sweep_params(config: Config, table: FeatureTable, learning_rates: list[float
         "epochs": str(train.epochs),
         "seed": str(train.seed),
         "seeds": ",".join(map(str, config.sweep.seeds or [train.seed])),
-        "learning_rates": ",".join(repr(rate) for rate in learning_rates),
-        "num_learning_rates": str(len(learning_rates)),
+        "learning_rates": ",".join(repr(rate) for rate in learning_rates) if learning_rates else "auto",
+        "num_learning_rates": str(len(learning_rates) if learning_rates else config.sweep.auto_num),
         "validation_fraction": repr(config.data.validation_fraction),
         "standardize": str(config.features.standardize),
         "early_stopping": str(config.sweep.early_stopping.enabled),
         "pruning": str(config.sweep.pruning.enabled),
         "divergence_factor": repr(config.sweep.divergence_factor),
         "rows": str(table.rows),
+        **(auto_params(config) if not learning_rates else {}),
     }
+
+
+def auto_params(config: Config) -> dict[str, str]:
+    """The settings of an ``auto`` grid: the range test's and the rounds'."""
+    settings = config.range_test
+    return {"auto_num": str(config.sweep.auto_num), "auto_span": repr(config.sweep.auto_span),
+            "refine": str(config.sweep.refine), "range_test_min_lr": repr(settings.min_lr),
+            "range_test_max_lr": repr(settings.max_lr), "range_test_num_steps": str(settings.num_steps),
+            "range_test_smoothing": repr(settings.smoothing), "range_test_stop_factor": repr(settings.stop_factor)}
+
+
+@dataclass(frozen=True)
+class AutoRounds:
+    """What an ``auto`` sweep trained: the suggestion, the range test (if run now) and the rounds."""
+
+    suggestion: float
+    range_test: RangeTestResult | None
+    rounds: list[SweepRun]
+
+
+def run_auto_rounds(prepared: PreparedData, config: Config, tracker: SweepTracker,
+                    progress: Callable[[str], None] | None) -> AutoRounds:
+    """Range test (logged as a child run, or reused from an earlier attempt), round 1, optional round 2."""
+    say = progress or (lambda line: None)
+    suggestion = tracker.finished_range_test()
+    result: RangeTestResult | None = None
+    if suggestion is None:
+        result = range_test(prepared, config.model, config.train, config.range_test)
+        suggestion = result.suggestion
+        tracker.log_range_test(result, range_test_figure(result), auto_params(config))
+        say(f"range test: {result.steps} steps{' (stopped early)' if result.stopped_early else ''}, "
+            f"minimum smoothed loss at lr={result.min_loss_rate:.4g}, suggested lr={suggestion:.4g}")
+    else:
+        say(f"range test: suggestion lr={suggestion:.4g} from the earlier attempt")
+    grid = auto_grid(suggestion, config.sweep.auto_num, config.sweep.auto_span)
+    rounds = [train_grid(prepared, config, grid, progress=progress)]
+    best = rounds[0].outcome.best
+    if config.sweep.refine and best is not None and len(grid) > 1:
+        num = config.sweep.auto_num + (1 - config.sweep.auto_num % 2)  # odd: the best rate is retrained
+        finer = auto_grid(best.learning_rate, num, refine_span(grid))
+        say(f"refining around lr={best.learning_rate:.4g}: {len(finer)} rates from {finer[0]:.4g} to {finer[-1]:.4g}")
+        rounds.append(train_grid(prepared, config, finer, progress=progress))
+    elif config.sweep.refine:
+        say("not refining: round 1 has no usable best rate")
+    return AutoRounds(suggestion, result, rounds)
 
 
 def run_tracked_sweep(spark: SparkSession, config: Config,
@@ -102,7 +161,8 @@ def run_tracked_sweep(spark: SparkSession, config: Config,
     """
     started = time.perf_counter()
     sweep_id = config.sweep.id or uuid.uuid4().hex
-    learning_rates = config.sweep.grid()
+    auto = config.sweep.learning_rates == "auto"
+    learning_rates = [] if auto else config.sweep.grid()
     # The table is read first: a bad table fails fast, before any MLflow store is touched.
     read_started = time.perf_counter()
     table = read_feature_table(spark, config.data, config.model.loss)
@@ -123,20 +183,33 @@ def run_tracked_sweep(spark: SparkSession, config: Config,
             "lrsweep.tracking_uri": tracking_uri(config.tracking)}
     say = progress or (lambda line: None)
     say(f"sweep {sweep_id}{' (resumed)' if tracker.resumed else ''}: {table.ref.identifier} at version "
-        f"{table.ref.version}, {table.rows} rows, {len(table.features)} features, {len(learning_rates)} rates")
+        f"{table.ref.version}, {table.rows} rows, {len(table.features)} features, "
+        f"{len(learning_rates) if learning_rates else 'auto'} rates")
 
     with tracker.parent_run(sweep_params(config, table, learning_rates), tags, data) as parent_run_id:
         check_output_table(spark, config.output.results_table, "output.results_table")
         training_started = time.perf_counter()
         prepared = prepare_data(spark, table, config.data, config.features, config.train)
+        auto_rounds: AutoRounds | None = None
         try:
-            run = train_grid(prepared, config, learning_rates, progress=progress)
+            if auto:
+                auto_rounds = run_auto_rounds(prepared, config, tracker, progress)
+                run = auto_rounds.rounds[-1]
+            else:
+                run = train_grid(prepared, config, learning_rates, progress=progress)
         finally:
             prepared.blocks.release()
         training_seconds = phases["training"] = time.perf_counter() - training_started
         outcome = run.outcome
 
-        child_run_ids = tracker.log_rates(outcome, data)
+        if auto_rounds is None:
+            child_run_ids = tracker.log_rates(outcome, data)
+        else:
+            tracker.log_parent_params({"suggested_learning_rate": repr(auto_rounds.suggestion), **{
+                f"round{number}_learning_rates": ",".join(repr(rate) for rate in round_run.learning_rates)
+                for number, round_run in enumerate(auto_rounds.rounds, start=1)}})
+            for number, round_run in enumerate(auto_rounds.rounds, start=1):
+                child_run_ids = tracker.log_rates(round_run.outcome, data, round_number=number)
         rows = results_rows(outcome, loss, sweep_id=sweep_id, parent_run_id=parent_run_id,
                             child_run_ids=child_run_ids, data_table=table.ref.identifier,
                             data_version=table.ref.version)
@@ -173,6 +246,9 @@ def run_tracked_sweep(spark: SparkSession, config: Config,
             "full_grid_row_passes": float(outcome.full_grid_row_passes), "train_rows": float(run.train_rows),
             "validation_rows": float(run.validation_rows),
         }
+        if auto_rounds is not None:
+            summary_metrics["suggested_learning_rate"] = auto_rounds.suggestion
+            summary_metrics["rounds"] = float(len(auto_rounds.rounds))
         summary_metrics.update({f"tracking_seconds_{label}": seconds
                                 for label, seconds in tracker.stopwatch.by_label.items()})
         for status in ("completed", "diverged", "early_stopped", "pruned"):
@@ -193,4 +269,7 @@ def run_tracked_sweep(spark: SparkSession, config: Config,
         table=table, resumed=tracker.resumed, results_written=results_written, results_rows=len(rows),
         model_uri=model_uri, registration=registration, training_seconds=training_seconds,
         tracking_seconds=tracker.stopwatch.seconds, wall_seconds=time.perf_counter() - started, summary=summary,
-        phase_seconds=phases, tracking_by_label=dict(tracker.stopwatch.by_label))
+        phase_seconds=phases, tracking_by_label=dict(tracker.stopwatch.by_label),
+        suggested_learning_rate=None if auto_rounds is None else auto_rounds.suggestion,
+        range_test=None if auto_rounds is None else auto_rounds.range_test,
+        rounds=[run] if auto_rounds is None else auto_rounds.rounds)

@@ -7,6 +7,7 @@ from matplotlib.figure import Figure
 
 from pipelines.reporting.tables import rate_label
 from pipelines.sweep.loop import GridOutcome
+from pipelines.sweep.range_test import SUGGESTION_RULE, RangeTestResult
 
 
 def loss_curves_figure(outcome: GridOutcome, loss: str) -> Figure:
@@ -58,6 +59,37 @@ def val_loss_vs_rate_figure(outcome: GridOutcome) -> Figure:
     axes.set_xlabel("learning rate")
     axes.set_ylabel("validation loss")
     axes.set_title("Final validation loss vs learning rate")
+    axes.legend(fontsize="small")
+    axes.grid(True, which="both", alpha=0.3)
+    return figure
+
+
+def range_test_figure(result: RangeTestResult) -> Figure:
+    """The range test: smoothed (and, faint, raw) mini-batch loss against the learning rate (log x).
+
+    The minimum smoothed loss and the suggested rate are marked with vertical lines; non-finite values are
+    left out.
+    """
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    rates = result.learning_rates
+    raw = np.isfinite(result.losses)
+    axes.plot(rates[raw], result.losses[raw], alpha=0.3, linewidth=1.0, label="raw loss")
+    smoothed = np.isfinite(result.smoothed_losses)
+    axes.plot(rates[smoothed], result.smoothed_losses[smoothed], linewidth=2.0, label="smoothed loss")
+    axes.axvline(result.min_loss_rate, color="grey", linestyle=":",
+                 label=f"min smoothed loss {rate_label(result.min_loss_rate)}")
+    axes.axvline(result.suggestion, color="red", linestyle="--",
+                 label=f"suggested {rate_label(result.suggestion)} ({SUGGESTION_RULE})")
+    finite = result.smoothed_losses[np.isfinite(result.smoothed_losses)]
+    if finite.size:  # keep the diverging tail from flattening the interesting part
+        low, high = float(finite.min()), float(finite[0])
+        axes.set_ylim(low - 0.1 * (high - low + 1e-12), max(high, low) + 0.3 * (high - low + 1e-12))
+    axes.set_xscale("log")
+    axes.set_xlabel("learning rate")
+    axes.set_ylabel("mini-batch training loss")
+    stopped = ", stopped early" if result.stopped_early else ""
+    axes.set_title(f"Learning-rate range test ({result.steps} steps{stopped})")
     axes.legend(fontsize="small")
     axes.grid(True, which="both", alpha=0.3)
     return figure

@@ -190,14 +190,20 @@ def run_grid(
     for epoch in range(1, epochs + 1):
         tick = time.perf_counter()
         before = trainer.snapshot(evaluated)
-        train_rows = rows(running())
-        evaluation = trainer.run_epoch(epoch, train_rows, evaluated)
-        record(epoch - 1, evaluation, before)
-        stopped_now = np.setdiff1d(train_rows, rows(running()))
-        if stopped_now.size:  # their epoch-`epoch` work is discarded: back to their last evaluated models
-            keep_index = np.searchsorted(evaluated, stopped_now)
-            trainer.restore(stopped_now, before[0][keep_index], before[1][keep_index])
-        evaluated = rows(running())
+        if epoch > 1 and policies.pruning is not None and policies.pruning.is_rung(epoch - 1):
+            # a rung: evaluate in a job of its own so pruned rates do not train this epoch
+            record(epoch - 1, trainer.evaluate(evaluated), before)
+            evaluated = rows(running())
+            trainer.run_epoch(epoch, evaluated, [])
+        else:
+            train_rows = rows(running())
+            evaluation = trainer.run_epoch(epoch, train_rows, evaluated)
+            record(epoch - 1, evaluation, before)
+            stopped_now = np.setdiff1d(train_rows, rows(running()))
+            if stopped_now.size:  # their epoch-`epoch` work is discarded: back to their last evaluated models
+                keep_index = np.searchsorted(evaluated, stopped_now)
+                trainer.restore(stopped_now, before[0][keep_index], before[1][keep_index])
+            evaluated = rows(running())
         epoch_seconds.append(time.perf_counter() - tick)
         if progress is not None and epoch > 1:
             progress(_progress_line(epoch - 1, epochs, learning_rates, curves, rows_of, status))

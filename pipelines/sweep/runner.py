@@ -18,12 +18,14 @@ from pipelines.config import (
     FeaturesConfig,
     ModelConfig,
     OptimizerConfig,
+    RangeTestConfig,
     ScheduleConfig,
     SweepConfig,
     TrainConfig,
 )
 from pipelines.distributed.blocks import BlockSet, build_blocks
 from pipelines.distributed.engine import GridTrainer, ModelRows, TrainingProblem
+from pipelines.distributed.range_test import RangeTestProblem, distributed_range_test
 from pipelines.errors import DataError
 from pipelines.features.scaling import FeatureScaling, fit_scaling
 from pipelines.features.split import VALIDATION_COLUMN, with_validation_flag
@@ -33,6 +35,7 @@ from pipelines.sgd.regularization import Regularization
 from pipelines.sgd.schedules import AdaptiveRateState, ScheduleSpec
 from pipelines.sweep.loop import GridOutcome, LoopPolicies, run_grid
 from pipelines.sweep.policies import EarlyStopping, SuccessiveHalving
+from pipelines.sweep.range_test import RangeTestResult, range_test_rates
 
 
 @dataclass(frozen=True)
@@ -146,3 +149,18 @@ def train_grid(prepared: PreparedData, config: Config, learning_rates: Sequence[
     outcome = run_grid(trainer, learning_rates, seeds, epochs, config.model.loss, policies, progress)
     return SweepRun(outcome, tuple(float(r) for r in learning_rates), prepared.scaling,
                     blocks.total_train_rows, blocks.total_val_rows, blocks.num_partitions)
+
+
+def range_test(prepared: PreparedData, model: ModelConfig, train: TrainConfig,
+               settings: RangeTestConfig) -> RangeTestResult:
+    """Smith's range test on prepared blocks with the configured model and optimizer.
+
+    Mini-batches of ``train.batch_size`` rows, seeded by ``train.seed``; ``train.schedule`` and
+    ``train.algorithm`` do not apply (the rate schedule is the test's own exponential ramp).
+    """
+    problem = RangeTestProblem(
+        loss=model.loss, fit_intercept=model.fit_intercept,
+        regularization=Regularization(model.reg_param, model.l1_ratio), optimizer=optimizer_spec(train.optimizer),
+        batch_size=train.batch_size, seed=train.seed)
+    rates = range_test_rates(settings.min_lr, settings.max_lr, settings.num_steps)
+    return distributed_range_test(prepared.blocks, problem, rates, settings.smoothing, settings.stop_factor)

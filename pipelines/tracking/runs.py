@@ -5,6 +5,9 @@ FINISHED children are kept as they are, unfinished ones (FAILED, KILLED, RUNNING
 again, and nothing already logged on the parent (summary metrics, the results table, the model) is
 logged twice. Metrics go through ``MlflowClient.log_batch`` in chunks of at most 1000; the time spent in
 MLflow calls is measured by :attr:`SweepTracker.stopwatch`.
+
+An ``auto`` sweep adds a child run with role ``range_test`` (:mod:`pipelines.tracking.range_test`) and tags
+each rate's child with its round (``lrsweep.round``); a rerun reuses a FINISHED range-test child.
 """
 
 from __future__ import annotations
@@ -32,11 +35,14 @@ from pyspark.sql import DataFrame
 from pipelines.errors import ConfigError, TerminatedError
 from pipelines.reporting.tables import rate_label
 from pipelines.sweep.loop import GridOutcome, RateResult
+from pipelines.sweep.range_test import RangeTestResult
+from pipelines.tracking.range_test import log_range_test
 from pipelines.tracking.store import Stopwatch
 
 TAG_SWEEP_ID = "lrsweep.sweep_id"
 TAG_ROLE = "lrsweep.role"
 TAG_LEARNING_RATE = "lrsweep.learning_rate"
+TAG_ROUND = "lrsweep.round"
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
@@ -215,6 +221,15 @@ class SweepTracker:
                 self.client.log_batch(self.parent_run_id, metrics=list(batch))
         return [metric.key for metric in new]
 
+    def log_parent_params(self, params: Mapping[str, str]) -> None:
+        """Log the ``params`` the parent does not have yet (parameters cannot change once logged)."""
+        assert self.parent_run_id is not None, "parent_run() first"
+        with self.stopwatch.timed("runs"):
+            present = self.client.get_run(self.parent_run_id).data.params
+            new = [Param(k, v[:MAX_PARAM_LENGTH]) for k, v in params.items() if k not in present]
+            for batch in chunks(new, MAX_PARAMS_PER_BATCH):
+                self.client.log_batch(self.parent_run_id, params=list(batch))
+
     def set_parent_tags(self, tags: Mapping[str, str]) -> None:
         assert self.parent_run_id is not None, "parent_run() first"
         with self.stopwatch.timed("runs"):
@@ -238,12 +253,40 @@ class SweepTracker:
 
     # ----------------------------------------------------------------------------------------- children
 
-    def log_rates(self, outcome: GridOutcome, data: TrainingData | None = None) -> list[str]:
-        """One child run per rate (aligned with ``outcome.rates``); FINISHED children of a rerun are reused."""
+    def finished_range_test(self) -> float | None:
+        """The suggestion of this sweep's FINISHED range-test child (an earlier attempt's), else None.
+
+        Unfinished range-test children are deleted: the caller runs and logs the test again.
+        """
+        with self.stopwatch.timed("children"):
+            runs = self._search(f"tags.`{TAG_ROLE}` = 'range_test'")
+            finished = [run for run in runs if run.info.status == FINISHED]
+            for stale in runs:
+                if not finished or stale.info.run_id != finished[0].info.run_id:
+                    self.client.delete_run(stale.info.run_id)
+        return float(finished[0].data.params["suggested_learning_rate"]) if finished else None
+
+    def log_range_test(self, result: RangeTestResult, figure: Figure, params: Mapping[str, str]) -> str:
+        """The range test as a child run of the parent (role ``range_test``)."""
         assert self.parent_run_id is not None, "parent_run() first"
         with self.stopwatch.timed("children"):
+            return log_range_test(self.client, self.experiment_id, result, figure, params=params, tags={
+                MLFLOW_PARENT_RUN_ID: self.parent_run_id, TAG_SWEEP_ID: self.sweep_id, TAG_ROLE: "range_test"})
+
+    def log_rates(self, outcome: GridOutcome, data: TrainingData | None = None,
+                  round_number: int | None = None) -> list[str]:
+        """One child run per rate (aligned with ``outcome.rates``); FINISHED children of a rerun are reused.
+
+        With ``round_number`` (an ``auto`` sweep's rounds), children are tagged and matched per round, so a
+        rate trained in two rounds has a child in each.
+        """
+        assert self.parent_run_id is not None, "parent_run() first"
+        condition = f"tags.`{TAG_ROLE}` = 'child'"
+        if round_number is not None:
+            condition += f" AND tags.`{TAG_ROUND}` = '{round_number}'"
+        with self.stopwatch.timed("children"):
             existing: dict[str, list[Run]] = {}
-            for run in self._search(f"tags.`{TAG_ROLE}` = 'child'"):
+            for run in self._search(condition):
                 existing.setdefault(run.data.tags.get(TAG_LEARNING_RATE, ""), []).append(run)
             dataset = dataset_input(data) if data is not None else None
         run_ids = []
@@ -258,15 +301,20 @@ class SweepTracker:
             if finished:
                 run_ids.append(finished[0].info.run_id)
                 continue
-            run_ids.append(self._log_rate(rate, len(outcome.seeds), dataset))
+            run_ids.append(self._log_rate(rate, len(outcome.seeds), dataset, round_number))
         return run_ids
 
-    def _log_rate(self, rate: RateResult, seeds: int, dataset: DatasetInput | None) -> str:
+    def _log_rate(self, rate: RateResult, seeds: int, dataset: DatasetInput | None,
+                  round_number: int | None = None) -> str:
         assert self.parent_run_id is not None
+        name = rate_label(rate.learning_rate)
+        run_tags = {MLFLOW_PARENT_RUN_ID: self.parent_run_id, TAG_SWEEP_ID: self.sweep_id, TAG_ROLE: "child",
+                    TAG_LEARNING_RATE: repr(rate.learning_rate), "status": rate.status}
+        if round_number is not None:
+            name = f"round {round_number} {name}"
+            run_tags[TAG_ROUND] = str(round_number)
         with self.stopwatch.timed("children"):
-            run = self.client.create_run(self.experiment_id, run_name=rate_label(rate.learning_rate), tags={
-                MLFLOW_PARENT_RUN_ID: self.parent_run_id, TAG_SWEEP_ID: self.sweep_id, TAG_ROLE: "child",
-                TAG_LEARNING_RATE: repr(rate.learning_rate), "status": rate.status})
+            run = self.client.create_run(self.experiment_id, run_name=name, tags=run_tags)
             run_id = run.info.run_id
             self._open_children.add(run_id)
             tags = [RunTag("status", rate.status)]

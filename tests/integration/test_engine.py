@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from pyspark.sql import SparkSession
 
@@ -16,26 +15,6 @@ from pipelines.sgd import reference_gradient_descent, reference_minibatch_sgd
 from pipelines.sgd.reference import objective
 from pipelines.sweep.runner import PreparedData, SweepRun, prepare_data, train_grid, training_problem
 from tests.conftest import make_config
-
-N_ROWS = 2400
-N_FEATURES = 5
-
-
-@pytest.fixture(scope="module")
-def synthetic_tables(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A logistic and a linear problem with features on different scales, as Delta tables."""
-    rng = np.random.default_rng(11)
-    X = rng.normal(size=(N_ROWS, N_FEATURES)) * np.array([1.0, 10.0, 0.1, 100.0, 3.0]) + np.array([0, 5, 0, 50, 1])
-    z = (X - X.mean(0)) / X.std(0) @ np.array([1.5, -2.0, 0.7, 0.0, 1.0]) - 0.3
-    frame = pd.DataFrame(X, columns=[f"x{j}" for j in range(N_FEATURES)])
-    frame["label"] = (rng.random(N_ROWS) < 1 / (1 + np.exp(-z))).astype(np.int64)
-    frame["target"] = z * 3.0 + rng.normal(size=N_ROWS) * 0.5 + 10.0
-    root = tmp_path_factory.mktemp("synthetic")
-    paths = {}
-    for name, drop in (("logistic", "target"), ("squared", "label")):
-        paths[name] = str(root / name)
-        spark.createDataFrame(frame.drop(columns=[drop])).write.format("delta").save(paths[name])
-    return paths
 
 
 def _config(table: str, loss: str, tmp_path: Path, *overrides: str) -> Config:

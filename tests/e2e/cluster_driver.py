@@ -1,0 +1,42 @@
+"""spark-submit driver for the cluster tests: one sweep, its curves and models written as JSON.
+
+    spark-submit --master spark://... tests/e2e/cluster_driver.py OUTPUT.json --set key=value ...
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from pipelines.cli import config_from_args, job_parser, run_job
+from pipelines.lakehouse.reader import read_feature_table
+from pipelines.session import get_spark
+from pipelines.sweep.runner import prepare_data, train_grid
+
+
+def main(argv: list[str]) -> int:
+    parser = job_parser("cluster test driver")
+    parser.add_argument("output")
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
+    spark = get_spark(config.spark)
+    table = read_feature_table(spark, config.data, config.model.loss)
+    prepared = prepare_data(spark, table, config.data, config.features, config.train)
+    run = train_grid(prepared, config, config.sweep.grid(), progress=print)
+    result = {
+        "master": spark.sparkContext.master,
+        "executors": spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1,  # minus the driver
+        "rates": [
+            {"learning_rate": rate.learning_rate, "status": rate.status,
+             "curves": {name: curve.tolist() for name, curve in rate.curves.items()},
+             "weights": rate.weights.tolist(), "intercept": rate.intercept}
+            for rate in run.outcome.rates
+        ],
+    }
+    with open(args.output, "w") as handle:
+        json.dump(result, handle)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(main))

@@ -1,0 +1,127 @@
+"""Policies across the grid on real data: early stopping keeps the best epoch, halving prunes and saves
+compute, seeds repeat every rate in the same pass, adaptive optimizers and local_sgd state rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.sql import SparkSession
+
+from pipelines.config import Config
+from pipelines.distributed.blocks import collect_arrays
+from pipelines.lakehouse.reader import read_feature_table
+from pipelines.sgd import reference_minibatch_sgd
+from pipelines.sweep.runner import SweepRun, prepare_data, train_grid, training_problem
+from tests.conftest import make_config
+
+
+def _config(table: str, tmp_path: Path, *overrides: str) -> Config:
+    return make_config(table, tmp_path, ["data.label=label", "data.exclude=[]", "model.loss=logistic", *overrides])
+
+
+def _sweep(spark: SparkSession, config: Config) -> SweepRun:
+    table = read_feature_table(spark, config.data, config.model.loss)
+    prepared = prepare_data(spark, table, config.data, config.features, config.train)
+    try:
+        return train_grid(prepared, config, config.sweep.grid())
+    finally:
+        prepared.blocks.release()
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops_computing(
+    spark: SparkSession, synthetic_tables: dict[str, str], tmp_path: Path,
+) -> None:
+    # rate 30 oscillates on this problem: its validation loss stops improving early
+    config = _config(synthetic_tables["logistic"], tmp_path, "train.epochs=12", "train.batch_size=16",
+                     "sweep.learning_rates=[0.05, 30.0]", "sweep.divergence_factor=1e9",
+                     "sweep.early_stopping={enabled: true, patience: 2, min_delta: 0.0}")
+    run = _sweep(spark, config)
+    stopped = run.outcome.rates[1]
+    assert stopped.status == "early_stopped"
+    assert stopped.stopped_epoch is not None and stopped.stopped_epoch < 10
+    val = stopped.curves["val_loss"]
+    assert np.all(np.isnan(val[stopped.stopped_epoch:]))  # no compute after the stop
+    assert stopped.kept_epoch == int(np.nanargmin(val)) + 1  # the best epoch's models are kept
+    assert stopped.final_metrics()["val_loss"] == np.nanmin(val)
+    assert stopped.stopped_epoch - stopped.kept_epoch == 2  # patience
+    # the stop is known while the next epoch trains (evaluation is fused into training): that one epoch is
+    # discarded, and nothing after it is computed
+    assert run.outcome.row_passes == (12 + stopped.stopped_epoch + 1) * run.train_rows
+
+
+def test_successive_halving_prunes_to_the_best_and_reports_compute_saved(
+    spark: SparkSession, synthetic_tables: dict[str, str], tmp_path: Path,
+) -> None:
+    config = _config(synthetic_tables["logistic"], tmp_path, "train.epochs=4", "train.algorithm=gd",
+                     "sweep.learning_rates={min: 0.001, max: 3.0, num: 9}", "sweep.pruning={enabled: true, "
+                     "min_epochs: 1, eta: 3}")
+    run = _sweep(spark, config)
+    statuses = [rate.status for rate in run.outcome.rates]
+    assert statuses.count("pruned") == 8  # rung 1: keep ceil(9/3)=3; rung 3: keep ceil(3/3)=1
+    assert statuses.count("completed") == 1
+    rung1 = np.array([rate.curves["val_loss"][0] for rate in run.outcome.rates])
+    kept_after_rung1 = set(np.argsort(rung1, kind="stable")[:3].tolist())
+    assert {i for i, s in enumerate(statuses) if s != "pruned" or run.outcome.rates[i].stopped_epoch == 3} \
+        == kept_after_rung1
+    for rate in run.outcome.rates:
+        if rate.status == "pruned":
+            assert rate.epochs_run == rate.stopped_epoch  # partial curves are kept
+    # 9 + 3 + 3 + 1 rate-epochs of the full grid's 36: pruned rates consumed nothing after their rung
+    assert run.outcome.row_passes == 16 * run.train_rows
+    assert run.outcome.full_grid_row_passes == 36 * run.train_rows
+
+
+def test_seeds_repeat_each_rate_in_the_same_pass_with_mean_and_std(
+    spark: SparkSession, synthetic_tables: dict[str, str], tmp_path: Path,
+) -> None:
+    config = _config(synthetic_tables["logistic"], tmp_path, "train.epochs=2", "train.num_partitions=1",
+                     "train.batch_size=64", "sweep.learning_rates=[0.01, 0.3]", "sweep.seeds=[1, 2, 3]")
+    table = read_feature_table(spark, config.data, config.model.loss)
+    prepared = prepare_data(spark, table, config.data, config.features, config.train)
+    run = train_grid(prepared, config, config.sweep.grid())
+    parts = collect_arrays(prepared.blocks)
+    prepared.blocks.release()
+    X, y = parts[0].X_train, parts[0].y_train
+    problem = training_problem(config.model, config.train, -(-X.shape[0] // 64))
+    per_seed = []
+    for seed in (1, 2, 3):
+        _, _, history = reference_minibatch_sgd(
+            X, y, np.array([0.01, 0.3]), loss="logistic", optimizer=problem.optimizer,
+            regularization=problem.regularization, schedule=problem.schedule, epochs=2, batch_size=64, seed=seed)
+        per_seed.append(history)
+    stacked = np.stack(per_seed)  # (seeds, epochs, rates)
+    for k, rate in enumerate(run.outcome.rates):
+        np.testing.assert_allclose(rate.curves["train_loss"], stacked[:, :, k].mean(axis=0), rtol=1e-10)
+        np.testing.assert_allclose(rate.curves_std["train_loss"], stacked[:, :, k].std(axis=0), rtol=1e-8,
+                                   atol=1e-14)
+        assert np.all(rate.curves_std["train_loss"] > 0)  # seeds really differ
+    assert run.outcome.jobs == 3  # 2 epochs + the final evaluation, whatever the number of seeds
+
+
+@pytest.mark.parametrize("sync_state", ["average", "reset"])
+def test_local_sgd_optimizer_state_rule_at_synchronization(
+    spark: SparkSession, synthetic_tables: dict[str, str], tmp_path: Path, sync_state: str,
+) -> None:
+    config = _config(synthetic_tables["logistic"], tmp_path, "train.epochs=3", "train.num_partitions=2",
+                     f"train.optimizer={{name: adam, sync_state: {sync_state}}}", "sweep.learning_rates=[0.003, 0.03]")
+    run = _sweep(spark, config)
+    assert [rate.status for rate in run.outcome.rates] == ["completed", "completed"]
+    best = run.outcome.best
+    assert best is not None and best.final_metrics()["val_auc"] > 0.8
+    first, last = best.curves["train_loss"][0], best.curves["train_loss"][-1]
+    assert last < first  # keeps learning across synchronizations under either rule
+
+
+def test_adaptive_schedule_divides_the_rate_on_plateaus(
+    spark: SparkSession, synthetic_tables: dict[str, str], tmp_path: Path,
+) -> None:
+    common = ["train.epochs=6", "train.num_partitions=1", "train.batch_size=16", "sweep.learning_rates=[20.0]",
+              "sweep.divergence_factor=1e9"]
+    adaptive = _sweep(spark, _config(synthetic_tables["logistic"], tmp_path, *common,
+                                     "train.schedule={name: adaptive, n_iter_no_change: 1, tol: 0.0}"))
+    constant = _sweep(spark, _config(synthetic_tables["logistic"], tmp_path, *common))
+    a, c = adaptive.outcome.rates[0].curves["val_loss"], constant.outcome.rates[0].curves["val_loss"]
+    assert np.array_equal(a[:2], c[:2])  # same until the first plateau is acted on
+    assert a[-1] < c[-1]  # dividing the rate by 5 on plateaus beats staying at 20
