@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: demo score test test-fast lint typecheck bench ui check-java clean fetch-jars
+.PHONY: demo range-test score test test-fast lint typecheck bench ui check-java clean fetch-jars
 
 $(VENV)/.installed: pyproject.toml | check-java
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ check-java:
 demo: $(VENV)/.installed
 	$(SUBMIT) jobs/make_demo_table.py --env $(ENV) $(ARGS)
 	$(SUBMIT) jobs/train_sweep.py --env $(ENV) $(ARGS)
+
+range-test: $(VENV)/.installed
+	$(SUBMIT) jobs/lr_range_test.py --env $(ENV) $(ARGS)
 
 score: $(VENV)/.installed
 	$(SUBMIT) jobs/score.py --env $(ENV) $(ARGS)

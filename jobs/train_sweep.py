@@ -32,6 +32,10 @@ def main(argv: Sequence[str]) -> int:
         print(report.registration.describe(config.tracking.registered_model), flush=True)
     elif report.model_uri is None:
         print("no model logged: every rate diverged or was stopped", flush=True)
+    outcome = report.run.outcome
+    print(f"compute: {outcome.row_passes:,} row-passes of {outcome.full_grid_row_passes:,} for the full grid "
+          f"({100 * (1 - outcome.row_passes / outcome.full_grid_row_passes):.1f}% saved by stopping rates)",
+          flush=True)
     phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.phase_seconds.items())
     print(f"time: {report.wall_seconds:.1f} s wall ({phases}), {report.tracking_seconds:.2f} s tracking "
           f"({100 * report.tracking_fraction:.1f}% of wall time: "
