@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.config import Config, load_config
-from pipelines.distributed.blocks import BlockSet, collect_arrays
+from pipelines.distributed.blocks import BlockSet, collect_arrays, load_staged
 from pipelines.distributed.engine import GridTrainer, ModelRows
 from pipelines.lakehouse.reader import read_feature_table
 from pipelines.session import get_spark, spark_submit_args
@@ -185,7 +185,10 @@ def bench_mllib(spark: Any, prepared: PreparedData, rates: list[float], iteratio
 def bench_single_process(prepared: PreparedData, config: Config, rates: list[float], args: argparse.Namespace,
                          sklearn: bool = True) -> tuple[float, float, float]:
     """scikit-learn's loop and one vectorized numpy epoch, on the same rows held in this process."""
-    parts = collect_arrays(prepared.blocks)
+    # local mode: read the executors' staged copies from this host's disk rather than collecting
+    # gigabytes through Spark (spark.driver.maxResultSize)
+    parts = [load_staged(prepared.blocks.staging_dir, p) or collect_arrays(prepared.blocks)[p]
+             for p in range(prepared.blocks.num_partitions)]
     X = np.concatenate([p.X_train for p in parts])
     y = np.concatenate([p.y_train for p in parts])
     X_val = np.concatenate([p.X_val for p in parts])

@@ -26,6 +26,11 @@ from pipelines.sgd.optimizers import OptimizerSpec, OptimizerState, apply_update
 from pipelines.sgd.regularization import Regularization
 from pipelines.sgd.schedules import ScheduleSpec, multiplier
 
+#: Above this many rows (whole blocks rather than mini-batches) products run chunk by chunk of this many
+#: rows, one model row at a time. The path depends only on the number of data rows, never on K, so a
+#: model row's bits do not depend on which other rows are computed with it.
+_CHUNK_ROWS = 4096
+
 
 def compute_margins(X: FloatArray, weights: FloatArray, intercepts: FloatArray) -> FloatArray:
     """Margins ``m_ik = x_i . w_k + b_k``.
@@ -45,7 +50,16 @@ def compute_margins(X: FloatArray, weights: FloatArray, intercepts: FloatArray) 
     ndarray of shape (n, K)
         A transposed view of a C-contiguous ``(K, n)`` array.
     """
-    margins_by_row: FloatArray = np.matmul(weights[:, np.newaxis, :], X.T)[:, 0, :]
+    if X.shape[0] > _CHUNK_ROWS:
+        # Whole blocks: chunks of rows that stay in cache, one matrix-vector product per model row each, so
+        # X is read from memory once (a stacked matmul over all rows would copy X.T for every model row).
+        margins_by_row = np.empty((weights.shape[0], X.shape[0]))
+        for start in range(0, X.shape[0], _CHUNK_ROWS):
+            chunk = X[start : start + _CHUNK_ROWS]
+            for k in range(weights.shape[0]):
+                np.dot(chunk, weights[k], out=margins_by_row[k, start : start + chunk.shape[0]])
+    else:
+        margins_by_row = np.matmul(weights[:, np.newaxis, :], X.T)[:, 0, :]
     margins_by_row += intercepts[:, np.newaxis]
     return margins_by_row.T
 
@@ -56,8 +70,18 @@ def rowwise_gradient(derivatives: FloatArray, X: FloatArray) -> FloatArray:
     K independent ``(1, n) @ (n, d)`` products, so a row's result does not depend on K (see
     :func:`compute_margins`).
     """
-    gradient: FloatArray = np.matmul(derivatives.T[:, np.newaxis, :], X)[:, 0, :]
-    return gradient
+    if X.shape[0] > _CHUNK_ROWS:
+        by_row = np.ascontiguousarray(derivatives.T)
+        gradient = np.zeros((by_row.shape[0], X.shape[1]))
+        partial = np.empty(X.shape[1])
+        for start in range(0, X.shape[0], _CHUNK_ROWS):  # chunk sums added in a fixed order
+            chunk = X[start : start + _CHUNK_ROWS]
+            for k in range(by_row.shape[0]):
+                np.dot(by_row[k, start : start + chunk.shape[0]], chunk, out=partial)
+                gradient[k] += partial
+        return gradient
+    stacked: FloatArray = np.matmul(derivatives.T[:, np.newaxis, :], X)[:, 0, :]
+    return stacked
 
 
 def batch_gradients(
