@@ -221,8 +221,7 @@ def map_partitions(blocks: BlockSet, compute: Callable[[PartitionBlocks], dict[s
 
     non_empty = [p for p in range(blocks.num_partitions) if blocks.train_rows[p] + blocks.val_rows[p]]
     manifest = spark.range(blocks.num_partitions, numPartitions=blocks.num_partitions).where(
-        F.col("id").isin(non_empty)) if len(non_empty) < blocks.num_partitions else \
-        spark.range(blocks.num_partitions, numPartitions=blocks.num_partitions)
+        F.col("id").isin(non_empty))
     rows = manifest.mapInArrow(from_staged, RESULT_SCHEMA).collect()
     results = {int(r["partition"]): r["payload"] for r in rows}
     missed = [p for p in non_empty if results.get(p, _MISS) == _MISS]
