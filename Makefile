@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: demo range-test score test test-fast lint typecheck bench ui check-java clean fetch-jars
+.PHONY: demo range-test score sync test test-fast lint typecheck bench ui check-java clean fetch-jars
 
 $(VENV)/.installed: pyproject.toml | check-java
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,10 +36,13 @@ demo: $(VENV)/.installed
 	$(SUBMIT) jobs/train_sweep.py --env $(ENV) $(ARGS)
 
 range-test: $(VENV)/.installed
-	$(SUBMIT) jobs/lr_range_test.py --env $(ENV) $(ARGS)
+	$(SUBMIT) jobs/lr_finder.py --env $(ENV) $(ARGS)
 
 score: $(VENV)/.installed
 	$(SUBMIT) jobs/score.py --env $(ENV) $(ARGS)
+
+sync: $(VENV)/.installed
+	$(SUBMIT) jobs/sync_sweep.py --env $(ENV) $(ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -63,4 +66,4 @@ fetch-jars: $(VENV)/.installed
 	$(PY) -m pipelines.session fetch-jars jars
 
 clean:
-	rm -rf data mlruns mlartifacts spark-warehouse metastore_db derby.log .pytest_cache
+	rm -rf data mlruns mlartifacts spark-warehouse metastore_db derby.log .pytest_cache mlflow.db.lock

@@ -39,10 +39,11 @@ import numpy as np
 from pipelines.config import Config, load_config
 from pipelines.distributed.blocks import BlockSet, collect_arrays, load_staged
 from pipelines.distributed.engine import GridTrainer, ModelRows
+from pipelines.distributed.strategies import GradientDescent
 from pipelines.lakehouse.reader import read_feature_table
+from pipelines.orchestration.training import PreparedData, SweepRun, prepare_data, train_grid
 from pipelines.session import get_spark, spark_submit_args
 from pipelines.sgd import minibatch_epoch, objective
-from pipelines.sweep.runner import PreparedData, prepare_data, train_grid, training_problem
 
 BENCH_DIR = Path(__file__).resolve().parent / "results"
 
@@ -87,11 +88,15 @@ def bench_config(table: Path, rates: list[float], epochs: int, partitions: int, 
 
 def final_train_loss(blocks: BlockSet, config: Config, weights: np.ndarray) -> np.ndarray:
     """Training objective of given weights, computed by the engine on the cached blocks."""
-    problem = training_problem(config.model, config.train, 1)
+    problem = config.problem
     models = ModelRows.zeros([1.0] * weights.shape[0], [0] * weights.shape[0], blocks.n_features, problem.optimizer)
     models.weights = weights.copy()
-    trainer = GridTrainer(blocks, problem, models, epochs=1)
+    trainer = GridTrainer(blocks, problem, GradientDescent(), models, epochs=1)
     return trainer.evaluate(list(range(weights.shape[0]))).train_loss
+
+
+def sweep(prepared: PreparedData, config: Config, rates: list[float]) -> SweepRun:
+    return train_grid(prepared, config.problem, config.train, config.sweep, rates)
 
 
 def run_main(args: argparse.Namespace) -> dict[str, Any]:
@@ -111,12 +116,13 @@ def run_main(args: argparse.Namespace) -> dict[str, Any]:
 
     results: dict[str, Any] = {"rows": args.rows, "features": args.features, "rates": args.rates,
                                "epochs": args.epochs, "partitions": args.partitions}
-    train_grid(prepared, sgd_config, rates[:1], epochs=1)  # warm up Python workers
-    sweep, sweep_seconds = timed(lambda: train_grid(prepared, sgd_config, rates))
+    warm_up = sgd_config.model_copy(update={"train": sgd_config.train.model_copy(update={"epochs": 1})})
+    sweep(prepared, warm_up, rates[:1])  # warm up Python workers
+    sweep_run, sweep_seconds = timed(lambda: sweep(prepared, sgd_config, rates))
     single_config = bench_config(table, rates[:1], args.epochs, args.partitions, f"train.batch_size={args.batch_size}")
-    _, single_seconds = timed(lambda: train_grid(prepared, single_config, rates[:1]))
+    _, single_seconds = timed(lambda: sweep(prepared, single_config, rates[:1]))
     results["grid_amortization"] = sweep_seconds / single_seconds
-    epoch_seconds = float(np.median(sweep.outcome.epoch_seconds))
+    epoch_seconds = float(np.median(sweep_run.outcome.epoch_seconds))
     print(f"local_sgd sweep: {args.rates} rates {sweep_seconds:.2f} s, 1 rate {single_seconds:.2f} s, "
           f"median epoch {epoch_seconds:.3f} s", flush=True)
 
@@ -125,7 +131,7 @@ def run_main(args: argparse.Namespace) -> dict[str, Any]:
                                  "train.schedule=inv_sqrt", "model.fit_intercept=false", "features.standardize=false")
         raw = read_feature_table(spark, gd_config.data, "logistic")
         raw_prepared = prepare_data(spark, raw, gd_config.data, gd_config.features, gd_config.train)
-        gd_run, gd_seconds = timed(lambda: train_grid(raw_prepared, gd_config, rates))
+        gd_run, gd_seconds = timed(lambda: sweep(raw_prepared, gd_config, rates))
         results["driver_peak_rss_mb"] = peak_rss_mb()
         mllib_seconds, mllib_weights = bench_mllib(spark, raw_prepared, rates, args.epochs)
         ours = np.array([rate.weights for rate in gd_run.outcome.rates])
@@ -137,8 +143,8 @@ def run_main(args: argparse.Namespace) -> dict[str, Any]:
         raw_prepared.blocks.release()
 
         sklearn_seconds, sklearn_best, numpy_epoch = bench_single_process(prepared, sgd_config, rates, args)
-        best = sweep.outcome.best
-        ours_best = best.final_metrics()["val_log_loss"] if best else float("nan")
+        best = sweep_run.outcome.best
+        ours_best = best.final_metrics()["val_loss"] if best else float("nan")
         results["vs_sklearn_speedup"] = sklearn_seconds / sweep_seconds
         results["vs_sklearn_best_val_loss_ratio"] = ours_best / sklearn_best
         print(f"scikit-learn loop {sklearn_seconds:.2f} s (best val log-loss {sklearn_best:.5f}; "
@@ -193,14 +199,14 @@ def bench_single_process(prepared: PreparedData, config: Config, rates: list[flo
     y = np.concatenate([p.y_train for p in parts])
     X_val = np.concatenate([p.X_val for p in parts])
     y_val = np.concatenate([p.y_val for p in parts])
-    problem = training_problem(config.model, config.train, -(-X.shape[0] // args.batch_size))
+    problem = config.problem
     K = len(rates)
     from pipelines.sgd import init_state
 
     _, numpy_epoch = timed(lambda: minibatch_epoch(
         X, y, np.zeros((K, X.shape[1])), np.zeros(K), init_state(problem.optimizer, K, X.shape[1]),
         loss="logistic", optimizer=problem.optimizer, regularization=problem.regularization,
-        learning_rates=np.array(rates), schedule=problem.schedule, total_steps=10**6,
+        learning_rates=np.array(rates), schedule=problem.schedule.per_step(1), total_steps=10**6,
         batch_size=args.batch_size, seed=0, epoch=0))
     if not sklearn:
         return float("nan"), float("nan"), numpy_epoch

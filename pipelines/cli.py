@@ -1,19 +1,21 @@
-"""What every job's command line shares: ``--env``, ``--set key=value``, ``--conf-dir``, exit codes.
+"""What every job's command line shares: ``--env``, ``--set key=value``, ``--conf-dir``, exit codes, signals.
 
 Jobs call :func:`run_job` with their ``main``. A :class:`~pipelines.errors.LrsweepError` becomes one line
-``error: <reason>`` on stderr and exit code 2; any other exception keeps its traceback and exits 1.
+``error: <reason>`` on stderr and its exit code (see :mod:`pipelines.errors`); any other exception keeps its
+traceback and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
+import contextlib
+import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 
 from pipelines.config import DEFAULT_CONF_DIR, DEFAULT_ENV, Config, load_config
-from pipelines.errors import LrsweepError, TerminatedError
+from pipelines.errors import LrsweepError
 
 
 def job_parser(description: str) -> argparse.ArgumentParser:
@@ -31,30 +33,36 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(env=args.env, overrides=args.overrides, conf_dir=args.conf_dir)
 
 
+def say(line: str) -> None:
+    """Print a progress line; a closed stdout (spark-submit's JVM gone) is not an error."""
+    with contextlib.suppress(BrokenPipeError, OSError):
+        print(line, flush=True)
+
+
+#: Libraries whose INFO lines would bury a job's own output (a new sqlite store's migrations, say).
+QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "py4j")
+
+
 def run_job(main: Callable[[Sequence[str]], int], argv: Sequence[str] | None = None) -> int:
-    """Run ``main(argv)`` and map failures to exit codes (0 ok, 2 bad input, 1 bug, 130 interrupted)."""
+    """Run ``main(argv)`` and map failures to exit codes (see :mod:`pipelines.errors`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return main(argv)
     except LrsweepError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        _stderr(f"error: {error}")
         return error.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr, flush=True)
+        _stderr("error: interrupted")
         return 130
     except Exception as error:  # a bug: keep the traceback, still one line at the end for schedulers
-        traceback.print_exc()
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        with contextlib.suppress(BrokenPipeError, OSError):
+            traceback.print_exc()
+        _stderr(f"error: {type(error).__name__}: {error}")
         return 1
 
 
-def raise_on_sigterm() -> None:
-    """Turn SIGTERM into :class:`~pipelines.errors.TerminatedError`, so open MLflow runs end KILLED.
-
-    Schedulers stop jobs with SIGTERM; without a handler Python dies at once and every run stays RUNNING.
-    """
-
-    def handler(signum: int, frame: object) -> None:
-        raise TerminatedError(f"terminated by signal {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, handler)
+def _stderr(line: str) -> None:
+    with contextlib.suppress(BrokenPipeError, OSError):
+        print(line, file=sys.stderr, flush=True)

@@ -6,22 +6,46 @@ Loading order (later wins, mappings merge key by key)::
 
 The merged mapping is validated once, before Spark starts. An invalid value raises
 :class:`~pipelines.errors.ConfigError` naming the dotted key, the value and the rule.
+
+The engine's specs are built here, at load time, and their rules are the only ones: ``train.schedule`` *is*
+a :class:`~pipelines.sgd.schedules.ScheduleSpec`, ``train.optimizer`` an
+:class:`~pipelines.sgd.optimizers.OptimizerSpec`, ``model.reg_param``/``model.l1_ratio`` make a
+:class:`~pipelines.sgd.regularization.Regularization`, and :attr:`Config.problem` is the
+:class:`~pipelines.sgd.problem.TrainingProblem` every task receives. A value the engine would refuse is
+refused by :func:`load_config`, e.g. ``conf: train.schedule.div_factor = 0.5: must be a number >= 1``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from pipelines import PROJECT_ROOT
 from pipelines.errors import ConfigError
+from pipelines.sgd._validation import OneOf, SpecError, build_spec
+from pipelines.sgd.losses import LOSS_NAMES
+from pipelines.sgd.optimizers import OptimizerSpec
+from pipelines.sgd.problem import TrainingProblem
+from pipelines.sgd.regularization import Regularization
+from pipelines.sgd.schedules import ScheduleSpec
 
 DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
 DEFAULT_ENV = "local"
@@ -45,8 +69,12 @@ class DataConfig(_Section):
         default=None, description="feature columns; every numeric column but the label when omitted"
     )
     exclude: list[str] = Field(default_factory=list, description="columns never used as features (ids)")
-    on_null: Literal["drop", "fail"] = "drop"
+    on_null: Literal["drop", "fail"] = Field(default="drop", description="rows with a null label or feature")
+    on_invalid: Literal["drop", "fail"] = Field(
+        default="drop", description="rows with NaN or +-inf in the label or a feature")
     validation_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    min_validation_rows: int = Field(
+        default=30, ge=1, description="fewer validation rows than this fail the job: too few to judge a model")
 
     @field_validator("version")
     @classmethod
@@ -66,12 +94,37 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """The linear model (``model.*``): objective = mean loss + reg_param * elastic-net penalty."""
+    """The linear model (``model.*``): objective = mean loss + reg_param * elastic-net penalty.
 
-    loss: Literal["squared", "logistic"] = "logistic"
+    ``reg_param`` and ``l1_ratio`` follow :data:`Regularization.RULES <pipelines.sgd.regularization.Regularization>`;
+    :attr:`regularization` is built from them when the configuration is loaded.
+    """
+
+    loss: str = "logistic"
     fit_intercept: bool = True
-    reg_param: float = Field(default=0.0, ge=0.0)
-    l1_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    reg_param: float = 0.0
+    l1_ratio: float = 0.0
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, loss: str) -> str:
+        rule = OneOf(LOSS_NAMES)
+        if not rule.accepts(loss):
+            raise ValueError(rule.describe())
+        return loss
+
+    @model_validator(mode="after")
+    def _regularization_rules(self) -> ModelConfig:
+        try:
+            Regularization(self.reg_param, self.l1_ratio)
+        except SpecError as error:
+            raise _spec_error(error) from None
+        return self
+
+    @property
+    def regularization(self) -> Regularization:
+        """The penalty of the objective (validated at load)."""
+        return Regularization(self.reg_param, self.l1_ratio)
 
 
 class FeaturesConfig(_Section):
@@ -80,72 +133,58 @@ class FeaturesConfig(_Section):
     standardize: bool = True
 
 
-ScheduleName = Literal[
-    "constant", "inv_sqrt", "invscaling", "step", "exponential", "cosine", "one_cycle", "warmup_cosine",
-    "adaptive",
-]
+def _spec_error(error: SpecError) -> PydanticCustomError:
+    """A core spec's rule violation as a validation error that names the parameter under its section."""
+    return PydanticCustomError("spec", "{rule}", {"parameter": error.parameter, "value": error.value,
+                                                  "rule": error.rule})
 
 
-class ScheduleConfig(_Section):
-    """Learning-rate schedule (``train.schedule``); a bare name such as ``cosine`` is accepted too.
+def _spec_builder(cls: type[Any]) -> Any:
+    """A validator that builds the core spec ``cls`` (and so applies its rules) from a name or a mapping."""
 
-    Durations are in epochs, converted to optimizer steps by the engine.
-    """
+    def build(value: Any) -> Any:
+        try:
+            return build_spec(cls, value)
+        except SpecError as error:
+            raise _spec_error(error) from None
+        except TypeError as error:  # e.g. a parameter given a list
+            raise ValueError(str(error)) from None
 
-    name: ScheduleName = "constant"
-    warmup_epochs: float = Field(default=0.0, ge=0.0)
-    power_t: float = Field(default=0.5, gt=0.0)
-    step_epochs: float = Field(default=1.0, gt=0.0, description="'step' decay: epochs between decays")
-    gamma: float = Field(default=0.5, gt=0.0, le=1.0, description="'step'/'exponential' decay factor")
-    min_factor: float = Field(default=0.0, ge=0.0, le=1.0, description="cosine floor, a fraction of the rate")
-    pct_start: float = Field(default=0.3, gt=0.0, lt=1.0)
-    div_factor: float = Field(default=25.0, gt=0.0)
-    final_div_factor: float = Field(default=1e4, gt=0.0)
-    n_iter_no_change: int = Field(default=5, ge=1, description="'adaptive': epochs without improvement")
-    tol: float = Field(default=1e-4, ge=0.0, description="'adaptive': improvement needed")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_name(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
+    return build
 
 
-OptimizerName = Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
-
-
-class OptimizerConfig(_Section):
-    """Optimizer (``train.optimizer``); a bare name such as ``adam`` is accepted too."""
-
-    name: OptimizerName = "sgd"
-    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
-    beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
-    beta2: float = Field(default=0.999, ge=0.0, lt=1.0)
-    alpha: float = Field(default=0.99, ge=0.0, lt=1.0, description="rmsprop smoothing constant")
-    eps: float = Field(default=1e-8, gt=0.0)
-    sync_state: Literal["average", "reset"] = Field(
-        default="average", description="local_sgd: optimizer state at a synchronization point"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_name(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
+#: Configuration fields that *are* the core specs, built (and so validated) when the configuration is loaded.
+ScheduleField = Annotated[ScheduleSpec, PlainValidator(_spec_builder(ScheduleSpec)),
+                          PlainSerializer(dataclasses.asdict)]
+OptimizerField = Annotated[OptimizerSpec, PlainValidator(_spec_builder(OptimizerSpec)),
+                           PlainSerializer(dataclasses.asdict)]
 
 
 class TrainConfig(_Section):
-    """How each model of the grid is trained (``train.*``)."""
+    """How each model of the grid is trained (``train.*``).
+
+    ``schedule`` (:class:`~pipelines.sgd.schedules.ScheduleSpec`, durations in epochs) and ``optimizer``
+    (:class:`~pipelines.sgd.optimizers.OptimizerSpec`) accept a bare name or a mapping of parameters.
+    ``batch_size``, ``sync_every`` and ``sync_state`` are local_sgd's settings; ``batch_fraction`` is gd's.
+    """
 
     algorithm: Literal["local_sgd", "gd"] = "local_sgd"
     epochs: int = Field(default=10, ge=1, le=100_000)
     batch_size: int = Field(default=256, ge=1)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleField = Field(default_factory=ScheduleSpec)
+    optimizer: OptimizerField = Field(default_factory=OptimizerSpec)
     seed: int = Field(default=42, ge=0)
     sync_every: int | None = Field(
         default=None, ge=1, description="local_sgd: average models every N local steps (default: each epoch)"
     )
+    sync_state: Literal["average", "reset"] = Field(
+        default="average", description="local_sgd: optimizer state at a synchronization point"
+    )
     batch_fraction: float = Field(default=1.0, gt=0.0, le=1.0, description="gd: sampled fraction per step")
     num_partitions: int | None = Field(default=None, ge=1, description="partitions of the training data")
+    checkpoint_every: int = Field(
+        default=5, ge=1, description="epochs between checkpoints (and journal appends); also on signals and at the end"
+    )
 
 
 class LearningRateRange(_Section):
@@ -258,6 +297,11 @@ class TrackingConfig(_Section):
     experiment: str = Field(default="lrsweep", min_length=1)
     registered_model: str = Field(default="lrsweep_model", min_length=1)
     register_when: Literal["always", "if_better", "never"] = "if_better"
+    retry_seconds: float = Field(
+        default=60.0, ge=0.0, description="per outage: how long MLflow calls are retried before the job goes on "
+        "without it (live logging) or gives up (the end of the job, exit 4)")
+    connect_timeout_seconds: float = Field(
+        default=10.0, gt=0.0, description="at start: how long to wait for the tracking store to answer")
 
 
 class OutputConfig(_Section):
@@ -265,6 +309,9 @@ class OutputConfig(_Section):
 
     results_table: str = Field(min_length=1)
     predictions_table: str = Field(min_length=1)
+    checkpoints: str = Field(
+        default="data/checkpoints", min_length=1,
+        description="folder or URI (file:, s3://, gs://, hdfs://, abfs://) of the sweeps' checkpoints")
 
 
 class ScoringConfig(_Section):
@@ -286,9 +333,8 @@ class SparkConfig(_Section):
 
 
 class DemoConfig(_Section):
-    """The demo feature table (``demo.*``)."""
+    """The demo feature table (``demo.*``), written to ``data.table``."""
 
-    table: str = Field(min_length=1)
     rows: int = Field(default=200_000, ge=10)
     append_rows: int = Field(default=20_000, ge=1)
     seed: int = Field(default=7, ge=0)
@@ -309,7 +355,13 @@ class Config(_Section):
     output: OutputConfig
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
-    demo: DemoConfig
+    demo: DemoConfig = Field(default_factory=lambda: DemoConfig())
+
+    @property
+    def problem(self) -> TrainingProblem:
+        """The training problem every task receives, from ``model.*`` and ``train.schedule``/``optimizer``."""
+        return TrainingProblem(self.model.loss, self.model.fit_intercept, self.model.regularization,
+                               self.train.optimizer, self.train.schedule)
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -380,7 +432,14 @@ def format_validation_error(error: ValidationError) -> str:
         else:
             rule = "expected one of: " + " | ".join(dict.fromkeys(p["msg"] for p in problems))
         first = problems[0]
-        if first["type"] == "extra_forbidden":
+        if first["type"] == "spec":
+            context = first.get("ctx", {})
+            parameter = ".".join(part for part in (key, str(context.get("parameter", ""))) if part)
+            if context.get("rule") == "unknown key":
+                lines.append(f"conf: {parameter}: unknown key")
+            else:
+                lines.append(f"conf: {parameter} = {context.get('value')!r}: {context.get('rule')}")
+        elif first["type"] == "extra_forbidden":
             lines.append(f"conf: {key}: unknown key")
         elif first["type"] == "missing":
             lines.append(f"conf: {key}: required key is missing")
@@ -484,9 +543,9 @@ def _resolve_paths(config: Config) -> Config:
                 update={
                     "results_table": table(config.output.results_table),
                     "predictions_table": table(config.output.predictions_table),
+                    "checkpoints": table(config.output.checkpoints),
                 }
             ),
-            "demo": config.demo.model_copy(update={"table": table(config.demo.table)}),
             "scoring": config.scoring.model_copy(update={"input_table": table(config.scoring.input_table)}),
         }
     )

@@ -1,7 +1,20 @@
-"""Errors that a user can act on.
+"""Errors that a user or an operator can act on, each with its documented exit code.
 
-Every error raised for bad input derives from :class:`LrsweepError`; jobs turn it into a one-line message
-on stderr and a non-zero exit code. Anything else escaping a job is a bug and keeps its traceback.
+Every error raised for bad input or a known operational condition derives from :class:`LrsweepError`; jobs
+turn it into a one-line message on stderr and its exit code. Anything else escaping a job is a bug and keeps
+its traceback (exit 1).
+
+==== =====================================================================================================
+code meaning
+==== =====================================================================================================
+0    success
+1    a bug (traceback)
+2    the user's input: configuration, table, data, output location, credentials
+3    the sweep ran but produced no usable model (every rate diverged or was stopped); results are written
+4    results and checkpoint are safe but MLflow is incomplete (unavailable); rerun with the same sweep id
+130  interrupted (SIGINT); a checkpoint was written, rerun with the same sweep id to resume
+143  terminated (SIGTERM); a checkpoint was written, rerun with the same sweep id to resume
+==== =====================================================================================================
 """
 
 from __future__ import annotations
@@ -30,10 +43,29 @@ class OutputError(LrsweepError):
 
 
 class TrackingError(LrsweepError):
-    """The MLflow tracking server, experiment, run or model cannot be used as asked."""
+    """The MLflow tracking store, experiment, run or model cannot be used as asked (e.g. credentials refused)."""
+
+
+class NoUsableModelError(LrsweepError):
+    """Every rate diverged or was stopped: results are written and the runs finished, nothing is registered."""
+
+    exit_code = 3
+
+
+class TrackingUnavailableError(LrsweepError):
+    """MLflow could not be reached within ``tracking.retry_seconds``; what it lacks can be rebuilt by a rerun."""
+
+    exit_code = 4
 
 
 class TerminatedError(LrsweepError):
-    """The job received SIGTERM (a scheduler stopped it); its MLflow runs end KILLED."""
+    """The job was stopped by a signal at a safe point; its MLflow runs end KILLED.
 
-    exit_code = 143  # 128 + SIGTERM, what schedulers expect from a terminated process
+    ``exit_code`` is 128 + the signal number: 143 for SIGTERM (schedulers), 130 for SIGINT (Ctrl-C).
+    """
+
+    exit_code = 143
+
+    def __init__(self, message: str, exit_code: int = 143) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from importlib import metadata
@@ -141,10 +142,25 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
     for key, value in settings.items():
         if key not in given_keys:
             builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    spark = _start(builder)
     spark.sparkContext.setLogLevel(config.log_level)
     _check_delta_on_classpath(spark)
     return spark
+
+
+def _start(builder: SparkSession.Builder) -> SparkSession:
+    """``getOrCreate()``; a JVM started here (plain ``python``) ignores SIGTERM, as PySpark makes it ignore
+    SIGINT, so a signal to the whole process group reaches only the Python driver, which stops the sweep at
+    a safe point and still has Spark to save its work (:mod:`pipelines.orchestration.signals`)."""
+    import threading
+
+    if under_spark_submit() or threading.current_thread() is not threading.main_thread():
+        return builder.getOrCreate()
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        return builder.getOrCreate()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _delta_settings(config: SparkConfig, given: object) -> dict[str, str]:

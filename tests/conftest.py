@@ -53,7 +53,7 @@ def demo_table(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) ->
     path = str(tmp_path_factory.mktemp("lake") / "churn_features")
     config = make_config(path, tmp_path_factory.mktemp("out"),
                          [f"demo.rows={DEMO_ROWS}", f"demo.append_rows={DEMO_APPEND_ROWS}", "demo.partitions=2"])
-    write_demo_table(spark, config.demo)
+    write_demo_table(spark, config.demo, config.data.table)
     return path
 
 
@@ -61,7 +61,7 @@ def make_config(table: str, workdir: Path, overrides: list[str] | None = None) -
     """The base configuration pointed at ``table``, with outputs and MLflow under ``workdir``."""
     return load_config(overrides=[
         f"data.table={table}",
-        f"demo.table={table}",
+        f"output.checkpoints={workdir / 'checkpoints'}",
         f"output.results_table={workdir / 'results'}",
         f"output.predictions_table={workdir / 'predictions'}",
         f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
@@ -76,6 +76,7 @@ def table_overrides(table: str, workdir: Path) -> list[str]:
         "--set", f"output.results_table={workdir / 'results'}",
         "--set", f"output.predictions_table={workdir / 'predictions'}",
         "--set", f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
+        "--set", f"output.checkpoints={workdir / 'checkpoints'}",
     ]
 
 

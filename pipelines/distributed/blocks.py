@@ -28,6 +28,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -192,11 +193,11 @@ def read_partition(batches: Iterator[pa.RecordBatch], n_features: int) -> Partit
 
 
 RESULT_SCHEMA = "partition INT, payload BINARY"
+Result = TypeVar("Result")
 _MISS = b"miss"
 
 
-def map_partitions(blocks: BlockSet, compute: Callable[[PartitionBlocks], dict[str, object]]
-                   ) -> list[dict[str, object]]:
+def map_partitions(blocks: BlockSet, compute: Callable[[PartitionBlocks], Result]) -> list[Result]:
     """Run ``compute`` on every non-empty partition's arrays; results in partition order.
 
     One job over a manifest of partition numbers reads the executor-local staged copies; the partitions

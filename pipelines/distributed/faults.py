@@ -1,13 +1,15 @@
-"""Fault injection for resilience tests: crash a Python worker or an executor once, mid-job.
+"""Fault injection for resilience tests: crash a Python worker or an executor once, or slow every task.
 
 Enabled only by the environment variable ``LRSWEEP_INJECT_FAULT`` on the executors (pass it with
 ``--conf spark.executorEnv.LRSWEEP_INJECT_FAULT=...``), formatted ``KIND:epoch=E:partition=P:once=PATH``
 with ``KIND`` one of
 
 * ``python_worker``: the Python worker running that task exits abruptly;
-* ``executor``: the executor JVM that runs the task is killed (its cached blocks are lost).
+* ``executor``: the executor JVM that runs the task is killed (its cached blocks are lost);
+* ``sleep:seconds=S``: every training and evaluation task sleeps ``S`` seconds (a slow cluster), so a test
+  can act while a sweep is at a known epoch (no ``epoch``, ``partition`` or ``once``).
 
-The fault fires once: the first task to reach it creates the marker file ``PATH`` (exclusively) and
+The crash faults fire once: the first task to reach it creates the marker file ``PATH`` (exclusively) and
 crashes; later attempts find the marker and run normally, so Spark's retry succeeds. The test checks that
 the results equal an undisturbed run's.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 ENV_VAR = "LRSWEEP_INJECT_FAULT"
 
@@ -27,6 +30,9 @@ def maybe_inject_fault(epoch: int, partition: int) -> None:
         return
     kind, *pairs = setting.split(":")
     wanted = dict(pair.split("=", 1) for pair in pairs)
+    if kind == "sleep":
+        time.sleep(float(wanted.get("seconds", "1")))
+        return
     if int(wanted.get("epoch", -1)) != epoch or int(wanted.get("partition", -1)) != partition:
         return
     try:
@@ -42,4 +48,4 @@ def maybe_inject_fault(epoch: int, partition: int) -> None:
             executor_jvm = int(stat.read().rsplit(")", 1)[1].split()[1])
         os.kill(executor_jvm, signal.SIGKILL)
         os._exit(17)
-    raise ValueError(f"{ENV_VAR}={setting!r}: kind must be python_worker or executor")
+    raise ValueError(f"{ENV_VAR}={setting!r}: kind must be python_worker, executor or sleep")

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
 
+from pipelines.errors import DataError
 from pipelines.sgd._types import FloatArray
 
 
@@ -46,7 +47,8 @@ class FeatureScaling:
         return raw_weights, raw_intercepts
 
 
-def fit_scaling(dataframe: DataFrame, columns: Sequence[str], standardize: bool = True) -> FeatureScaling:
+def fit_scaling(dataframe: DataFrame, columns: Sequence[str], standardize: bool = True,
+                where: str = "the training split") -> FeatureScaling:
     """Means and population standard deviations of ``columns`` in one distributed pass.
 
     Every partition returns its count, means and sums of squared deviations (through Arrow); the driver
@@ -57,6 +59,11 @@ def fit_scaling(dataframe: DataFrame, columns: Sequence[str], standardize: bool 
 
     A constant column (standard deviation 0) keeps scale 1: it is centred to zeros and carries no
     information, rather than dividing by zero.
+
+    Raises
+    ------
+    DataError
+        A column's statistics overflow float64 (values beyond about 1e154 in magnitude), named with ``where``.
     """
     if not standardize:
         return FeatureScaling.identity(columns)
@@ -70,8 +77,9 @@ def fit_scaling(dataframe: DataFrame, columns: Sequence[str], standardize: bool 
             if batch.num_rows == 0:
                 continue
             X = np.column_stack([batch.column(name).to_numpy(zero_copy_only=False) for name in names])
-            count, mean, m2 = _merge(count, mean, m2, X.shape[0], X.mean(axis=0),
-                                     ((X - X.mean(axis=0)) ** 2).sum(axis=0))
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by the driver
+                count, mean, m2 = _merge(count, mean, m2, X.shape[0], X.mean(axis=0),
+                                         ((X - X.mean(axis=0)) ** 2).sum(axis=0))
         context = TaskContext.get()
         yield pa.RecordBatch.from_pydict({
             "partition": pa.array([context.partitionId() if context else 0], pa.int32()),
@@ -83,9 +91,16 @@ def fit_scaling(dataframe: DataFrame, columns: Sequence[str], standardize: bool 
     count, mean, m2 = 0, np.zeros(len(names)), np.zeros(len(names))
     for row in sorted(rows, key=lambda r: int(r["partition"])):
         if row["count"]:
-            count, mean, m2 = _merge(count, mean, m2, int(row["count"]), np.frombuffer(row["mean"]),
-                                     np.frombuffer(row["m2"]))
-    stds = np.sqrt(m2 / count) if count else np.zeros(len(names))
+            with np.errstate(over="ignore", invalid="ignore"):
+                count, mean, m2 = _merge(count, mean, m2, int(row["count"]), np.frombuffer(row["mean"]),
+                                         np.frombuffer(row["m2"]))
+    with np.errstate(over="ignore", invalid="ignore"):
+        stds = np.sqrt(m2 / count) if count else np.zeros(len(names))
+    overflowing = [name for name, mu, sd in zip(names, mean, stds, strict=True)
+                   if not (np.isfinite(mu) and np.isfinite(sd))]
+    if overflowing:
+        raise DataError(f"{where}: column(s) {overflowing} have values too large to standardize (their "
+                        "variance overflows float64); rescale them upstream, or set features.standardize=false")
     constant = stds <= 1e-12 * np.maximum(1.0, np.abs(mean))
     scales = np.where(constant, 1.0, stds)
     return FeatureScaling(tuple(names), mean, scales,

@@ -119,21 +119,19 @@ def churn_features(spark: SparkSession, rows: int, seed: int, partitions: int, f
     return df
 
 
-def write_demo_table(spark: SparkSession, config: DemoConfig) -> DemoTable:
-    """Overwrite ``config.table`` with version 0 (``rows`` customers), then append version 1.
+def write_demo_table(spark: SparkSession, config: DemoConfig, table: str) -> DemoTable:
+    """Overwrite ``table`` (``data.table``) with version 0 (``rows`` customers), then append version 1.
 
     Re-running replaces the content (new versions are added on top, as Delta keeps history).
     """
     initial = churn_features(spark, config.rows, config.seed, config.partitions,
                              null_fraction=config.null_fraction)
-    initial.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(config.table)
+    initial.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(table)
     appended = churn_features(spark, config.append_rows, config.seed + 1,
                               max(1, config.partitions // 2), first_id=config.rows,
                               null_fraction=config.null_fraction)
-    appended.write.format("delta").mode("append").save(config.table)
+    appended.write.format("delta").mode("append").save(table)
 
-    from delta.tables import DeltaTable
-
-    history = DeltaTable.forPath(spark, config.table).history().select("version").collect()
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{table}`").select("version").collect()
     versions = tuple(sorted(int(row["version"]) for row in history))
-    return DemoTable(path=config.table, versions=versions, rows=config.rows + config.append_rows)
+    return DemoTable(path=table, versions=versions, rows=config.rows + config.append_rows)

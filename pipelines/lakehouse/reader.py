@@ -7,9 +7,14 @@ job runs are never seen, and results can be traced to the exact data.
 
 from __future__ import annotations
 
+import operator
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import reduce
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -50,10 +55,23 @@ class FeatureTable:
     rows_read: int
     rows_dropped_null: int
     null_counts: dict[str, int] = field(default_factory=dict)
+    rows_dropped_invalid: int = 0  # rows without nulls but with NaN or +-inf in the label or a feature
+    invalid_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
-        return self.rows_read - self.rows_dropped_null
+        return self.rows_read - self.rows_dropped_null - self.rows_dropped_invalid
+
+    def dropped_summary(self) -> str:
+        """``dropped 12 rows with nulls (a: 10, b: 2) and 3 with NaN/inf (c: 3)``, or ``""`` when none."""
+        parts = []
+        if self.rows_dropped_null:
+            detail = ", ".join(f"{c}: {n}" for c, n in sorted(self.null_counts.items()))
+            parts.append(f"{self.rows_dropped_null} rows with nulls ({detail})")
+        if self.rows_dropped_invalid:
+            detail = ", ".join(f"{c}: {n}" for c, n in sorted(self.invalid_counts.items()))
+            parts.append(f"{self.rows_dropped_invalid} rows with NaN/inf ({detail})")
+        return f"dropped {' and '.join(parts)}" if parts else ""
 
 
 def table_versions(spark: SparkSession, identifier: str) -> list[tuple[int, datetime]]:
@@ -114,19 +132,22 @@ def read_version(spark: SparkSession, ref: TableRef) -> DataFrame:
 def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> FeatureTable:
     """Read, pin and validate a feature table for a model with ``loss`` (``squared``/``logistic``).
 
-    Returns the label (as double, column name unchanged) and the feature columns, after the null policy.
+    Returns the label (as double, column name unchanged) and the feature columns, after the null and
+    invalid-value policies (``data.on_null``, ``data.on_invalid``: NaN and +-inf are invalid values).
 
     Raises
     ------
     DataError
-        The table is missing, not Delta, lacks the version; a column is missing or not numeric; the
-        label cannot be used with ``loss``; nulls under ``on_null: fail``; nothing left to train on.
+        The table is missing, not Delta, lacks the version, or has a missing or unreadable data file; a
+        column is missing or not numeric; the label cannot be used with ``loss``; nulls or invalid values
+        under a ``fail`` policy; nothing left to train on.
     """
-    ref = resolve_version(spark, config.table, config.version)
-    raw = read_version(spark, ref)
-    columns = {f.name: f.dataType for f in raw.schema.fields}
+    with readable_files(f"table {config.table}"):
+        ref = resolve_version(spark, config.table, config.version)
     where = f"table {ref.identifier} (version {ref.version})"
-
+    with readable_files(where):
+        raw = read_version(spark, ref)
+        columns = {f.name: f.dataType for f in raw.schema.fields}
     if config.label not in columns:
         raise DataError(f"{where}: label column {config.label!r} not found; available columns: "
                         f"{sorted(columns)}")
@@ -135,39 +156,131 @@ def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> Fe
     if not isinstance(label_type, T.NumericType | T.BooleanType):
         raise DataError(f"{where}: label column {config.label!r} has type {label_type.simpleString()}; "
                         "expected a numeric or boolean column")
-
-    label = F.col(config.label).cast("double")
-    used = [config.label, *features]
-    stats_exprs = [F.count(F.lit(1)).alias("rows")]
-    stats_exprs += [F.sum(F.col(c).isNull().cast("long")).alias(f"null::{c}") for c in used]
-    stats_exprs.append(F.sum(F.when(F.greatest(*[F.col(c).isNull() for c in used]), 1).otherwise(0))
-                       .alias("rows_with_null"))
-    clean_label = F.when(F.greatest(*[F.col(c).isNull() for c in used]), None).otherwise(label)
-    stats_exprs += [F.count_distinct(clean_label).alias("label_distinct"),
-                    F.min(clean_label).alias("label_min"), F.max(clean_label).alias("label_max"),
-                    F.sum(F.when(~F.isnan(label) & ~clean_label.isin(0.0, 1.0), 1).otherwise(0))
-                    .alias("label_not_binary")]
-    stats = raw.agg(*stats_exprs).collect()[0].asDict()
-    null_counts = {c: int(stats[f"null::{c}"] or 0) for c in used if stats[f"null::{c}"]}
-    rows_read = int(stats["rows"])
-    rows_with_null = int(stats["rows_with_null"] or 0)
-
-    if rows_read == 0:
-        raise DataError(f"{where}: the table is empty")
-    if rows_with_null and config.on_null == "fail":
-        detail = ", ".join(f"{c}: {n}" for c, n in sorted(null_counts.items()))
-        raise DataError(f"{where}: {rows_with_null} rows have nulls ({detail}) and data.on_null is 'fail'; "
-                        "set data.on_null=drop to drop them")
-    if rows_with_null == rows_read:
-        raise DataError(f"{where}: no rows left after dropping {rows_with_null} rows with nulls "
-                        f"(null counts: {null_counts})")
-    _check_label(stats, loss, config.label, where)
-
-    dataframe = raw.select(label.alias(config.label), *[F.col(c).cast("double").alias(c) for c in features])
-    if rows_with_null:
-        dataframe = dataframe.dropna(subset=used)
+    profile = _Profile(config.label, [config.label, *features], columns)
+    with readable_files(where):
+        stats = profile.collect(raw)
+    _apply_policies(stats, config, where)
+    _check_label(stats.label, loss, config.label, where)
+    kept = raw.where(~profile.unusable) if stats.rows_with_null or stats.rows_with_invalid else raw
+    dataframe = kept.select(F.col(config.label).cast("double").alias(config.label),
+                            *[F.col(c).cast("double").alias(c) for c in features])
     return FeatureTable(dataframe=dataframe, ref=ref, label=config.label, features=tuple(features),
-                        rows_read=rows_read, rows_dropped_null=rows_with_null, null_counts=null_counts)
+                        rows_read=stats.rows, rows_dropped_null=stats.rows_with_null, null_counts=stats.null_counts,
+                        rows_dropped_invalid=stats.rows_with_invalid, invalid_counts=stats.invalid_counts)
+
+
+@dataclass(frozen=True)
+class _Stats:
+    """What one pass over the used columns found."""
+
+    rows: int
+    rows_with_null: int
+    rows_with_invalid: int  # rows without nulls but with NaN or +-inf
+    null_counts: dict[str, int]
+    invalid_counts: dict[str, int]
+    label: dict[str, Any]  # distinct, min, max, not_binary of the usable rows' labels
+
+
+class _Profile:
+    """Null, NaN/inf and label statistics of the used columns, in one Spark aggregation."""
+
+    def __init__(self, label: str, used: list[str], types: dict[str, T.DataType]) -> None:
+        self.used = used
+        self.floating = [c for c in used if isinstance(types[c], T.FloatType | T.DoubleType)]
+        self.is_null = {c: F.col(c).isNull() for c in used}
+        self.is_invalid = {c: F.isnan(F.col(c)) | (F.abs(F.col(c)) == float("inf")) for c in self.floating}
+        self.any_null = reduce(operator.or_, self.is_null.values())
+        self.any_invalid = reduce(operator.or_, self.is_invalid.values()) if self.is_invalid else F.lit(False)
+        self.unusable = self.any_null | self.any_invalid
+        self.clean_label = F.when(self.unusable, None).otherwise(F.col(label).cast("double"))
+
+    def collect(self, dataframe: DataFrame) -> _Stats:
+        clean = self.clean_label
+        row = dataframe.agg(
+            F.count(F.lit(1)).alias("rows"),
+            *[F.sum(null.cast("long")).alias(f"null::{c}") for c, null in self.is_null.items()],
+            *[F.sum(invalid.cast("long")).alias(f"invalid::{c}") for c, invalid in self.is_invalid.items()],
+            F.sum(F.when(self.any_null, 1).otherwise(0)).alias("rows_with_null"),
+            F.sum(F.when(~self.any_null & self.any_invalid, 1).otherwise(0)).alias("rows_with_invalid"),
+            F.count_distinct(clean).alias("distinct"), F.min(clean).alias("min"), F.max(clean).alias("max"),
+            F.sum(F.when(clean.isNotNull() & ~clean.isin(0.0, 1.0), 1).otherwise(0)).alias("not_binary"),
+        ).collect()[0].asDict()
+        return _Stats(
+            rows=int(row["rows"]), rows_with_null=int(row["rows_with_null"] or 0),
+            rows_with_invalid=int(row["rows_with_invalid"] or 0),
+            null_counts={c: int(row[f"null::{c}"]) for c in self.used if row[f"null::{c}"]},
+            invalid_counts={c: int(row[f"invalid::{c}"]) for c in self.floating if row[f"invalid::{c}"]},
+            label={key: row[key] for key in ("distinct", "min", "max", "not_binary")})
+
+
+def _apply_policies(stats: _Stats, config: DataConfig, where: str) -> None:
+    """``data.on_null`` / ``data.on_invalid``: fail naming the columns, or check something is left."""
+    if stats.rows == 0:
+        raise DataError(f"{where}: the table is empty")
+    if stats.rows_with_null and config.on_null == "fail":
+        detail = ", ".join(f"{c}: {n}" for c, n in sorted(stats.null_counts.items()))
+        raise DataError(f"{where}: {stats.rows_with_null} rows have nulls ({detail}) and data.on_null is 'fail'; "
+                        "set data.on_null=drop to drop them")
+    if stats.invalid_counts and config.on_invalid == "fail":
+        detail = ", ".join(f"{c}: {n}" for c, n in sorted(stats.invalid_counts.items()))
+        raise DataError(f"{where}: NaN or infinite values ({detail}) and data.on_invalid is 'fail'; "
+                        "set data.on_invalid=drop to drop those rows")
+    if stats.rows_with_null + stats.rows_with_invalid == stats.rows:
+        raise DataError(f"{where}: no rows left after dropping {stats.rows_with_null} rows with nulls and "
+                        f"{stats.rows_with_invalid} with NaN/inf (null counts: {stats.null_counts}, NaN/inf "
+                        f"counts: {stats.invalid_counts})")
+
+
+@contextmanager
+def readable_files(where: str) -> Iterator[None]:
+    """Turn Spark's failure to read a table's data file into one :class:`DataError` line naming the file.
+
+    A data file listed in the Delta log but missing (deleted by hand, a bad copy, an over-eager cleanup) or
+    unreadable (truncated, not Parquet) fails a job deep inside Spark; this names the table, the file and
+    how to recover.
+    """
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception as error:
+        problem = unreadable_file(error)
+        if problem is None:
+            raise
+        kind, path = problem
+        if kind == "log":
+            raise DataError(f"{where}: the Delta log is damaged ({path}); restore the missing or corrupt "
+                            "_delta_log file from a backup, or read the table from a copy") from None
+        raise DataError(
+            f"{where}: data file {path} is {kind}; read an earlier version (data.version=N) that does not "
+            "use it, restore the file, or repair the table (FSCK REPAIR TABLE removes missing files from the "
+            "log)") from None
+
+
+_FILE_PATH = re.compile(r"((?:file|s3a?|s3n|gs|hdfs|abfss?|wasbs?|dbfs):/*[^\s'\"\]]+|/[^\s'\"\]]+)"
+                        r"\.(?:parquet|snappy\.parquet|gz\.parquet)")
+
+
+def unreadable_file(error: BaseException) -> tuple[str, str] | None:
+    """``("missing", path)``, ``("unreadable ...", path)`` or ``("log", detail)`` when ``error`` is Spark failing
+    on a table's data file or log; None for any other error."""
+    try:
+        text = f"{type(error).__name__}: {error}"
+    except Exception:  # a py4j error whose JVM is gone cannot even be printed
+        return None
+    if "DELTA_VERSIONS_NOT_CONTIGUOUS" in text or ("_delta_log" in text and "FAILED_READ_FILE" in text):
+        condition = re.search(r"\[(DELTA_[A-Z_]+|FAILED_READ_FILE[A-Z_.]*)\][^\n]*", text)
+        return "log", condition.group(0)[:200] if condition else "unreadable log"
+    missing = any(marker in text for marker in ("FileNotFoundException", "FILE_NOT_EXIST", "DELTA_FILE_NOT_FOUND",
+                                                "does not exist"))
+    unreadable = any(marker in text for marker in ("FAILED_READ_FILE", "CANNOT_READ_FILE_FOOTER",
+                                                   "is not a Parquet file", "ParquetDecodingException",
+                                                   "CORRUPTED_FILE"))
+    if not (missing or unreadable):
+        return None
+    match = _FILE_PATH.search(text)
+    path = match.group(0) if match else "(path not reported)"
+    return ("missing" if missing else "unreadable (corrupt or not Parquet)"), path
 
 
 def _select_features(config: DataConfig, columns: dict[str, T.DataType], where: str) -> list[str]:
@@ -193,16 +306,16 @@ def _select_features(config: DataConfig, columns: dict[str, T.DataType], where: 
 
 def _check_label(stats: dict[str, Any], loss: str, label: str, where: str) -> None:
     if loss == "logistic":
-        if stats["label_not_binary"]:
+        if stats["not_binary"]:
             raise DataError(
-                f"{where}: label {label!r} has values other than 0 and 1 (min {stats['label_min']}, max "
-                f"{stats['label_max']}, {stats['label_distinct']} distinct); logistic loss needs 0/1 or boolean"
+                f"{where}: label {label!r} has values other than 0 and 1 (min {stats['min']}, max "
+                f"{stats['max']}, {stats['distinct']} distinct); logistic loss needs 0/1 or boolean"
             )
-        if stats["label_distinct"] != 2:
-            raise DataError(f"{where}: label {label!r} has a single class ({stats['label_min']}); "
+        if stats["distinct"] != 2:
+            raise DataError(f"{where}: label {label!r} has a single class ({stats['min']}); "
                             "logistic loss needs both 0 and 1")
-    elif stats["label_distinct"] is not None and stats["label_distinct"] < 2:
-        raise DataError(f"{where}: label {label!r} is constant ({stats['label_min']}); nothing to fit")
+    elif stats["distinct"] is not None and stats["distinct"] < 2:
+        raise DataError(f"{where}: label {label!r} is constant ({stats['min']}); nothing to fit")
 
 
 def _require_delta_table(spark: SparkSession, identifier: str) -> None:

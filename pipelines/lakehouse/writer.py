@@ -1,30 +1,48 @@
 """Write results and predictions to Delta, idempotently.
 
-Appends carry Delta's idempotent-writer options ``txnAppId``/``txnVersion``: Delta records the highest
-version committed per application id and silently skips a write whose version is not higher. A job
-retried with the same id therefore never duplicates rows, and a write is atomic (all rows or none).
+The results table is the sweep's **journal**: while a sweep trains, every checkpoint appends the rows of
+the epochs since the previous one (:func:`append_journal`), so a crash loses at most those epochs. Appends
+carry Delta's idempotent-writer options ``txnAppId``/``txnVersion`` (app id ``lrsweep-sweep:<sweep id>``,
+version ``round * 10^6 + last epoch``): Delta skips a write whose version is not higher than the last one
+committed for the app, so a retried append never duplicates rows, and each append is atomic. When the sweep
+ends, :func:`finalize_results` sets each rate's final ``status``, ``kept_epoch``, ``is_best`` and run ids on
+its rows in one MERGE. Which epochs a table already holds is read back (:func:`journaled_epochs`), so a
+resumed sweep appends exactly the missing ones.
+
+Two sweeps may write one table at the same moment: the first commit creates it, and a commit that loses a
+race with another writer (Delta's concurrent-modification errors) is retried.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 
 from pipelines.config import is_path
 from pipelines.errors import OutputError
+from pipelines.sgd.metrics import ALL_CURVES
 
-#: The results table: one row per (sweep_id, learning_rate, epoch). Metric columns cover both losses.
-RESULTS_SCHEMA = (
-    "sweep_id STRING NOT NULL, learning_rate DOUBLE NOT NULL, epoch INT NOT NULL, "
-    "train_loss DOUBLE, val_loss DOUBLE, val_log_loss DOUBLE, val_accuracy DOUBLE, val_auc DOUBLE, "
-    "val_rmse DOUBLE, val_mae DOUBLE, val_r2 DOUBLE, train_loss_std DOUBLE, val_loss_std DOUBLE, "
-    "status STRING, kept_epoch INT, is_best BOOLEAN, loss STRING, parent_run_id STRING, child_run_id STRING, "
-    "data_table STRING, data_version BIGINT, written_at TIMESTAMP"
-)
+#: The results table: one row per (sweep_id, round, learning_rate, epoch). Metric columns cover every loss.
+RESULTS_SCHEMA = ", ".join([
+    "sweep_id STRING NOT NULL", "round INT", "learning_rate DOUBLE NOT NULL", "epoch INT NOT NULL",
+    *(f"{name} DOUBLE" for name in ALL_CURVES), "train_loss_std DOUBLE", "val_loss_std DOUBLE",
+    "status STRING", "kept_epoch INT", "is_best BOOLEAN", "loss STRING", "parent_run_id STRING",
+    "child_run_id STRING", "data_table STRING", "data_version BIGINT", "written_at TIMESTAMP",
+])
+#: Columns a sweep's end sets on all of a rate's rows.
+FINAL_COLUMNS = ("status", "kept_epoch", "is_best", "parent_run_id", "child_run_id")
+EPOCHS_PER_ROUND = 1_000_000
+COMMIT_ATTEMPTS = 6
+_CONFLICTS = ("ConcurrentAppendException", "ConcurrentWriteException", "ProtocolChangedException",
+              "MetadataChangedException", "ConcurrentDeleteReadException", "ConcurrentTransactionException",
+              "DELTA_CONCURRENT", "DELTA_TABLE_ALREADY_EXISTS", "already exists", "ConcurrentDeleteDeleteException")
+
+Value = TypeVar("Value")
 
 
 def check_output_table(spark: SparkSession, identifier: str, key: str) -> None:
@@ -53,47 +71,70 @@ def check_output_table(spark: SparkSession, identifier: str, key: str) -> None:
             raise OutputError(f"{key} {identifier} is a {provider} table, not a Delta table")
 
 
-def table_version(spark: SparkSession, identifier: str) -> int | None:
-    """The latest version of a Delta table, or ``None`` when it does not exist yet."""
+def table_exists(spark: SparkSession, identifier: str) -> bool:
+    """True when ``identifier`` is an existing Delta table."""
     from delta.tables import DeltaTable
 
     if is_path(identifier):
-        if not DeltaTable.isDeltaTable(spark, identifier):
-            return None
-        table = DeltaTable.forPath(spark, identifier)
-    else:
-        if not spark.catalog.tableExists(identifier):
-            return None
-        table = DeltaTable.forName(spark, identifier)
-    return int(table.history(1).select("version").collect()[0][0])
+        return bool(DeltaTable.isDeltaTable(spark, identifier))
+    return bool(spark.catalog.tableExists(identifier))
 
 
-def append_idempotent(dataframe: DataFrame, identifier: str, key: str, app_id: str, txn_version: int = 0) -> bool:
+def table_version(spark: SparkSession, identifier: str) -> int | None:
+    """The latest version of a Delta table, or ``None`` when it does not exist yet."""
+    if not table_exists(spark, identifier):
+        return None
+    rows = spark.sql(f"DESCRIBE HISTORY {sql_name(identifier)} LIMIT 1").select("version").collect()
+    return int(rows[0][0])
+
+
+def sql_name(identifier: str) -> str:
+    """``delta.`<path>``` for a path, the catalog name otherwise (for Delta SQL)."""
+    return f"delta.`{identifier}`" if is_path(identifier) else identifier
+
+
+def retry_conflicts(action: Callable[[], Value], key: str, identifier: str) -> Value:
+    """Run a Delta commit, retrying it when another writer's commit got in first.
+
+    Raises :class:`OutputError` naming ``key`` when it fails for another reason or keeps conflicting.
+    """
+    for attempt in range(COMMIT_ATTEMPTS):
+        try:
+            return action()
+        except Exception as error:
+            text = f"{type(error).__name__}: {error}"
+            if attempt + 1 < COMMIT_ATTEMPTS and any(marker in text for marker in _CONFLICTS):
+                time.sleep(0.2 * 2**attempt)
+                continue
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise OutputError(f"{key} {identifier}: the write failed: {first_line}") from error
+    raise AssertionError("unreachable")
+
+
+def append_idempotent(dataframe: DataFrame, identifier: str, key: str, app_id: str, txn_version: int = 0,
+                      merge_schema: bool = False) -> bool:
     """Append ``dataframe`` unless ``(app_id, txn_version)`` was already committed; True when written.
 
     Raises :class:`OutputError` naming ``key`` when the location cannot be written.
     """
     spark = dataframe.sparkSession
     check_output_table(spark, identifier, key)
-    before = table_version(spark, identifier)
-    writer = (dataframe.write.format("delta").mode("append").option("mergeSchema", "false")
-              .option("txnAppId", app_id).option("txnVersion", str(txn_version)))
-    try:
+
+    def append() -> bool:
+        before = table_version(spark, identifier)
+        writer = (dataframe.write.format("delta").mode("append").option("mergeSchema", str(merge_schema).lower())
+                  .option("txnAppId", app_id).option("txnVersion", str(txn_version)))
         if is_path(identifier):
             writer.save(identifier)
         else:
             writer.saveAsTable(identifier)
-    except Exception as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise OutputError(f"{key} {identifier}: the write failed: {first_line}") from error
-    return table_version(spark, identifier) != before
+        return table_version(spark, identifier) != before
+
+    return retry_conflicts(append, key, identifier)
 
 
-def write_results(spark: SparkSession, rows: Sequence[dict[str, Any]], identifier: str, sweep_id: str) -> bool:
-    """Append a sweep's result rows (see :func:`pipelines.reporting.tables.results_rows`) once per sweep id.
-
-    Returns True when the rows were written, False when this sweep's rows were already in the table.
-    """
+def results_dataframe(spark: SparkSession, rows: Sequence[dict[str, Any]]) -> DataFrame:
+    """Result rows (see :mod:`pipelines.reporting.tables`) as a DataFrame of :data:`RESULTS_SCHEMA`."""
     from pyspark.sql.types import StructType
 
     schema = StructType.fromDDL(RESULTS_SCHEMA)
@@ -101,5 +142,63 @@ def write_results(spark: SparkSession, rows: Sequence[dict[str, Any]], identifie
     written_at = datetime.now(timezone.utc).replace(tzinfo=None)
     records = [tuple(written_at if name == "written_at" else row.get(name) for name in schema.names)
                for row in rows]
-    dataframe = spark.createDataFrame(records, schema).coalesce(1)
-    return append_idempotent(dataframe, identifier, "output.results_table", app_id=f"lrsweep-sweep:{sweep_id}")
+    return spark.createDataFrame(records, schema).coalesce(1)
+
+
+def journaled_epochs(spark: SparkSession, identifier: str, sweep_id: str) -> dict[int, int]:
+    """``{round: last epoch}`` of the sweep's rows already in the results table (empty when none)."""
+    if not table_exists(spark, identifier):
+        return {}
+    table = spark.read.format("delta").load(identifier) if is_path(identifier) else spark.table(identifier)
+    if "round" not in table.columns:  # written by an earlier lrsweep: one final round, no journal
+        rows = table.where(table["sweep_id"] == sweep_id).groupBy().max("epoch").collect()
+        return {1: int(rows[0][0])} if rows and rows[0][0] is not None else {}
+    rows = table.where(table["sweep_id"] == sweep_id).groupBy("round").max("epoch").collect()
+    return {int(row[0] or 1): int(row[1]) for row in rows}
+
+
+def append_journal(spark: SparkSession, rows: Sequence[dict[str, Any]], identifier: str, sweep_id: str,
+                   round_number: int, last_epoch: int) -> bool:
+    """Append one checkpoint's result rows (epochs up to ``last_epoch`` of ``round_number``) once.
+
+    Returns True when written, False when Delta had this append already (a retry).
+    """
+    if not rows:
+        return False
+    return append_idempotent(results_dataframe(spark, rows), identifier, "output.results_table",
+                             app_id=f"lrsweep-sweep:{sweep_id}",
+                             txn_version=round_number * EPOCHS_PER_ROUND + last_epoch, merge_schema=True)
+
+
+def finalize_results(spark: SparkSession, finals: Sequence[dict[str, Any]], identifier: str, sweep_id: str) -> bool:
+    """Set each rate's :data:`FINAL_COLUMNS` on all its rows (one MERGE); False when nothing had to change.
+
+    ``finals`` holds one mapping per (round, learning_rate) with those columns.
+    """
+    if not finals or not table_exists(spark, identifier):
+        return False
+    from pyspark.sql.types import StructType
+
+    schema = StructType.fromDDL("sweep_id STRING, round INT, learning_rate DOUBLE, status STRING, kept_epoch INT, "
+                                "is_best BOOLEAN, parent_run_id STRING, child_run_id STRING")
+    assert isinstance(schema, StructType)
+    source = spark.createDataFrame([tuple(row.get(name) for name in schema.names) for row in finals], schema)
+    view = f"lrsweep_finals_{abs(hash(sweep_id)) % 10**9}"
+    source.createOrReplaceTempView(view)
+    differs = " OR ".join(f"NOT (t.{column} <=> s.{column})" for column in FINAL_COLUMNS)
+    match = "t.sweep_id = s.sweep_id AND t.learning_rate = s.learning_rate AND (t.round <=> s.round)"
+    pending = spark.sql(f"SELECT count(*) FROM {sql_name(identifier)} t JOIN {view} s ON {match} "
+                        f"WHERE {differs}").collect()[0][0]
+    if not pending:
+        return False
+    updates = ", ".join(f"t.{column} = s.{column}" for column in FINAL_COLUMNS)
+
+    def merge() -> bool:
+        spark.sql(f"MERGE INTO {sql_name(identifier)} t USING {view} s ON {match} "
+                  f"WHEN MATCHED AND ({differs}) THEN UPDATE SET {updates}")
+        return True
+
+    try:
+        return retry_conflicts(merge, "output.results_table", identifier)
+    finally:
+        spark.catalog.dropTempView(view)

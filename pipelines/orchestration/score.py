@@ -65,7 +65,7 @@ def score_table(spark: SparkSession, config: Config) -> ScoringReport:
     OutputError
         The predictions location is not a Delta table or cannot be written.
     """
-    client, _ = connect(config.tracking)
+    client = connect(config.tracking).client
     model = resolve_scoring_model(client, default_model_uri(config))
     identifier = config.scoring.input_table or config.data.table
     requested = config.data.version if config.scoring.input_table is None else None

@@ -1,22 +1,22 @@
-"""A tracked sweep: read the pinned table, train the grid, log runs, write results, register the best model.
+"""A tracked learning-rate sweep, end to end, as named steps.
 
-Data flows one way::
+    connect (MLflow, fast) -> restore (checkpoint) -> pin (table version) -> start runs (parent)
+      -> train (range test and rounds; journal + checkpoints at boundaries, live MLflow view)
+      -> complete tracking (children, figures, model, registry) -> finalize results (one MERGE)
 
-    config -> lakehouse.reader (pinned version) -> sweep.runner (features, engine, loop)
-           -> tracking (runs, dataset, figures, model, registry) + lakehouse.writer (results table)
+The lakehouse is the durable record and MLflow a view of it. While a round trains, every
+``train.checkpoint_every`` epochs (and on a signal, and at the end) the sweep's state is saved as a checkpoint
+and the results table gets the rows of the epochs since the last append; the MLflow curves are updated live
+from a background thread. A rerun with the same ``sweep.id`` restores the newest checkpoint and trains only
+what is left (same bits as an uninterrupted run); a sweep whose training had finished trains nothing and only
+completes what is missing (results rows, MLflow runs and histories, figures, model, registration). When
+MLflow is unavailable, training goes on; at the end the job waits at most ``tracking.retry_seconds`` for it,
+then finishes everything else and reports exit code 4.
 
-With ``sweep.learning_rates: auto`` the grid comes from Smith's range test (:mod:`pipelines.sweep.range_test`),
-run on the same cached blocks: round 1 trains ``sweep.auto_num`` log-spaced rates spanning a factor
-``sweep.auto_span`` centred on the suggestion; with ``sweep.refine`` round 2 trains a finer grid spanning
-round 1's two neighbours of its best rate (an odd number of rates, so the best rate itself is retrained and
-round 2 can only match or beat it). The range test and every round's rates are child runs of the one
-parent run (roles ``range_test`` and ``child``, rounds tagged ``lrsweep.round``). The final round is the
-sweep's result: its rows go to the results table, its best model is logged and registered, its curves
-are the parent's figures and summary.
-
-Rerunning with the same ``sweep.id`` completes what an earlier attempt left undone and duplicates nothing:
-the data version is taken from the earlier attempt, FINISHED child runs are reused, the results are
-appended with Delta's idempotent ``txnAppId``/``txnVersion``, and the model is logged and registered once.
+With ``sweep.learning_rates: auto`` the grid comes from Smith's range test (:mod:`pipelines.sweep.lr_finder`):
+round 1 trains ``sweep.auto_num`` rates spanning ``sweep.auto_span`` around its suggestion; with
+``sweep.refine`` round 2 trains a finer grid around round 1's best. The range test and every round's rates are
+child runs of the one parent; the final round feeds the registry and the summary.
 """
 
 from __future__ import annotations
@@ -24,252 +24,464 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
 
 from pipelines.config import Config
-from pipelines.lakehouse.reader import FeatureTable, read_feature_table
-from pipelines.lakehouse.writer import check_output_table, write_results
+from pipelines.errors import ConfigError, TerminatedError, TrackingUnavailableError
+from pipelines.lakehouse.checkpoints import CheckpointStore
+from pipelines.lakehouse.reader import read_feature_table
+from pipelines.lakehouse.writer import check_output_table, finalize_results, journaled_epochs
+from pipelines.orchestration.journal import Journal
+from pipelines.orchestration.params import auto_params, sweep_params, sweep_settings
+from pipelines.orchestration.recorder import DataFacts, SweepRecorder
+from pipelines.orchestration.report import SweepReport
+from pipelines.orchestration.signals import StopRequest
+from pipelines.orchestration.training import PreparedData, SweepRun, prepare_data, range_test, train_grid
 from pipelines.reporting.figures import loss_curves_figure, range_test_figure, val_loss_vs_rate_figure
-from pipelines.reporting.tables import MAIN_METRIC, rate_summary, results_rows
-from pipelines.sweep.range_test import RangeTestResult, auto_grid, refine_span
-from pipelines.sweep.runner import PreparedData, SweepRun, prepare_data, range_test, train_grid
+from pipelines.reporting.tables import final_rows, progress_line, rate_summary, summary_metrics
+from pipelines.session import get_spark
+from pipelines.sgd.metrics import MAIN_METRIC
+from pipelines.stopwatch import Stopwatch
+from pipelines.sweep.checkpoint import RoundCheckpoint, SweepCheckpoint, settings_changes
+from pipelines.sweep.loop import Boundary
+from pipelines.sweep.lr_finder import RangeTestResult, auto_grid, refine_span
+from pipelines.sweep.outcome import GridOutcome
+from pipelines.tracking.datasets import TrainingData, dataset_input
+from pipelines.tracking.live import LiveView
 from pipelines.tracking.models import Registration, linear_pipeline, log_model, register_model
-from pipelines.tracking.runs import SweepTracker, TrainingData
-from pipelines.tracking.store import code_version, connect, tracking_uri
+from pipelines.tracking.runs import FAILED, FINISHED, KILLED, SweepTracker
+from pipelines.tracking.store import TrackingStore, code_version, connect, redact, tracking_uri
 
 INPUT_EXAMPLE_ROWS = 5
 
 
-@dataclass
-class SweepReport:
-    """What a tracked sweep did: run ids, results, the registry decision, where the time went."""
+def run_tracked_sweep(spark: SparkSession, config: Config, progress: Callable[[str], None] | None = print,
+                      stop: StopRequest | None = None, train: bool = True,
+                      store: TrackingStore | None = None) -> SweepReport:
+    """Run (or resume, or complete) the configured sweep; see the module docstring.
 
-    sweep_id: str
-    parent_run_id: str
-    child_run_ids: list[str]
-    run: SweepRun
-    loss: str
-    table: FeatureTable
-    resumed: bool
-    results_written: bool
-    results_rows: int
-    model_uri: str | None
-    registration: Registration | None
-    training_seconds: float
-    tracking_seconds: float
-    wall_seconds: float
-    summary: list[dict[str, Any]] = field(default_factory=list)
-    suggested_learning_rate: float | None = None  # 'auto' sweeps: the range test's suggestion
-    range_test: RangeTestResult | None = None  # None when not run (explicit grid, or reused on a rerun)
-    rounds: list[SweepRun] = field(default_factory=list)  # 'auto' sweeps: every round; `run` is the last
-    phase_seconds: dict[str, float] = field(default_factory=dict)  # read, training, results_write
-    tracking_by_label: dict[str, float] = field(default_factory=dict)  # connect, runs, children, model, ...
-
-    @property
-    def tracking_fraction(self) -> float:
-        return self.tracking_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
-
-
-def sweep_params(config: Config, table: FeatureTable, learning_rates: list[float]) -> dict[str, str]:
-    """The parent run's parameters (strings, stable across reruns of the same sweep)."""
-    train = config.train
-    return {
-        "table": table.ref.identifier,
-        "table_version": str(table.ref.version),
-        "label": table.label,
-        "num_features": str(len(table.features)),
-        "features": ",".join(table.features),
-        "loss": config.model.loss,
-        "fit_intercept": str(config.model.fit_intercept),
-        "reg_param": repr(config.model.reg_param),
-        "l1_ratio": repr(config.model.l1_ratio),
-        "algorithm": train.algorithm,
-        "batch_size": str(train.batch_size),
-        "schedule": train.schedule.name,
-        "optimizer": train.optimizer.name,
-        "epochs": str(train.epochs),
-        "seed": str(train.seed),
-        "seeds": ",".join(map(str, config.sweep.seeds or [train.seed])),
-        "learning_rates": ",".join(repr(rate) for rate in learning_rates) if learning_rates else "auto",
-        "num_learning_rates": str(len(learning_rates) if learning_rates else config.sweep.auto_num),
-        "validation_fraction": repr(config.data.validation_fraction),
-        "standardize": str(config.features.standardize),
-        "early_stopping": str(config.sweep.early_stopping.enabled),
-        "pruning": str(config.sweep.pruning.enabled),
-        "divergence_factor": repr(config.sweep.divergence_factor),
-        "rows": str(table.rows),
-        **(auto_params(config) if not learning_rates else {}),
-    }
-
-
-def auto_params(config: Config) -> dict[str, str]:
-    """The settings of an ``auto`` grid: the range test's and the rounds'."""
-    settings = config.range_test
-    return {"auto_num": str(config.sweep.auto_num), "auto_span": repr(config.sweep.auto_span),
-            "refine": str(config.sweep.refine), "range_test_min_lr": repr(settings.min_lr),
-            "range_test_max_lr": repr(settings.max_lr), "range_test_num_steps": str(settings.num_steps),
-            "range_test_smoothing": repr(settings.smoothing), "range_test_stop_factor": repr(settings.stop_factor)}
-
-
-@dataclass(frozen=True)
-class AutoRounds:
-    """What an ``auto`` sweep trained: the suggestion, the range test (if run now) and the rounds."""
-
-    suggestion: float
-    range_test: RangeTestResult | None
-    rounds: list[SweepRun]
-
-
-def run_auto_rounds(prepared: PreparedData, config: Config, tracker: SweepTracker,
-                    progress: Callable[[str], None] | None) -> AutoRounds:
-    """Range test (logged as a child run, or reused from an earlier attempt), round 1, optional round 2."""
-    say = progress or (lambda line: None)
-    suggestion = tracker.finished_range_test()
-    result: RangeTestResult | None = None
-    if suggestion is None:
-        result = range_test(prepared, config.model, config.train, config.range_test)
-        suggestion = result.suggestion
-        tracker.log_range_test(result, range_test_figure(result), auto_params(config))
-        say(f"range test: {result.steps} steps{' (stopped early)' if result.stopped_early else ''}, "
-            f"minimum smoothed loss at lr={result.min_loss_rate:.4g}, suggested lr={suggestion:.4g}")
-    else:
-        say(f"range test: suggestion lr={suggestion:.4g} from the earlier attempt")
-    grid = auto_grid(suggestion, config.sweep.auto_num, config.sweep.auto_span)
-    rounds = [train_grid(prepared, config, grid, progress=progress)]
-    best = rounds[0].outcome.best
-    if config.sweep.refine and best is not None and len(grid) > 1:
-        num = config.sweep.auto_num + (1 - config.sweep.auto_num % 2)  # odd: the best rate is retrained
-        finer = auto_grid(best.learning_rate, num, refine_span(grid))
-        say(f"refining around lr={best.learning_rate:.4g}: {len(finer)} rates from {finer[0]:.4g} to {finer[-1]:.4g}")
-        rounds.append(train_grid(prepared, config, finer, progress=progress))
-    elif config.sweep.refine:
-        say("not refining: round 1 has no usable best rate")
-    return AutoRounds(suggestion, result, rounds)
-
-
-def run_tracked_sweep(spark: SparkSession, config: Config,
-                      progress: Callable[[str], None] | None = print) -> SweepReport:
-    """Run the configured sweep end to end; see the module docstring.
+    With ``train`` False (the sync job) nothing is trained: a sweep whose checkpoint is not complete is an error.
 
     Raises
     ------
     LrsweepError
-        Bad configuration, table, output location or tracking store (runs already started end FAILED).
+        Bad configuration, table, output location or credentials (2), MLflow unreachable at start (4), a
+        signal (130/143; a checkpoint is written and the runs end KILLED).
     """
-    started = time.perf_counter()
-    sweep_id = config.sweep.id or uuid.uuid4().hex
-    auto = config.sweep.learning_rates == "auto"
-    learning_rates = [] if auto else config.sweep.grid()
-    # The table is read first: a bad table fails fast, before any MLflow store is touched.
-    read_started = time.perf_counter()
-    table = read_feature_table(spark, config.data, config.model.loss)
-    connect_started = time.perf_counter()
-    client, experiment_id = connect(config.tracking)
-    tracker = SweepTracker(client, experiment_id, sweep_id)
-    tracker.stopwatch.add("connect", time.perf_counter() - connect_started)  # store set-up counts as tracking
-    recorded_version = tracker.recorded_param("table_version")
-    if recorded_version is not None and config.data.version is None and int(recorded_version) != table.ref.version:
-        # a rerun completes the sweep on the version its first attempt pinned, not on newer data
-        pinned = config.data.model_copy(update={"version": int(recorded_version)})
-        table = read_feature_table(spark, pinned, config.model.loss)
-    phases: dict[str, float] = {"read": connect_started - read_started}
-    data = TrainingData(table.dataframe, table.ref.identifier, table.ref.version, table.label, table.ref.is_path,
-                        table.rows)
-    loss = config.model.loss
-    tags = {"lrsweep.code_version": code_version(), "lrsweep.spark_master": str(spark.sparkContext.master),
-            "lrsweep.tracking_uri": tracking_uri(config.tracking)}
-    say = progress or (lambda line: None)
-    say(f"sweep {sweep_id}{' (resumed)' if tracker.resumed else ''}: {table.ref.identifier} at version "
-        f"{table.ref.version}, {table.rows} rows, {len(table.features)} features, "
-        f"{len(learning_rates) if learning_rates else 'auto'} rates")
+    job = SweepJob(spark, config, progress or (lambda line: None), stop or StopRequest(), train)
+    return job.run(store)
 
-    with tracker.parent_run(sweep_params(config, table, learning_rates), tags, data) as parent_run_id:
-        check_output_table(spark, config.output.results_table, "output.results_table")
-        training_started = time.perf_counter()
-        prepared = prepare_data(spark, table, config.data, config.features, config.train)
-        auto_rounds: AutoRounds | None = None
+
+def run_sweep_job(config: Config, *, train: bool = True, say: Callable[[str], None] = print) -> None:
+    """The sweep and sync jobs: MLflow is reached before Spark starts, signals stop at a safe point, the closing
+    lines are printed, and a sweep without a usable model (3) or with MLflow incomplete (4) raises its error."""
+    store = connect(config.tracking)  # an unreachable store is reported before Spark starts
+    spark = get_spark(config.spark)
+    with StopRequest().install(spark) as stop:
+        report = run_tracked_sweep(spark, config, progress=say, stop=stop, store=store, train=train)
+    for line in report.describe():
+        say(line)
+    if report.outcome_error is not None:
+        raise report.outcome_error
+
+
+@dataclass
+class RoundResult:
+    number: int
+    run: SweepRun
+    child_run_ids: list[str | None]
+
+
+class SweepJob:
+    """One attempt at a sweep; its methods are the named steps of :func:`run_tracked_sweep`."""
+
+    def __init__(self, spark: SparkSession, config: Config, say: Callable[[str], None], stop: StopRequest,
+                 train: bool) -> None:
+        self.spark, self.config, self.say, self.stop, self.may_train = spark, config, say, stop, train
+        self.started = time.perf_counter()
+        self.phases = Stopwatch()
+        self.sweep_id = config.sweep.id or uuid.uuid4().hex
+        self.auto = config.sweep.learning_rates == "auto"
+        self.settings = sweep_settings(config)
+        self.checkpoints = CheckpointStore(config.output.checkpoints)
+        self.checkpoint: SweepCheckpoint | None = None
+        self.resumed_from_epoch: int | None = None
+        self.prepared: PreparedData | None = None
+        self.rounds: list[RoundResult] = []
+        self.range_test: RangeTestResult | None = None
+        self.range_test_ran = False
+        self.tracking_problem: str | None = None
+
+    # ----------------------------------------------------------------------------------------- steps
+
+    def run(self, store: TrackingStore | None = None) -> SweepReport:
+        with self.phases.timed("connect"):
+            self.connect(store)
+        with self.phases.timed("read"):
+            self.restore()
+            self.pin_table()
         try:
-            if auto:
-                auto_rounds = run_auto_rounds(prepared, config, tracker, progress)
-                run = auto_rounds.rounds[-1]
-            else:
-                run = train_grid(prepared, config, learning_rates, progress=progress)
+            if self.checkpoint is None or not self.checkpoint.complete:
+                with self.phases.timed("prepare"):
+                    self.prepare()  # a table too small to judge a model fails here, before any run exists
+            self.start_runs()
+            self.train_and_journal()
         finally:
-            prepared.blocks.release()
-        training_seconds = phases["training"] = time.perf_counter() - training_started
-        outcome = run.outcome
+            if self.prepared is not None:
+                self.prepared.blocks.release()
+        with self.phases.timed("tracking"):
+            self.complete_tracking()
+        with self.phases.timed("results_write"):
+            self.finalize_results()
+        self.checkpoints.prune(self.sweep_id)
+        return self.report()
 
-        if auto_rounds is None:
-            child_run_ids = tracker.log_rates(outcome, data)
+    def train_and_journal(self) -> None:
+        """Train every round (journal appends in the background), then wait for the journal.
+
+        A signal or a failure saves the newest state and ends the runs KILLED or FAILED.
+        """
+        self.journal = Journal(self.spark, self.config.output.results_table, self.sweep_id,
+                               journaled_epochs(self.spark, self.config.output.results_table, self.sweep_id))
+        self.recorder = SweepRecorder(self.sweep_id, self.settings, self.checkpoints, self.journal,
+                                      self.config.model.loss, self.config.train.checkpoint_every, self.checkpoint)
+        try:
+            with self.phases.timed("training"):
+                self.train()
+            with self.phases.timed("results_write"):
+                self.journal.flush()
+        except TerminatedError:
+            self.save_on_failure(KILLED)
+            raise
+        except BaseException as error:
+            if self.stop.requested:  # the job the signal handler cancelled
+                self.save_on_failure(KILLED)
+                raise self.stop.error(self.epoch_reached(), self.sweep_id) from error
+            self.save_on_failure(FAILED)
+            raise
+        finally:
+            self.journal.close()
+
+    def connect(self, store: TrackingStore | None) -> None:
+        """Reach MLflow (within ``tracking.connect_timeout_seconds``) and find an earlier attempt's runs."""
+        self.store: TrackingStore = store or connect(self.config.tracking)
+        self.tracker = SweepTracker(self.store, self.sweep_id)
+
+    def restore(self) -> None:
+        """The newest readable checkpoint of this sweep id, after checking it was made with these settings."""
+        for stored in self.checkpoints.latest(self.sweep_id):
+            try:
+                if isinstance(stored, str):
+                    raise ValueError("not a readable checkpoint file")
+                checkpoint = SweepCheckpoint.from_arrays(stored.arrays)
+            except (ValueError, KeyError) as error:
+                self.say(f"warning: checkpoint {stored if isinstance(stored, str) else stored.path} cannot be read "
+                         f"({error}); trying the one before")
+                continue
+            changes = settings_changes(checkpoint.settings, self.settings)
+            if changes:
+                raise ConfigError(f"sweep.id {self.sweep_id!r} was started with other settings ("
+                                  + "; ".join(changes[:6]) + "); rerun with the original settings to complete it, "
+                                  "or use a new sweep.id")
+            if not self.may_train and not checkpoint.complete:
+                raise ConfigError(f"sweep.id {self.sweep_id!r}: its training is not finished (checkpoint at epoch "
+                                  f"{checkpoint.epoch}); nothing to sync: rerun the sweep job to resume it")
+            self.checkpoint = checkpoint
+            self.range_test = checkpoint.range_test
+            self.resumed_from_epoch = checkpoint.epoch
+            return
+        if not self.may_train:
+            raise ConfigError(f"sweep.id {self.sweep_id!r}: no checkpoint under {self.config.output.checkpoints}; "
+                              "nothing to sync (run the sweep job to train it)")
+
+    def pin_table(self) -> None:
+        """Read the table at the version the first attempt pinned (or the configured/latest one)."""
+        data = self.config.data
+        recorded = (self.checkpoint.table_version if self.checkpoint is not None
+                    else _int_or_none(self.tracker.recorded_param("table_version")))
+        if recorded is not None and data.version is None:
+            data = data.model_copy(update={"version": recorded})
+        self.table = read_feature_table(self.spark, data, self.config.model.loss)
+        check_output_table(self.spark, self.config.output.results_table, "output.results_table")
+        rates = "auto" if self.auto else str(len(self.config.sweep.grid()))
+        resumed = f" (resumed from epoch {self.resumed_from_epoch})" if self.checkpoint is not None else ""
+        self.say(f"sweep {self.sweep_id}{resumed}: {self.table.ref.identifier} at version {self.table.ref.version}, "
+                 f"{self.table.rows} rows, {len(self.table.features)} features, {rates} rates")
+        if self.table.dropped_summary():
+            self.say(f"data: {self.table.dropped_summary()} (data.on_null / data.on_invalid)")
+
+    def start_runs(self) -> None:
+        """The parent run (created, or an earlier attempt's put back to RUNNING) with params and lineage."""
+        table = self.table
+        self.data = TrainingData(table.dataframe, table.ref.identifier, table.ref.version, table.label,
+                                 table.ref.is_path, table.rows)
+        self.dataset = dataset_input(self.data)
+        tags = {"lrsweep.code_version": code_version(), "lrsweep.spark_master": _spark_master(self.spark),
+                "lrsweep.tracking_uri": redact(tracking_uri(self.config.tracking))}
+        grid = [] if self.auto else self.config.sweep.grid()
+        self.parent_run_id = self.tracker.start_parent(sweep_params(self.config, table, grid), tags, self.dataset)
+        if table.rows_dropped_null or table.rows_dropped_invalid:
+            self.tracker.log_parent_metrics({"rows_dropped_null": float(table.rows_dropped_null),
+                                             "rows_dropped_invalid": float(table.rows_dropped_invalid)})
+
+    def train(self) -> None:
+        """The range test (``auto``) and every round, each resumed from the checkpoint where it has one."""
+        grid = auto_grid(self.suggestion(), self.config.sweep.auto_num, self.config.sweep.auto_span) \
+            if self.auto else self.config.sweep.grid()
+        self.train_round(1, grid)
+        best = self.rounds[0].run.outcome.best
+        if self.auto and self.config.sweep.refine:
+            if best is None or len(grid) < 2:
+                self.say("not refining: round 1 has no usable best rate")
+            else:
+                num = self.config.sweep.auto_num + (1 - self.config.sweep.auto_num % 2)  # odd: retrain the best
+                finer = auto_grid(best.learning_rate, num, refine_span(grid))
+                self.say(f"refining around lr={best.learning_rate:.4g}: {len(finer)} rates from {finer[0]:.4g} "
+                         f"to {finer[-1]:.4g}")
+                self.train_round(2, finer)
+        self.recorder.mark_complete()
+
+    def suggestion(self) -> float:
+        """The range test's suggestion: from the checkpoint, an earlier attempt's run, or a test run now."""
+        if self.range_test is not None:
+            self.say(f"range test: suggestion lr={self.range_test.suggestion:.4g} from the checkpoint")
+            return self.range_test.suggestion
+        self.require_training("the range test")
+        self.range_test = range_test(self.prepare(), self.config.problem, self.config.train, self.config.range_test)
+        self.range_test_ran = True
+        result = self.range_test
+        self.say(f"range test: {result.steps} steps{' (stopped early)' if result.stopped_early else ''}, minimum "
+                 f"smoothed loss at lr={result.min_loss_rate:.4g}, suggested lr={result.suggestion:.4g}")
+        return result.suggestion
+
+    def train_round(self, number: int, learning_rates: list[float]) -> None:
+        """One grid: restored from the checkpoint, trained to its end (checkpointing), or both."""
+        restored = self.restored_round(number, learning_rates)
+        child_ids = self.open_round(number, learning_rates)
+        if restored is not None and restored.snapshot.grid_state().complete:
+            state = restored.snapshot.grid_state()
+            outcome = state.outcome(restored.snapshot.jobs, restored.snapshot.row_passes,
+                                    self.full_grid_row_passes(len(learning_rates)), 0.0)
+            facts = self.facts()
+            run = SweepRun(outcome, tuple(learning_rates), facts.scaling, facts.train_rows, facts.validation_rows,
+                           facts.num_partitions)
+            self.journal.append(number, outcome, self.parent_run_id, child_ids, self.table, self.config.model.loss,
+                                last_epoch=state.recorded_epoch)
         else:
-            tracker.log_parent_params({"suggested_learning_rate": repr(auto_rounds.suggestion), **{
-                f"round{number}_learning_rates": ",".join(repr(rate) for rate in round_run.learning_rates)
-                for number, round_run in enumerate(auto_rounds.rounds, start=1)}})
-            for number, round_run in enumerate(auto_rounds.rounds, start=1):
-                child_run_ids = tracker.log_rates(round_run.outcome, data, round_number=number)
-        rows = results_rows(outcome, loss, sweep_id=sweep_id, parent_run_id=parent_run_id,
-                            child_run_ids=child_run_ids, data_table=table.ref.identifier,
-                            data_version=table.ref.version)
-        write_started = time.perf_counter()
-        results_written = write_results(spark, rows, config.output.results_table, sweep_id)
-        phases["results_write"] = time.perf_counter() - write_started
+            self.require_training(f"round {number}")
+            watcher = RoundWatcher(self, number, learning_rates, child_ids)
+            try:
+                run = train_grid(self.prepare(), self.config.problem, self.config.train, self.config.sweep,
+                                 learning_rates, resume=None if restored is None else restored.snapshot,
+                                 on_boundary=watcher)
+            finally:
+                watcher.close()
+        self.rounds.append(RoundResult(number, run, child_ids))
 
-        summary = rate_summary(outcome, loss)
-        tracker.log_figure(loss_curves_figure(outcome, loss), "figures/loss_curves.png")
+    def open_round(self, number: int, learning_rates: list[float]) -> list[str | None]:
+        try:
+            return self.tracker.open_round(number, learning_rates, self.dataset, tag_round=self.auto, wait=False)
+        except TrackingUnavailableError:
+            self.say(f"warning: MLflow is unavailable; round {number} trains without its live view")
+            return [None] * len(learning_rates)
+
+    def complete_tracking(self) -> None:
+        """Bring MLflow up to the sweep: every child's curves and outcome, figures, model, registry, summary.
+
+        An outage longer than ``tracking.retry_seconds`` leaves the rest for a rerun (exit 4).
+        """
+        try:
+            self._complete_tracking()
+        except TrackingUnavailableError as error:
+            self.tracking_problem = str(error)
+            self.tracker.end(KILLED)  # if MLflow is back for a moment; a rerun (or sync) completes them
+            self.say(f"warning: {error}; MLflow is incomplete")
+
+    def _complete_tracking(self) -> None:
+        tracker, final = self.tracker, self.final_run()
+        for result in self.rounds:
+            if any(run_id is None for run_id in result.child_run_ids):
+                result.child_run_ids = tracker.open_round(result.number, list(result.run.learning_rates),
+                                                          self.dataset, tag_round=self.auto)
+            tracker.sync(result.number, result.run.outcome, final=True)
+        if self.auto:
+            self.log_auto_rounds()
+        outcome = final.outcome
+        self.summary = rate_summary(outcome, self.config.model.loss)
+        tracker.log_figure(loss_curves_figure(outcome, self.config.model.loss), "figures/loss_curves.png")
         tracker.log_figure(val_loss_vs_rate_figure(outcome), "figures/val_loss_vs_learning_rate.png")
-        tracker.log_table_once(summary, "results/rates.json")
-
-        model_uri: str | None = None
-        registration: Registration | None = None
+        tracker.log_table_once(self.summary, "results/rates.json")
+        self.model_uri, self.registration = self.log_and_register(outcome)
+        metrics = summary_metrics(outcome, train_rows=final.train_rows, validation_rows=final.validation_rows,
+                                  suggested_learning_rate=self.range_test.suggestion if self.range_test else None,
+                                  rounds=len(self.rounds))
+        tracker.log_parent_metrics(metrics)
+        if self.resumed_from_epoch is not None:
+            tracker.log_parent_metrics({"resumed_from_epoch": float(self.resumed_from_epoch)}, replace=True)
         best = outcome.best
-        if best is not None:
-            pipeline = linear_pipeline(run.scaling, best.weights, best.intercept, loss, run.train_rows)
-            example = table.dataframe.select(*table.features).limit(INPUT_EXAMPLE_ROWS).toPandas()
-            model_uri = log_model(tracker, pipeline, example, loss, {
-                "sweep_id": sweep_id, "learning_rate": best.learning_rate, "data_table": table.ref.identifier,
-                "data_version": table.ref.version})
-            best_val_loss = best.final_metrics()["val_loss"]
-            registration = register_model(
-                tracker, model_uri, config.tracking.registered_model, config.tracking.register_when,
-                best_val_loss, loss, {"lrsweep.sweep_id": sweep_id, "lrsweep.learning_rate": repr(best.learning_rate),
-                                      "lrsweep.data_table": table.ref.identifier,
-                                      "lrsweep.data_version": str(table.ref.version)})
-
-        wall_seconds = time.perf_counter() - started
-        tracking_seconds = tracker.stopwatch.seconds
-        summary_metrics: dict[str, float] = {
-            "training_seconds": training_seconds, "tracking_seconds": tracking_seconds,
-            "tracking_fraction": tracking_seconds / wall_seconds, "row_passes": float(outcome.row_passes),
-            "full_grid_row_passes": float(outcome.full_grid_row_passes), "train_rows": float(run.train_rows),
-            "validation_rows": float(run.validation_rows),
-        }
-        if auto_rounds is not None:
-            summary_metrics["suggested_learning_rate"] = auto_rounds.suggestion
-            summary_metrics["rounds"] = float(len(auto_rounds.rounds))
-        summary_metrics.update({f"tracking_seconds_{label}": seconds
-                                for label, seconds in tracker.stopwatch.by_label.items()})
-        for status in ("completed", "diverged", "early_stopped", "pruned"):
-            summary_metrics[f"rates_{status}"] = float(sum(r.status == status for r in outcome.rates))
-        if best is not None:
-            summary_metrics["best_learning_rate"] = best.learning_rate
-            summary_metrics["best_epoch"] = float(best.kept_epoch)
-            summary_metrics.update({f"best_{name}": value for name, value in best.final_metrics().items()})
-        tracker.log_parent_metrics(summary_metrics)
         if best is None:
-            tracker.set_parent_tags({"lrsweep.best": "none: every rate diverged or was stopped"})
+            tracker.set_parent_tags({"lrsweep.best": "none: every rate diverged or was stopped; nothing registered"})
         else:
             tracker.set_parent_tags({"lrsweep.best": f"lr={best.learning_rate!r}",
-                                     "lrsweep.main_metric": MAIN_METRIC[loss]})
+                                     "lrsweep.main_metric": MAIN_METRIC[self.config.model.loss]})
+        tracker.log_system_metrics(self.timings())
+        tracker.end(FINISHED, wait=True)
 
-    return SweepReport(
-        sweep_id=sweep_id, parent_run_id=parent_run_id, child_run_ids=child_run_ids, run=run, loss=loss,
-        table=table, resumed=tracker.resumed, results_written=results_written, results_rows=len(rows),
-        model_uri=model_uri, registration=registration, training_seconds=training_seconds,
-        tracking_seconds=tracker.stopwatch.seconds, wall_seconds=time.perf_counter() - started, summary=summary,
-        phase_seconds=phases, tracking_by_label=dict(tracker.stopwatch.by_label),
-        suggested_learning_rate=None if auto_rounds is None else auto_rounds.suggestion,
-        range_test=None if auto_rounds is None else auto_rounds.range_test,
-        rounds=[run] if auto_rounds is None else auto_rounds.rounds)
+    def log_auto_rounds(self) -> None:
+        assert self.range_test is not None
+        tracker = self.tracker
+        tracker.log_parent_params({"suggested_learning_rate": repr(self.range_test.suggestion), **{
+            f"round{result.number}_learning_rates": ",".join(repr(rate) for rate in result.run.learning_rates)
+            for result in self.rounds}})
+        if tracker.finished_range_test() is None:
+            tracker.log_range_test(self.range_test, range_test_figure(self.range_test), auto_params(self.config))
+
+    def log_and_register(self, outcome: GridOutcome) -> tuple[str | None, Registration | None]:
+        best = outcome.best
+        if best is None:
+            return None, None
+        loss, table, final = self.config.model.loss, self.table, self.final_run()
+        pipeline = linear_pipeline(final.scaling, best.weights, best.intercept, loss, final.train_rows)
+        example = table.dataframe.select(*table.features).limit(INPUT_EXAMPLE_ROWS).toPandas()
+        lineage = {"sweep_id": self.sweep_id, "learning_rate": best.learning_rate,
+                   "data_table": table.ref.identifier, "data_version": table.ref.version}
+        model_uri = log_model(self.tracker, pipeline, example, loss, lineage)
+        registration = register_model(
+            self.tracker, model_uri, self.config.tracking.registered_model, self.config.tracking.register_when,
+            best.final_metrics()["val_loss"], loss,
+            {"lrsweep.sweep_id": self.sweep_id, "lrsweep.learning_rate": repr(best.learning_rate),
+             "lrsweep.data_table": table.ref.identifier, "lrsweep.data_version": str(table.ref.version)})
+        return model_uri, registration
+
+    def finalize_results(self) -> None:
+        """Each rate's final status, kept epoch, best flag and run ids on its rows (one MERGE)."""
+        rows = []
+        for result in self.rounds:
+            rows += final_rows(result.run.outcome, sweep_id=self.sweep_id, round_number=result.number,
+                               parent_run_id=self.parent_run_id, child_run_ids=result.child_run_ids,
+                               is_final_round=result is self.rounds[-1])
+        finalize_results(self.spark, rows, self.config.output.results_table, self.sweep_id)
+
+    def report(self) -> SweepReport:
+        final = self.final_run()
+        wall = time.perf_counter() - self.started
+        return SweepReport(
+            sweep_id=self.sweep_id, parent_run_id=self.parent_run_id, child_run_ids=self.rounds[-1].child_run_ids,
+            run=final, loss=self.config.model.loss, table=self.table,
+            resumed=self.checkpoint is not None or self.tracker.resumed, resumed_from_epoch=self.resumed_from_epoch,
+            results_rows=self.journal.rows_in_table(), results_written=self.journal.appended_rows > 0,
+            model_uri=getattr(self, "model_uri", None), registration=getattr(self, "registration", None),
+            tracking_problem=self.tracking_problem, registered_model=self.config.tracking.registered_model,
+            results_table=self.config.output.results_table,
+            wall_seconds=wall, phase_seconds=dict(self.phases.by_label),
+            tracking_seconds=self.store.stopwatch.seconds, tracking_by_label=dict(self.store.stopwatch.by_label),
+            summary=getattr(self, "summary", None) or rate_summary(final.outcome, self.config.model.loss),
+            suggested_learning_rate=self.range_test.suggestion if self.range_test else None,
+            range_test=self.range_test if self.range_test_ran else None, rounds=[r.run for r in self.rounds])
+
+    # -------------------------------------------------------------------------------------- helpers
+
+    def prepare(self) -> PreparedData:
+        """The cached training blocks, built on first use (a completed rerun never builds them)."""
+        if self.prepared is None:
+            partitions = self.checkpoint.num_partitions if self.checkpoint is not None else None
+            self.prepared = prepare_data(self.spark, self.table, self.config.data, self.config.features,
+                                         self.config.train, num_partitions=partitions)
+        return self.prepared
+
+    def require_training(self, what: str) -> None:
+        if not self.may_train:
+            raise ConfigError(f"sweep.id {self.sweep_id!r}: {what} is not trained yet; nothing to sync (rerun the "
+                              "sweep job to resume training)")
+
+    def restored_round(self, number: int, learning_rates: list[float]) -> RoundCheckpoint | None:
+        if self.checkpoint is None:
+            return None
+        for restored in self.checkpoint.rounds:
+            if restored.number == number:
+                if list(restored.learning_rates) != list(learning_rates):
+                    raise ConfigError(f"sweep.id {self.sweep_id!r}: round {number} was trained with other rates")
+                return restored
+        return None
+
+    def final_run(self) -> SweepRun:
+        return self.rounds[-1].run
+
+    def facts(self) -> DataFacts:
+        """The pinned data's facts: from the prepared blocks, or from the checkpoint when none were built."""
+        if self.prepared is not None:
+            blocks = self.prepared.blocks
+            return DataFacts(self.table, blocks.num_partitions, blocks.total_train_rows, blocks.total_val_rows,
+                             self.prepared.scaling)
+        assert self.checkpoint is not None, "prepare() first"
+        checkpoint = self.checkpoint
+        return DataFacts(self.table, checkpoint.num_partitions, checkpoint.train_rows, checkpoint.validation_rows,
+                         checkpoint.scaling)
+
+    def full_grid_row_passes(self, n_rates: int) -> int:
+        seeds = len(self.config.sweep.seeds or [self.config.train.seed])
+        return self.config.train.epochs * n_rates * seeds * self.facts().train_rows
+
+    def epoch_reached(self) -> int:
+        return self.recorder.epoch
+
+    def save_on_failure(self, status: str) -> None:
+        """On a signal or a failure: save the newest state and its rows, end the runs with ``status``."""
+        self.recorder.save_latest(self.parent_run_id, self.tracker.child_run_ids, self.stop.jvm_alive(), self.say)
+        self.tracker.end(status)
+
+    def timings(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.started
+        seconds = {f"{name}_seconds": value for name, value in self.phases.by_label.items()}
+        seconds.update({"wall_seconds": wall, "tracking_seconds": self.store.stopwatch.seconds,
+                        "tracking_fraction": self.store.stopwatch.seconds / wall if wall else 0.0})
+        seconds.update({f"tracking_seconds_{label}": value for label, value in self.store.stopwatch.by_label.items()})
+        return seconds
+
+
+class RoundWatcher:
+    """What happens at each epoch boundary of a round: progress, live view, checkpoint + journal, signals."""
+
+    def __init__(self, job: SweepJob, number: int, learning_rates: list[float], child_ids: list[str | None]) -> None:
+        self.job, self.number, self.learning_rates, self.child_ids = job, number, learning_rates, child_ids
+        self.live = LiveView(job.tracker, number) if all(child_ids) else None
+        self.printed_epoch = -1
+
+    def __call__(self, boundary: Boundary) -> None:
+        job, state = self.job, boundary.state
+        epoch = state.recorded_epoch
+        outcome = state.outcome(boundary.trainer.jobs, boundary.trainer.row_passes,
+                                job.full_grid_row_passes(state.n_rates), 0.0)
+        if epoch > self.printed_epoch and epoch >= 1:
+            job.say(progress_line(state))
+            self.printed_epoch = epoch
+        if self.live is not None:
+            self.live.publish(outcome, epoch)
+        round_checkpoint = RoundCheckpoint(self.number, tuple(self.learning_rates), boundary.capture())
+        job.recorder.record(job.facts(), round_checkpoint, outcome, job.parent_run_id, self.child_ids, job.range_test,
+                            round_complete=state.complete and not state.running().size,
+                            last_round=self.is_last_round())
+        if job.stop.requested:
+            raise job.stop.error(epoch, job.sweep_id)
+
+    def is_last_round(self) -> bool:
+        return not (self.job.auto and self.job.config.sweep.refine and self.number == 1)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.close()
+            if self.live.error is not None:
+                raise self.live.error
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return int(text) if text is not None else None
+
+
+def _spark_master(spark: SparkSession) -> str:
+    try:
+        return str(spark.sparkContext.master)
+    except Exception:  # Spark Connect sessions have no SparkContext
+        return str(spark.conf.get("spark.master", "unknown"))

@@ -6,8 +6,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pipelines.reporting.tables import rate_label
-from pipelines.sweep.loop import GridOutcome
-from pipelines.sweep.range_test import SUGGESTION_RULE, RangeTestResult
+from pipelines.sweep.lr_finder import SUGGESTION_RULE, RangeTestResult
+from pipelines.sweep.outcome import GridOutcome
+from pipelines.sweep.status import DIVERGED
 
 
 def loss_curves_figure(outcome: GridOutcome, loss: str) -> Figure:
@@ -45,7 +46,7 @@ def val_loss_vs_rate_figure(outcome: GridOutcome) -> Figure:
     axes = figure.add_subplot()
     rates = np.array([r.learning_rate for r in outcome.rates])
     val_loss = np.array([r.final_metrics().get("val_loss", np.nan) for r in outcome.rates])
-    usable = np.array([r.status != "diverged" for r in outcome.rates]) & np.isfinite(val_loss)
+    usable = np.array([r.status != DIVERGED for r in outcome.rates]) & np.isfinite(val_loss)
     axes.plot(rates[usable], val_loss[usable], "o-", label="final validation loss")
     if (~usable).any():
         top = np.nanmax(val_loss[usable]) if usable.any() else 1.0

@@ -1,4 +1,4 @@
-"""Per-rate summaries and per-epoch result rows of a sweep, as plain Python values.
+"""Per-rate summaries, per-epoch result rows and the parent run's summary metrics, as plain Python values.
 
 Non-finite values (a diverged rate's last epoch, epochs never run) become ``None``: MLflow's UI and
 downstream SQL both handle a missing value better than ``NaN`` or ``inf``.
@@ -10,17 +10,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from pipelines.sweep.loop import GridOutcome, RateResult
+import numpy as np
 
-#: The validation metrics besides ``val_loss`` that each loss reports.
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "logistic": ("val_log_loss", "val_accuracy", "val_auc"),
-    "squared": ("val_rmse", "val_mae", "val_r2"),
-}
-#: The metric a person looks at first.
-MAIN_METRIC = {"logistic": "val_auc", "squared": "val_rmse"}
-#: Every metric column of the results table (both losses, so one table holds any sweep).
-RESULT_METRICS: tuple[str, ...] = ("train_loss", "val_loss", *TASK_METRICS["logistic"], *TASK_METRICS["squared"])
+from pipelines.sgd.metrics import ALL_CURVES, MAIN_METRIC
+from pipelines.sweep.outcome import GridOutcome, RateResult
+from pipelines.sweep.state import GridState
+from pipelines.sweep.status import FINAL_STATUSES, RUNNING
 
 
 def finite_or_none(value: float) -> float | None:
@@ -82,12 +77,12 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.5f}"
 
 
-def epoch_rows(rate: RateResult) -> list[dict[str, Any]]:
-    """``{"epoch": e, <metric>: value or None, "<metric>_std": ...}`` for every epoch the rate ran (1..)."""
+def epoch_rows(rate: RateResult, first: int = 1, last: int | None = None) -> list[dict[str, Any]]:
+    """``{"epoch": e, <curve>: value or None, "<curve>_std": ...}`` for every epoch in ``first..last`` the rate ran."""
     rows = []
-    for epoch in range(1, rate.epochs_run + 1):
+    for epoch in range(first, min(rate.epochs_run, last if last is not None else rate.epochs_run) + 1):
         row: dict[str, Any] = {"epoch": epoch}
-        for name in RESULT_METRICS:
+        for name in ALL_CURVES:
             curve = rate.curves.get(name)
             row[name] = None if curve is None else finite_or_none(float(curve[epoch - 1]))
         for name in ("train_loss", "val_loss"):
@@ -96,25 +91,30 @@ def epoch_rows(rate: RateResult) -> list[dict[str, Any]]:
     return rows
 
 
-def results_rows(outcome: GridOutcome, loss: str, *, sweep_id: str, parent_run_id: str,
-                 child_run_ids: Sequence[str], data_table: str, data_version: int) -> list[dict[str, Any]]:
-    """The results table's rows: one per ``(sweep_id, learning_rate, epoch)`` an epoch was run.
+def results_rows(outcome: GridOutcome, loss: str, *, sweep_id: str, parent_run_id: str | None,
+                 child_run_ids: Sequence[str | None], data_table: str, data_version: int, round_number: int = 1,
+                 first_epoch: int = 1, last_epoch: int | None = None, final: bool = True) -> list[dict[str, Any]]:
+    """The results table's rows: one per ``(sweep_id, round, learning_rate, epoch)`` an epoch was run.
 
-    ``child_run_ids`` are aligned with ``outcome.rates``.
+    ``child_run_ids`` are aligned with ``outcome.rates`` (None where unknown). Only epochs
+    ``first_epoch..last_epoch`` are included (a journal append). With ``final`` False (the sweep is still
+    training) ``is_best`` is left empty and a rate still running has status ``running``; the sweep's end
+    sets them (:func:`final_rows`).
     """
     if len(child_run_ids) != len(outcome.rates):
         raise ValueError(f"{len(child_run_ids)} child run ids for {len(outcome.rates)} rates")
-    best = outcome.best_index
+    best = outcome.best_index if final else None
     rows = []
     for index, (rate, child_run_id) in enumerate(zip(outcome.rates, child_run_ids, strict=True)):
-        for epoch_row in epoch_rows(rate):
+        for epoch_row in epoch_rows(rate, first_epoch, last_epoch):
             rows.append({
                 "sweep_id": sweep_id,
+                "round": round_number,
                 "learning_rate": rate.learning_rate,
                 **epoch_row,
                 "status": rate.status,
                 "kept_epoch": rate.kept_epoch,
-                "is_best": index == best,
+                "is_best": index == best if final else None,
                 "loss": loss,
                 "parent_run_id": parent_run_id,
                 "child_run_id": child_run_id,
@@ -122,3 +122,46 @@ def results_rows(outcome: GridOutcome, loss: str, *, sweep_id: str, parent_run_i
                 "data_version": data_version,
             })
     return rows
+
+
+def final_rows(outcome: GridOutcome, *, sweep_id: str, round_number: int, parent_run_id: str | None,
+               child_run_ids: Sequence[str | None], is_final_round: bool) -> list[dict[str, Any]]:
+    """Per rate of a finished round: the columns the sweep's end sets on all its result rows."""
+    best = outcome.best_index if is_final_round else None
+    return [{"sweep_id": sweep_id, "round": round_number, "learning_rate": rate.learning_rate,
+             "status": rate.status, "kept_epoch": rate.kept_epoch, "is_best": index == best,
+             "parent_run_id": parent_run_id, "child_run_id": child_run_id}
+            for index, (rate, child_run_id) in enumerate(zip(outcome.rates, child_run_ids, strict=True))]
+
+
+def summary_metrics(outcome: GridOutcome, *, train_rows: int, validation_rows: int,
+                    suggested_learning_rate: float | None = None, rounds: int = 1) -> dict[str, float]:
+    """The parent run's model metrics: best rate and its metrics, rate counts by status, the data sizes."""
+    metrics: dict[str, float] = {
+        "row_passes": float(outcome.row_passes), "full_grid_row_passes": float(outcome.full_grid_row_passes),
+        "train_rows": float(train_rows), "validation_rows": float(validation_rows),
+    }
+    if suggested_learning_rate is not None:
+        metrics["suggested_learning_rate"] = suggested_learning_rate
+        metrics["rounds"] = float(rounds)
+    for status in FINAL_STATUSES:
+        metrics[f"rates_{status}"] = float(sum(rate.status == status for rate in outcome.rates))
+    best = outcome.best
+    if best is not None:
+        metrics["best_learning_rate"] = best.learning_rate
+        metrics["best_epoch"] = float(best.kept_epoch)
+        metrics.update({f"best_{name}": value for name, value in best.final_metrics().items()})
+    return metrics
+
+
+def progress_line(state: GridState) -> str:
+    """``epoch 3/10: best lr=0.0316 val_loss=0.41234; 7/8 rates active`` for the last recorded epoch."""
+    epoch = state.recorded_epoch
+    rows_of = state.rows_of
+    val = np.array([np.mean(state.curves["val_loss"][epoch, rows_of[rate]]) for rate in range(state.n_rates)])
+    active = int(np.sum(state.status == RUNNING))
+    if np.all(np.isnan(val)):
+        return f"epoch {epoch}/{state.epochs}: no rate evaluated; {active}/{state.n_rates} rates active"
+    best = int(np.nanargmin(val))
+    return (f"epoch {epoch}/{state.epochs}: best lr={state.learning_rates[best]:.4g} val_loss={val[best]:.5f}; "
+            f"{active}/{state.n_rates} rates active")

@@ -3,20 +3,17 @@
 Two training modes share these kernels:
 
 * full-batch gradient descent: every partition returns :func:`batch_gradients`
-  (sums, not means), the driver adds them up, divides by the total row count and
-  calls :func:`pipelines.sgd.optimizers.apply_update` (MLlib's ``treeAggregate`` of
-  ``(grad_sum, loss_sum, count)``);
+  (sums, not means) and :mod:`pipelines.sgd.gradient_step` turns the total into one step
+  (MLlib's ``treeAggregate`` of ``(grad_sum, loss_sum, count)``);
 * mini-batch SGD with model averaging: every partition runs :func:`minibatch_epoch`
   on its rows from the same starting models, the driver averages the returned model
   rows (and optimizer states) weighted by row counts.
 
-All K model rows are handled at once: margins are one ``(B, d) @ (d, K)`` product and
-gradients one ``(K, B) @ (B, d)`` product per batch; no Python loop runs over K.
+All K model rows are handled at once, each row with its own products (so a row's bits never depend on
+which other rows share the pass; see :func:`compute_margins`).
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -24,7 +21,7 @@ from pipelines.sgd._types import FloatArray
 from pipelines.sgd.losses import Loss, get_loss
 from pipelines.sgd.optimizers import OptimizerSpec, OptimizerState, apply_update
 from pipelines.sgd.regularization import Regularization
-from pipelines.sgd.schedules import ScheduleSpec, multiplier
+from pipelines.sgd.schedules import StepSchedule, multiplier
 
 #: Above this many rows (whole blocks rather than mini-batches) products run chunk by chunk of this many
 #: rows, one model row at a time. The path depends only on the number of data rows, never on K, so a
@@ -133,6 +130,17 @@ def loss_sums(
     return result
 
 
+def batches_per_epoch(n_rows: int, batch_size: int) -> int:
+    """Mini-batches in one pass over ``n_rows`` rows: ``ceil(n_rows / batch_size)`` (the last may be smaller).
+
+    The one definition of an epoch's step count: the kernels, the engine's strategies and the reference
+    trainer all use it.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    return -(-n_rows // batch_size)
+
+
 def epoch_permutation(n_rows: int, seed: int, epoch: int) -> np.ndarray:
     """Row order of one epoch: ``np.random.default_rng([seed, epoch]).permutation(n_rows)``.
 
@@ -153,7 +161,7 @@ def minibatch_epoch(
     optimizer: OptimizerSpec,
     regularization: Regularization,
     learning_rates: FloatArray,
-    schedule: ScheduleSpec,
+    schedule: StepSchedule,
     total_steps: int,
     batch_size: int,
     seed: int,
@@ -186,7 +194,7 @@ def minibatch_epoch(
     optimizer : OptimizerSpec
     regularization : Regularization
     learning_rates : ndarray of shape (K,)
-    schedule : ScheduleSpec
+    schedule : StepSchedule
     total_steps : int
         ``T`` passed to the schedule (the whole run's number of steps).
     batch_size : int
@@ -218,11 +226,10 @@ def minibatch_epoch(
         )
     if opt_state.n_rows != n_models:
         raise ValueError(f"opt_state has {opt_state.n_rows} rows, weights have {n_models}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     state = opt_state.copy()
-    first_batch, stop_batch = batch_range or (0, math.ceil(n_rows / batch_size))
-    stop_batch = min(stop_batch, math.ceil(n_rows / batch_size))
+    n_batches_in_epoch = batches_per_epoch(n_rows, batch_size)
+    first_batch, stop_batch = batch_range or (0, n_batches_in_epoch)
+    stop_batch = min(stop_batch, n_batches_in_epoch)
     n_batches = max(0, stop_batch - first_batch)
     if n_batches == 0:
         return weights.copy(), intercepts.copy(), state, 0

@@ -19,11 +19,14 @@ Metrics returned by :meth:`~MetricAccumulator.compute`:
 * squared: ``rmse = sqrt(sum r^2 / n)``, ``mae = sum |r| / n``,
   ``r2 = 1 - SSE / SST`` with ``SST = sum y^2 - (sum y)^2 / n`` (NaN when ``SST = 0``;
   the one-pass SST loses precision when ``|mean y|`` dwarfs the spread of ``y``);
-* logistic: ``log_loss`` (= ``loss``), ``accuracy``, and ``auc``: the area under the
-  ROC curve through the histogram bin edges, by the trapezoid rule. Scores in the same
-  bin count as ties, so the value is exact for scores quantized to the bins and
-  approximate otherwise (error at most the share of positive/negative pairs that share
-  a bin); like Spark's ``BinaryClassificationMetrics(numBins)``.
+* logistic: ``accuracy``, and ``auc``: the area under the ROC curve through the
+  histogram bin edges, by the trapezoid rule. Scores in the same bin count as ties,
+  so the value is exact for scores quantized to the bins and approximate otherwise
+  (error at most the share of positive/negative pairs that share a bin); like Spark's
+  ``BinaryClassificationMetrics(numBins)``.
+
+A model row whose margins are not all finite (a diverging rate) gets NaN for every metric: it never
+crashes the evaluation, and no meaningless AUC or accuracy is reported for it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,25 @@ from pipelines.sgd.losses import get_loss, sigmoid
 
 DEFAULT_AUC_BINS = 2048
 """Histogram bins of predicted probability used for the AUC."""
+
+VALIDATION_METRICS: dict[str, tuple[str, ...]] = {
+    "logistic": ("loss", "accuracy", "auc"),
+    "squared": ("loss", "rmse", "mae", "r2"),
+}
+"""The registry of metric names: what :meth:`MetricAccumulator.compute` reports per loss and every curve,
+column and MLflow metric is named after (``val_<name>``; ``loss`` is the mean log-loss for logistic)."""
+
+MAIN_METRIC: dict[str, str] = {"logistic": "val_auc", "squared": "val_rmse"}
+"""The curve a person looks at first, per loss."""
+
+
+def curve_names(loss: str) -> tuple[str, ...]:
+    """Per-epoch curves of a sweep with ``loss``: ``train_loss`` then ``val_<metric>`` for each metric."""
+    return ("train_loss", *(f"val_{name}" for name in VALIDATION_METRICS[loss]))
+
+
+ALL_CURVES: tuple[str, ...] = tuple(dict.fromkeys(name for loss in VALIDATION_METRICS for name in curve_names(loss)))
+"""Every curve name of every loss (the results table has a column for each)."""
 
 
 @dataclass(frozen=True)
@@ -83,8 +105,12 @@ class MetricAccumulator:
         loss = get_loss(loss_name)
         if n_bins < 1:
             raise ValueError(f"n_bins must be >= 1, got {n_bins!r}")
-        margins = compute_margins(X, weights, intercepts)
-        sums: dict[str, FloatArray] = {"loss_sum": loss.value(margins, y).sum(axis=0)}
+        with np.errstate(over="ignore", invalid="ignore"):
+            margins = compute_margins(X, weights, intercepts)
+            finite = np.isfinite(margins)
+            sums: dict[str, FloatArray] = {"loss_sum": loss.value(margins, y).sum(axis=0),
+                                           "nonfinite_count": (~finite).sum(axis=0, dtype=np.float64)}
+        margins = np.where(finite, margins, 0.0)
         if loss_name == "squared":
             residuals = margins - y[:, np.newaxis]
             sums["squared_error_sum"] = np.einsum("ik,ik->k", residuals, residuals)
@@ -106,7 +132,7 @@ class MetricAccumulator:
         """The zero accumulator (identity of :meth:`merge`) for ``n_models`` rows."""
         get_loss(loss_name)
         zeros = np.zeros(n_models)
-        sums: dict[str, FloatArray] = {"loss_sum": zeros}
+        sums: dict[str, FloatArray] = {"loss_sum": zeros, "nonfinite_count": zeros}
         if loss_name == "squared":
             sums.update(
                 squared_error_sum=zeros,
@@ -157,9 +183,8 @@ class MetricAccumulator:
         Returns
         -------
         dict
-            ``"loss"``, ``"count"`` and, for squared, ``"rmse"``, ``"mae"``, ``"r2"``;
-            for logistic, ``"log_loss"``, ``"accuracy"``, ``"auc"``. All NaN when
-            ``count == 0``.
+            ``"count"`` and the :data:`VALIDATION_METRICS` of the loss. All NaN when ``count == 0``, and
+            NaN for a row with any non-finite margin.
         """
         loss_sum = self.sums["loss_sum"]
         count = float(self.count)
@@ -171,7 +196,11 @@ class MetricAccumulator:
             if self.loss_name == "squared":
                 metrics.update(self._regression_metrics(count))
             else:
-                metrics.update(self._classification_metrics(count, metrics["loss"]))
+                metrics.update(self._classification_metrics(count))
+        broken = self.sums["nonfinite_count"] > 0
+        if broken.any():
+            for name in VALIDATION_METRICS[self.loss_name]:
+                metrics[name] = np.where(broken, np.nan, metrics[name])
         return metrics
 
     def _regression_metrics(self, count: float) -> dict[str, FloatArray]:
@@ -192,11 +221,10 @@ class MetricAccumulator:
             "r2": r2,
         }
 
-    def _classification_metrics(self, count: float, mean_loss: FloatArray) -> dict[str, FloatArray]:
+    def _classification_metrics(self, count: float) -> dict[str, FloatArray]:
         correct_count = self.sums["correct_count"]
         accuracy = correct_count / count if count else np.full_like(correct_count, np.nan)
         return {
-            "log_loss": mean_loss.copy(),
             "accuracy": accuracy,
             "auc": histogram_auc(self.sums["positive_histogram"], self.sums["negative_histogram"]),
         }

@@ -34,12 +34,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
 from pipelines.sgd._types import FloatArray, IntArray
-from pipelines.sgd.averaging import weighted_mean
+from pipelines.sgd._validation import Interval, OneOf, Optional, Rule, check_rules
 from pipelines.sgd.regularization import Regularization
 
 OPTIMIZER_NAMES: tuple[str, ...] = (
@@ -72,6 +73,9 @@ DEFAULT_EPS: dict[str, float] = {"adagrad": 1e-10, "rmsprop": 1e-8, "adam": 1e-8
 class OptimizerSpec:
     """A named optimizer and its hyper-parameters; unused ones are ignored.
 
+    The configuration's ``train.optimizer`` is this spec, validated when the configuration is loaded
+    (:data:`RULES`).
+
     Parameters
     ----------
     name : str
@@ -83,7 +87,8 @@ class OptimizerSpec:
     alpha : float
         RMSprop's smoothing constant, in ``[0, 1)``.
     eps : float or None
-        Denominator term, ``> 0``; None means PyTorch's default (:data:`DEFAULT_EPS`).
+        Denominator term, ``> 0``; None (the default) means the optimizer's own default,
+        :data:`DEFAULT_EPS` (PyTorch's: 1e-10 for adagrad, 1e-8 for the others).
     """
 
     name: str = "sgd"
@@ -93,15 +98,18 @@ class OptimizerSpec:
     alpha: float = 0.99
     eps: float | None = None
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "name": OneOf(OPTIMIZER_NAMES),
+        "momentum": Interval(0, 1, "left"),
+        "beta1": Interval(0, 1, "left"),
+        "beta2": Interval(0, 1, "left"),
+        "alpha": Interval(0, 1, "left"),
+        "eps": Optional(Interval(0, None, "neither")),
+    }
+    """One rule per parameter, applied at construction."""
+
     def __post_init__(self) -> None:
-        if self.name not in OPTIMIZER_NAMES:
-            raise ValueError(f"optimizer name must be one of {list(OPTIMIZER_NAMES)}, got {self.name!r}")
-        for parameter in ("momentum", "beta1", "beta2", "alpha"):
-            value = getattr(self, parameter)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"optimizer parameter {parameter}={value!r} must be in [0, 1)")
-        if self.eps is not None and not self.eps > 0:
-            raise ValueError(f"optimizer parameter eps={self.eps!r} must be > 0")
+        check_rules(self, self.RULES)
 
     @property
     def resolved_eps(self) -> float:
@@ -156,46 +164,6 @@ class OptimizerState:
             intercept_slots={name: slot[indices] for name, slot in self.intercept_slots.items()},
             step=self.step[indices],
         )
-
-    @staticmethod
-    def weighted_average(states: Sequence[OptimizerState], weights: Sequence[float]) -> OptimizerState:
-        """Average states slot-wise, e.g. across partitions weighted by row counts.
-
-        ``avg = sum_p weights[p] * states[p] / sum_p weights[p]`` for every slot. The
-        step counts are averaged the same way and rounded to the nearest integer.
-
-        Parameters
-        ----------
-        states : sequence of OptimizerState
-            Same slots and shapes.
-        weights : sequence of float
-            One non-negative weight per state, with a positive sum.
-
-        Raises
-        ------
-        ValueError
-            On empty input, mismatched lengths, slots or shapes, or invalid weights.
-        """
-        if not states:
-            raise ValueError("weighted_average needs at least one state, got 0")
-        if len(states) != len(weights):
-            raise ValueError(
-                f"weighted_average needs one weight per state, got {len(weights)} weights "
-                f"for {len(states)} states"
-            )
-        weight_array = np.asarray(weights, dtype=np.float64)
-        if np.any(weight_array < 0) or not weight_array.sum() > 0:
-            raise ValueError(f"weights must be >= 0 with a positive sum, got {list(weights)}")
-        flat_states = [state.to_arrays() for state in states]
-        first = flat_states[0]
-        for flat in flat_states[1:]:
-            if flat.keys() != first.keys() or any(flat[key].shape != first[key].shape for key in first):
-                raise ValueError("weighted_average needs states with identical slots and shapes")
-        averaged: dict[str, npt.NDArray[np.generic]] = {}
-        for key in first:
-            mean = weighted_mean([flat[key] for flat in flat_states], weights)
-            averaged[key] = np.rint(mean).astype(np.int64) if key == "step" else mean
-        return OptimizerState.from_arrays(averaged)
 
     def to_arrays(self) -> dict[str, npt.NDArray[np.generic]]:
         """Flat ``{name: array}`` form for shipping (Arrow columns, pickle).

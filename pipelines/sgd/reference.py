@@ -11,16 +11,16 @@ Both are thin loops over the kernels of :mod:`pipelines.sgd.kernels`, on all row
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from pipelines.sgd._types import FloatArray
-from pipelines.sgd.kernels import batch_gradients, loss_sums, minibatch_epoch
-from pipelines.sgd.losses import Loss, get_loss
-from pipelines.sgd.optimizers import OptimizerSpec, apply_update, init_state
+from pipelines.sgd.gradient_step import GradientSums, gradient_step
+from pipelines.sgd.kernels import batches_per_epoch, loss_sums, minibatch_epoch
+from pipelines.sgd.losses import Loss
+from pipelines.sgd.optimizers import OptimizerSpec, init_state
+from pipelines.sgd.problem import TrainingProblem
 from pipelines.sgd.regularization import Regularization
-from pipelines.sgd.schedules import ScheduleSpec, multiplier
+from pipelines.sgd.schedules import ScheduleSpec
 
 
 def objective(
@@ -63,16 +63,18 @@ def reference_minibatch_sgd(
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Mini-batch training of K models, one per learning rate, from zero.
 
-    Epoch ``e`` (0-based) is ``minibatch_epoch(..., seed=seed, epoch=e)`` with
-    ``total_steps = epochs * ceil(n / batch_size)``.
+    Epoch ``e`` (0-based) is ``minibatch_epoch(..., seed=seed, epoch=e)`` with the schedule laid out over
+    ``batches_per_epoch(n, batch_size)`` steps per epoch and ``total_steps = epochs * that``.
 
     Parameters
     ----------
     X : ndarray of shape (n, d)
     y : ndarray of shape (n,)
     learning_rates : ndarray of shape (K,)
-    loss, optimizer, regularization, schedule
+    loss, optimizer, regularization
         As in :func:`~pipelines.sgd.kernels.minibatch_epoch`.
+    schedule : ScheduleSpec
+        Durations in epochs.
     epochs : int
         ``>= 1``.
     batch_size : int
@@ -95,7 +97,9 @@ def reference_minibatch_sgd(
     weights = np.zeros((n_models, n_features))
     intercepts = np.zeros(n_models)
     state = init_state(optimizer, n_models, n_features)
-    total_steps = epochs * math.ceil(X.shape[0] / batch_size)
+    steps_per_epoch = batches_per_epoch(X.shape[0], batch_size)
+    step_schedule = schedule.per_step(steps_per_epoch)
+    total_steps = epochs * steps_per_epoch
     train_loss_history = np.empty((epochs, n_models))
     for epoch in range(epochs):
         weights, intercepts, state, _ = minibatch_epoch(
@@ -108,7 +112,7 @@ def reference_minibatch_sgd(
             optimizer=optimizer,
             regularization=regularization,
             learning_rates=learning_rates,
-            schedule=schedule,
+            schedule=step_schedule,
             total_steps=total_steps,
             batch_size=batch_size,
             seed=seed,
@@ -133,19 +137,19 @@ def reference_gradient_descent(
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Exact full-batch gradient descent of K models, one per learning rate, from zero.
 
-    Iteration ``i`` (1-based) computes the mean gradient over all rows at the current
-    models and applies ``apply_update`` with
-    ``step_sizes = learning_rates * multiplier(schedule, i, iterations)``. With
-    ``optimizer = sgd`` and ``schedule = inv_sqrt`` this is MLlib's ``GradientDescent``
-    with ``SimpleUpdater`` / ``SquaredL2Updater`` / ``L1Updater``.
+    Iteration ``i`` (1-based) is :func:`~pipelines.sgd.gradient_step.gradient_step` on the sums over all
+    rows, one step per epoch (``schedule.per_step(1)`` over ``iterations`` steps). With ``optimizer = sgd``
+    and ``schedule = inv_sqrt`` this is MLlib's ``GradientDescent`` with ``SimpleUpdater`` /
+    ``SquaredL2Updater`` / ``L1Updater``.
 
     Parameters
     ----------
     X : ndarray of shape (n, d)
     y : ndarray of shape (n,)
     learning_rates : ndarray of shape (K,)
-    loss, optimizer, regularization, schedule
+    loss, optimizer, regularization
         As in :func:`~pipelines.sgd.kernels.minibatch_epoch`.
+    schedule : ScheduleSpec
     iterations : int
         ``>= 1``.
     fit_intercept : bool
@@ -162,29 +166,19 @@ def reference_gradient_descent(
     """
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations!r}")
-    loss_function = get_loss(loss) if isinstance(loss, str) else loss
+    loss_name = loss if isinstance(loss, str) else loss.name
+    problem = TrainingProblem(loss_name, fit_intercept, regularization, optimizer, schedule)
     learning_rates = np.asarray(learning_rates, dtype=np.float64)
-    n_rows, n_features = X.shape
-    n_models = learning_rates.shape[0]
+    n_models, n_features = learning_rates.shape[0], X.shape[1]
     weights = np.zeros((n_models, n_features))
     intercepts = np.zeros(n_models)
     state = init_state(optimizer, n_models, n_features)
+    step_schedule = schedule.per_step(1)
     loss_history = np.empty((iterations, n_models))
-    for iteration in range(1, iterations + 1):
-        grad_w_sum, grad_b_sum, loss_sum = batch_gradients(X, y, weights, intercepts, loss_function)
-        loss_history[iteration - 1] = loss_sum / n_rows + regularization.penalty(weights)
-        grad_b = grad_b_sum / n_rows if fit_intercept else np.zeros(n_models)
-        step_sizes = learning_rates * multiplier(schedule, iteration, iterations)
-        weights, new_intercepts = apply_update(
-            optimizer,
-            state,
-            weights,
-            intercepts,
-            grad_w_sum / n_rows,
-            grad_b,
-            step_sizes,
-            regularization,
-        )
-        if fit_intercept:
-            intercepts = new_intercepts
+    for iteration in range(iterations):
+        step = gradient_step(GradientSums.of_block(X, y, weights, intercepts, loss_name), weights, intercepts,
+                             state, problem=problem, learning_rates=learning_rates, schedule=step_schedule,
+                             total_steps=iterations)
+        loss_history[iteration] = step.objective
+        weights, intercepts = step.weights, step.intercepts
     return weights, intercepts, loss_history

@@ -14,10 +14,12 @@ update, as Spark MLlib's ``L1Updater`` does. With ``l1_ratio = 0`` this is MLlib
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from pipelines.sgd._types import FloatArray
+from pipelines.sgd._validation import Interval, Rule, check_rules
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,11 @@ class Regularization:
     reg_param: float = 0.0
     l1_ratio: float = 0.0
 
+    RULES: ClassVar[dict[str, Rule]] = {"reg_param": Interval(0, None), "l1_ratio": Interval(0, 1)}
+    """One rule per parameter, applied at construction (``model.reg_param``, ``model.l1_ratio``)."""
+
     def __post_init__(self) -> None:
-        if not np.isfinite(self.reg_param) or self.reg_param < 0:
-            raise ValueError(f"reg_param must be finite and >= 0, got {self.reg_param!r}")
-        if not 0.0 <= self.l1_ratio <= 1.0:
-            raise ValueError(f"l1_ratio must be in [0, 1], got {self.l1_ratio!r}")
+        check_rules(self, self.RULES)
 
     @property
     def l2_strength(self) -> float:

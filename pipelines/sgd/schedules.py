@@ -1,6 +1,8 @@
 """Learning-rate multipliers as a function of the step.
 
-A schedule maps the 1-based step ``t`` (an int or an int array) and the total number
+A schedule is configured in epochs (:class:`ScheduleSpec`, validated once) and laid out over optimizer
+steps (:meth:`ScheduleSpec.per_step` gives a :class:`StepSchedule`) once the steps per epoch are known. It
+maps the 1-based step ``t`` (an int or an int array) and the total number
 of steps ``T`` to a multiplier; the step size of model row ``k`` at step ``t`` is
 ``learning_rates[k] * multiplier(spec, t, T)``.
 
@@ -34,10 +36,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from pipelines.sgd._types import FloatArray, IntArray
+from pipelines.sgd._validation import Interval, OneOf, Rule, check_rules
 
 SCHEDULE_NAMES: tuple[str, ...] = (
     "constant",
@@ -48,35 +52,99 @@ SCHEDULE_NAMES: tuple[str, ...] = (
     "cosine",
     "one_cycle",
     "warmup_cosine",
+    "adaptive",
 )
-"""Names accepted by :class:`ScheduleSpec`."""
+"""Every schedule name lrsweep knows (the configuration's ``train.schedule.name`` is checked against it)."""
 
 
 @dataclass(frozen=True)
 class ScheduleSpec:
-    """A named schedule and its parameters; unused parameters are ignored.
+    """A named schedule and its parameters, durations in epochs; unused parameters are ignored.
+
+    The configuration's ``train.schedule`` is this spec, validated when the configuration is loaded
+    (:data:`RULES`). :meth:`per_step` lays it out over optimizer steps once the steps per epoch are known.
 
     Parameters
     ----------
     name : str
         One of :data:`SCHEDULE_NAMES`.
+    warmup_epochs : float
+        Length of the linear warm-up in front of any schedule, ``>= 0``.
     power_t : float
         Exponent of ``invscaling``, ``> 0``.
-    step_size : int
-        Steps between decays of ``step``, ``>= 1``.
+    step_epochs : float
+        Epochs between decays of ``step``, ``> 0``.
     gamma : float
-        Decay factor of ``step`` (per ``step_size`` steps) and ``exponential`` (per
-        step), ``0 < gamma <= 1``.
+        Decay factor of ``step`` (per ``step_epochs``) and ``exponential`` (per epoch), ``0 < gamma <= 1``.
     min_factor : float
         Floor of ``cosine`` / ``warmup_cosine``, ``0 <= min_factor <= 1``.
-    warmup_steps : int
-        Length of the linear warm-up in front of any schedule, ``>= 0``.
     pct_start : float
         ``one_cycle``: share of the steps spent increasing, ``0 < pct_start < 1``.
     div_factor : float
         ``one_cycle``: initial multiplier is ``1 / div_factor``, ``>= 1``.
     final_div_factor : float
         ``one_cycle``: final multiplier is ``1 / (div_factor * final_div_factor)``, ``>= 1``.
+    n_iter_no_change : int
+        ``adaptive``: epochs without improvement before the rate is divided by 5, ``>= 1``.
+    tol : float
+        ``adaptive``: the decrease of the validation loss that counts as an improvement, ``>= 0``.
+    """
+
+    name: str = "constant"
+    warmup_epochs: float = 0.0
+    power_t: float = 0.5
+    step_epochs: float = 1.0
+    gamma: float = 0.5
+    min_factor: float = 0.0
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    n_iter_no_change: int = 5
+    tol: float = 1e-4
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "name": OneOf(SCHEDULE_NAMES),
+        "warmup_epochs": Interval(0, None),
+        "power_t": Interval(0, None, "neither"),
+        "step_epochs": Interval(0, None, "neither"),
+        "gamma": Interval(0, 1, "right"),
+        "min_factor": Interval(0, 1),
+        "pct_start": Interval(0, 1, "neither"),
+        "div_factor": Interval(1, None),
+        "final_div_factor": Interval(1, None),
+        "n_iter_no_change": Interval(1, None, integer=True),
+        "tol": Interval(0, None),
+    }
+    """One rule per parameter, applied at construction."""
+
+    def __post_init__(self) -> None:
+        check_rules(self, self.RULES)
+
+    def per_step(self, steps_per_epoch: int) -> StepSchedule:
+        """The schedule over optimizer steps: durations times ``steps_per_epoch``.
+
+        ``step_size = max(1, round(step_epochs * steps_per_epoch))``,
+        ``warmup_steps = round(warmup_epochs * steps_per_epoch)``, and ``exponential``'s per-step factor
+        ``gamma ** (1 / steps_per_epoch)``. ``adaptive`` trains at a constant rate per step (the sweep loop
+        divides the rate on plateaus).
+        """
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch!r}")
+        name = "constant" if self.name == "adaptive" else self.name
+        gamma = self.gamma ** (1.0 / steps_per_epoch) if name == "exponential" else self.gamma
+        return StepSchedule(
+            name=name, power_t=self.power_t, step_size=max(1, round(self.step_epochs * steps_per_epoch)),
+            gamma=gamma, min_factor=self.min_factor, warmup_steps=round(self.warmup_epochs * steps_per_epoch),
+            pct_start=self.pct_start, div_factor=self.div_factor, final_div_factor=self.final_div_factor)
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """A schedule laid out over optimizer steps (:meth:`ScheduleSpec.per_step`); the input of :func:`multiplier`.
+
+    Derived from a validated :class:`ScheduleSpec`, so it carries no rules of its own. ``name`` is one of
+    :data:`SCHEDULE_NAMES` except ``adaptive``; ``step_size`` and ``warmup_steps`` count steps; ``gamma`` is
+    per step for ``exponential``.
     """
 
     name: str = "constant"
@@ -89,38 +157,17 @@ class ScheduleSpec:
     div_factor: float = 25.0
     final_div_factor: float = 1e4
 
-    def __post_init__(self) -> None:
-        if self.name not in SCHEDULE_NAMES:
-            raise ValueError(f"schedule name must be one of {list(SCHEDULE_NAMES)}, got {self.name!r}")
-        # Type checks first: the range checks below compare with numbers.
-        _require(isinstance(self.step_size, int | np.integer), "step_size", self.step_size, "must be an int")
-        _require(
-            isinstance(self.warmup_steps, int | np.integer),
-            "warmup_steps",
-            self.warmup_steps,
-            "must be an int",
-        )
-        _require(self.power_t > 0, "power_t", self.power_t, "must be > 0")
-        _require(self.step_size >= 1, "step_size", self.step_size, "must be >= 1")
-        _require(0 < self.gamma <= 1, "gamma", self.gamma, "must be in (0, 1]")
-        _require(0 <= self.min_factor <= 1, "min_factor", self.min_factor, "must be in [0, 1]")
-        _require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be >= 0")
-        _require(0 < self.pct_start < 1, "pct_start", self.pct_start, "must be in (0, 1)")
-        _require(self.div_factor >= 1, "div_factor", self.div_factor, "must be >= 1")
-        _require(self.final_div_factor >= 1, "final_div_factor", self.final_div_factor, "must be >= 1")
+
+CONSTANT = StepSchedule()
+"""The constant schedule (multiplier 1 at every step)."""
 
 
-def _require(condition: bool, parameter: str, value: object, rule: str) -> None:
-    if not condition:
-        raise ValueError(f"schedule parameter {parameter}={value!r} {rule}")
-
-
-def multiplier(spec: ScheduleSpec, t: int | IntArray, total_steps: int) -> float | FloatArray:
+def multiplier(spec: StepSchedule, t: int | IntArray, total_steps: int) -> float | FloatArray:
     """Learning-rate multiplier at 1-based step ``t`` of ``total_steps``.
 
     Parameters
     ----------
-    spec : ScheduleSpec
+    spec : StepSchedule
     t : int or ndarray of int
         1-based step(s), all ``>= 1``; an array gives an array of the same shape.
     total_steps : int
@@ -147,7 +194,7 @@ def multiplier(spec: ScheduleSpec, t: int | IntArray, total_steps: int) -> float
     return values
 
 
-def _with_warmup(spec: ScheduleSpec, steps: FloatArray, total_steps: float) -> FloatArray:
+def _with_warmup(spec: StepSchedule, steps: FloatArray, total_steps: float) -> FloatArray:
     inner = _INNER_SCHEDULES[spec.name]
     warmup = float(spec.warmup_steps)
     if warmup == 0:
@@ -158,37 +205,37 @@ def _with_warmup(spec: ScheduleSpec, steps: FloatArray, total_steps: float) -> F
     return result
 
 
-def _constant(spec: ScheduleSpec, steps: FloatArray, total_steps: float) -> FloatArray:
+def _constant(spec: StepSchedule, steps: FloatArray, total_steps: float) -> FloatArray:
     return np.ones_like(steps)
 
 
-def _inv_sqrt(spec: ScheduleSpec, steps: FloatArray, total_steps: float) -> FloatArray:
+def _inv_sqrt(spec: StepSchedule, steps: FloatArray, total_steps: float) -> FloatArray:
     result: FloatArray = 1.0 / np.sqrt(steps)
     return result
 
 
-def _invscaling(spec: ScheduleSpec, steps: FloatArray, total_steps: float) -> FloatArray:
+def _invscaling(spec: StepSchedule, steps: FloatArray, total_steps: float) -> FloatArray:
     result: FloatArray = 1.0 / np.power(steps, spec.power_t)
     return result
 
 
-def _step(spec: ScheduleSpec, steps: FloatArray, total_steps: float) -> FloatArray:
+def _step(spec: StepSchedule, steps: FloatArray, total_steps: float) -> FloatArray:
     result: FloatArray = np.power(spec.gamma, np.floor((steps - 1.0) / spec.step_size))
     return result
 
 
-def _exponential(spec: ScheduleSpec, steps: FloatArray, total_steps: float) -> FloatArray:
+def _exponential(spec: StepSchedule, steps: FloatArray, total_steps: float) -> FloatArray:
     result: FloatArray = np.power(spec.gamma, steps - 1.0)
     return result
 
 
-def _cosine(spec: ScheduleSpec, steps: FloatArray, total_steps: float) -> FloatArray:
+def _cosine(spec: StepSchedule, steps: FloatArray, total_steps: float) -> FloatArray:
     progress = np.minimum((steps - 1.0) / total_steps, 1.0)
     result: FloatArray = spec.min_factor + (1.0 - spec.min_factor) * 0.5 * (1.0 + np.cos(np.pi * progress))
     return result
 
 
-def _one_cycle(spec: ScheduleSpec, steps: FloatArray, total_steps: float) -> FloatArray:
+def _one_cycle(spec: StepSchedule, steps: FloatArray, total_steps: float) -> FloatArray:
     """PyTorch ``OneCycleLR`` (``three_phase=False``, cosine) with peak multiplier 1.
 
     Torch's ``step_num`` is ``t - 1``. Phase 1 anneals from ``1 / div_factor`` to 1
@@ -216,7 +263,7 @@ def _cosine_anneal(start: float, end: float, pct: FloatArray) -> FloatArray:
     return result
 
 
-_INNER_SCHEDULES: dict[str, Callable[[ScheduleSpec, FloatArray, float], FloatArray]] = {
+_INNER_SCHEDULES: dict[str, Callable[[StepSchedule, FloatArray, float], FloatArray]] = {
     "constant": _constant,
     "inv_sqrt": _inv_sqrt,
     "invscaling": _invscaling,
@@ -271,6 +318,23 @@ class AdaptiveRateState:
             n_iter_no_change=n_iter_no_change,
             divisor=divisor,
         )
+
+    def update_rows(self, rows: IntArray, val_losses: FloatArray, tol: float) -> None:
+        """:meth:`update` for the given rows only; the other rows' state is left as it is.
+
+        Parameters
+        ----------
+        rows : int ndarray of shape (R,)
+        val_losses : ndarray of shape (R,)
+        tol : float
+        """
+        sub = AdaptiveRateState(self.multipliers[rows], self.best_losses[rows],
+                                self.epochs_without_improvement[rows], self.n_iter_no_change, self.divisor)
+        sub.update(val_losses, tol)
+        self.multipliers = self.multipliers.copy()
+        self.multipliers[rows] = sub.multipliers
+        self.best_losses[rows] = sub.best_losses
+        self.epochs_without_improvement[rows] = sub.epochs_without_improvement
 
     def update(self, val_losses: FloatArray, tol: float) -> FloatArray:
         """Record one epoch's validation losses and return the new multipliers.

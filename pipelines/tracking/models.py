@@ -22,7 +22,7 @@ import pandas as pd
 import sklearn
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature, infer_signature
+from mlflow.models import infer_signature
 from pyspark.sql import Column, SparkSession
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -75,12 +75,6 @@ def predict_fn_name(loss: str) -> str:
     return "predict_proba" if loss == "logistic" else "predict"
 
 
-@dataclass(frozen=True)
-class LoggedModel:
-    model_uri: str
-    signature: ModelSignature
-
-
 def log_model(tracker: SweepTracker, pipeline: Pipeline, input_example: pd.DataFrame, loss: str,
               metadata: dict[str, Any]) -> str:
     """Log ``pipeline`` on the parent run (sklearn flavor, signature, input example); return its URI.
@@ -92,15 +86,23 @@ def log_model(tracker: SweepTracker, pipeline: Pipeline, input_example: pd.DataF
         return existing
     predict = getattr(pipeline, predict_fn_name(loss))
     signature = infer_signature(input_example, predict(input_example))
-    with tracker.stopwatch.timed("model"):
-        info = mlflow.sklearn.log_model(
-            pipeline, name=MODEL_NAME, signature=signature, input_example=input_example,
-            pyfunc_predict_fn=predict_fn_name(loss), metadata={"lrsweep_loss": loss, **metadata},
-            # explicit requirements: inferring them would load the model in a subprocess (seconds)
-            pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"mlflow=={mlflow.__version__}",
-                              f"numpy=={np.__version__}", f"pandas=={pd.__version__}"])
-    tracker.set_parent_tags({TAG_MODEL_URI: info.model_uri})
-    return str(info.model_uri)
+    parent = tracker.parent_run_id
+    assert parent is not None, "start_parent() first"
+
+    def log() -> str:
+        with mlflow.start_run(run_id=parent):  # log_model links the model to the active run
+            info = mlflow.sklearn.log_model(
+                pipeline, name=MODEL_NAME, signature=signature, input_example=input_example,
+                pyfunc_predict_fn=predict_fn_name(loss), metadata={"lrsweep_loss": loss, **metadata},
+                # explicit requirements: inferring them would load the model in a subprocess (seconds)
+                pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"mlflow=={mlflow.__version__}",
+                                  f"numpy=={np.__version__}", f"pandas=={pd.__version__}"])
+        tracker.client.update_run(parent, status="RUNNING")  # leaving start_run() ended it; the sweep ends it
+        return str(info.model_uri)
+
+    model_uri: str = tracker.store.call("model", log)
+    tracker.set_parent_tags({TAG_MODEL_URI: model_uri})
+    return model_uri
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ def register_model(tracker: SweepTracker, model_uri: str, name: str, register_wh
     if register_when == "never":
         result = Registration("skipped", "tracking.register_when is 'never'")
     else:
-        champion = _champion(client, name)
+        champion = tracker.store.call("registry", lambda: _champion(client, name))
         reason = "tracking.register_when is 'always'"
         if register_when == "if_better":
             reason, better = _compare(champion, val_loss, loss)
@@ -142,10 +144,14 @@ def register_model(tracker: SweepTracker, model_uri: str, name: str, register_wh
                 result = Registration("kept_champion", reason, str(champion.version))
                 tracker.set_parent_tags({TAG_REGISTRATION: f"{result.decision}:"})
                 return result
-        with tracker.stopwatch.timed("registry"):
+
+        def register() -> Any:
             registered = mlflow.register_model(model_uri, name, tags={
                 TAG_VAL_LOSS: repr(float(val_loss)), TAG_LOSS: loss, **tags})
             client.set_registered_model_alias(name, CHAMPION, registered.version)
+            return registered
+
+        registered = tracker.store.call("registry", register)
         result = Registration("registered", f"{reason}; alias '{CHAMPION}' set", str(registered.version))
     tracker.set_parent_tags({TAG_REGISTRATION: f"{result.decision}:{result.version or ''}"})
     return result

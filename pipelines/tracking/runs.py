@@ -1,111 +1,99 @@
-"""The MLflow run tree of a sweep: a parent run per sweep id, a nested child run per learning rate.
+"""The MLflow run tree of a sweep, kept as a view of the sweep's state: a parent run, a child run per rate.
 
-Reruns with the same sweep id resume: the parent is found by its ``lrsweep.sweep_id`` tag and reused,
-FINISHED children are kept as they are, unfinished ones (FAILED, KILLED, RUNNING) are deleted and logged
-again, and nothing already logged on the parent (summary metrics, the results table, the model) is
-logged twice. Metrics go through ``MlflowClient.log_batch`` in chunks of at most 1000; the time spent in
-MLflow calls is measured by :attr:`SweepTracker.stopwatch`.
+MLflow is a projection of what the sweep holds (its curves and outcomes, which the results table and the
+checkpoints hold durably), not the record itself. Every update is a *sync*: for each child, the points of
+each curve past the last step MLflow already has are logged (``step`` = epoch, step 0 = the initial
+models), so the same call serves the live view during training, the end of the sweep, and a rerun that
+rebuilds what an outage left out. Points carry the time their epoch was recorded, so a retried batch is an
+exact duplicate that the store ignores.
 
-An ``auto`` sweep adds a child run with role ``range_test`` (:mod:`pipelines.tracking.range_test`) and tags
-each rate's child with its round (``lrsweep.round``); a rerun reuses a FINISHED range-test child.
+Reruns with the same sweep id reuse the parent (found by its ``lrsweep.sweep_id`` tag) and every child
+(matched by round and learning rate, whatever its status), and log nothing twice. Timings are logged as
+``system/`` metrics, kept apart from the model metrics in MLflow's UI.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import signal
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import mlflow
 import pandas as pd
 from matplotlib.figure import Figure
-from mlflow import MlflowClient
-from mlflow.data.delta_dataset_source import DeltaDatasetSource
-from mlflow.data.spark_dataset import SparkDataset
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunTag
+from mlflow.entities import DatasetInput, Metric, Param, Run, RunTag
 from mlflow.entities.run_status import RunStatus
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
-from pyspark.sql import DataFrame
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from pipelines.errors import ConfigError, TerminatedError
+from pipelines.errors import ConfigError, TrackingError, TrackingUnavailableError
 from pipelines.reporting.tables import rate_label
-from pipelines.sweep.loop import GridOutcome, RateResult
-from pipelines.sweep.range_test import RangeTestResult
-from pipelines.tracking.range_test import log_range_test
-from pipelines.tracking.store import Stopwatch
+from pipelines.sweep.lr_finder import RangeTestResult
+from pipelines.sweep.outcome import GridOutcome, RateResult
+from pipelines.sweep.status import DIVERGED, RUNNING
+from pipelines.tracking.lr_finder import log_range_test
+from pipelines.tracking.store import TrackingStore
 
 TAG_SWEEP_ID = "lrsweep.sweep_id"
 TAG_ROLE = "lrsweep.role"
 TAG_LEARNING_RATE = "lrsweep.learning_rate"
 TAG_ROUND = "lrsweep.round"
+TAG_STATUS = "status"
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
+RUNNING_RUN = RunStatus.to_string(RunStatus.RUNNING)
+KILLED = RunStatus.to_string(RunStatus.KILLED)
+FAILED = RunStatus.to_string(RunStatus.FAILED)
+SYSTEM_PREFIX = "system/lrsweep_"
 
 
-@dataclass(frozen=True)
-class TrainingData:
-    """The pinned feature table a sweep trained on, as MLflow should describe it."""
+def metric_history(name: str, curve: Sequence[float], timestamp_ms: int | Sequence[int], first_step: int = 1,
+                   after_step: int = -1) -> list[Metric]:
+    """``Metric(name, value, step)`` for every finite value of ``curve`` past ``after_step``.
 
-    dataframe: DataFrame
-    identifier: str
-    version: int
-    label: str
-    is_path: bool
-    rows: int
-
-
-class _PinnedSparkDataset(SparkDataset):
-    """A Spark dataset whose profile is the known row count (MLflow's default runs an approximate count job)."""
-
-    def __init__(self, rows: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._rows = rows
-
-    @property
-    def profile(self) -> Any | None:
-        return {"num_rows": self._rows}
-
-
-def dataset_input(data: TrainingData) -> DatasetInput:
-    """An MLflow dataset input (context ``training``) with a Delta source at ``data.version``.
-
-    The digest is derived from the table and version, so every run of a sweep logs the same dataset.
+    ``curve[i]`` is step ``first_step + i``; ``timestamp_ms`` is one time for all, or one per step
+    (indexed by step).
     """
-    name = data.identifier.rstrip("/").rsplit("/", 1)[-1]
-    source = DeltaDatasetSource(path=data.identifier if data.is_path else None,
-                                delta_table_name=None if data.is_path else data.identifier,
-                                delta_table_version=data.version)
-    dataset = _PinnedSparkDataset(
-        rows=data.rows, df=data.dataframe, source=source, targets=data.label, name=f"{name}@v{data.version}",
-        digest=hashlib.md5(f"{data.identifier}@{data.version}".encode()).hexdigest()[:8])
-    return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])
+    metrics = []
+    for index, value in enumerate(curve):
+        step = first_step + index
+        if step <= after_step or not math.isfinite(value):
+            continue
+        timestamp = timestamp_ms if isinstance(timestamp_ms, int) else int(timestamp_ms[step] or 0)
+        metrics.append(Metric(name, float(value), timestamp, step))
+    return metrics
 
 
-def metric_history(name: str, curve: Sequence[float], timestamp_ms: int) -> list[Metric]:
-    """``Metric(name, value, step=epoch)`` for every finite value of ``curve`` (epoch = index + 1)."""
-    return [Metric(name, float(value), timestamp_ms, epoch) for epoch, value in enumerate(curve, start=1)
-            if math.isfinite(value)]
+def curve_metrics(rate: RateResult, seeds: int, timestamps_ms: Sequence[int],
+                  logged: Mapping[str, int] | None = None) -> list[Metric]:
+    """A child's curve points not in MLflow yet (``logged``: the last step per metric), step 0 included."""
+    logged = logged or {}
+    metrics: list[Metric] = []
+    for name, curve in rate.curves.items():
+        full = [rate.initial.get(name, math.nan), *curve.tolist()]
+        metrics += metric_history(name, full, timestamps_ms, 0, logged.get(name, -1))
+        if seeds > 1:
+            std = [0.0 if math.isfinite(full[0]) else math.nan, *rate.curves_std[name].tolist()]
+            metrics += metric_history(f"{name}_std", std, timestamps_ms, 0, logged.get(f"{name}_std", -1))
+    return metrics
+
+
+def outcome_metrics(rate: RateResult, timestamp_ms: int) -> list[Metric]:
+    """A finished child's summary: ``epochs_run``, ``kept_epoch`` and, if it diverged, ``diverged_at_epoch``."""
+    metrics = [Metric("epochs_run", float(rate.epochs_run), timestamp_ms, 0),
+               Metric("kept_epoch", float(rate.kept_epoch), timestamp_ms, 0)]
+    if rate.status == DIVERGED and rate.stopped_epoch is not None:
+        metrics.append(Metric("diverged_at_epoch", float(rate.stopped_epoch), timestamp_ms, 0))
+    return metrics
 
 
 def rate_metrics(rate: RateResult, seeds: int, timestamp_ms: int) -> list[Metric]:
-    """A child run's metrics: every curve's finite history, ``*_std`` ones with several seeds, outcomes."""
-    metrics: list[Metric] = []
-    for name, curve in rate.curves.items():
-        metrics += metric_history(name, curve.tolist(), timestamp_ms)
-        if seeds > 1:
-            metrics += metric_history(f"{name}_std", rate.curves_std[name].tolist(), timestamp_ms)
-    metrics += [Metric("epochs_run", float(rate.epochs_run), timestamp_ms, 0),
-                Metric("kept_epoch", float(rate.kept_epoch), timestamp_ms, 0)]
-    if rate.status == "diverged" and rate.stopped_epoch is not None:
-        metrics.append(Metric("diverged_at_epoch", float(rate.stopped_epoch), timestamp_ms, 0))
-    return metrics
+    """Everything a finished child holds: every curve's finite history and the outcome metrics."""
+    timestamps = [timestamp_ms] * (len(next(iter(rate.curves.values()))) + 1) if rate.curves else [timestamp_ms]
+    return curve_metrics(rate, seeds, timestamps) + outcome_metrics(rate, timestamp_ms)
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -113,18 +101,27 @@ def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start:start + size]
 
 
+@dataclass
+class ChildRun:
+    """A child run as the tracker knows it: what MLflow holds already."""
+
+    run_id: str
+    status: str  # the run's MLflow status
+    rate_status: str  # its ``status`` tag
+    logged: dict[str, int] = field(default_factory=dict)  # metric -> last step logged
+    summarized: bool = False  # outcome metrics and the final tags are logged
+
+
 class SweepTracker:
     """One sweep's runs in one experiment. Create it before reading data: it tells what a rerun resumes."""
 
-    def __init__(self, client: MlflowClient, experiment_id: str, sweep_id: str) -> None:
-        self.client = client
-        self.experiment_id = experiment_id
+    def __init__(self, store: TrackingStore, sweep_id: str) -> None:
+        self.store = store
+        self.client = store.client
         self.sweep_id = sweep_id
-        self.stopwatch = Stopwatch()
         self.parent_run_id: str | None = None
-        self._open_children: set[str] = set()
-        with self.stopwatch.timed("runs"):
-            parents = self._search(f"tags.`{TAG_ROLE}` = 'parent'")
+        self.rounds: dict[int, list[ChildRun | None]] = {}
+        parents = store.call("runs", lambda: self._search(f"tags.`{TAG_ROLE}` = 'parent'"))
         self.existing_parent: Run | None = min(parents, key=lambda r: r.info.start_time) if parents else None
 
     @property
@@ -137,18 +134,15 @@ class SweepTracker:
 
     def _search(self, condition: str) -> list[Run]:
         runs: list[Run] = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{TAG_SWEEP_ID}` = '{self.sweep_id}' AND {condition}",
+            [self.store.experiment_id], filter_string=f"tags.`{TAG_SWEEP_ID}` = '{self.sweep_id}' AND {condition}",
             max_results=50_000)
         return runs
 
     # ------------------------------------------------------------------------------------------- parent
 
-    @contextmanager
-    def parent_run(self, params: Mapping[str, str], tags: Mapping[str, str],
-                   data: TrainingData | None = None) -> Iterator[str]:
-        """Start (or resume) the parent run; end it FINISHED, FAILED on an exception, KILLED on SIGTERM.
-
-        Children still open when the block is left end with the same status.
+    def start_parent(self, params: Mapping[str, str], tags: Mapping[str, str],
+                     dataset: DatasetInput | None = None) -> str:
+        """Create the parent run (or put an earlier attempt's back to RUNNING); return its id.
 
         Raises
         ------
@@ -157,34 +151,25 @@ class SweepTracker:
         """
         params = {key: value[:MAX_PARAM_LENGTH] for key, value in params.items()}
         self._check_resumable(params)
-        with self.stopwatch.timed("runs"):
+
+        def start() -> str:
             if self.existing_parent is not None:
-                run = mlflow.start_run(run_id=self.existing_parent.info.run_id)
+                run_id = self.existing_parent.info.run_id
+                self.client.update_run(run_id, status=RUNNING_RUN)
+                present = self.existing_parent.data.params
             else:
-                run = mlflow.start_run(experiment_id=self.experiment_id, run_name=f"sweep {self.sweep_id}")
-            run_id = run.info.run_id
-            self.parent_run_id = run_id
-            all_tags = {TAG_SWEEP_ID: self.sweep_id, TAG_ROLE: "parent", **tags}
-            for batch in chunks(list(params.items()), MAX_PARAMS_PER_BATCH):
-                self.client.log_batch(run_id, params=[Param(k, v) for k, v in batch])
-            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in all_tags.items()])
-            if data is not None:
-                self.client.log_inputs(run_id, [dataset_input(data)])
-        status = RunStatus.to_string(RunStatus.FINISHED)
-        try:
-            yield run_id
-        except (TerminatedError, KeyboardInterrupt):
-            status = RunStatus.to_string(RunStatus.KILLED)
-            raise
-        except BaseException:
-            status = RunStatus.to_string(RunStatus.FAILED)
-            raise
-        finally:
-            with _sigterm_deferred(), self.stopwatch.timed("runs"):
-                for child_id in sorted(self._open_children):
-                    self.client.set_terminated(child_id, status)
-                self._open_children.clear()
-                mlflow.end_run(status)
+                run_id = self.client.create_run(self.store.experiment_id, run_name=f"sweep {self.sweep_id}",
+                                                tags={TAG_SWEEP_ID: self.sweep_id, TAG_ROLE: "parent"}).info.run_id
+                present = {}
+            for batch in chunks([Param(k, v) for k, v in params.items() if k not in present], MAX_PARAMS_PER_BATCH):
+                self.client.log_batch(run_id, params=list(batch))
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            if dataset is not None and self.existing_parent is None:
+                self.client.log_inputs(run_id, [dataset])
+            return run_id
+
+        self.parent_run_id = self.store.call("runs", start)
+        return self.parent_run_id
 
     def _check_resumable(self, params: Mapping[str, str]) -> None:
         if self.existing_parent is None:
@@ -197,152 +182,217 @@ class SweepTracker:
             raise ConfigError(f"sweep.id {self.sweep_id!r} was started with other settings ({detail}); rerun "
                               "with the original settings to complete it, or use a new sweep.id")
 
-    def parent_metrics(self) -> dict[str, float]:
-        """The parent run's current metrics (what an earlier attempt already logged)."""
-        assert self.parent_run_id is not None, "parent_run() first"
-        with self.stopwatch.timed("runs"):
-            metrics: dict[str, float] = self.client.get_run(self.parent_run_id).data.metrics
-        return metrics
+    def _parent(self) -> str:
+        assert self.parent_run_id is not None, "start_parent() first"
+        return self.parent_run_id
 
     def parent_tags(self) -> dict[str, str]:
-        assert self.parent_run_id is not None, "parent_run() first"
-        with self.stopwatch.timed("runs"):
-            tags: dict[str, str] = self.client.get_run(self.parent_run_id).data.tags
+        tags: dict[str, str] = self.store.call("runs", lambda: self.client.get_run(self._parent()).data.tags)
         return tags
 
-    def log_parent_metrics(self, metrics: Mapping[str, float]) -> list[str]:
-        """Log the finite ``metrics`` the parent does not have yet (a rerun logs nothing twice)."""
-        assert self.parent_run_id is not None, "parent_run() first"
-        present = self.parent_metrics()
-        now = _now_ms()
-        new = [Metric(k, float(v), now, 0) for k, v in metrics.items() if k not in present and math.isfinite(v)]
-        with self.stopwatch.timed("runs"):
+    def log_parent_metrics(self, metrics: Mapping[str, float], *, replace: bool = False) -> list[str]:
+        """Log the finite ``metrics`` the parent does not have yet (all of them with ``replace``)."""
+        parent = self._parent()
+
+        def log() -> list[str]:
+            present = {} if replace else self.client.get_run(parent).data.metrics
+            now = _now_ms()
+            new = [Metric(k, float(v), now, 0) for k, v in metrics.items() if k not in present and math.isfinite(v)]
             for batch in chunks(new, MAX_METRICS_PER_BATCH):
-                self.client.log_batch(self.parent_run_id, metrics=list(batch))
-        return [metric.key for metric in new]
+                self.client.log_batch(parent, metrics=list(batch))
+            return [metric.key for metric in new]
+
+        logged: list[str] = self.store.call("runs", log)
+        return logged
+
+    def log_system_metrics(self, seconds: Mapping[str, float]) -> None:
+        """Timings as ``system/lrsweep_<name>`` metrics: MLflow's UI shows them apart from model metrics."""
+        self.log_parent_metrics({f"{SYSTEM_PREFIX}{name}": value for name, value in seconds.items()}, replace=True)
 
     def log_parent_params(self, params: Mapping[str, str]) -> None:
         """Log the ``params`` the parent does not have yet (parameters cannot change once logged)."""
-        assert self.parent_run_id is not None, "parent_run() first"
-        with self.stopwatch.timed("runs"):
-            present = self.client.get_run(self.parent_run_id).data.params
+        parent = self._parent()
+
+        def log() -> None:
+            present = self.client.get_run(parent).data.params
             new = [Param(k, v[:MAX_PARAM_LENGTH]) for k, v in params.items() if k not in present]
             for batch in chunks(new, MAX_PARAMS_PER_BATCH):
-                self.client.log_batch(self.parent_run_id, params=list(batch))
+                self.client.log_batch(parent, params=list(batch))
+
+        self.store.call("runs", log)
 
     def set_parent_tags(self, tags: Mapping[str, str]) -> None:
-        assert self.parent_run_id is not None, "parent_run() first"
-        with self.stopwatch.timed("runs"):
-            self.client.log_batch(self.parent_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        parent = self._parent()
+        self.store.call("runs", lambda: self.client.log_batch(parent, tags=[RunTag(k, v) for k, v in tags.items()]))
 
     def log_figure(self, figure: Figure, artifact_file: str) -> None:
-        assert self.parent_run_id is not None, "parent_run() first"
-        with self.stopwatch.timed("artifacts"):
-            self.client.log_figure(self.parent_run_id, figure, artifact_file)
+        parent = self._parent()
+        self.store.call("artifacts", lambda: self.client.log_figure(parent, figure, artifact_file))
 
     def log_table_once(self, rows: Sequence[Mapping[str, Any]], artifact_file: str) -> bool:
         """``mlflow.log_table`` on the parent unless the file is there (log_table appends to existing files)."""
-        assert self.parent_run_id is not None, "parent_run() first"
+        parent = self._parent()
         folder, _, _ = artifact_file.rpartition("/")
-        with self.stopwatch.timed("artifacts"):
-            existing = {a.path for a in self.client.list_artifacts(self.parent_run_id, folder or None)}
+
+        def log() -> bool:
+            existing = {a.path for a in self.client.list_artifacts(parent, folder or None)}
             if artifact_file in existing:
                 return False
-            mlflow.log_table(pd.DataFrame(list(rows)), artifact_file, run_id=self.parent_run_id)
-        return True
+            mlflow.log_table(pd.DataFrame(list(rows)), artifact_file, run_id=parent)
+            return True
+
+        logged: bool = self.store.call("artifacts", log)
+        return logged
 
     # ----------------------------------------------------------------------------------------- children
+
+    def open_round(self, round_number: int, learning_rates: Sequence[float], dataset: DatasetInput | None = None,
+                   tag_round: bool = False, wait: bool = True) -> list[str | None]:
+        """The child runs of a round, aligned with ``learning_rates``: reused when an earlier attempt made
+        them (whatever their status), created RUNNING otherwise. ``tag_round`` names and tags them by round
+        (``auto`` sweeps). Returns the run ids (None where MLflow was unavailable and ``wait`` is False)."""
+        parent = self._parent()
+        condition = f"tags.`{TAG_ROLE}` = 'child'"
+        if tag_round:
+            condition += f" AND tags.`{TAG_ROUND}` = '{round_number}'"
+
+        def open_children() -> list[ChildRun | None]:
+            existing: dict[str, Run] = {}
+            for run in sorted(self._search(condition), key=lambda r: r.info.start_time):
+                existing.setdefault(run.data.tags.get(TAG_LEARNING_RATE, ""), run)
+            children: list[ChildRun | None] = []
+            for rate in learning_rates:
+                found = existing.get(repr(rate))
+                if found is None:
+                    children.append(self._create_child(parent, round_number, rate, dataset, tag_round))
+                    continue
+                child = ChildRun(found.info.run_id, found.info.status, found.data.tags.get(TAG_STATUS, RUNNING),
+                                 logged=self._logged_steps(found), summarized=found.info.status == FINISHED)
+                if child.status != FINISHED and child.status != RUNNING_RUN:
+                    self.client.update_run(child.run_id, status=RUNNING_RUN)
+                    child.status = RUNNING_RUN
+                children.append(child)
+            return children
+
+        children = self.store.call("children", open_children, wait=wait)
+        self.rounds[round_number] = children
+        return [child.run_id if child else None for child in children]
+
+    def _create_child(self, parent: str, round_number: int, rate: float, dataset: DatasetInput | None,
+                      tag_round: bool) -> ChildRun:
+        name = rate_label(rate)
+        tags = {MLFLOW_PARENT_RUN_ID: parent, TAG_SWEEP_ID: self.sweep_id, TAG_ROLE: "child",
+                TAG_LEARNING_RATE: repr(rate), TAG_STATUS: RUNNING}
+        if tag_round:
+            name = f"round {round_number} {name}"
+            tags[TAG_ROUND] = str(round_number)
+        run_id = self.client.create_run(self.store.experiment_id, run_name=name, tags=tags).info.run_id
+        self.client.log_batch(run_id, params=[Param("learning_rate", repr(rate))])
+        if dataset is not None:
+            self.client.log_inputs(run_id, [dataset])
+        return ChildRun(run_id, RUNNING_RUN, RUNNING)
+
+    def _logged_steps(self, run: Run) -> dict[str, int]:
+        """The last step of each metric the run holds (MLflow keeps the latest point per metric)."""
+        metric_objects = getattr(run.data, "_metric_objs", None)
+        if metric_objects is not None:
+            return {metric.key: int(metric.step) for metric in metric_objects}
+        return {key: max((m.step for m in self.client.get_metric_history(run.info.run_id, key)), default=-1)
+                for key in run.data.metrics}
+
+    def child_run_ids(self, round_number: int) -> list[str | None]:
+        return [child.run_id if child else None for child in self.rounds.get(round_number, [])]
+
+    def sync(self, round_number: int, outcome: GridOutcome, *, wait: bool = True, final: bool = False) -> None:
+        """Bring the round's children up to ``outcome``: new curve points, status tags and, with ``final``,
+        the outcome metrics and FINISHED. Raises TrackingUnavailableError when MLflow cannot be reached."""
+        children = self.rounds.get(round_number)
+        if children is None:
+            raise ValueError(f"round {round_number} was not opened")
+        seeds = len(outcome.seeds)
+        timestamps = outcome.recorded_at_ms or [_now_ms()] * (outcome.epochs + 1)
+        for child, rate in zip(children, outcome.rates, strict=True):
+            if child is None or child.summarized:
+                continue
+            new = curve_metrics(rate, seeds, timestamps, child.logged)
+            tags = [RunTag(TAG_STATUS, rate.status)] if rate.status != child.rate_status else []
+            if final:
+                new += outcome_metrics(rate, _now_ms())
+                if rate.status == DIVERGED and rate.stopped_epoch is not None:
+                    tags.append(RunTag("diverged_at_epoch", str(rate.stopped_epoch)))
+            if new or tags:
+                self._log_child(child, new, tags, wait)
+            if final:
+                self._finish_child(child, wait)
+
+    def _finish_child(self, child: ChildRun, wait: bool) -> None:
+        def finish() -> None:
+            self.client.set_terminated(child.run_id, FINISHED)
+
+        self.store.call("children", finish, wait=wait)
+        child.status, child.summarized = FINISHED, True
+
+    def _log_child(self, child: ChildRun, metrics: list[Metric], tags: list[RunTag], wait: bool) -> None:
+        for index, batch in enumerate(chunks(metrics, MAX_METRICS_PER_BATCH) if metrics else [[]]):
+            batch_tags = tags if index == 0 else []
+
+            def log(points: Sequence[Metric] = batch, labels: list[RunTag] = batch_tags) -> None:
+                self.client.log_batch(child.run_id, metrics=list(points), tags=labels)
+
+            self.store.call("children", log, wait=wait)
+            for metric in batch:
+                child.logged[metric.key] = max(child.logged.get(metric.key, -1), int(metric.step))
+        for tag in tags:
+            if tag.key == TAG_STATUS:
+                child.rate_status = tag.value
+
+    # ------------------------------------------------------------------------------------- range test
 
     def finished_range_test(self) -> float | None:
         """The suggestion of this sweep's FINISHED range-test child (an earlier attempt's), else None.
 
-        Unfinished range-test children are deleted: the caller runs and logs the test again.
+        Unfinished range-test children are deleted: the caller logs the test again.
         """
-        with self.stopwatch.timed("children"):
+        def find() -> float | None:
             runs = self._search(f"tags.`{TAG_ROLE}` = 'range_test'")
             finished = [run for run in runs if run.info.status == FINISHED]
             for stale in runs:
                 if not finished or stale.info.run_id != finished[0].info.run_id:
                     self.client.delete_run(stale.info.run_id)
-        return float(finished[0].data.params["suggested_learning_rate"]) if finished else None
+            return float(finished[0].data.params["suggested_learning_rate"]) if finished else None
+
+        suggestion: float | None = self.store.call("children", find)
+        return suggestion
 
     def log_range_test(self, result: RangeTestResult, figure: Figure, params: Mapping[str, str]) -> str:
         """The range test as a child run of the parent (role ``range_test``)."""
-        assert self.parent_run_id is not None, "parent_run() first"
-        with self.stopwatch.timed("children"):
-            return log_range_test(self.client, self.experiment_id, result, figure, params=params, tags={
-                MLFLOW_PARENT_RUN_ID: self.parent_run_id, TAG_SWEEP_ID: self.sweep_id, TAG_ROLE: "range_test"})
-
-    def log_rates(self, outcome: GridOutcome, data: TrainingData | None = None,
-                  round_number: int | None = None) -> list[str]:
-        """One child run per rate (aligned with ``outcome.rates``); FINISHED children of a rerun are reused.
-
-        With ``round_number`` (an ``auto`` sweep's rounds), children are tagged and matched per round, so a
-        rate trained in two rounds has a child in each.
-        """
-        assert self.parent_run_id is not None, "parent_run() first"
-        condition = f"tags.`{TAG_ROLE}` = 'child'"
-        if round_number is not None:
-            condition += f" AND tags.`{TAG_ROUND}` = '{round_number}'"
-        with self.stopwatch.timed("children"):
-            existing: dict[str, list[Run]] = {}
-            for run in self._search(condition):
-                existing.setdefault(run.data.tags.get(TAG_LEARNING_RATE, ""), []).append(run)
-            dataset = dataset_input(data) if data is not None else None
-        run_ids = []
-        for rate in outcome.rates:
-            key = repr(rate.learning_rate)
-            runs = existing.get(key, [])
-            finished = [run for run in runs if run.info.status == FINISHED]
-            with self.stopwatch.timed("children"):
-                for stale in runs:
-                    if not finished or stale.info.run_id != finished[0].info.run_id:
-                        self.client.delete_run(stale.info.run_id)
-            if finished:
-                run_ids.append(finished[0].info.run_id)
-                continue
-            run_ids.append(self._log_rate(rate, len(outcome.seeds), dataset, round_number))
-        return run_ids
-
-    def _log_rate(self, rate: RateResult, seeds: int, dataset: DatasetInput | None,
-                  round_number: int | None = None) -> str:
-        assert self.parent_run_id is not None
-        name = rate_label(rate.learning_rate)
-        run_tags = {MLFLOW_PARENT_RUN_ID: self.parent_run_id, TAG_SWEEP_ID: self.sweep_id, TAG_ROLE: "child",
-                    TAG_LEARNING_RATE: repr(rate.learning_rate), "status": rate.status}
-        if round_number is not None:
-            name = f"round {round_number} {name}"
-            run_tags[TAG_ROUND] = str(round_number)
-        with self.stopwatch.timed("children"):
-            run = self.client.create_run(self.experiment_id, run_name=name, tags=run_tags)
-            run_id = run.info.run_id
-            self._open_children.add(run_id)
-            tags = [RunTag("status", rate.status)]
-            if rate.status == "diverged" and rate.stopped_epoch is not None:
-                tags.append(RunTag("diverged_at_epoch", str(rate.stopped_epoch)))
-            self.client.log_batch(run_id, params=[Param("learning_rate", repr(rate.learning_rate))], tags=tags)
-            for batch in chunks(rate_metrics(rate, seeds, _now_ms()), MAX_METRICS_PER_BATCH):
-                self.client.log_batch(run_id, metrics=list(batch))
-            if dataset is not None:
-                self.client.log_inputs(run_id, [dataset])
-            self.client.set_terminated(run_id, FINISHED)
-            self._open_children.discard(run_id)
+        parent = self._parent()
+        run_id: str = self.store.call("children", lambda: log_range_test(
+            self.client, self.store.experiment_id, result, figure, params=params,
+            tags={MLFLOW_PARENT_RUN_ID: parent, TAG_SWEEP_ID: self.sweep_id, TAG_ROLE: "range_test"}))
         return run_id
+
+    # ------------------------------------------------------------------------------------------- ending
+
+    def end(self, status: str, *, wait: bool = False) -> bool:
+        """End every open child and the parent with ``status``; False if MLflow could not be reached."""
+        if self.parent_run_id is None:
+            return True
+        open_children = [child for children in self.rounds.values() for child in children
+                         if child is not None and child.status != FINISHED]
+
+        def end_all() -> None:
+            for child in open_children:
+                self.client.set_terminated(child.run_id, status)
+                child.status = status
+            self.client.set_terminated(self._parent(), status)
+
+        try:
+            self.store.call("runs", end_all, wait=wait)
+        except (TrackingUnavailableError, TrackingError):
+            return False
+        return True
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-@contextmanager
-def _sigterm_deferred() -> Iterator[None]:
-    """Hold SIGTERM while runs are being ended, so a second signal cannot leave one RUNNING."""
-    try:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    except (AttributeError, OSError, ValueError):  # platforms without pthread_sigmask
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})

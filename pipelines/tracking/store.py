@@ -1,13 +1,30 @@
-"""Where runs go: the tracking URI, the experiment, a client, and time spent talking to MLflow."""
+"""Where runs go: the tracking URI, the experiment, a client that fails fast, and outages of the store.
+
+MLflow's own HTTP client retries a refused connection for about four minutes before it gives up. A sweep
+must not wait that long, neither at start (a wrong URI is reported within ``tracking.connect_timeout_seconds``,
+before the table is read) nor while training (the live view must never hold training up). So the process's
+MLflow requests are made to fail fast (no client retries, a short timeout) and :class:`Availability` owns
+the retrying instead: calls are retried for at most ``tracking.retry_seconds`` per outage, then the caller
+goes on without MLflow and what is missing is replayed later.
+
+Credentials come from MLflow's environment variables (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``, or a
+token); a URI that carries ``user:password@`` still works but is never printed or logged: see :func:`redact`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import re
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
 
 import mlflow
 from mlflow import MlflowClient
@@ -15,12 +32,30 @@ from mlflow.exceptions import MlflowException
 
 from pipelines import PROJECT_ROOT, __version__
 from pipelines.config import TrackingConfig
-from pipelines.errors import TrackingError
+from pipelines.errors import TrackingError, TrackingUnavailableError
+from pipelines.stopwatch import Stopwatch
+
+Value = TypeVar("Value")
+
+#: MLflow's client-side retries off (``Availability`` retries), and a bound on each request.
+REQUEST_TIMEOUT_SECONDS = 20
+_CLIENT_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+                    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}
+_UNAVAILABLE_MARKERS = ("Max retries exceeded", "Connection refused", "ConnectionError", "Read timed out",
+                        "timed out", "Connection aborted", "RemoteDisconnected", "database is locked",
+                        "unable to open database", "Temporary failure", "Name or service not known",
+                        "503", "502", "504", "TEMPORARILY_UNAVAILABLE")
+_AUTH_CODES = ("UNAUTHENTICATED", "PERMISSION_DENIED")
 
 
 def tracking_uri(config: TrackingConfig) -> str:
     """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<project root>/mlflow.db``."""
     return config.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+def redact(text: str) -> str:
+    """``text`` with any ``user:password@`` of a URL replaced by ``***@`` (safe to print, tag or log)."""
+    return re.sub(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@", r"\g<scheme>***@", text)
 
 
 def code_version() -> str:
@@ -35,47 +70,185 @@ def code_version() -> str:
     return f"{commit}+dirty" if dirty else commit or __version__
 
 
+def is_unavailable(error: BaseException) -> bool:
+    """True when ``error`` means the store cannot be reached right now (not that the request was wrong)."""
+    if isinstance(error, MlflowException) and error.error_code in _AUTH_CODES:
+        return False
+    if isinstance(error, OSError | TimeoutError):
+        return True
+    text = f"{type(error).__name__}: {error}"
+    return any(marker in text for marker in _UNAVAILABLE_MARKERS)
+
+
+def credentials_refused(error: BaseException) -> bool:
+    return isinstance(error, MlflowException) and error.error_code in _AUTH_CODES
+
+
 @dataclass
-class Stopwatch:
-    """Accumulates the wall time spent inside :meth:`timed` blocks (MLflow calls), in total and per label."""
+class Availability:
+    """Outages of one tracking store, shared by every thread that talks to it.
 
-    seconds: float = 0.0
-    calls: int = 0
-    by_label: dict[str, float] = field(default_factory=dict)
+    :meth:`call` runs an MLflow call; when the store is unreachable the call is retried until the outage
+    has lasted ``retry_seconds`` (``wait=True``), or fails at once (``wait=False``, the live view's way).
+    Either way :class:`~pipelines.errors.TrackingUnavailableError` tells the caller to go on without MLflow.
+    """
 
-    @contextmanager
-    def timed(self, label: str = "other") -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.add(label, time.perf_counter() - started)
+    uri: str
+    retry_seconds: float
+    outage_started: float | None = None
+    outages: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, label: str, seconds: float) -> None:
-        self.seconds += seconds
-        self.calls += 1
-        self.by_label[label] = self.by_label.get(label, 0.0) + seconds
+    @property
+    def down(self) -> bool:
+        return self.outage_started is not None
+
+    def call(self, action: Callable[[], Value], *, wait: bool = True) -> Value:
+        """``action()``, retried within the outage budget; raises TrackingUnavailableError or TrackingError."""
+        while True:
+            try:
+                result = action()
+            except Exception as error:
+                if credentials_refused(error):
+                    raise TrackingError(f"MLflow tracking store {redact(self.uri)} refused the credentials "
+                                        f"({_first_line(error)}); set MLFLOW_TRACKING_USERNAME and "
+                                        "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)") from None
+                if not is_unavailable(error):
+                    raise
+                remaining = self._note_failure()
+                if not wait or remaining <= 0:
+                    raise TrackingUnavailableError(
+                        f"MLflow tracking store {redact(self.uri)} is unavailable ({_first_line(error)})") from None
+                time.sleep(min(2.0, remaining))
+                continue
+            self._note_success()
+            return result
+
+    def _note_failure(self) -> float:
+        with self._lock:
+            now = time.monotonic()
+            if self.outage_started is None:
+                self.outage_started = now
+                self.outages += 1
+            return self.retry_seconds - (now - self.outage_started)
+
+    def _note_success(self) -> None:
+        with self._lock:
+            self.outage_started = None
 
 
-def connect(config: TrackingConfig) -> tuple[MlflowClient, str]:
-    """Point MLflow (tracking and registry) at the configured store; return a client and the experiment id.
+@dataclass
+class TrackingStore:
+    """A connected store: the client, the experiment, its outages and the time spent in MLflow calls."""
 
-    The experiment is created when missing. Raises :class:`TrackingError` naming the URI when the store
-    cannot be reached or the experiment is deleted.
+    client: MlflowClient
+    experiment_id: str
+    uri: str
+    availability: Availability
+    stopwatch: Stopwatch = field(default_factory=Stopwatch)
+
+    @property
+    def display_uri(self) -> str:
+        return redact(self.uri)
+
+    def call(self, label: str, action: Callable[[], Value], *, wait: bool = True) -> Value:
+        """``action()`` timed under ``label`` and retried within the outage budget (see :class:`Availability`)."""
+        with self.stopwatch.timed(label):
+            return self.availability.call(action, wait=wait)
+
+
+def connect(config: TrackingConfig) -> TrackingStore:
+    """Point MLflow (tracking and registry) at the configured store; reach it and the experiment quickly.
+
+    The experiment is created when missing; for a local store (sqlite, a folder) its artifacts go next to
+    the store (``<store folder>/mlartifacts``), not under the working directory. Creating a new sqlite store
+    is serialized between processes (a file lock), so two sweeps starting at once on a new store both work.
+
+    Raises
+    ------
+    TrackingUnavailableError
+        The store does not answer within ``tracking.connect_timeout_seconds`` (exit 4: rerun later).
+    TrackingError
+        It refuses the credentials, or the experiment is deleted.
     """
     uri = tracking_uri(config)
+    for key, value in _CLIENT_SETTINGS.items():
+        os.environ[key] = value
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    # half the connect budget per request, half for retrying a refused connection (a server starting up)
+    availability = Availability(uri, config.connect_timeout_seconds / 2)
+    stopwatch = Stopwatch()
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(config.connect_timeout_seconds / 2)))
     try:
-        experiment = client.get_experiment_by_name(config.experiment)
-        if experiment is None:
-            return client, client.create_experiment(config.experiment)
+        with stopwatch.timed("connect"), _store_creation_lock(uri):
+            experiment = availability.call(lambda: client.get_experiment_by_name(config.experiment))
+            if experiment is None:
+                location = local_artifact_location(uri, config.experiment)
+                experiment_id = availability.call(lambda: _create_experiment(client, config.experiment, location))
+            elif experiment.lifecycle_stage != "active":
+                raise TrackingError(f"MLflow experiment {config.experiment!r} is deleted in {redact(uri)}; restore it "
+                                    "or set tracking.experiment to another name")
+            else:
+                experiment_id = experiment.experiment_id
+    except TrackingUnavailableError as error:
+        raise TrackingUnavailableError(f"{error}; nothing was started: rerun when it is reachable") from None
     except MlflowException as error:
-        raise TrackingError(f"MLflow tracking store {uri}: {error.message}") from error
-    except OSError as error:
-        raise TrackingError(f"MLflow tracking store {uri} is not reachable: {error}") from error
-    if experiment.lifecycle_stage != "active":
-        raise TrackingError(f"MLflow experiment {config.experiment!r} is deleted in {uri}; restore it or set "
-                            "tracking.experiment to another name")
-    return client, experiment.experiment_id
+        raise TrackingError(f"MLflow tracking store {redact(uri)}: {redact(error.message)}") from None
+    finally:
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(REQUEST_TIMEOUT_SECONDS)
+    return TrackingStore(client, experiment_id, uri, Availability(uri, config.retry_seconds), stopwatch)
+
+
+def _create_experiment(client: MlflowClient, name: str, location: str | None) -> str:
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except MlflowException as error:  # another sweep created it a moment ago
+        if error.error_code == "RESOURCE_ALREADY_EXISTS":
+            experiment = client.get_experiment_by_name(name)
+            if experiment is not None:
+                return str(experiment.experiment_id)
+        raise
+
+
+def local_artifact_location(uri: str, experiment: str) -> str | None:
+    """``<store folder>/mlartifacts/<experiment>`` for sqlite and file stores; None for servers."""
+    folder = local_store_folder(uri)
+    if folder is None:
+        return None
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)
+    return (folder / "mlartifacts" / safe).as_uri()
+
+
+def local_store_folder(uri: str) -> Path | None:
+    """The folder of a local store (the sqlite file's folder, or a ``file:`` store itself)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        return Path(parts.path).resolve()
+    if parts.scheme == "" and uri:
+        return Path(uri).resolve()
+    return None
+
+
+@contextlib.contextmanager
+def _store_creation_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock on ``<db>.lock`` around the first use of a sqlite store (its migrations)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///")).expanduser()
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _first_line(error: BaseException) -> str:
+    text = redact(str(error).strip())
+    return text.splitlines()[0][:300] if text else type(error).__name__

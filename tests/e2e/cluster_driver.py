@@ -10,8 +10,8 @@ import sys
 
 from pipelines.cli import config_from_args, job_parser, run_job
 from pipelines.lakehouse.reader import read_feature_table
+from pipelines.orchestration.training import prepare_data, train_grid
 from pipelines.session import get_spark
-from pipelines.sweep.runner import prepare_data, train_grid
 
 
 def main(argv: list[str]) -> int:
@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     spark = get_spark(config.spark)
     table = read_feature_table(spark, config.data, config.model.loss)
     prepared = prepare_data(spark, table, config.data, config.features, config.train)
-    run = train_grid(prepared, config, config.sweep.grid(), progress=print)
+    run = train_grid(prepared, config.problem, config.train, config.sweep, config.sweep.grid())
     result = {
         "master": spark.sparkContext.master,
         "executors": spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1,  # minus the driver

@@ -87,7 +87,7 @@ def cluster_table(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory)
     from pipelines.lakehouse.demo_data import write_demo_table
 
     path = str(tmp_path_factory.mktemp("cluster_lake") / "churn")
-    write_demo_table(spark, DemoConfig(table=path, rows=6000, append_rows=600, partitions=2))
+    write_demo_table(spark, DemoConfig(rows=6000, append_rows=600, partitions=2), path)
     return path
 
 

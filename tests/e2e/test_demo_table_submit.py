@@ -29,7 +29,7 @@ def test_make_demo_table_writes_versioned_delta_table(tmp_path: Path) -> None:
     from deltalake import DeltaTable
 
     path = tmp_path / "churn"
-    result = spark_submit("make_demo_table.py", "--set", f"demo.table={path}", "--set", "demo.rows=3000",
+    result = spark_submit("make_demo_table.py", "--set", f"data.table={path}", "--set", "demo.rows=3000",
                           "--set", "demo.append_rows=500", "--set", "demo.partitions=2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"demo table {path}: 3500 rows, versions [0, 1]" in result.stdout
@@ -52,3 +52,14 @@ def test_bad_configuration_exits_non_zero_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     # spark-submit merges the Python driver's stderr into its stdout
     assert "error: conf: demo.rows = -5: Input should be greater than or equal to 10" in result.stdout
+
+
+def test_a_value_the_engine_refuses_fails_at_load_before_any_store_exists(tmp_path: Path) -> None:
+    store = tmp_path / "mlflow.db"
+    result = spark_submit("train_sweep.py", "--set", "train.schedule.name=one_cycle",
+                          "--set", "train.schedule.div_factor=0.5", "--set", f"tracking.uri=sqlite:///{store}")
+    assert result.returncode == 2
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
+    assert lines == ["error: conf: train.schedule.div_factor = 0.5: must be a number >= 1"]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not store.exists()  # nothing was touched: the rule is checked when the configuration loads

@@ -124,4 +124,4 @@ def test_notebooks_explore_run_and_compare_a_sweep(demo_table: str, tmp_path: Pa
     assert int(agreement.group(1)) == len(LEARNING_RATES) * EPOCHS and float(agreement.group(2)) < 1e-9
     assert has_image(compare, "curves") and has_image(compare, "final-by-rate")
     # Relative outputs went to the working folder, not into the checkout.
-    assert (workdir / "mlruns").is_dir()
+    assert (workdir / "mlartifacts").is_dir() and not (workdir / "mlruns").exists()  # next to the store

@@ -9,11 +9,20 @@ import pytest
 from pyspark.sql import SparkSession
 
 from pipelines.config import Config
-from pipelines.distributed.blocks import collect_arrays
+from pipelines.distributed.blocks import PartitionBlocks, collect_arrays
 from pipelines.lakehouse.reader import read_feature_table
-from pipelines.sgd import reference_gradient_descent, reference_minibatch_sgd
+from pipelines.orchestration.training import PreparedData, SweepRun, prepare_data, train_grid
+from pipelines.sgd import (
+    OptimizerSpec,
+    OptimizerState,
+    Regularization,
+    StepSchedule,
+    init_state,
+    minibatch_epoch,
+    reference_gradient_descent,
+    reference_minibatch_sgd,
+)
 from pipelines.sgd.reference import objective
-from pipelines.sweep.runner import PreparedData, SweepRun, prepare_data, train_grid, training_problem
 from tests.conftest import make_config
 
 
@@ -36,7 +45,7 @@ def _train_arrays(prepared: PreparedData) -> tuple[np.ndarray, np.ndarray]:
 def _sweep(spark: SparkSession, config: Config) -> tuple[SweepRun, PreparedData]:
     prepared = _prepare(spark, config)
     try:
-        return train_grid(prepared, config, config.sweep.grid()), prepared
+        return train_grid(prepared, config.problem, config.train, config.sweep, config.sweep.grid()), prepared
     finally:
         prepared.blocks.release()
 
@@ -65,7 +74,7 @@ def test_gd_matches_numpy_reference(spark: SparkSession, synthetic_tables: dict[
                      "train.num_partitions=3", RATES, *settings)
     run, prepared = _sweep(spark, config)
     X, y = _train_arrays(prepared)
-    problem = training_problem(config.model, config.train, 1)
+    problem = config.problem
     weights, intercepts, history = reference_gradient_descent(
         X, y, np.array(config.sweep.grid()), loss=loss, optimizer=problem.optimizer,
         regularization=problem.regularization, schedule=problem.schedule, iterations=6,
@@ -91,7 +100,7 @@ def test_local_sgd_on_one_partition_is_the_reference_minibatch_sgd(
                      "sweep.learning_rates=[0.001, 0.01, 0.1]")
     run, prepared = _sweep(spark, config)
     X, y = _train_arrays(prepared)
-    problem = training_problem(config.model, config.train, -(-X.shape[0] // 32))
+    problem = config.problem
     weights, intercepts, history = reference_minibatch_sgd(
         X, y, np.array(config.sweep.grid()), loss="logistic", optimizer=problem.optimizer,
         regularization=problem.regularization, schedule=problem.schedule, epochs=3, batch_size=32,
@@ -101,6 +110,60 @@ def test_local_sgd_on_one_partition_is_the_reference_minibatch_sgd(
         np.testing.assert_allclose(rate.weights, weights[k], rtol=1e-12, atol=1e-14)
         assert rate.intercept == pytest.approx(intercepts[k], rel=1e-12, abs=1e-14)
         np.testing.assert_allclose(rate.curves["train_loss"], history[:, k], rtol=1e-10)
+
+
+def _model_averaging_reference(parts: list[PartitionBlocks], rates: np.ndarray, epochs: int, batch_size: int,
+                               seed: int, sync_state: str) -> tuple[np.ndarray, np.ndarray]:
+    """Local SGD written out: every partition runs its epoch from the shared models and optimizer state, then
+    models (and, with ``average``, the Adam moments) are averaged weighted by the partitions' rows; ``reset``
+    zeroes the moments; the step counter is the largest partition's."""
+    optimizer = OptimizerSpec("adam")
+    d = parts[0].X_train.shape[1]
+    weights, intercepts = np.zeros((rates.size, d)), np.zeros(rates.size)
+    state = init_state(optimizer, rates.size, d)
+    steps_per_epoch = max(-(-p.y_train.shape[0] // batch_size) for p in parts)
+    counts = np.array([p.y_train.shape[0] for p in parts], dtype=np.float64)
+    for epoch in range(epochs):
+        results = [minibatch_epoch(p.X_train, p.y_train, weights, intercepts, state, loss="logistic",
+                                   optimizer=optimizer, regularization=Regularization(), learning_rates=rates,
+                                   schedule=StepSchedule(), total_steps=epochs * steps_per_epoch,
+                                   batch_size=batch_size, seed=seed + 7919 * p.partition, epoch=epoch)
+                   for p in parts]
+        shares = counts / counts.sum()
+        weights = sum(share * w for share, (w, _, _, _) in zip(shares, results, strict=True))
+        intercepts = sum(share * b for share, (_, b, _, _) in zip(shares, results, strict=True))
+        slots = {}
+        for key in results[0][2].to_arrays():
+            arrays = [r[2].to_arrays()[key] for r in results]
+            if key == "step":
+                slots[key] = np.max(arrays, axis=0)
+            else:
+                slots[key] = sum(share * a for share, a in zip(shares, arrays, strict=True)) \
+                    if sync_state == "average" else np.zeros_like(arrays[0])
+        state = OptimizerState.from_arrays(slots)
+    return weights, intercepts
+
+
+@pytest.mark.parametrize("partitions", [2, 4])
+def test_local_sgd_is_a_numpy_model_averaging_reference_under_both_state_rules(
+    spark: SparkSession, synthetic_tables: dict[str, str], tmp_path: Path, partitions: int,
+) -> None:
+    finals = {}
+    for sync_state in ("average", "reset"):
+        config = _config(synthetic_tables["logistic"], "logistic", tmp_path, "train.epochs=3", "train.batch_size=64",
+                         f"train.num_partitions={partitions}", "train.optimizer=adam", f"train.sync_state={sync_state}",
+                         "sweep.learning_rates=[0.003, 0.03]")
+        run, prepared = _sweep(spark, config)
+        parts = collect_arrays(prepared.blocks)
+        assert len(parts) == partitions
+        weights, intercepts = _model_averaging_reference(parts, np.array([0.003, 0.03]), 3, 64, 42, sync_state)
+        for k, rate in enumerate(run.outcome.rates):
+            assert rate.status == "completed"
+            np.testing.assert_allclose(rate.weights, weights[k], rtol=1e-12, atol=1e-14)
+            assert rate.intercept == pytest.approx(intercepts[k], rel=1e-12, abs=1e-14)
+        finals[sync_state] = np.stack([rate.weights for rate in run.outcome.rates])
+    # the two rules are told apart: resetting Adam's moments at every synchronization changes the models
+    assert np.abs(finals["average"] - finals["reset"]).max() > 1e-4
 
 
 def test_gd_reproduces_spark_mllib_gradient_descent(spark: SparkSession, synthetic_tables: dict[str, str],
@@ -142,11 +205,11 @@ def test_best_rate_reaches_scikit_learn_optimum(spark: SparkSession, synthetic_t
         else LinearRegression()
     estimator.fit(X, y)
     optimum = objective(X, y, np.atleast_2d(estimator.coef_), np.atleast_1d(estimator.intercept_), loss,
-                        training_problem(config.model, config.train, 1).regularization)[0]
+                        config.problem.regularization)[0]
     best = run.outcome.best
     assert best is not None
     reached = objective(X, y, best.weights[None, :], np.array([best.intercept]), loss,
-                        training_problem(config.model, config.train, 1).regularization)[0]
+                        config.problem.regularization)[0]
     assert reached <= 1.01 * optimum
 
 

@@ -71,6 +71,10 @@ def bad_tables(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) ->
         "all_null": str(root / "all_null"),
         "with_nulls": str(root / "with_nulls"),
         "string_feature": str(root / "string_feature"),
+        "with_nan": str(root / "with_nan"),
+        "tiny": str(root / "tiny"),
+        "missing_file": str(root / "missing_file"),
+        "huge": str(root / "huge"),
     }
     spark.range(10).selectExpr("id % 2 AS label", "id * 1.0 AS x").write.parquet(tables["parquet"])
     spark.range(30).selectExpr("id % 3 AS label", "id * 1.0 AS x").write.format("delta").save(tables["three_classes"])
@@ -81,6 +85,15 @@ def bad_tables(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) ->
         .save(tables["with_nulls"])
     spark.range(10).selectExpr("id % 2 AS label", "id * 1.0 AS x", "CAST(id AS STRING) AS city") \
         .write.format("delta").save(tables["string_feature"])
+    spark.range(400).selectExpr("id % 2 AS label", "CASE WHEN id = 3 THEN double('NaN') WHEN id = 4 THEN "
+                                "double('Infinity') WHEN id = 5 THEN double('-Infinity') ELSE id * 1.0 END AS x") \
+        .write.format("delta").save(tables["with_nan"])
+    spark.range(3).selectExpr("id % 2 AS label", "id * 1.0 AS x").write.format("delta").save(tables["tiny"])
+    spark.range(400).selectExpr("id % 2 AS label", "id * 1.0 AS x").repartition(2).write.format("delta") \
+        .save(tables["missing_file"])
+    next(Path(tables["missing_file"]).glob("part-*.parquet")).unlink()  # a data file lost from under the log
+    spark.range(400).selectExpr("id % 2 AS label", "(id % 9) * 1e200 AS x").write.format("delta") \
+        .save(tables["huge"])
     return tables
 
 
@@ -102,6 +115,11 @@ def bad_tables(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) ->
         ("with_nulls", ["data.label=label", "data.on_null=fail"],
          "3 rows have nulls (x: 3) and data.on_null is 'fail'"),
         ("all_null", ["data.label=label"], "no rows left after dropping 10 rows with nulls"),
+        ("with_nan", ["data.label=label", "data.on_invalid=fail"],
+         "NaN or infinite values (x: 3) and data.on_invalid is 'fail'; set data.on_invalid=drop"),
+        ("tiny", ["data.label=label"], "validation rows, fewer than data.min_validation_rows=30: too few to judge"),
+        ("missing_file", ["data.label=label"], "is missing; read an earlier version (data.version=N)"),
+        ("huge", ["data.label=label"], "column(s) ['x'] have values too large to standardize"),
     ],
 )
 def test_bad_input_exits_non_zero_naming_table_and_column(
@@ -114,6 +132,15 @@ def test_bad_input_exits_non_zero_naming_table_and_column(
     assert exit_code == 2
     assert message.format(path=path) in captured.err
     assert captured.err.startswith("error: ") and "Traceback" not in captured.err
+
+
+def test_nan_and_infinite_values_are_dropped_and_counted(spark: SparkSession, bad_tables: dict[str, str],
+                                                         tmp_path: Path) -> None:
+    config = make_config(bad_tables["with_nan"], tmp_path, ["data.label=label", "data.exclude=[]"])
+    table = read_feature_table(spark, config.data, "logistic")
+    assert (table.rows_read, table.rows_dropped_invalid, table.rows_dropped_null) == (400, 3, 0)
+    assert table.invalid_counts == {"x": 3} and table.rows == 397 == table.dataframe.count()
+    assert table.dropped_summary() == "dropped 3 rows with NaN/inf (x: 3)"
 
 
 def test_invalid_configuration_fails_before_reading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

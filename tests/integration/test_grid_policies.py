@@ -6,14 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 from pyspark.sql import SparkSession
 
 from pipelines.config import Config
 from pipelines.distributed.blocks import collect_arrays
 from pipelines.lakehouse.reader import read_feature_table
+from pipelines.orchestration.training import SweepRun, prepare_data, train_grid
 from pipelines.sgd import reference_minibatch_sgd
-from pipelines.sweep.runner import SweepRun, prepare_data, train_grid, training_problem
 from tests.conftest import make_config
 
 
@@ -25,7 +24,7 @@ def _sweep(spark: SparkSession, config: Config) -> SweepRun:
     table = read_feature_table(spark, config.data, config.model.loss)
     prepared = prepare_data(spark, table, config.data, config.features, config.train)
     try:
-        return train_grid(prepared, config, config.sweep.grid())
+        return train_grid(prepared, config.problem, config.train, config.sweep, config.sweep.grid())
     finally:
         prepared.blocks.release()
 
@@ -80,11 +79,11 @@ def test_seeds_repeat_each_rate_in_the_same_pass_with_mean_and_std(
                      "train.batch_size=64", "sweep.learning_rates=[0.01, 0.3]", "sweep.seeds=[1, 2, 3]")
     table = read_feature_table(spark, config.data, config.model.loss)
     prepared = prepare_data(spark, table, config.data, config.features, config.train)
-    run = train_grid(prepared, config, config.sweep.grid())
+    run = train_grid(prepared, config.problem, config.train, config.sweep, config.sweep.grid())
     parts = collect_arrays(prepared.blocks)
     prepared.blocks.release()
     X, y = parts[0].X_train, parts[0].y_train
-    problem = training_problem(config.model, config.train, -(-X.shape[0] // 64))
+    problem = config.problem
     per_seed = []
     for seed in (1, 2, 3):
         _, _, history = reference_minibatch_sgd(
@@ -98,20 +97,6 @@ def test_seeds_repeat_each_rate_in_the_same_pass_with_mean_and_std(
                                    atol=1e-14)
         assert np.all(rate.curves_std["train_loss"] > 0)  # seeds really differ
     assert run.outcome.jobs == 3  # 2 epochs + the final evaluation, whatever the number of seeds
-
-
-@pytest.mark.parametrize("sync_state", ["average", "reset"])
-def test_local_sgd_optimizer_state_rule_at_synchronization(
-    spark: SparkSession, synthetic_tables: dict[str, str], tmp_path: Path, sync_state: str,
-) -> None:
-    config = _config(synthetic_tables["logistic"], tmp_path, "train.epochs=3", "train.num_partitions=2",
-                     f"train.optimizer={{name: adam, sync_state: {sync_state}}}", "sweep.learning_rates=[0.003, 0.03]")
-    run = _sweep(spark, config)
-    assert [rate.status for rate in run.outcome.rates] == ["completed", "completed"]
-    best = run.outcome.best
-    assert best is not None and best.final_metrics()["val_auc"] > 0.8
-    first, last = best.curves["train_loss"][0], best.curves["train_loss"][-1]
-    assert last < first  # keeps learning across synchronizations under either rule
 
 
 def test_adaptive_schedule_divides_the_rate_on_plateaus(

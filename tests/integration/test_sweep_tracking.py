@@ -1,4 +1,8 @@
-"""A tracked sweep against a real sqlite MLflow store and real Delta tables (in-process, shared Spark)."""
+"""A tracked sweep against a real sqlite MLflow store and real Delta tables (in-process, shared Spark).
+
+The module's sweep (``swept``) is only read by the tests that use it; a test that changes runs, the registry
+or the tables makes a sweep of its own (its own sweep id, and a workdir of its own where it writes).
+"""
 
 from __future__ import annotations
 
@@ -22,9 +26,10 @@ from pipelines.cli import run_job
 from pipelines.config import Config
 from pipelines.errors import OutputError, TerminatedError
 from pipelines.orchestration.score import score_table
+from pipelines.orchestration.signals import StopRequest
 from pipelines.orchestration.sweep import SweepReport, run_tracked_sweep
 from pipelines.tracking.runs import TAG_ROLE, TAG_SWEEP_ID
-from tests.conftest import make_config
+from tests.conftest import make_config, table_overrides
 
 GRID = "[0.01, 0.1, 1000.0]"
 EPOCHS = 3
@@ -48,6 +53,11 @@ def _runs(client: MlflowClient, sweep_id: str, role: str) -> list[Run]:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("tracked")
+
+
+def _sweep_rows(spark: SparkSession, config: Config, sweep_id: str) -> pd.DataFrame:
+    frame = spark.read.format("delta").load(config.output.results_table)
+    return frame.where(frame["sweep_id"] == sweep_id).toPandas()
 
 
 @pytest.fixture(scope="module")
@@ -96,17 +106,20 @@ def test_child_histories_are_finite_per_epoch_with_statuses(swept: tuple[Config,
     for name in ("lr=0.01", "lr=0.1"):
         child = children[name]
         assert child.data.tags["status"] == "completed" and child.data.params["learning_rate"] in ("0.01", "0.1")
-        for metric in ("train_loss", "val_loss", "val_log_loss", "val_accuracy", "val_auc"):
+        for metric in ("train_loss", "val_loss", "val_accuracy", "val_auc"):
             history = client.get_metric_history(child.info.run_id, metric)
-            assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), metric
+            assert sorted(m.step for m in history) == list(range(0, EPOCHS + 1)), metric  # step 0: the start
             assert all(math.isfinite(m.value) for m in history)
+        assert "val_log_loss" not in child.data.metrics  # for logistic loss it is val_loss: logged once
+    starts = {client.get_metric_history(c.info.run_id, "train_loss")[0].value for c in children.values()}
+    assert len(starts) == 1  # every rate starts from the same initial model
     diverged = children["lr=1000"]
     assert diverged.data.tags["status"] == "diverged"
     at = int(diverged.data.metrics["diverged_at_epoch"])
     assert 1 <= at <= EPOCHS and diverged.data.tags["diverged_at_epoch"] == str(at)
     for metric in ("train_loss", "val_loss"):
         history = client.get_metric_history(diverged.info.run_id, metric)
-        assert all(math.isfinite(m.value) for m in history) and all(1 <= m.step <= at for m in history)
+        assert all(math.isfinite(m.value) for m in history) and all(0 <= m.step <= at for m in history)
     # The parent's summary: best rate, its metrics and the time split.
     parent = client.get_run(report.parent_run_id)
     best = report.run.outcome.best
@@ -114,7 +127,10 @@ def test_child_histories_are_finite_per_epoch_with_statuses(swept: tuple[Config,
     assert parent.data.metrics["best_learning_rate"] == best.learning_rate
     assert parent.data.metrics["best_val_loss"] == pytest.approx(best.final_metrics()["val_loss"])
     assert parent.data.metrics["rates_diverged"] == 1.0
-    assert parent.data.metrics["tracking_seconds"] > 0 and parent.data.metrics["training_seconds"] > 0
+    # timings are system metrics, apart from the model metrics in MLflow's UI
+    assert parent.data.metrics["system/lrsweep_tracking_seconds"] > 0
+    assert parent.data.metrics["system/lrsweep_training_seconds"] > 0
+    assert not any("seconds" in name for name in parent.data.metrics if not name.startswith("system/"))
     artifacts = {a.path for a in client.list_artifacts(report.parent_run_id, "figures")}
     assert artifacts == {"figures/loss_curves.png", "figures/val_loss_vs_learning_rate.png"}
     logged = mlflow.artifacts.load_dict(f"runs:/{report.parent_run_id}/results/rates.json")
@@ -148,7 +164,7 @@ def test_champion_loads_without_spark_and_predicts_like_raw_coefficients(swept: 
 def test_results_table_has_one_row_per_rate_and_epoch(spark: SparkSession, swept: tuple[Config, SweepReport]
                                                       ) -> None:
     config, report = swept
-    rows = spark.read.format("delta").load(config.output.results_table).toPandas()
+    rows = _sweep_rows(spark, config, SWEEP_ID)
     expected = sum(r.epochs_run for r in report.run.outcome.rates)
     assert len(rows) == expected == report.results_rows
     assert not rows.duplicated(["sweep_id", "learning_rate", "epoch"]).any()
@@ -161,48 +177,49 @@ def test_results_table_has_one_row_per_rate_and_epoch(spark: SparkSession, swept
     assert rows[rows.is_best].learning_rate.nunique() == 1
     diverged = rows[rows.learning_rate == 1000.0]
     assert (diverged.status == "diverged").all()
+    assert (rows["round"] == 1).all() and "val_log_loss" not in rows.columns
 
 
-def test_rerun_with_the_same_sweep_id_adds_nothing_and_replaces_unfinished(
-    spark: SparkSession, swept: tuple[Config, SweepReport], client: MlflowClient, demo_table: str, workdir: Path,
-    capsys: pytest.CaptureFixture[str],
+def test_rerun_with_the_same_sweep_id_trains_nothing_adds_nothing_and_repairs_runs(
+    spark: SparkSession, demo_table: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    config, first = swept
+    sweep_id = "it-rerun"
+    config = _config(demo_table, tmp_path, f"sweep.id={sweep_id}", "tracking.registered_model=it_rerun")
+    first = run_tracked_sweep(spark, config, progress=None)
+    client = MlflowClient(tracking_uri=config.tracking.uri)
 
     def snapshot() -> tuple[int, int, int, int, int]:
-        children = _runs(client, SWEEP_ID, "child")
+        children = _runs(client, sweep_id, "child")
         histories = sum(len(client.get_metric_history(c.info.run_id, "val_loss")) for c in children)
         parent_inputs = len(client.get_run(first.parent_run_id).inputs.dataset_inputs)
-        versions = len(client.search_model_versions("name='it_churn'"))
-        rows = spark.read.format("delta").load(config.output.results_table).count()
-        return len(_runs(client, SWEEP_ID, "parent")) + len(children), histories, parent_inputs, versions, rows
+        versions = len(client.search_model_versions("name='it_rerun'"))
+        return (len(_runs(client, sweep_id, "parent")) + len(children), histories, parent_inputs, versions,
+                len(_sweep_rows(spark, config, sweep_id)))
 
     before = snapshot()
-    argv = ["--set", f"data.table={demo_table}", "--set", f"output.results_table={config.output.results_table}",
-            "--set", f"output.predictions_table={config.output.predictions_table}",
-            "--set", f"tracking.uri={config.tracking.uri}", "--set", "tracking.experiment=it-sweeps",
-            "--set", "tracking.registered_model=it_churn", "--set", f"sweep.learning_rates={GRID}",
-            "--set", f"train.epochs={EPOCHS}", "--set", f"sweep.id={SWEEP_ID}"]
+    argv = [*table_overrides(demo_table, tmp_path), "--set", "tracking.experiment=it-sweeps",
+            "--set", "tracking.registered_model=it_rerun", "--set", f"sweep.learning_rates={GRID}",
+            "--set", f"train.epochs={EPOCHS}", "--set", f"sweep.id={sweep_id}"]
     assert run_job(train_sweep.main, argv) == 0
     out = capsys.readouterr().out
-    assert f"sweep {SWEEP_ID}: parent run {first.parent_run_id} (resumed)" in out
+    assert f"sweep {sweep_id}: parent run {first.parent_run_id} (resumed from epoch {EPOCHS})" in out
     assert "already in" in out and "already_done" in out
-    assert "*" in out and "val_auc" in out and "epoch 3/3" in out
+    assert "*" in out and "val_auc" in out
+    assert not [line for line in out.splitlines() if line.startswith("epoch ")]  # nothing trained
     assert snapshot() == before
+    assert client.get_run(first.parent_run_id).data.metrics["resumed_from_epoch"] == EPOCHS
 
-    # An attempt that died while logging a child: that child is replaced, the others are reused.
-    children = {c.info.run_name: c.info.run_id for c in _runs(client, SWEEP_ID, "child")}
+    # An attempt that died while logging a child: that child is repaired in place, the others are reused.
+    children = {c.info.run_name: c.info.run_id for c in _runs(client, sweep_id, "child")}
     client.set_terminated(children["lr=0.1"], "FAILED")
     report = run_tracked_sweep(spark, config, progress=None)
     assert snapshot() == before
-    replaced = dict(zip([f"lr={r.learning_rate:.4g}" for r in report.run.outcome.rates], report.child_run_ids,
-                        strict=True))
-    assert replaced["lr=0.01"] == children["lr=0.01"] and replaced["lr=0.1"] != children["lr=0.1"]
-    assert client.get_run(children["lr=0.1"]).info.lifecycle_stage == "deleted"
-    assert client.get_run(replaced["lr=0.1"]).info.status == "FINISHED"
+    assert report.child_run_ids == first.child_run_ids
+    assert client.get_run(children["lr=0.1"]).info.status == "FINISHED"
+    assert all(run.info.status == "FINISHED" for run in _runs(client, sweep_id, "child"))
 
 
-def test_bad_results_location_fails_naming_it_and_runs_end_failed(
+def test_bad_results_location_fails_naming_it_before_any_run_starts(
     spark: SparkSession, demo_table: str, workdir: Path, client: MlflowClient,
 ) -> None:
     not_delta = workdir / "not_a_table"
@@ -211,42 +228,56 @@ def test_bad_results_location_fails_naming_it_and_runs_end_failed(
     config = _config(demo_table, workdir, f"output.results_table={not_delta}", "sweep.id=it-bad-output")
     with pytest.raises(OutputError, match=f"output.results_table {not_delta} exists and is not a Delta table"):
         run_tracked_sweep(spark, config, progress=None)
-    [parent] = _runs(client, "it-bad-output", "parent")
-    assert parent.info.status == "FAILED"
+    assert not _runs(client, "it-bad-output", "parent")  # checked before any run was started
     assert mlflow.active_run() is None
 
 
-def test_sigterm_ends_runs_killed(spark: SparkSession, demo_table: str, workdir: Path,
-                                  client: MlflowClient) -> None:
-    from pipelines.cli import raise_on_sigterm
+@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_at_a_safe_point_checkpoints_and_ends_runs_killed(
+    spark: SparkSession, demo_table: str, tmp_path: Path, signum: int, exit_code: int,
+) -> None:
+    sweep_id = f"it-killed-{signum}"
+    config = _config(demo_table, tmp_path, f"sweep.id={sweep_id}", "tracking.register_when=never",
+                     "train.epochs=6", "train.checkpoint_every=4")
+    stop = StopRequest()
 
-    config = _config(demo_table, workdir, "sweep.id=it-killed", "tracking.register_when=never")
+    def signal_during_training(line: str) -> None:
+        if line.startswith("epoch 2/"):  # training is under way; the next boundary is the safe point
+            os.kill(os.getpid(), signum)
 
-    def terminate_during_training(line: str) -> None:
-        if line.startswith("epoch "):  # the first epoch's progress line: training is under way
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    previous = signal.getsignal(signal.SIGTERM)
-    raise_on_sigterm()
-    try:
-        with pytest.raises(TerminatedError):
-            run_tracked_sweep(spark, config, progress=terminate_during_training)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    [parent] = _runs(client, "it-killed", "parent")
+    with stop.install(spark), pytest.raises(TerminatedError) as raised:
+        run_tracked_sweep(spark, config, progress=signal_during_training, stop=stop)
+    assert raised.value.exit_code == exit_code
+    assert f"terminated by {signal.Signals(signum).name} at epoch 2; rerun with sweep.id={sweep_id}" \
+        in str(raised.value)
+    client = MlflowClient(tracking_uri=config.tracking.uri)
+    [parent] = _runs(client, sweep_id, "parent")
     assert parent.info.status == "KILLED"
-    assert all(c.info.status != "RUNNING" for c in _runs(client, "it-killed", "child"))
+    assert all(c.info.status == "KILLED" for c in _runs(client, sweep_id, "child"))
+    # the state at the stop is saved, though the next regular checkpoint was two epochs away
+    checkpoints = list((tmp_path / "checkpoints" / sweep_id).glob("checkpoint-*.npz"))
+    assert len(checkpoints) == 1
+    assert set(_sweep_rows(spark, config, sweep_id).epoch) == {1, 2}  # the journal has what was trained
+
+    resumed = run_tracked_sweep(spark, config, progress=None)
+    assert resumed.resumed_from_epoch == 2 and resumed.tracking_problem is None
+    rows = _sweep_rows(spark, config, sweep_id)
+    assert not rows.duplicated(["learning_rate", "epoch"]).any()
+    assert len(rows) == sum(r.epochs_run for r in resumed.run.outcome.rates)
+    assert client.get_run(resumed.parent_run_id).info.status == "FINISHED"
 
 
-def test_if_better_keeps_a_better_champion(spark: SparkSession, swept: tuple[Config, SweepReport],
-                                           demo_table: str, workdir: Path, client: MlflowClient) -> None:
-    champion_before = client.get_model_version_by_alias("it_churn", "champion").version
-    config = _config(demo_table, workdir, "sweep.id=it-worse", "sweep.learning_rates=[0.00001]",
-                     "train.epochs=1")
+def test_if_better_keeps_a_better_champion(spark: SparkSession, demo_table: str, tmp_path: Path) -> None:
+    good = _config(demo_table, tmp_path, "sweep.id=it-better", "tracking.registered_model=it_if_better")
+    run_tracked_sweep(spark, good, progress=None)
+    client = MlflowClient(tracking_uri=good.tracking.uri)
+    champion_before = client.get_model_version_by_alias("it_if_better", "champion").version
+    config = _config(demo_table, tmp_path, "sweep.id=it-worse", "sweep.learning_rates=[0.00001]",
+                     "train.epochs=1", "tracking.registered_model=it_if_better")
     report = run_tracked_sweep(spark, config, progress=None)
     assert report.registration is not None and report.registration.decision == "kept_champion"
     assert "is not better than champion version" in report.registration.reason
-    assert client.get_model_version_by_alias("it_churn", "champion").version == champion_before
+    assert client.get_model_version_by_alias("it_if_better", "champion").version == champion_before
     assert client.get_run(report.parent_run_id).data.tags["lrsweep.registration"] == "kept_champion:"
 
 

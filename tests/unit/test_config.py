@@ -67,7 +67,7 @@ def test_env_overlay_wins_over_base(tmp_path: Path) -> None:
     ("override", "expected"),
     [
         ("train.epochs=0", "conf: train.epochs = 0: Input should be greater than or equal to 1"),
-        ("model.loss=hinge", "conf: model.loss = 'hinge': Input should be 'squared' or 'logistic'"),
+        ("model.loss=hinge", "conf: model.loss = 'hinge': must be one of squared, logistic"),
         ("trian.epochs=3", "conf: trian: unknown key"),
         ("train.epoch=3", "conf: train.epoch: unknown key"),
         ("sweep.learning_rates=[0.1, -1]",
@@ -79,12 +79,46 @@ def test_env_overlay_wins_over_base(tmp_path: Path) -> None:
         ("data.version=-1", "conf: data.version = -1"),
         ("data.features=[]", "conf: data.features = []: must list at least one column"),
         ("sweep.divergence_factor=1", "conf: sweep.divergence_factor = 1"),
+        # the engine's own rules, applied when the configuration is loaded
+        ("train.schedule.div_factor=0.5", "conf: train.schedule.div_factor = 0.5: must be a number >= 1"),
+        ("train.schedule.final_div_factor=0.9", "conf: train.schedule.final_div_factor = 0.9: must be a number >= 1"),
+        ("train.schedule.name=linear", "conf: train.schedule.name = 'linear': must be one of constant,"),
+        ("train.schedule.gamma=0", "conf: train.schedule.gamma = 0: must be a number in (0, 1]"),
+        ("train.schedule.warmup_epochs=-1", "conf: train.schedule.warmup_epochs = -1: must be a number >= 0"),
+        ("train.schedule.n_iter_no_change=0", "conf: train.schedule.n_iter_no_change = 0: must be an integer >= 1"),
+        ("train.schedule.bogus=1", "conf: train.schedule.bogus: unknown key"),
+        ("train.optimizer=lbfgs", "conf: train.optimizer.name = 'lbfgs': must be one of sgd, momentum,"),
+        ("train.optimizer.beta1=1", "conf: train.optimizer.beta1 = 1: must be a number in [0, 1)"),
+        ("train.optimizer.eps=0", "conf: train.optimizer.eps = 0: must be a number > 0"),
+        ("model.reg_param=-0.5", "conf: model.reg_param = -0.5: must be a number >= 0"),
+        ("model.l1_ratio=2", "conf: model.l1_ratio = 2.0: must be a number in [0, 1]"),
+        ("data.on_invalid=keep", "conf: data.on_invalid = 'keep': Input should be 'drop' or 'fail'"),
+        ("tracking.retry_seconds=-1", "conf: tracking.retry_seconds = -1"),
+        ("train.checkpoint_every=0", "conf: train.checkpoint_every = 0"),
     ],
 )
 def test_invalid_values_name_key_value_and_rule(override: str, expected: str) -> None:
     with pytest.raises(ConfigError) as raised:
         load_config(overrides=[override])
     assert expected in str(raised.value)
+
+
+def test_engine_specs_are_built_at_load_with_one_default_each() -> None:
+    config = load_config(overrides=["train.schedule={name: one_cycle, div_factor: 10}", "train.optimizer=adagrad",
+                                    "model.reg_param=0.1", "model.l1_ratio=0.5"])
+    problem = config.problem
+    assert problem.schedule is config.train.schedule and problem.schedule.div_factor == 10
+    assert problem.optimizer.name == "adagrad" and problem.optimizer.resolved_eps == 1e-10  # not the config's
+    assert (problem.regularization.reg_param, problem.regularization.l1_ratio) == (0.1, 0.5)
+    assert config.train.sync_state == "average"  # a local_sgd setting, beside sync_every
+
+
+def test_each_configuration_file_holds_one_section() -> None:
+    import yaml
+
+    for path in sorted((PROJECT_ROOT / "conf").glob("*/*.yml")):
+        sections = list(yaml.safe_load(path.read_text()) or {})
+        assert sections == [path.stem], f"{path} holds {sections}"
 
 
 def test_malformed_override_and_missing_env_are_clear() -> None:

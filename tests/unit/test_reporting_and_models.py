@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from pipelines.features.scaling import FeatureScaling
 from pipelines.reporting.figures import loss_curves_figure, val_loss_vs_rate_figure
 from pipelines.reporting.tables import format_summary, rate_summary, results_rows
-from pipelines.sweep.loop import GridOutcome, RateResult
+from pipelines.sweep.outcome import GridOutcome, RateResult
 from pipelines.tracking.models import linear_pipeline
 from pipelines.tracking.runs import MAX_METRICS_PER_BATCH, chunks, metric_history, rate_metrics
 
@@ -18,7 +18,7 @@ NAN, INF = float("nan"), float("inf")
 
 
 def _rate(learning_rate: float, status: str, train: list[float], val: list[float], kept: int) -> RateResult:
-    curves = {"train_loss": np.array(train), "val_loss": np.array(val), "val_log_loss": np.array(val),
+    curves = {"train_loss": np.array(train), "val_loss": np.array(val),
               "val_accuracy": np.full(3, 0.8), "val_auc": np.array([0.7, 0.75, 0.8])}
     ran = int(np.sum(~np.isnan(np.array(val))))
     return RateResult(learning_rate=learning_rate, status=status, epochs_run=ran,

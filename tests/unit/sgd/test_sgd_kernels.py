@@ -12,7 +12,7 @@ from pipelines.sgd.kernels import batch_gradients, loss_sums, minibatch_epoch
 from pipelines.sgd.losses import LOSS_NAMES, get_loss
 from pipelines.sgd.optimizers import OPTIMIZER_NAMES, OptimizerSpec, OptimizerState, init_state
 from pipelines.sgd.regularization import Regularization
-from pipelines.sgd.schedules import ScheduleSpec
+from pipelines.sgd.schedules import StepSchedule
 
 Data = tuple[FloatArray, FloatArray]
 
@@ -69,7 +69,7 @@ def _run_epochs(
             optimizer=optimizer,
             regularization=Regularization(0.01, 0.3),
             learning_rates=learning_rates,
-            schedule=ScheduleSpec("warmup_cosine", warmup_steps=5),
+            schedule=StepSchedule("warmup_cosine", warmup_steps=5),
             total_steps=n_epochs * math.ceil(X.shape[0] / 64),
             batch_size=64,
             seed=11,
@@ -121,7 +121,7 @@ def test_epoch_number_changes_the_row_order(regression_data: Data) -> None:
             optimizer=optimizer,
             regularization=Regularization(),
             learning_rates=np.array([0.05]),
-            schedule=ScheduleSpec(),
+            schedule=StepSchedule(),
             total_steps=10,
             batch_size=32,
             seed=1,
@@ -160,7 +160,7 @@ def test_one_batch_per_epoch_is_a_gradient_descent_step(regression_data: Data) -
         optimizer=optimizer,
         regularization=Regularization(),
         learning_rates=learning_rates,
-        schedule=ScheduleSpec(),
+        schedule=StepSchedule(),
         total_steps=1,
         batch_size=10_000,
         seed=0,
@@ -189,7 +189,7 @@ def test_minibatch_epoch_rejects_mismatched_shapes(regression_data: Data) -> Non
             optimizer=optimizer,
             regularization=Regularization(),
             learning_rates=np.array([0.1]),
-            schedule=ScheduleSpec(),
+            schedule=StepSchedule(),
             total_steps=1,
             batch_size=8,
             seed=0,

@@ -28,11 +28,10 @@ def test_logistic_metrics_match_sklearn(classification_data: Data) -> None:
     X, y = classification_data
     weights, intercepts = _models(X.shape[1])
     metrics = MetricAccumulator.from_block(X, y, weights, intercepts, "logistic").compute()
-    assert set(metrics) == {"loss", "count", "log_loss", "accuracy", "auc"}
+    assert set(metrics) == {"loss", "count", "accuracy", "auc"}  # loss is the log-loss: named once
     for k in range(3):
         probabilities = 1.0 / (1.0 + np.exp(-(X @ weights[k] + intercepts[k])))
-        assert metrics["log_loss"][k] == pytest.approx(log_loss(y, probabilities), rel=1e-10)
-        assert metrics["loss"][k] == metrics["log_loss"][k]
+        assert metrics["loss"][k] == pytest.approx(log_loss(y, probabilities), rel=1e-10)
         assert metrics["accuracy"][k] == accuracy_score(y, probabilities > 0.5)
         assert metrics["auc"][k] == pytest.approx(roc_auc_score(y, probabilities), abs=1e-3)
     np.testing.assert_array_equal(metrics["count"], [X.shape[0]] * 3)
@@ -95,3 +94,16 @@ def test_empty_accumulator_computes_nan(regression_data: Data) -> None:
     metrics = MetricAccumulator.empty("logistic", 2).compute()
     assert np.isnan(metrics["loss"]).all()
     assert np.isnan(metrics["auc"]).all()
+
+
+def test_non_finite_margins_give_nan_metrics_for_that_row_only(classification_data: Data) -> None:
+    X, y = classification_data
+    weights, intercepts = _models(X.shape[1])
+    weights[1] = np.inf  # a diverged row: margins are +-inf or NaN
+    huge = X * 1e200  # and features that overflow the margins of every row
+    for block in (X, huge):
+        with np.errstate(all="ignore"):
+            metrics = MetricAccumulator.from_block(block, y, weights, intercepts, "logistic").compute()
+        assert np.isnan(metrics["auc"][1]) and np.isnan(metrics["accuracy"][1])
+    assert np.isfinite(MetricAccumulator.from_block(X, y, weights[[0]], intercepts[[0]], "logistic")
+                       .compute()["auc"]).all()

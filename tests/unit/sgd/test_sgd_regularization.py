@@ -34,7 +34,9 @@ def test_proximal_is_identity_without_l1() -> None:
 
 @pytest.mark.parametrize(
     ("reg_param", "l1_ratio", "message"),
-    [(-0.1, 0.0, "reg_param must be finite and >= 0, got -0.1"), (0.1, 1.5, r"l1_ratio must be in \[0, 1\]")],
+    [(-0.1, 0.0, "reg_param = -0.1: must be a number >= 0"),
+     (0.1, 1.5, r"l1_ratio = 1.5: must be a number in \[0, 1\]"),
+     (float("inf"), 0.0, "reg_param = inf: must be a number >= 0")],
 )
 def test_invalid_parameters_are_rejected(reg_param: float, l1_ratio: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):

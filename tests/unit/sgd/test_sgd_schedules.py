@@ -1,4 +1,4 @@
-"""Schedules against hand-written scalar formulas; the adaptive-rate helper."""
+"""Schedules against hand-written scalar formulas, the epoch-to-step layout, the rules; the adaptive-rate helper."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from pipelines.sgd.schedules import SCHEDULE_NAMES, AdaptiveRateState, ScheduleSpec, multiplier
+from pipelines.sgd import SpecError
+from pipelines.sgd.schedules import SCHEDULE_NAMES, AdaptiveRateState, ScheduleSpec, StepSchedule, multiplier
 
 TOTAL_STEPS = 40
 PARAMETERS = {"power_t": 0.35, "step_size": 7, "gamma": 0.9, "min_factor": 0.1}
 
 
-def _scalar_one_cycle(t: int, total: int, spec: ScheduleSpec) -> float:
+def _scalar_one_cycle(t: int, total: int, spec: StepSchedule) -> float:
     """torch.optim.lr_scheduler.OneCycleLR.get_lr, written out for one step."""
     step_num = t - 1
     initial = 1.0 / spec.div_factor
@@ -28,8 +29,8 @@ def _scalar_one_cycle(t: int, total: int, spec: ScheduleSpec) -> float:
     raise AssertionError("unreachable")
 
 
-def _scalar_inner(spec: ScheduleSpec, t: int, total: int) -> float:
-    if spec.name == "constant":
+def _scalar_inner(spec: StepSchedule, t: int, total: int) -> float:
+    if spec.name in ("constant", "adaptive"):  # adaptive changes the rate between epochs, not per step
         return 1.0
     if spec.name == "inv_sqrt":
         return 1.0 / math.sqrt(t)
@@ -44,7 +45,7 @@ def _scalar_inner(spec: ScheduleSpec, t: int, total: int) -> float:
     return _scalar_one_cycle(t, total, spec)
 
 
-def _scalar_multiplier(spec: ScheduleSpec, t: int, total: int) -> float:
+def _scalar_multiplier(spec: StepSchedule, t: int, total: int) -> float:
     warmup = spec.warmup_steps
     if warmup and t <= warmup:
         return t / warmup
@@ -54,7 +55,10 @@ def _scalar_multiplier(spec: ScheduleSpec, t: int, total: int) -> float:
 @pytest.mark.parametrize("warmup_steps", [0, 5])
 @pytest.mark.parametrize("name", SCHEDULE_NAMES)
 def test_multiplier_matches_scalar_formula(name: str, warmup_steps: int) -> None:
-    spec = ScheduleSpec(name, warmup_steps=warmup_steps, **PARAMETERS)  # type: ignore[arg-type]
+    # one step per epoch: the epoch-based spec's durations are the step counts
+    spec = ScheduleSpec(name, warmup_epochs=warmup_steps, power_t=PARAMETERS["power_t"],
+                        step_epochs=PARAMETERS["step_size"], gamma=PARAMETERS["gamma"],
+                        min_factor=PARAMETERS["min_factor"]).per_step(1)
     steps = np.arange(1, TOTAL_STEPS + 1)
     expected = [_scalar_multiplier(spec, int(t), TOTAL_STEPS) for t in steps]
     vectorized = multiplier(spec, steps, TOTAL_STEPS)
@@ -68,14 +72,14 @@ def test_multiplier_matches_scalar_formula(name: str, warmup_steps: int) -> None
 
 def test_inv_sqrt_is_mllib_and_invscaling_is_sklearn() -> None:
     steps = np.arange(1, 11)
-    np.testing.assert_allclose(multiplier(ScheduleSpec("inv_sqrt"), steps, 10), 1 / np.sqrt(steps))
+    np.testing.assert_allclose(multiplier(StepSchedule("inv_sqrt"), steps, 10), 1 / np.sqrt(steps))
     np.testing.assert_allclose(
-        multiplier(ScheduleSpec("invscaling", power_t=0.25), steps, 10), 1 / np.power(steps, 0.25)
+        multiplier(StepSchedule("invscaling", power_t=0.25), steps, 10), 1 / np.power(steps, 0.25)
     )
 
 
 def test_one_cycle_peaks_at_one_and_ends_near_final_value() -> None:
-    spec = ScheduleSpec("one_cycle")
+    spec = StepSchedule("one_cycle")
     values = np.asarray(multiplier(spec, np.arange(1, 101), 100))
     assert values[0] == pytest.approx(1 / 25)
     assert values.max() == pytest.approx(1.0)
@@ -84,43 +88,54 @@ def test_one_cycle_peaks_at_one_and_ends_near_final_value() -> None:
 
 
 def test_cosine_holds_its_floor_after_the_last_step() -> None:
-    spec = ScheduleSpec("cosine", min_factor=0.2)
+    spec = StepSchedule("cosine", min_factor=0.2)
     assert multiplier(spec, 11, 10) == pytest.approx(0.2)
     assert multiplier(spec, 50, 10) == pytest.approx(0.2)
 
 
 def test_multiplier_keeps_the_shape_of_a_step_matrix() -> None:
     steps = np.array([[1, 2], [3, 4]])
-    assert np.asarray(multiplier(ScheduleSpec("exponential"), steps, 4)).shape == (2, 2)
+    assert np.asarray(multiplier(StepSchedule("exponential"), steps, 4)).shape == (2, 2)
+
+
+def test_epoch_durations_are_laid_out_over_the_steps_of_an_epoch() -> None:
+    spec = ScheduleSpec("exponential", warmup_epochs=0.5, step_epochs=2.0, gamma=0.25)
+    steps = spec.per_step(8)
+    assert (steps.warmup_steps, steps.step_size) == (4, 16)
+    assert steps.gamma ** 8 == pytest.approx(0.25)  # exponential: gamma per epoch
+    assert ScheduleSpec("step", gamma=0.25).per_step(8).gamma == 0.25  # step: gamma per step_epochs
+    assert ScheduleSpec("adaptive").per_step(3).name == "constant"  # the loop divides adaptive rates
 
 
 @pytest.mark.parametrize(
     ("parameters", "message"),
     [
-        ({"name": "linear"}, "schedule name must be one of"),
-        ({"power_t": 0.0}, r"power_t=0.0 must be > 0"),
-        ({"step_size": 0}, r"step_size=0 must be >= 1"),
-        ({"step_size": 2.5}, r"step_size=2.5 must be an int"),
-        ({"gamma": 1.5}, r"gamma=1.5 must be in \(0, 1\]"),
-        ({"min_factor": -0.1}, r"min_factor=-0.1 must be in \[0, 1\]"),
-        ({"warmup_steps": -1}, r"warmup_steps=-1 must be >= 0"),
-        ({"pct_start": 1.0}, r"pct_start=1.0 must be in \(0, 1\)"),
-        ({"div_factor": 0.5}, r"div_factor=0.5 must be >= 1"),
-        ({"final_div_factor": 0.0}, r"final_div_factor=0.0 must be >= 1"),
+        ({"name": "linear"}, "name = 'linear': must be one of constant, inv_sqrt"),
+        ({"power_t": 0.0}, r"power_t = 0.0: must be a number > 0"),
+        ({"step_epochs": 0}, r"step_epochs = 0: must be a number > 0"),
+        ({"n_iter_no_change": 2.5}, r"n_iter_no_change = 2.5: must be an integer >= 1"),
+        ({"gamma": 1.5}, r"gamma = 1.5: must be a number in \(0, 1\]"),
+        ({"min_factor": -0.1}, r"min_factor = -0.1: must be a number in \[0, 1\]"),
+        ({"warmup_epochs": -1}, r"warmup_epochs = -1: must be a number >= 0"),
+        ({"pct_start": 1.0}, r"pct_start = 1.0: must be a number in \(0, 1\)"),
+        ({"div_factor": 0.5}, r"div_factor = 0.5: must be a number >= 1"),
+        ({"final_div_factor": 0.0}, r"final_div_factor = 0.0: must be a number >= 1"),
+        ({"tol": float("nan")}, r"tol = nan: must be a number >= 0"),
     ],
 )
 def test_invalid_parameters_name_the_parameter_value_and_rule(
     parameters: dict[str, object], message: str
 ) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SpecError, match=message) as raised:
         ScheduleSpec(**parameters)  # type: ignore[arg-type]
+    assert raised.value.parameter == next(iter(parameters))
 
 
 def test_multiplier_rejects_steps_before_one_and_empty_runs() -> None:
     with pytest.raises(ValueError, match="1-based"):
-        multiplier(ScheduleSpec(), 0, 10)
+        multiplier(StepSchedule(), 0, 10)
     with pytest.raises(ValueError, match="total_steps must be >= 1"):
-        multiplier(ScheduleSpec(), 1, 0)
+        multiplier(StepSchedule(), 1, 0)
 
 
 def test_adaptive_rate_divides_by_five_after_patience_runs_out() -> None:

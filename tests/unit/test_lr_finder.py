@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipelines.sweep.range_test import (
+from pipelines.sweep.lr_finder import (
     LossSmoother,
     auto_grid,
     range_test_rates,
@@ -121,9 +121,9 @@ def test_auto_grid_is_centred_on_the_suggestion_and_refining_spans_two_steps() -
 
 
 def test_job_rejects_bad_settings_with_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
-    from jobs import lr_range_test
+    from jobs import lr_finder
     from pipelines.cli import run_job
 
-    assert run_job(lr_range_test.main, ["--set", "range_test.max_lr=1e-9"]) == 2
+    assert run_job(lr_finder.main, ["--set", "range_test.max_lr=1e-9"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: conf: range_test") and "must be > min_lr" in err

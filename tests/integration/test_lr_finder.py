@@ -17,12 +17,12 @@ from pyspark.sql import SparkSession
 
 from pipelines.config import Config
 from pipelines.distributed.blocks import collect_arrays
-from pipelines.distributed.range_test import partition_batch_rows, sample_rows
+from pipelines.distributed.lr_finder import partition_batch_rows, sample_rows
 from pipelines.lakehouse.reader import read_feature_table
 from pipelines.orchestration.sweep import run_tracked_sweep
+from pipelines.orchestration.training import PreparedData, prepare_data, range_test, train_grid
 from pipelines.sgd import Regularization, apply_update, batch_gradients, init_state
-from pipelines.sweep.range_test import auto_grid, range_test_rates, refine_span, smooth_losses
-from pipelines.sweep.runner import PreparedData, optimizer_spec, prepare_data, range_test, train_grid
+from pipelines.sweep.lr_finder import auto_grid, range_test_rates, refine_span, smooth_losses
 from pipelines.tracking.runs import TAG_ROLE, TAG_ROUND, TAG_SWEEP_ID
 from tests.conftest import make_config
 
@@ -52,12 +52,12 @@ def test_distributed_steps_match_a_numpy_recomputation(spark: SparkSession, logi
                      "train.optimizer=momentum", "model.reg_param=0.01")
     prepared = _prepare(spark, config)
     try:
-        result = range_test(prepared, config.model, config.train, config.range_test)
+        result = range_test(prepared, config.problem, config.train, config.range_test)
         parts = collect_arrays(prepared.blocks)
         batch_rows = partition_batch_rows(prepared.blocks.train_rows, config.train.batch_size)
     finally:
         prepared.blocks.release()
-    optimizer, regularization = optimizer_spec(config.train.optimizer), Regularization(0.01, 0.0)
+    optimizer, regularization = config.train.optimizer, Regularization(0.01, 0.0)
     W, b = np.zeros((1, 5)), np.zeros(1)
     state = init_state(optimizer, 1, 5)
     losses = []
@@ -82,8 +82,8 @@ def test_suggestion_lands_near_the_best_rate_of_a_fine_grid(spark: SparkSession,
                      f"data.label={label}")
     prepared = _prepare(spark, config)
     try:
-        result = range_test(prepared, config.model, config.train, config.range_test)  # defaults: 1e-6..10, 100
-        fine = train_grid(prepared, config, config.sweep.grid())
+        result = range_test(prepared, config.problem, config.train, config.range_test)  # defaults: 1e-6..10, 100
+        fine = train_grid(prepared, config.problem, config.train, config.sweep, config.sweep.grid())
     finally:
         prepared.blocks.release()
     best = fine.outcome.best
@@ -144,7 +144,12 @@ def test_auto_sweep_logs_range_test_and_both_rounds_under_one_parent(spark: Spar
         assert final_best.final_metrics()["val_loss"] <= first_best.final_metrics()["val_loss"] + 1e-12
         assert math.isclose(parent.data.metrics["best_learning_rate"], final_best.learning_rate)
         rows = spark.read.format("delta").load(config.output.results_table).toPandas()
-        assert len(rows) == report.results_rows and set(rows.learning_rate) == set(report.rounds[1].learning_rates)
+        assert len(rows) == report.results_rows  # every round is journaled, each rate's rows tagged by round
+        final_rows = rows[rows["round"] == 2]
+        assert set(final_rows.learning_rate) == set(report.rounds[1].learning_rates)
+        assert set(rows[rows["round"] == 1].learning_rate) == set(report.rounds[0].learning_rates)
+        assert final_rows[final_rows.is_best].learning_rate.unique().tolist() == [final_best.learning_rate]
+        assert not rows[rows["round"] == 1].is_best.any() and (rows.status != "running").all()
         assert report.registration is not None and report.registration.decision == "registered"
     finally:
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]

@@ -1,0 +1,218 @@
+"""The two training algorithms, each one object with the same interface: ``local_sgd`` and ``gd``.
+
+A strategy answers what the engine's epoch loop (:class:`~pipelines.distributed.engine.GridTrainer`) asks:
+
+* how many optimizer steps an epoch is (:meth:`Strategy.steps_per_epoch`) and where an epoch synchronizes
+  (:meth:`Strategy.sync_ranges`);
+* what a task does with its partition (:meth:`Strategy.train_partition`, on an executor) and what the
+  driver makes of the partitions' results (:meth:`Strategy.combine`), with typed payloads;
+* how many row passes a job costs (:meth:`Strategy.row_passes`).
+
+``local_sgd``
+    Each partition runs shuffled mini-batch SGD over its training rows
+    (:func:`~pipelines.sgd.kernels.minibatch_epoch`) from the current models; the driver averages the
+    resulting models weighted by the partitions' training rows (``W <- sum_p n_p W_p / sum_p n_p``) after
+    every epoch or every ``sync_every`` local steps. Optimizer state is averaged the same way
+    (``sync_state: average``) or zeroed (``reset``); the step counter keeps counting either way (the
+    largest partition's), so schedules continue.
+``gd``
+    Synchronous gradient descent, one step per epoch: every partition returns
+    :class:`~pipelines.sgd.gradient_step.GradientSums` at the current models (optionally over a Bernoulli
+    sample of ``batch_fraction`` of its rows); the driver adds them in partition order and takes one
+    :func:`~pipelines.sgd.gradient_step.gradient_step`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from pipelines.distributed.blocks import PartitionBlocks
+from pipelines.sgd._types import FloatArray, IntArray
+from pipelines.sgd.averaging import weighted_mean
+from pipelines.sgd.gradient_step import GradientSums, gradient_step
+from pipelines.sgd.kernels import batches_per_epoch, minibatch_epoch
+from pipelines.sgd.optimizers import OptimizerState
+from pipelines.sgd.problem import TrainingProblem
+from pipelines.sgd.schedules import StepSchedule
+
+#: Offset between the shuffle seeds of consecutive partitions (partition 0 uses the seed itself, so a
+#: one-partition run equals the single-process reference).
+PARTITION_SEED_STRIDE = 7919
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """What a training job's tasks need besides their partition (captured by the task closure)."""
+
+    problem: TrainingProblem
+    schedule: StepSchedule
+    total_steps: int
+    epoch: int  # 1-based
+    weights: FloatArray  # (R, d) the trained rows' current models
+    intercepts: FloatArray  # (R,)
+    state: OptimizerState  # of the R rows
+    step_rates: FloatArray  # (R,) base rate x per-row multiplier
+    seeds: IntArray  # (R,) shuffle seed of each row
+    batch_range: tuple[int, int] | None  # local_sgd: the synchronization interval of this job
+
+
+@dataclass(frozen=True)
+class LocalModels:
+    """A partition's models after its local mini-batch steps (local_sgd's task payload)."""
+
+    weights: FloatArray  # (R, d)
+    intercepts: FloatArray  # (R,)
+    state: OptimizerState
+    steps: int
+
+
+@dataclass(frozen=True)
+class TrainedRows:
+    """The trained rows' new models and optimizer state, as the driver combined them."""
+
+    weights: FloatArray  # (R, d)
+    intercepts: FloatArray  # (R,)
+    state: OptimizerState
+
+
+class Strategy(Protocol):
+    """One training algorithm (see the module docstring)."""
+
+    @property
+    def name(self) -> str:
+        """``local_sgd`` or ``gd``."""
+        ...
+
+    def steps_per_epoch(self, train_rows: Sequence[int]) -> int:
+        """Optimizer steps a model row takes per epoch, given each partition's training rows."""
+        ...
+
+    def sync_ranges(self, steps_per_epoch: int) -> list[tuple[int, int] | None]:
+        """The batch ranges of an epoch's jobs (``[None]``: one job for the whole epoch)."""
+        ...
+
+    def train_partition(self, job: TrainJob, blocks: PartitionBlocks) -> LocalModels | GradientSums:
+        """On an executor: the partition's contribution to one job."""
+        ...
+
+    def combine(self, job: TrainJob, parts: Sequence[tuple[int, LocalModels | GradientSums]]) -> TrainedRows:
+        """On the driver: the new models from ``(training rows, payload)`` of every non-empty partition,
+        in partition order."""
+        ...
+
+    def row_passes(self, total_train_rows: int, num_partitions: int, batch_range: tuple[int, int] | None) -> float:
+        """Training rows one model row passes over in one job."""
+        ...
+
+    def training_loss_is_exact(self) -> bool:
+        """True when the training payload's loss sums are the full training loss at the job's models."""
+        ...
+
+
+@dataclass(frozen=True)
+class LocalSGD:
+    """Mini-batch SGD per partition, models averaged at synchronization points."""
+
+    batch_size: int = 256
+    sync_every: int | None = None
+    sync_state: str = "average"  # "average" | "reset"
+    name: str = "local_sgd"
+
+    def steps_per_epoch(self, train_rows: Sequence[int]) -> int:
+        return max(1, batches_per_epoch(max(train_rows), self.batch_size))
+
+    def sync_ranges(self, steps_per_epoch: int) -> list[tuple[int, int] | None]:
+        if self.sync_every and self.sync_every < steps_per_epoch:
+            return [(start, start + self.sync_every) for start in range(0, steps_per_epoch, self.sync_every)]
+        return [None]
+
+    def train_partition(self, job: TrainJob, blocks: PartitionBlocks) -> LocalModels:
+        """Rows with different seeds get their own row order (one pass per seed)."""
+        problem = job.problem
+        new_weights, new_intercepts = job.weights.copy(), job.intercepts.copy()
+        slots: dict[str, npt.NDArray[np.generic]] = {k: v.copy() for k, v in job.state.to_arrays().items()}
+        steps = 0
+        for seed in np.unique(job.seeds):
+            group = np.flatnonzero(job.seeds == seed)
+            weights, intercepts, state, steps = minibatch_epoch(
+                blocks.X_train, blocks.y_train, job.weights[group], job.intercepts[group], job.state.select(group),
+                loss=problem.loss, optimizer=problem.optimizer, regularization=problem.regularization,
+                learning_rates=job.step_rates[group], schedule=job.schedule, total_steps=job.total_steps,
+                batch_size=self.batch_size, seed=int(seed) + PARTITION_SEED_STRIDE * blocks.partition,
+                epoch=job.epoch - 1, fit_intercept=problem.fit_intercept, batch_range=job.batch_range)
+            new_weights[group], new_intercepts[group] = weights, intercepts
+            for key, value in state.to_arrays().items():
+                slots[key][group] = value
+        return LocalModels(new_weights, new_intercepts, OptimizerState.from_arrays(slots), steps)
+
+    def combine(self, job: TrainJob, parts: Sequence[tuple[int, LocalModels | GradientSums]]) -> TrainedRows:
+        models = [(rows, part) for rows, part in parts if isinstance(part, LocalModels)]
+        counts = [float(rows) for rows, _ in models]
+        weights = weighted_mean([part.weights for _, part in models], counts)
+        intercepts = weighted_mean([part.intercepts for _, part in models], counts)
+        slots: dict[str, npt.NDArray[np.generic]] = {}
+        for key in models[0][1].state.to_arrays():
+            arrays = [part.state.to_arrays()[key] for _, part in models]
+            if key == "step":
+                slots[key] = np.max(np.stack(arrays), axis=0)
+            elif self.sync_state == "reset":
+                slots[key] = np.zeros_like(arrays[0], dtype=np.float64)
+            else:
+                slots[key] = weighted_mean(arrays, counts)
+        return TrainedRows(weights, intercepts, OptimizerState.from_arrays(slots))
+
+    def row_passes(self, total_train_rows: int, num_partitions: int, batch_range: tuple[int, int] | None) -> float:
+        if batch_range is None:
+            return float(total_train_rows)
+        return float(min(total_train_rows, (batch_range[1] - batch_range[0]) * self.batch_size * num_partitions))
+
+    def training_loss_is_exact(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class GradientDescent:
+    """Full-batch (or ``batch_fraction``-sampled) gradient descent, one step per epoch."""
+
+    batch_fraction: float = 1.0
+    name: str = "gd"
+
+    def steps_per_epoch(self, train_rows: Sequence[int]) -> int:
+        return 1
+
+    def sync_ranges(self, steps_per_epoch: int) -> list[tuple[int, int] | None]:
+        return [None]
+
+    def train_partition(self, job: TrainJob, blocks: PartitionBlocks) -> GradientSums:
+        X, y = sample_rows(blocks.X_train, blocks.y_train, self.batch_fraction, int(job.seeds[0]), job.epoch,
+                           blocks.partition)
+        return GradientSums.of_block(X, y, job.weights, job.intercepts, job.problem.loss)
+
+    def combine(self, job: TrainJob, parts: Sequence[tuple[int, LocalModels | GradientSums]]) -> TrainedRows:
+        sums = GradientSums.total([part for _, part in parts if isinstance(part, GradientSums)])
+        state = job.state.copy()
+        if sums.count == 0:
+            return TrainedRows(job.weights, job.intercepts, state)
+        step = gradient_step(sums, job.weights, job.intercepts, state, problem=job.problem,
+                             learning_rates=job.step_rates, schedule=job.schedule, total_steps=job.total_steps)
+        return TrainedRows(step.weights, step.intercepts, state)
+
+    def row_passes(self, total_train_rows: int, num_partitions: int, batch_range: tuple[int, int] | None) -> float:
+        return self.batch_fraction * total_train_rows
+
+    def training_loss_is_exact(self) -> bool:
+        return self.batch_fraction >= 1.0
+
+
+def sample_rows(X: FloatArray, y: FloatArray, fraction: float, seed: int, step: int,
+                partition: int) -> tuple[FloatArray, FloatArray]:
+    """A Bernoulli(``fraction``) sample of the rows, seeded by (seed, step, partition)."""
+    if fraction >= 1.0:
+        return X, y
+    keep = np.random.default_rng([seed, step, partition]).random(y.shape[0]) < fraction
+    return X[keep], y[keep]

@@ -1,0 +1,97 @@
+"""The results table as the sweep's journal: the rows of new epochs appended at each checkpoint.
+
+Appends run on a background thread (Spark runs jobs from several threads), so a checkpoint costs the
+training loop only the time to build the rows; :meth:`Journal.flush` waits for them. Which epochs the table
+already holds is known per round, so every epoch is appended exactly once, even across reruns (and Delta's
+``txnVersion`` makes a retried append a no-op).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from pipelines.lakehouse.reader import FeatureTable
+from pipelines.lakehouse.writer import append_journal, table_exists
+from pipelines.reporting.tables import results_rows
+from pipelines.sweep.outcome import GridOutcome
+
+
+@dataclass(frozen=True)
+class _Append:
+    round_number: int
+    last_epoch: int
+    rows: list[dict[str, Any]]
+
+
+class Journal:
+    """Appends a sweep's result rows to ``identifier`` as epochs complete."""
+
+    def __init__(self, spark: SparkSession, identifier: str, sweep_id: str, journaled: dict[int, int]) -> None:
+        self.spark, self.identifier, self.sweep_id = spark, identifier, sweep_id
+        self.journaled = dict(journaled)  # round -> last epoch in the table (or queued for it)
+        self.appended_rows = 0
+        self._queue: queue.Queue[_Append | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._worker = threading.Thread(target=self._run, name="lrsweep-journal", daemon=True)
+        self._worker.start()
+
+    def append(self, round_number: int, outcome: GridOutcome, parent_run_id: str | None,
+               child_run_ids: Sequence[str | None], table: FeatureTable, loss: str, last_epoch: int,
+               background: bool = True) -> int:
+        """Queue the rows of epochs after the last journaled one up to ``last_epoch``; return their count.
+
+        With ``background`` False, wait until they (and everything queued before) are in the table.
+        """
+        first = self.journaled.get(round_number, 0) + 1
+        rows = results_rows(outcome, loss, sweep_id=self.sweep_id, parent_run_id=parent_run_id,
+                            child_run_ids=child_run_ids, data_table=table.ref.identifier,
+                            data_version=table.ref.version, round_number=round_number, first_epoch=first,
+                            last_epoch=last_epoch, final=False) if last_epoch >= first else []
+        if rows:
+            self.journaled[round_number] = last_epoch
+            self._queue.put(_Append(round_number, last_epoch, rows))
+        if not background:
+            self.flush()
+        return len(rows)
+
+    def flush(self) -> None:
+        """Wait until every queued append is committed; raise the first failure (an OutputError)."""
+        self._queue.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def close(self) -> None:
+        """Finish what is queued and stop the worker (failures are left to :meth:`flush`)."""
+        self._queue.put(None)
+        self._worker.join()
+
+    def rows_in_table(self) -> int:
+        """This sweep's rows in the results table."""
+        if not table_exists(self.spark, self.identifier):
+            return 0
+        from pipelines.config import is_path
+
+        reader = self.spark.read.format("delta")
+        frame = reader.load(self.identifier) if is_path(self.identifier) else self.spark.table(self.identifier)
+        return int(frame.where(frame["sweep_id"] == self.sweep_id).count())
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None and append_journal(self.spark, item.rows, self.identifier, self.sweep_id,
+                                                          item.round_number, item.last_epoch):
+                    self.appended_rows += len(item.rows)
+            except BaseException as error:  # reported by flush()
+                self._error = error
+            finally:
+                self._queue.task_done()

@@ -1,0 +1,65 @@
+"""What a sweep records about its configuration: the parent run's parameters and the checkpoint's settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.config import Config
+from pipelines.lakehouse.reader import FeatureTable
+
+
+def sweep_params(config: Config, table: FeatureTable, learning_rates: list[float]) -> dict[str, str]:
+    """The parent run's parameters (strings, stable across reruns of the same sweep)."""
+    train, sweep = config.train, config.sweep
+    return {
+        "table": table.ref.identifier,
+        "table_version": str(table.ref.version),
+        "label": table.label,
+        "num_features": str(len(table.features)),
+        "features": ",".join(table.features),
+        "loss": config.model.loss,
+        "fit_intercept": str(config.model.fit_intercept),
+        "reg_param": repr(config.model.reg_param),
+        "l1_ratio": repr(config.model.l1_ratio),
+        "algorithm": train.algorithm,
+        "batch_size": str(train.batch_size),
+        "schedule": train.schedule.name,
+        "optimizer": train.optimizer.name,
+        "epochs": str(train.epochs),
+        "seed": str(train.seed),
+        "seeds": ",".join(map(str, sweep.seeds or [train.seed])),
+        "learning_rates": ",".join(repr(rate) for rate in learning_rates) if learning_rates else "auto",
+        "num_learning_rates": str(len(learning_rates) if learning_rates else sweep.auto_num),
+        "validation_fraction": repr(config.data.validation_fraction),
+        "standardize": str(config.features.standardize),
+        "early_stopping": str(sweep.early_stopping.enabled),
+        "pruning": str(sweep.pruning.enabled),
+        "divergence_factor": repr(sweep.divergence_factor),
+        "rows": str(table.rows),
+        **(auto_params(config) if not learning_rates else {}),
+    }
+
+
+def auto_params(config: Config) -> dict[str, str]:
+    """The settings of an ``auto`` grid: the range test's and the rounds'."""
+    settings = config.range_test
+    return {"auto_num": str(config.sweep.auto_num), "auto_span": repr(config.sweep.auto_span),
+            "refine": str(config.sweep.refine), "range_test_min_lr": repr(settings.min_lr),
+            "range_test_max_lr": repr(settings.max_lr), "range_test_num_steps": str(settings.num_steps),
+            "range_test_smoothing": repr(settings.smoothing), "range_test_stop_factor": repr(settings.stop_factor)}
+
+
+def sweep_settings(config: Config) -> dict[str, Any]:
+    """The configuration that decides a sweep's bits, as JSON values: what a resumed sweep must share.
+
+    Everything of ``data``, ``model``, ``features``, ``train`` (but ``checkpoint_every``), ``sweep`` (but
+    ``id``) and, for ``auto`` grids, ``range_test``. Tracking, output and Spark settings may change
+    between attempts.
+    """
+    dumped = config.model_dump(mode="json")
+    settings = {section: dumped[section] for section in ("data", "model", "features", "train", "sweep")}
+    settings["train"].pop("checkpoint_every", None)
+    settings["sweep"].pop("id", None)
+    if config.sweep.learning_rates == "auto":
+        settings["range_test"] = dumped["range_test"]
+    return settings

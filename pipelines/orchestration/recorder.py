@@ -1,0 +1,99 @@
+"""The durable side of a sweep: checkpoints and the results journal, fed at every epoch boundary.
+
+At each boundary the recorder composes the sweep's checkpoint (every round's newest snapshot, the pinned
+data facts, the range test) and keeps it in memory; every ``train.checkpoint_every`` epochs, and when a round
+completes, it writes it and appends the new epochs' rows to the journal. On a signal or a failure
+:meth:`SweepRecorder.save_latest` writes the newest one whatever the schedule (the file needs no Spark), and
+the rows too while Spark is alive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pipelines.features.scaling import FeatureScaling
+from pipelines.lakehouse.checkpoints import CheckpointStore
+from pipelines.lakehouse.reader import FeatureTable
+from pipelines.orchestration.journal import Journal
+from pipelines.sweep.checkpoint import RoundCheckpoint, SweepCheckpoint
+from pipelines.sweep.lr_finder import RangeTestResult
+from pipelines.sweep.outcome import GridOutcome
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What a sweep pinned about its data: the table and how its rows were split and partitioned."""
+
+    table: FeatureTable
+    num_partitions: int
+    train_rows: int
+    validation_rows: int
+    scaling: FeatureScaling
+
+
+class SweepRecorder:
+    """Checkpoints and journal appends of one sweep attempt."""
+
+    def __init__(self, sweep_id: str, settings: dict[str, Any], checkpoints: CheckpointStore, journal: Journal,
+                 loss: str, checkpoint_every: int, restored: SweepCheckpoint | None) -> None:
+        self.sweep_id, self.settings, self.checkpoints, self.journal = sweep_id, settings, checkpoints, journal
+        self.loss, self.checkpoint_every = loss, checkpoint_every
+        self.latest = restored  # the newest state, written or not
+        self.rounds: dict[int, RoundCheckpoint] = {r.number: r for r in restored.rounds} if restored else {}
+        self.saved_epoch: dict[int, int] = {r.number: max(r.snapshot.recorded_epoch, 0)
+                                            for r in (restored.rounds if restored else ())}
+        self.facts: DataFacts | None = None
+
+    @property
+    def epoch(self) -> int:
+        """The last epoch recorded (of the active round)."""
+        return self.latest.epoch if self.latest is not None else 0
+
+    def record(self, facts: DataFacts, round_checkpoint: RoundCheckpoint, outcome: GridOutcome,
+               parent_run_id: str | None, child_run_ids: Sequence[str | None], range_test: RangeTestResult | None,
+               *, round_complete: bool, last_round: bool) -> None:
+        """A round's new boundary: keep it, and write it (checkpoint + journal) when due or complete."""
+        number, epoch = round_checkpoint.number, max(round_checkpoint.snapshot.recorded_epoch, 0)
+        self.facts = facts
+        self.rounds[number] = round_checkpoint
+        self.latest = SweepCheckpoint(
+            sweep_id=self.sweep_id, settings=self.settings, table=facts.table.ref.identifier,
+            table_version=facts.table.ref.version, num_partitions=facts.num_partitions, train_rows=facts.train_rows,
+            validation_rows=facts.validation_rows, scaling=facts.scaling,
+            rounds=tuple(self.rounds[n] for n in sorted(self.rounds) if n <= number), range_test=range_test,
+            complete=round_complete and last_round)
+        if round_complete or epoch - self.saved_epoch.get(number, 0) >= self.checkpoint_every:
+            self.checkpoints.write(self.sweep_id, self.latest.to_arrays())
+            self.journal.append(number, outcome, parent_run_id, child_run_ids, facts.table, self.loss,
+                                last_epoch=epoch, background=not round_complete)
+            self.saved_epoch[number] = epoch
+
+    def mark_complete(self) -> None:
+        """Every round is trained (a last round turned out not to be needed): say so in a checkpoint."""
+        if self.latest is not None and not self.latest.complete:
+            self.latest = replace(self.latest, complete=True)
+            self.checkpoints.write(self.sweep_id, self.latest.to_arrays())
+
+    def save_latest(self, parent_run_id: str | None, child_run_ids: Callable[[int], Sequence[str | None]],
+                    spark_alive: bool, say: Callable[[str], None]) -> None:
+        """Write the newest state now (a signal or a failure), and its rows while Spark is alive."""
+        latest = self.latest
+        if latest is None or latest.active is None:
+            return
+        try:
+            self.checkpoints.write(self.sweep_id, latest.to_arrays())
+        except Exception as error:  # report it, but keep the original failure
+            say(f"warning: could not write the checkpoint: {error}")
+        if not spark_alive or self.facts is None:
+            return
+        active = latest.active
+        state = active.snapshot.grid_state()
+        outcome = state.outcome(active.snapshot.jobs, active.snapshot.row_passes, 0, 0.0)
+        try:
+            self.journal.append(active.number, outcome, parent_run_id,
+                                list(child_run_ids(active.number)) or [None] * state.n_rates, self.facts.table,
+                                self.loss, last_epoch=state.recorded_epoch, background=False)
+        except Exception as error:  # the checkpoint holds these rows: a rerun appends them
+            say(f"warning: could not append the last results rows: {type(error).__name__}")

@@ -1,0 +1,80 @@
+"""What a tracked sweep reports: run ids, results, the registry decision, where the time went, its exit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines.errors import NoUsableModelError, TrackingUnavailableError
+from pipelines.lakehouse.reader import FeatureTable
+from pipelines.orchestration.training import SweepRun
+from pipelines.reporting.tables import format_summary
+from pipelines.sweep.lr_finder import RangeTestResult
+from pipelines.tracking.models import Registration
+
+
+@dataclass
+class SweepReport:
+    """What a tracked sweep did: run ids, results, the registry decision, where the time went."""
+
+    sweep_id: str
+    parent_run_id: str
+    child_run_ids: list[str | None]
+    run: SweepRun
+    loss: str
+    table: FeatureTable
+    resumed: bool  # an earlier attempt of this sweep id existed (checkpoint or runs)
+    resumed_from_epoch: int | None  # the epoch the checkpoint restored (None: trained from scratch)
+    results_rows: int
+    results_written: bool  # rows were appended by this attempt
+    model_uri: str | None
+    registration: Registration | None
+    tracking_problem: str | None  # why MLflow is incomplete (exit 4), None when it is complete
+    registered_model: str
+    results_table: str
+    wall_seconds: float
+    phase_seconds: dict[str, float]
+    tracking_seconds: float
+    tracking_by_label: dict[str, float]
+    summary: list[dict[str, Any]] = field(default_factory=list)
+    suggested_learning_rate: float | None = None  # 'auto' sweeps: the range test's suggestion
+    range_test: RangeTestResult | None = None
+    rounds: list[SweepRun] = field(default_factory=list)  # 'auto' sweeps: every round; `run` is the last
+
+    @property
+    def tracking_fraction(self) -> float:
+        return self.tracking_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def outcome_error(self) -> NoUsableModelError | TrackingUnavailableError | None:
+        """The exit condition of a sweep that ran to its end: 3 without a usable model, 4 if MLflow lags."""
+        if self.tracking_problem is not None:
+            return TrackingUnavailableError(
+                f"{self.tracking_problem}; results and checkpoint are saved: rerun with sweep.id={self.sweep_id} "
+                "(or the sync job) when MLflow is back to complete it")
+        if self.run.outcome.best is None:
+            return NoUsableModelError(f"sweep {self.sweep_id}: every rate diverged or was stopped; nothing was "
+                                      "registered (see the summary; try lower learning rates)")
+        return None
+
+    def describe(self) -> list[str]:
+        """The job's closing lines: summary table, where the results went, the registry, compute and time."""
+        outcome = self.run.outcome
+        resumed = f" (resumed from epoch {self.resumed_from_epoch})" if self.resumed_from_epoch is not None \
+            else " (resumed)" if self.resumed else ""
+        lines = [format_summary(self.summary, self.loss),
+                 f"sweep {self.sweep_id}: parent run {self.parent_run_id}{resumed}",
+                 f"results: {self.results_rows} rows {'appended to' if self.results_written else 'already in'} "
+                 f"{self.results_table}"]
+        if self.registration is not None:
+            lines.append(self.registration.describe(self.registered_model))
+        elif outcome.best is None:
+            lines.append("no model logged: every rate diverged or was stopped")
+        saved = 100 * (1 - outcome.row_passes / outcome.full_grid_row_passes) if outcome.full_grid_row_passes else 0
+        lines.append(f"compute: {outcome.row_passes:,} row-passes of {outcome.full_grid_row_passes:,} for the full "
+                     f"grid ({saved:.1f}% saved by stopping rates)")
+        phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.phase_seconds.items())
+        labels = ", ".join(f"{label} {seconds:.2f} s" for label, seconds in self.tracking_by_label.items())
+        lines.append(f"time: {self.wall_seconds:.1f} s wall ({phases}), {self.tracking_seconds:.2f} s tracking "
+                     f"({100 * self.tracking_fraction:.1f}% of wall time: {labels})")
+        return lines

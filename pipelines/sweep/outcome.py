@@ -1,0 +1,60 @@
+"""What a trained grid produced, per rate: curves, status, kept model; and which rate is best."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipelines.sgd._types import FloatArray
+from pipelines.sweep.status import SELECTABLE_STATUSES
+
+
+@dataclass
+class RateResult:
+    """One learning rate's curves and outcome (means over its seeds)."""
+
+    learning_rate: float
+    status: str
+    epochs_run: int
+    stopped_epoch: int | None  # the epoch a policy stopped it at (diverged_at_epoch for diverged)
+    kept_epoch: int  # the epoch whose models are kept (best epoch when early-stopped)
+    curves: dict[str, FloatArray]  # name -> (E,) epochs 1..E, NaN where not run; "train_loss", "val_*"
+    curves_std: dict[str, FloatArray]  # standard deviation across seeds, same shapes
+    weights: FloatArray  # (d,) kept model of the first seed, on standardized features
+    intercept: float
+    initial: dict[str, float] = field(default_factory=dict)  # the curves' values at epoch 0 (initial models)
+
+    def final_metrics(self) -> dict[str, float]:
+        """The curves at the kept epoch (NaN-free for any rate that ran at least one good epoch)."""
+        if self.kept_epoch < 1:
+            return {}
+        return {name: float(curve[self.kept_epoch - 1]) for name, curve in self.curves.items()}
+
+
+@dataclass
+class GridOutcome:
+    """Everything a sweep produced, ready for tracking and the results table."""
+
+    rates: list[RateResult]
+    epochs: int
+    seeds: tuple[int, ...]
+    jobs: int
+    row_passes: int  # (model row x training row) passes actually computed
+    full_grid_row_passes: int  # what the whole grid for all epochs would have cost
+    seconds: float
+    epoch_seconds: list[float] = field(default_factory=list)
+    recorded_at_ms: list[int] = field(default_factory=list)  # (E + 1,) when each epoch was recorded; 0 = not
+
+    @property
+    def best_index(self) -> int | None:
+        """The rate with the lowest validation loss at its kept epoch among completed/early-stopped."""
+        candidates = [(r.final_metrics().get("val_loss", np.inf), i) for i, r in enumerate(self.rates)
+                      if r.status in SELECTABLE_STATUSES and r.kept_epoch >= 1]
+        finite = [(loss, i) for loss, i in candidates if np.isfinite(loss)]
+        return min(finite)[1] if finite else None
+
+    @property
+    def best(self) -> RateResult | None:
+        index = self.best_index
+        return None if index is None else self.rates[index]
