@@ -182,9 +182,16 @@ class TrainConfig(_Section):
     )
     batch_fraction: float = Field(default=1.0, gt=0.0, le=1.0, description="gd: sampled fraction per step")
     num_partitions: int | None = Field(default=None, ge=1, description="partitions of the training data")
-    checkpoint_every: int = Field(
-        default=5, ge=1, description="epochs between checkpoints (and journal appends); also on signals and at the end"
-    )
+    checkpoint_every: int | Literal["auto"] = Field(
+        default="auto", description="epochs between checkpoints and journal appends (also on signals and at the "
+        "end); 'auto': as often as keeps their measured cost under 5% of the training time")
+
+    @field_validator("checkpoint_every")
+    @classmethod
+    def _positive_interval(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be an integer >= 1 or 'auto'")
+        return value
 
 
 class LearningRateRange(_Section):

@@ -38,6 +38,7 @@ RESULTS_SCHEMA = ", ".join([
 FINAL_COLUMNS = ("status", "kept_epoch", "is_best", "parent_run_id", "child_run_id")
 EPOCHS_PER_ROUND = 1_000_000
 COMMIT_ATTEMPTS = 6
+CREATION_WAIT_SECONDS = 20.0
 _CONFLICTS = ("ConcurrentAppendException", "ConcurrentWriteException", "ProtocolChangedException",
               "MetadataChangedException", "ConcurrentDeleteReadException", "ConcurrentTransactionException",
               "DELTA_CONCURRENT", "DELTA_TABLE_ALREADY_EXISTS", "already exists", "ConcurrentDeleteDeleteException")
@@ -61,7 +62,7 @@ def check_output_table(spark: SparkSession, identifier: str, key: str) -> None:
                                   "table or at a path that does not exist yet")
             if not os.path.isdir(local) or not os.listdir(local):
                 return
-        if not DeltaTable.isDeltaTable(spark, identifier):
+        if not _becomes_delta_table(spark, identifier, DeltaTable):
             raise OutputError(f"{key} {identifier} exists and is not a Delta table (no _delta_log); point {key} "
                               "at a Delta table or at a path that does not exist yet")
         return
@@ -69,6 +70,18 @@ def check_output_table(spark: SparkSession, identifier: str, key: str) -> None:
         provider = spark.sql(f"DESCRIBE DETAIL {identifier}").select("format").collect()[0][0]
         if str(provider).lower() != "delta":
             raise OutputError(f"{key} {identifier} is a {provider} table, not a Delta table")
+
+
+def _becomes_delta_table(spark: SparkSession, identifier: str, delta_table: Any) -> bool:
+    """Whether ``identifier`` is a Delta table, waiting a little for one that another writer is creating
+    (Delta writes the first data files before the log)."""
+    deadline = time.monotonic() + CREATION_WAIT_SECONDS
+    while True:
+        if delta_table.isDeltaTable(spark, identifier):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(1.0)
 
 
 def table_exists(spark: SparkSession, identifier: str) -> bool:
@@ -111,8 +124,7 @@ def retry_conflicts(action: Callable[[], Value], key: str, identifier: str) -> V
     raise AssertionError("unreachable")
 
 
-def append_idempotent(dataframe: DataFrame, identifier: str, key: str, app_id: str, txn_version: int = 0,
-                      merge_schema: bool = False) -> bool:
+def append_idempotent(dataframe: DataFrame, identifier: str, key: str, app_id: str, txn_version: int = 0) -> bool:
     """Append ``dataframe`` unless ``(app_id, txn_version)`` was already committed; True when written.
 
     Raises :class:`OutputError` naming ``key`` when the location cannot be written.
@@ -122,7 +134,7 @@ def append_idempotent(dataframe: DataFrame, identifier: str, key: str, app_id: s
 
     def append() -> bool:
         before = table_version(spark, identifier)
-        writer = (dataframe.write.format("delta").mode("append").option("mergeSchema", str(merge_schema).lower())
+        writer = (dataframe.write.format("delta").mode("append").option("mergeSchema", "false")
                   .option("txnAppId", app_id).option("txnVersion", str(txn_version)))
         if is_path(identifier):
             writer.save(identifier)
@@ -158,16 +170,26 @@ def journaled_epochs(spark: SparkSession, identifier: str, sweep_id: str) -> dic
 
 
 def append_journal(spark: SparkSession, rows: Sequence[dict[str, Any]], identifier: str, sweep_id: str,
-                   round_number: int, last_epoch: int) -> bool:
+                   round_number: int, last_epoch: int) -> None:
     """Append one checkpoint's result rows (epochs up to ``last_epoch`` of ``round_number``) once.
 
-    Returns True when written, False when Delta had this append already (a retry).
+    The location was checked when the sweep started; this is the bare idempotent commit (Delta skips it
+    when it has this ``txnVersion`` of the sweep already), retried when another writer's commit got in first.
     """
     if not rows:
-        return False
-    return append_idempotent(results_dataframe(spark, rows), identifier, "output.results_table",
-                             app_id=f"lrsweep-sweep:{sweep_id}",
-                             txn_version=round_number * EPOCHS_PER_ROUND + last_epoch, merge_schema=True)
+        return
+    dataframe = results_dataframe(spark, rows)
+    writer = (dataframe.write.format("delta").mode("append").option("mergeSchema", "true")
+              .option("txnAppId", f"lrsweep-sweep:{sweep_id}")
+              .option("txnVersion", str(round_number * EPOCHS_PER_ROUND + last_epoch)))
+
+    def append() -> None:
+        if is_path(identifier):
+            writer.save(identifier)
+        else:
+            writer.saveAsTable(identifier)
+
+    retry_conflicts(append, "output.results_table", identifier)
 
 
 def finalize_results(spark: SparkSession, finals: Sequence[dict[str, Any]], identifier: str, sweep_id: str) -> bool:

@@ -3,13 +3,15 @@
 Appends run on a background thread (Spark runs jobs from several threads), so a checkpoint costs the
 training loop only the time to build the rows; :meth:`Journal.flush` waits for them. Which epochs the table
 already holds is known per round, so every epoch is appended exactly once, even across reruns (and Delta's
-``txnVersion`` makes a retried append a no-op).
+``txnVersion`` makes a retried append a no-op). :attr:`Journal.provisional` says whether any of the sweep's
+rows carry a provisional status (``running``) that the sweep's end must set.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +37,10 @@ class Journal:
     def __init__(self, spark: SparkSession, identifier: str, sweep_id: str, journaled: dict[int, int]) -> None:
         self.spark, self.identifier, self.sweep_id = spark, identifier, sweep_id
         self.journaled = dict(journaled)  # round -> last epoch in the table (or queued for it)
+        self.provisional = bool(journaled)  # rows of an earlier attempt may still say "running"
         self.appended_rows = 0
+        self.last_append_seconds: float | None = None
+        self.append_seconds = 0.0  # all appends', on the journal's thread
         self._queue: queue.Queue[_Append | None] = queue.Queue()
         self._error: BaseException | None = None
         self._worker = threading.Thread(target=self._run, name="lrsweep-journal", daemon=True)
@@ -43,21 +48,21 @@ class Journal:
 
     def append(self, round_number: int, outcome: GridOutcome, parent_run_id: str | None,
                child_run_ids: Sequence[str | None], table: FeatureTable, loss: str, last_epoch: int,
-               background: bool = True) -> int:
+               final: bool = False, last_round: bool = True) -> int:
         """Queue the rows of epochs after the last journaled one up to ``last_epoch``; return their count.
 
-        With ``background`` False, wait until they (and everything queued before) are in the table.
+        With ``final`` (the round is over) the rows carry their final status, and the best flag when it is
+        the ``last_round``; otherwise a running rate's rows say ``running`` and the best flag is empty.
         """
         first = self.journaled.get(round_number, 0) + 1
         rows = results_rows(outcome, loss, sweep_id=self.sweep_id, parent_run_id=parent_run_id,
                             child_run_ids=child_run_ids, data_table=table.ref.identifier,
                             data_version=table.ref.version, round_number=round_number, first_epoch=first,
-                            last_epoch=last_epoch, final=False) if last_epoch >= first else []
+                            last_epoch=last_epoch, final=final, best=last_round) if last_epoch >= first else []
         if rows:
             self.journaled[round_number] = last_epoch
+            self.provisional = self.provisional or not final or any(row["child_run_id"] is None for row in rows)
             self._queue.put(_Append(round_number, last_epoch, rows))
-        if not background:
-            self.flush()
         return len(rows)
 
     def flush(self) -> None:
@@ -88,8 +93,12 @@ class Journal:
             try:
                 if item is None:
                     return
-                if self._error is None and append_journal(self.spark, item.rows, self.identifier, self.sweep_id,
-                                                          item.round_number, item.last_epoch):
+                if self._error is None:
+                    started = time.monotonic()
+                    append_journal(self.spark, item.rows, self.identifier, self.sweep_id, item.round_number,
+                                   item.last_epoch)
+                    self.last_append_seconds = time.monotonic() - started
+                    self.append_seconds += self.last_append_seconds
                     self.appended_rows += len(item.rows)
             except BaseException as error:  # reported by flush()
                 self._error = error

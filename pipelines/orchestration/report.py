@@ -34,6 +34,8 @@ class SweepReport:
     results_table: str
     wall_seconds: float
     phase_seconds: dict[str, float]
+    checkpoint_seconds: float  # checkpoint files and journal rows, on the training path
+    journal_seconds: float  # the journal's Delta appends, on a background thread
     tracking_seconds: float
     tracking_by_label: dict[str, float]
     summary: list[dict[str, Any]] = field(default_factory=list)
@@ -74,6 +76,8 @@ class SweepReport:
         lines.append(f"compute: {outcome.row_passes:,} row-passes of {outcome.full_grid_row_passes:,} for the full "
                      f"grid ({saved:.1f}% saved by stopping rates)")
         phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.phase_seconds.items())
+        lines.append(f"durability: checkpoints {self.checkpoint_seconds:.2f} s on the training path, journal appends "
+                     f"{self.journal_seconds:.2f} s in the background")
         labels = ", ".join(f"{label} {seconds:.2f} s" for label, seconds in self.tracking_by_label.items())
         lines.append(f"time: {self.wall_seconds:.1f} s wall ({phases}), {self.tracking_seconds:.2f} s tracking "
                      f"({100 * self.tracking_fraction:.1f}% of wall time: {labels})")

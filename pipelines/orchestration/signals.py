@@ -1,10 +1,12 @@
 """SIGTERM and SIGINT as a request to stop at the next safe point, in both ways a driver is launched.
 
-The handler only records the signal and cancels the running Spark jobs from another thread (the main
-thread is usually inside a py4j call, whose connection cannot be reused from a handler); it never raises.
-The sweep checks :attr:`StopRequest.requested` at every epoch boundary, and any failure raised while a stop
-is requested (the cancelled job) counts as the stop. The sweep then saves a checkpoint, ends its runs KILLED
-and exits 128 + the signal number.
+The handler only records the signal; it never raises. The sweep checks :attr:`StopRequest.requested` at
+every epoch boundary and stops there (:meth:`StopRequest.acknowledge`). An epoch still running after
+``cancel_after_seconds`` has its Spark jobs cancelled from another thread (the main thread is usually inside
+a py4j call, whose connection cannot be reused from a handler), and any failure raised while a stop is
+requested (the cancelled job) counts as the stop. Waiting a moment first lets short epochs end on their
+own: a cancelled task makes PySpark's worker print a traceback of its own. The sweep then saves a
+checkpoint, ends its runs KILLED and exits 128 + the signal number.
 
 Under ``spark-submit`` the JVM, not Python, receives a scheduler's SIGTERM, and its default handler exits
 within a second (its shutdown hooks stop Spark, Python is orphaned). :meth:`StopRequest.install` replaces the
@@ -29,13 +31,16 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 GRACE_SECONDS = 120.0
+CANCEL_AFTER_SECONDS = 5.0
 
 
 class StopRequest:
     """Whether (and by which signal) the job was asked to stop."""
 
-    def __init__(self, grace_seconds: float = GRACE_SECONDS) -> None:
+    def __init__(self, grace_seconds: float = GRACE_SECONDS,
+                 cancel_after_seconds: float = CANCEL_AFTER_SECONDS) -> None:
         self.grace_seconds = grace_seconds
+        self.cancel_after_seconds = cancel_after_seconds
         self.signum: int | None = None
         self.received_at: float | None = None
         self._event = threading.Event()
@@ -44,6 +49,7 @@ class StopRequest:
         self._parent_pid = os.getppid()
         self._previous: dict[int, Any] = {}
         self._done = threading.Event()
+        self._acknowledged = threading.Event()
 
     @property
     def requested(self) -> bool:
@@ -58,11 +64,12 @@ class StopRequest:
         return signal.Signals(self.signum or signal.SIGTERM).name
 
     def error(self, epoch: int, sweep_id: str) -> TerminatedError:
-        """The one-line error a sweep ends with."""
+        """The one-line error a sweep ends with (acknowledges the stop)."""
         return self.terminated(f"at epoch {epoch}; rerun with sweep.id={sweep_id} to resume")
 
     def terminated(self, detail: str) -> TerminatedError:
-        """``terminated by SIGTERM <detail>``, with the signal's exit code."""
+        """``terminated by SIGTERM <detail>``, with the signal's exit code (acknowledges the stop)."""
+        self.acknowledge()
         return TerminatedError(f"terminated by {self.signal_name} {detail}", self.exit_code)
 
     def install(self, spark: SparkSession | None = None) -> StopRequest:
@@ -96,6 +103,10 @@ class StopRequest:
         self._event.set()
         threading.Thread(target=self._cancel_jobs, name="lrsweep-cancel", daemon=True).start()
 
+    def acknowledge(self) -> None:
+        """The job has stopped at a safe point: nothing left to cancel (its clean-up jobs must run)."""
+        self._acknowledged.set()
+
     def jvm_alive(self) -> bool:
         """False when Spark's JVM is gone (spark-submit killed before the forwarding handler took over)."""
         if "PYSPARK_GATEWAY_PORT" in os.environ:
@@ -116,7 +127,7 @@ class StopRequest:
 
     def _cancel_jobs(self) -> None:
         spark = self._spark
-        if spark is None:
+        if spark is None or self._acknowledged.wait(self.cancel_after_seconds):
             return
         with contextlib.suppress(Exception):  # the JVM may already be gone; the sweep notices its own way
             spark.interruptAll()

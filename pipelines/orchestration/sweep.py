@@ -157,6 +157,7 @@ class SweepJob:
             raise
         except BaseException as error:
             if self.stop.requested:  # the job the signal handler cancelled
+                self.stop.acknowledge()
                 self.save_on_failure(KILLED)
                 raise self.stop.error(self.epoch_reached(), self.sweep_id) from error
             self.save_on_failure(FAILED)
@@ -268,7 +269,7 @@ class SweepJob:
             run = SweepRun(outcome, tuple(learning_rates), facts.scaling, facts.train_rows, facts.validation_rows,
                            facts.num_partitions)
             self.journal.append(number, outcome, self.parent_run_id, child_ids, self.table, self.config.model.loss,
-                                last_epoch=state.recorded_epoch)
+                                last_epoch=state.recorded_epoch, final=True, last_round=self.is_last_round(number))
         else:
             self.require_training(f"round {number}")
             watcher = RoundWatcher(self, number, learning_rates, child_ids)
@@ -356,7 +357,10 @@ class SweepJob:
         return model_uri, registration
 
     def finalize_results(self) -> None:
-        """Each rate's final status, kept epoch, best flag and run ids on its rows (one MERGE)."""
+        """Each rate's final status, kept epoch, best flag and run ids on its rows (one MERGE), unless every
+        row was appended with them already."""
+        if not self.journal.provisional:
+            return
         rows = []
         for result in self.rounds:
             rows += final_rows(result.run.outcome, sweep_id=self.sweep_id, round_number=result.number,
@@ -375,7 +379,8 @@ class SweepJob:
             model_uri=getattr(self, "model_uri", None), registration=getattr(self, "registration", None),
             tracking_problem=self.tracking_problem, registered_model=self.config.tracking.registered_model,
             results_table=self.config.output.results_table,
-            wall_seconds=wall, phase_seconds=dict(self.phases.by_label),
+            wall_seconds=wall, phase_seconds=dict(self.phases.by_label), checkpoint_seconds=self.recorder.seconds,
+            journal_seconds=self.journal.append_seconds,
             tracking_seconds=self.store.stopwatch.seconds, tracking_by_label=dict(self.store.stopwatch.by_label),
             summary=getattr(self, "summary", None) or rate_summary(final.outcome, self.config.model.loss),
             suggested_learning_rate=self.range_test.suggestion if self.range_test else None,
@@ -409,6 +414,10 @@ class SweepJob:
     def final_run(self) -> SweepRun:
         return self.rounds[-1].run
 
+    def is_last_round(self, number: int) -> bool:
+        """Whether round ``number`` is the sweep's last (an ``auto`` sweep that refines has two)."""
+        return not (self.auto and self.config.sweep.refine and number == 1)
+
     def facts(self) -> DataFacts:
         """The pinned data's facts: from the prepared blocks, or from the checkpoint when none were built."""
         if self.prepared is not None:
@@ -435,7 +444,8 @@ class SweepJob:
     def timings(self) -> dict[str, float]:
         wall = time.perf_counter() - self.started
         seconds = {f"{name}_seconds": value for name, value in self.phases.by_label.items()}
-        seconds.update({"wall_seconds": wall, "tracking_seconds": self.store.stopwatch.seconds,
+        seconds.update({"checkpoint_seconds": self.recorder.seconds, "journal_seconds": self.journal.append_seconds,
+                        "wall_seconds": wall, "tracking_seconds": self.store.stopwatch.seconds,
                         "tracking_fraction": self.store.stopwatch.seconds / wall if wall else 0.0})
         seconds.update({f"tracking_seconds_{label}": value for label, value in self.store.stopwatch.by_label.items()})
         return seconds
@@ -462,12 +472,9 @@ class RoundWatcher:
         round_checkpoint = RoundCheckpoint(self.number, tuple(self.learning_rates), boundary.capture())
         job.recorder.record(job.facts(), round_checkpoint, outcome, job.parent_run_id, self.child_ids, job.range_test,
                             round_complete=state.complete and not state.running().size,
-                            last_round=self.is_last_round())
+                            last_round=job.is_last_round(self.number))
         if job.stop.requested:
             raise job.stop.error(epoch, job.sweep_id)
-
-    def is_last_round(self) -> bool:
-        return not (self.job.auto and self.job.config.sweep.refine and self.number == 1)
 
     def close(self) -> None:
         if self.live is not None:

@@ -93,17 +93,18 @@ def epoch_rows(rate: RateResult, first: int = 1, last: int | None = None) -> lis
 
 def results_rows(outcome: GridOutcome, loss: str, *, sweep_id: str, parent_run_id: str | None,
                  child_run_ids: Sequence[str | None], data_table: str, data_version: int, round_number: int = 1,
-                 first_epoch: int = 1, last_epoch: int | None = None, final: bool = True) -> list[dict[str, Any]]:
+                 first_epoch: int = 1, last_epoch: int | None = None, final: bool = True,
+                 best: bool = True) -> list[dict[str, Any]]:
     """The results table's rows: one per ``(sweep_id, round, learning_rate, epoch)`` an epoch was run.
 
     ``child_run_ids`` are aligned with ``outcome.rates`` (None where unknown). Only epochs
     ``first_epoch..last_epoch`` are included (a journal append). With ``final`` False (the sweep is still
     training) ``is_best`` is left empty and a rate still running has status ``running``; the sweep's end
-    sets them (:func:`final_rows`).
+    sets them (:func:`final_rows`). ``best`` False (a round before the last) flags no rate as the best.
     """
     if len(child_run_ids) != len(outcome.rates):
         raise ValueError(f"{len(child_run_ids)} child run ids for {len(outcome.rates)} rates")
-    best = outcome.best_index if final else None
+    best_index = outcome.best_index if final and best else None
     rows = []
     for index, (rate, child_run_id) in enumerate(zip(outcome.rates, child_run_ids, strict=True)):
         for epoch_row in epoch_rows(rate, first_epoch, last_epoch):
@@ -114,7 +115,7 @@ def results_rows(outcome: GridOutcome, loss: str, *, sweep_id: str, parent_run_i
                 **epoch_row,
                 "status": rate.status,
                 "kept_epoch": rate.kept_epoch,
-                "is_best": index == best if final else None,
+                "is_best": index == best_index if final else None,
                 "loss": loss,
                 "parent_run_id": parent_run_id,
                 "child_run_id": child_run_id,

@@ -10,12 +10,14 @@ stops the thread after one last sync attempt.
 from __future__ import annotations
 
 import threading
+import time
 
 from pipelines.errors import TrackingError, TrackingUnavailableError
 from pipelines.sweep.outcome import GridOutcome
 from pipelines.tracking.runs import SweepTracker
 
 RETRY_SECONDS = 5.0
+INTERVAL_SECONDS = 1.0  # at most one sync a second: fast epochs are sent together
 
 
 class LiveView:
@@ -57,6 +59,7 @@ class LiveView:
                     return  # closing, nothing left to send
                 outcome, epoch, closing = self._latest, self._epoch, self._closing
                 self._pending = False
+                synced_at = time.monotonic()
             try:
                 self.tracker.sync(self.round_number, outcome, wait=False)
             except (TrackingUnavailableError, TrackingError):
@@ -71,3 +74,6 @@ class LiveView:
                 self.error = error
                 return
             self.synced_epochs = max(self.synced_epochs, epoch)
+            with self._condition:  # let the next epochs gather (close() wakes it at once)
+                while not self._closing and (remaining := INTERVAL_SECONDS - (time.monotonic() - synced_at)) > 0:
+                    self._condition.wait(remaining)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import mlflow
 from mlflow import MlflowClient
@@ -40,7 +40,9 @@ Value = TypeVar("Value")
 #: MLflow's client-side retries off (``Availability`` retries), and a bound on each request.
 REQUEST_TIMEOUT_SECONDS = 20
 _CLIENT_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
-                    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}
+                    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+                    # MLflow prints a "View run ... at <uri>" line per ended run: noise in a job's output
+                    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 _UNAVAILABLE_MARKERS = ("Max retries exceeded", "Connection refused", "ConnectionError", "Read timed out",
                         "timed out", "Connection aborted", "RemoteDisconnected", "database is locked",
                         "unable to open database", "Temporary failure", "Name or service not known",
@@ -56,6 +58,22 @@ def tracking_uri(config: TrackingConfig) -> str:
 def redact(text: str) -> str:
     """``text`` with any ``user:password@`` of a URL replaced by ``***@`` (safe to print, tag or log)."""
     return re.sub(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@", r"\g<scheme>***@", text)
+
+
+def credentials_to_environment(uri: str) -> str:
+    """``uri`` without its ``user:password@``, which move to ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``.
+
+    MLflow accepts credentials in the URI but prints and logs the URI in places; taken out, they exist only
+    where MLflow's own environment variables put them (URI credentials win, as they do in MLflow).
+    """
+    parts = urlsplit(uri)
+    if parts.username is None:
+        return uri
+    os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username)
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password or "")
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def code_version() -> str:
@@ -171,18 +189,18 @@ def connect(config: TrackingConfig) -> TrackingStore:
     TrackingError
         It refuses the credentials, or the experiment is deleted.
     """
-    uri = tracking_uri(config)
+    uri = credentials_to_environment(tracking_uri(config))
     for key, value in _CLIENT_SETTINGS.items():
         os.environ[key] = value
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     # half the connect budget per request, half for retrying a refused connection (a server starting up)
     availability = Availability(uri, config.connect_timeout_seconds / 2)
     stopwatch = Stopwatch()
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(config.connect_timeout_seconds / 2)))
     try:
         with stopwatch.timed("connect"), _store_creation_lock(uri):
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # a new sqlite store migrates here
             experiment = availability.call(lambda: client.get_experiment_by_name(config.experiment))
             if experiment is None:
                 location = local_artifact_location(uri, config.experiment)

@@ -93,6 +93,7 @@ def test_notebooks_explore_run_and_compare_a_sweep(demo_table: str, tmp_path: Pa
         "EXPERIMENT": "notebook-sweeps",
         "SWEEP_ID": None,
         "OVERRIDES": [f"train.epochs={EPOCHS}", f"sweep.learning_rates={LEARNING_RATES}", f"sweep.id={SWEEP_ID}",
+                      f"output.checkpoints={workdir / 'checkpoints'}",
                       "tracking.register_when=never", "spark.master=local[2]", "spark.shuffle_partitions=2",
                       "spark.conf={spark.ui.enabled: 'false'}"],
         "WORKDIR": str(workdir),

@@ -7,11 +7,6 @@ with delta-rs, an independent Delta reader.
 from __future__ import annotations
 
 import math
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +15,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from tests.e2e.harness import MlflowServer
 from tests.e2e.test_demo_table_submit import spark_submit
 
 pytestmark = pytest.mark.slow
@@ -30,49 +26,19 @@ SWEEP_ID = "e2e-sweep-1"
 EPOCHS = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    log = (root / "server.log").open("w")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT)
-    uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield uri
+        with MlflowServer(tmp_path_factory.mktemp("mlflow-server")) as server:
+            yield server.uri
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
 
 
 def _sweep_args(table: str, workdir: Path, uri: str) -> list[str]:
     settings = [f"data.table={table}", f"output.results_table={workdir / 'results'}",
-                f"output.predictions_table={workdir / 'predictions'}", f"tracking.uri={uri}",
+                f"output.predictions_table={workdir / 'predictions'}", f"output.checkpoints={workdir / 'checkpoints'}",
+                f"tracking.uri={uri}",
                 f"tracking.experiment={EXPERIMENT}", f"tracking.registered_model={MODEL}",
                 "sweep.learning_rates=[0.01, 0.1, 1000.0]", f"train.epochs={EPOCHS}", f"sweep.id={SWEEP_ID}",
                 "spark.shuffle_partitions=2"]
@@ -102,12 +68,12 @@ def test_sweep_and_scoring_jobs_against_an_mlflow_server(mlflow_server: str, dem
     assert parent.data.params["table_version"] == "1" and parent.data.params["epochs"] == str(EPOCHS)
     assert parent.data.params["learning_rates"] == "0.01,0.1,1000.0"
     assert parent.data.metrics["best_learning_rate"] in (0.01, 0.1)
-    assert 0 < parent.data.metrics["tracking_fraction"] < 1
+    assert 0 < parent.data.metrics["system/lrsweep_tracking_fraction"] < 1
     assert children["lr=1000"].data.tags["status"] == "diverged"
     for child in (children["lr=0.01"], children["lr=0.1"]):
         for metric in ("train_loss", "val_loss", "val_auc"):
             history = client.get_metric_history(child.info.run_id, metric)
-            assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
+            assert sorted(m.step for m in history) == list(range(0, EPOCHS + 1))  # step 0: the start
             assert all(math.isfinite(m.value) for m in history)
     for run in [parent, *children.values()]:
         [dataset] = run.inputs.dataset_inputs
@@ -129,12 +95,12 @@ def test_sweep_and_scoring_jobs_against_an_mlflow_server(mlflow_server: str, dem
 
     rerun = spark_submit("train_sweep.py", *args)
     assert rerun.returncode == 0, rerun.stdout[-4000:]
-    assert "(resumed)" in rerun.stdout and "already in" in rerun.stdout
+    assert f"(resumed from epoch {EPOCHS})" in rerun.stdout and "already in" in rerun.stdout
     again = client.search_runs([experiment.experiment_id], f"tags.`lrsweep.sweep_id` = '{SWEEP_ID}'")
     assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in runs)
     assert len(DeltaTable(str(tmp_path / "results")).to_pandas()) == len(results)
     assert len(client.search_model_versions(f"name='{MODEL}'")) == 1
-    assert len(client.get_metric_history(children["lr=0.1"].info.run_id, "val_loss")) == EPOCHS
+    assert len(client.get_metric_history(children["lr=0.1"].info.run_id, "val_loss")) == EPOCHS + 1
 
     scored = spark_submit("score.py", *args)
     assert scored.returncode == 0, scored.stdout[-4000:]

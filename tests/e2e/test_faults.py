@@ -1,0 +1,423 @@
+"""Sweeps that survive the night: real faults against real ``spark-submit`` jobs and a real ``mlflow server``.
+
+Each test injects one fault a nightly sweep meets (the MLflow server killed mid-sweep, the Python driver
+killed with SIGKILL, SIGTERM/SIGINT from a scheduler, two sweeps racing on a new store and table, refused or
+embedded credentials, a store that is not there) and checks what the README's *Nightly runs* section
+promises: the exit code, the output, the results table (read with delta-rs, an independent Delta reader),
+the MLflow runs and, after a rerun with the same ``sweep.id``, curves identical to an uninterrupted sweep's.
+
+The uninterrupted sweep (:func:`reference`) is run once per module, slowed by the ``sleep`` fault so the
+live view can be observed while it trains; the tests compare with it. Epochs are slowed the same way where a
+test must act at a known epoch (the sleep changes no result). Timings are bounded generously: the suite
+shares two cores with other Spark jobs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from tests.e2e.harness import BackgroundJob, MlflowServer, free_port, wait_for
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENT = "e2e-faults"
+EPOCHS = 12
+LEARNING_RATES = (0.01, 0.1, 1.0)
+CHILDREN = {"lr=0.01", "lr=0.1", "lr=1"}
+CURVES = ("train_loss", "val_loss")
+#: Columns that name a sweep's attempt rather than what it computed.
+IDENTITY_COLUMNS = ["sweep_id", "parent_run_id", "child_run_id", "written_at"]
+PASSWORD = "e2e-admin-password-7f3c"  # basic-auth requires at least 12 characters
+
+
+def slowed(seconds: float) -> dict[str, str]:
+    """Environment making every Spark task of the sweep sleep ``seconds`` (see pipelines.distributed.faults)."""
+    return {"LRSWEEP_INJECT_FAULT": f"sleep:seconds={seconds}"}
+
+
+def sweep_settings(table: str, workdir: Path, uri: str, sweep_id: str,
+                   extra: Mapping[str, object] | None = None) -> dict[str, object]:
+    """The module's sweep: 3 rates, 12 epochs of Adam, a checkpoint every 2 epochs, outputs under ``workdir``."""
+    return {"data.table": table, "output.results_table": workdir / "results",
+            "output.predictions_table": workdir / "predictions", "output.checkpoints": workdir / "checkpoints",
+            "tracking.uri": uri, "tracking.experiment": EXPERIMENT, "tracking.register_when": "never",
+            "sweep.id": sweep_id, "sweep.learning_rates": list(LEARNING_RATES), "train.epochs": EPOCHS,
+            "train.checkpoint_every": 2, "train.optimizer": "adam", "spark.shuffle_partitions": 2, **(extra or {})}
+
+
+# ------------------------------------------------------------------------------------ what a sweep left
+
+
+@dataclass
+class SweepRuns:
+    parent: Run
+    children: dict[str, Run]  # by run name, e.g. "lr=0.1"
+
+    @property
+    def all(self) -> list[Run]:
+        return [self.parent, *self.children.values()]
+
+    def statuses(self) -> dict[str, str]:
+        return {run.info.run_name: run.info.status for run in self.all}
+
+
+def sweep_runs(client: MlflowClient, sweep_id: str, experiment: str = EXPERIMENT) -> SweepRuns:
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment!r}"
+    runs = client.search_runs([found.experiment_id], f"tags.`lrsweep.sweep_id` = '{sweep_id}'")
+    parents = [run for run in runs if run.data.tags.get("lrsweep.role") == "parent"]
+    assert len(parents) == 1, f"sweep {sweep_id}: {len(parents)} parent runs"
+    children = {run.info.run_name: run for run in runs if run.data.tags.get("lrsweep.role") == "child"}
+    assert len(children) == len([run for run in runs if run.data.tags.get("lrsweep.role") == "child"]), \
+        f"sweep {sweep_id}: duplicated child runs"
+    return SweepRuns(parents[0], children)
+
+
+def history(client: MlflowClient, run: Run, metric: str) -> list[tuple[int, float]]:
+    """Every ``(step, value)`` point MLflow holds for ``metric``, by step (duplicates kept)."""
+    return sorted((point.step, point.value) for point in client.get_metric_history(run.info.run_id, metric))
+
+
+def histories(client: MlflowClient, runs: SweepRuns) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    return {name: {metric: history(client, child, metric) for metric in CURVES}
+            for name, child in runs.children.items()}
+
+
+def results(path: Path, sweep_id: str | None = None) -> pd.DataFrame:
+    """The results table as delta-rs reads it (one sweep's rows with ``sweep_id``)."""
+    from deltalake import DeltaTable
+
+    frame = DeltaTable(str(path)).to_pandas()
+    return frame if sweep_id is None else frame[frame.sweep_id == sweep_id]
+
+
+def computed(frame: pd.DataFrame) -> pd.DataFrame:
+    """What the rows say about the training (ids and write times dropped), in (round, rate, epoch) order."""
+    return frame.drop(columns=IDENTITY_COLUMNS).sort_values(["round", "learning_rate", "epoch"]) \
+        .reset_index(drop=True)
+
+
+def assert_every_epoch_once(frame: pd.DataFrame) -> None:
+    """One row per (learning rate, epoch 1..12), nothing missing, nothing twice."""
+    keys = list(zip(frame.learning_rate, frame.epoch, strict=True))
+    assert len(keys) == len(set(keys)), f"duplicated rows: {pd.Series(keys).value_counts().head().to_dict()}"
+    assert set(keys) == {(rate, epoch) for rate in LEARNING_RATES for epoch in range(1, EPOCHS + 1)}
+
+
+def epochs_printed(job: BackgroundJob) -> list[int]:
+    return [int(match.group(1)) for match in job.matches(rf"^epoch (\d+)/{EPOCHS}:")]
+
+
+def closing_line_epoch(job: BackgroundJob, sweep_id: str) -> int:
+    """N of the job's closing line ``sweep <id>: parent run <run id> (resumed from epoch N)``."""
+    [match] = job.matches(rf"^sweep {re.escape(sweep_id)}: parent run \w+ \(resumed from epoch (\d+)\)$")
+    return int(match.group(1))
+
+
+def stopped_at_epoch(job: BackgroundJob, code: int, signal_name: str, exit_code: int, sweep_id: str) -> int:
+    """Check a job stopped by a signal (exit code, one line saying how to resume); return its epoch."""
+    assert code == exit_code, f"exit {code}, expected {exit_code}:\n{job.tail()}"
+    lines = job.matches(rf"terminated by {signal_name} at epoch (\d+); rerun with sweep\.id={re.escape(sweep_id)} "
+                        "to resume")
+    assert len(lines) == 1, job.tail()
+    return int(lines[0].group(1))
+
+
+def tracebacks(job: BackgroundJob) -> list[str]:
+    """Each Python traceback in the output, as ``<exception line> (in <file of the innermost frame>)``."""
+    found, frame = [], None
+    inside = False
+    for line in job.lines():
+        if line.startswith("Traceback (most recent call last)"):
+            inside, frame = True, None
+        elif inside and line.startswith("  File "):
+            frame = line.split('"')[1] if '"' in line else line
+        elif inside and not line.startswith(" "):
+            found.append(f"{line} (in {frame})")
+            inside = False
+    return found
+
+
+def job_log(workdir: Path, name: str) -> Path:
+    return workdir / "logs" / f"{name}.log"
+
+
+# ------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """One ``mlflow server`` (sqlite store) for the module's sweeps that need a healthy server."""
+    with MlflowServer(tmp_path_factory.mktemp("mlflow-server")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server: MlflowServer) -> MlflowClient:
+    return MlflowClient(tracking_uri=server.uri)
+
+
+@dataclass
+class Reference:
+    """An uninterrupted sweep, and what MLflow held while it printed epoch 6."""
+
+    sweep_id: str
+    job: BackgroundJob
+    live_val_loss_steps: dict[str, list[int]]  # child -> steps in MLflow right after "epoch 6/12"
+    epoch_printed_after_query: int
+    running_after_query: bool
+    histories: dict[str, dict[str, list[tuple[int, float]]]]
+    results: pd.DataFrame
+
+
+@pytest.fixture(scope="module")
+def reference(server: MlflowServer, client: MlflowClient, demo_table: str,
+              tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    workdir = tmp_path_factory.mktemp("reference")
+    sweep_id = "reference"
+    with BackgroundJob("train_sweep.py", sweep_settings(demo_table, workdir, server.uri, sweep_id),
+                       job_log(workdir, sweep_id), env=slowed(1.0)) as job:
+        job.wait_for_line(rf"^epoch 6/{EPOCHS}:")
+        live = {name: [step for step, _ in history(client, child, "val_loss")]
+                for name, child in sweep_runs(client, sweep_id).children.items()}
+        printed, running = max(epochs_printed(job)), job.poll() is None
+        code = job.wait()
+    assert code == 0, job.tail()
+    runs = sweep_runs(client, sweep_id)
+    return Reference(sweep_id, job, live, printed, running, histories(client, runs),
+                     results(workdir / "results", sweep_id))
+
+
+# ---------------------------------------------------------------------------------------------- tests
+
+
+def test_unreachable_store_exits_4_quickly_before_the_table_is_read(tmp_path: Path) -> None:
+    missing_table = tmp_path / "no-such-table"
+    nobody = f"http://127.0.0.1:{free_port()}"
+    settings = sweep_settings(str(missing_table), tmp_path, nobody, "unreachable")
+    with BackgroundJob("train_sweep.py", settings, job_log(tmp_path, "unreachable")) as job:
+        job.driver_pid()  # notes when the Python driver started
+        code = job.wait(300)
+    assert code == 4, job.tail()
+    # connect() runs before Spark starts: ~5 s of retries (half of tracking.connect_timeout_seconds) after the
+    # driver's imports, not MLflow's minutes of client retries; bounds are loose for a shared, busy machine
+    assert job.driver_seconds_to_exit() < 20, f"{job.driver_seconds_to_exit():.1f} s after the driver started"
+    assert job.seconds_to_exit() < 60, f"{job.seconds_to_exit():.1f} s after spark-submit started"
+    [error] = [line for line in job.lines() if line.startswith("error:")]
+    assert f"MLflow tracking store {nobody} is unavailable" in error and "nothing was started" in error
+    assert str(missing_table) not in error and "data.table" not in error  # the table was never read
+    assert not (tmp_path / "results").exists() and not (tmp_path / "checkpoints").exists()
+    assert not tracebacks(job), job.tail()
+
+
+@pytest.mark.timeout(1800)
+def test_basic_auth_credentials_from_the_environment_or_the_uri(demo_table: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    short = {"train.epochs": 2}
+    with MlflowServer(tmp_path / "auth-server", admin_password=PASSWORD) as auth:
+        # a refused password is the user's input (exit 2), said in one line, before Spark starts
+        with BackgroundJob("train_sweep.py", sweep_settings(demo_table, tmp_path / "wrong", auth.uri, "wrong", short),
+                           job_log(tmp_path, "wrong"), env={"MLFLOW_TRACKING_USERNAME": "admin",
+                                                            "MLFLOW_TRACKING_PASSWORD": "not-the-password"}) as wrong:
+            wrong.driver_pid()
+            code = wrong.wait(300)
+        assert code == 2, wrong.tail()
+        assert wrong.driver_seconds_to_exit() < 20, f"{wrong.driver_seconds_to_exit():.1f} s after the driver"
+        [error] = [line for line in wrong.lines() if line.startswith("error:")]
+        assert "refused the credentials" in error and "MLFLOW_TRACKING_PASSWORD" in error, error
+        assert not tracebacks(wrong), wrong.tail()
+
+        # the right credentials, from MLflow's variables or inside the URI (two sweeps, side by side)
+        from_env = BackgroundJob(
+            "train_sweep.py", sweep_settings(demo_table, tmp_path / "env", auth.uri, "env-credentials", short),
+            job_log(tmp_path, "env"), env={"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": PASSWORD})
+        in_uri = BackgroundJob(
+            "train_sweep.py",
+            sweep_settings(demo_table, tmp_path / "uri", auth.uri_with_credentials(), "uri-credentials", short),
+            job_log(tmp_path, "uri"))
+        with from_env, in_uri:
+            codes = from_env.wait(), in_uri.wait()
+        assert codes == (0, 0), f"{codes}\n--- env:\n{from_env.tail()}\n--- uri:\n{in_uri.tail()}"
+
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+        admin = MlflowClient(tracking_uri=auth.uri)
+        for sweep_id in ("env-credentials", "uri-credentials"):
+            runs = sweep_runs(admin, sweep_id)
+            assert set(runs.children) == CHILDREN
+            assert set(runs.statuses().values()) == {"FINISHED"}, runs.statuses()
+            for run in runs.all:
+                leaks = {key: value for key, value in {**run.data.tags, **run.data.params}.items() if PASSWORD in value}
+                assert not leaks, f"{run.info.run_name}: the password is in {sorted(leaks)}"
+        tagged = sweep_runs(admin, "uri-credentials").parent.data.tags["lrsweep.tracking_uri"]
+        assert tagged == f"http://***@127.0.0.1:{auth.port}"
+    assert PASSWORD not in from_env.output
+    leaked = [line for line in in_uri.lines() if PASSWORD in line]
+    assert not leaked, f"the password is printed in {len(leaked)} lines of the job's output, e.g. {leaked[0]!r}"
+
+
+@pytest.mark.timeout(1800)
+def test_two_sweeps_starting_together_on_a_new_store_and_a_new_results_table(demo_table: str, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'new.db'}"
+    shared = {"train.epochs": 2, "output.results_table": tmp_path / "results",
+              "output.checkpoints": tmp_path / "checkpoints"}
+    jobs = [BackgroundJob("train_sweep.py", sweep_settings(demo_table, tmp_path / name, store, name, shared),
+                          job_log(tmp_path, name)) for name in ("together-a", "together-b")]
+    with jobs[0], jobs[1]:
+        codes = [job.wait() for job in jobs]
+    assert codes == [0, 0], "\n---\n".join(f"{code}:\n{job.tail()}" for code, job in zip(codes, jobs, strict=True))
+
+    table = results(tmp_path / "results")
+    assert table.groupby("sweep_id").size().to_dict() == {"together-a": 3 * 2, "together-b": 3 * 2}
+    assert not table.duplicated(["sweep_id", "round", "learning_rate", "epoch"]).any()
+    local = MlflowClient(tracking_uri=store)
+    for name in ("together-a", "together-b"):
+        runs = sweep_runs(local, name)
+        assert set(runs.children) == CHILDREN and set(runs.statuses().values()) == {"FINISHED"}, runs.statuses()
+
+
+def test_the_live_view_has_each_epochs_points_while_the_sweep_trains(reference: Reference) -> None:
+    assert set(reference.live_val_loss_steps) == CHILDREN
+    # queried right after "epoch 6/12" was printed, while training went on
+    assert reference.running_after_query and reference.epoch_printed_after_query < EPOCHS
+    for name, steps in reference.live_val_loss_steps.items():
+        assert len(steps) >= 4, f"{name}: only steps {steps} of val_loss in MLflow at epoch 6"
+        assert steps == list(range(len(steps))), f"{name}: val_loss steps {steps}"
+    for name, curves in reference.histories.items():  # and all of it at the end
+        for metric, points in curves.items():
+            assert [step for step, _ in points] == list(range(EPOCHS + 1)), f"{name} {metric}"
+            assert all(math.isfinite(value) for _, value in points)
+    assert_every_epoch_once(reference.results)
+
+
+@pytest.mark.timeout(1800)
+def test_mlflow_killed_mid_sweep_exits_4_with_results_safe_and_a_rerun_completes_mlflow(
+    demo_table: str, tmp_path: Path, reference: Reference,
+) -> None:
+    sweep_id = "outage"
+    with MlflowServer(tmp_path / "outage-server") as flaky:
+        settings = sweep_settings(demo_table, tmp_path, flaky.uri, sweep_id, {"tracking.retry_seconds": 20})
+        with BackgroundJob("train_sweep.py", settings, job_log(tmp_path, "outage"), env=slowed(0.5)) as job:
+            job.wait_for_line(rf"^epoch 3/{EPOCHS}:")
+            flaky.kill()
+            outage = time.monotonic()
+            code = job.wait()
+        assert code == 4, job.tail()
+        assert job.seconds_to_exit(since=outage) < 180, f"{job.seconds_to_exit(since=outage):.0f} s after the outage"
+        assert epochs_printed(job) == list(range(1, EPOCHS + 1))  # training went on without MLflow
+        [error] = [line for line in job.lines() if line.startswith("error:")]
+        assert "MLflow" in error and f"sweep.id={sweep_id}" in error, error
+        assert not tracebacks(job), job.tail()
+        assert_every_epoch_once(results(tmp_path / "results", sweep_id))
+
+        flaky.start()  # same port, same store
+        with BackgroundJob("train_sweep.py", settings, job_log(tmp_path, "outage-rerun")) as rerun:
+            code = rerun.wait()
+        assert code == 0, rerun.tail()
+        assert epochs_printed(rerun) == [], "the rerun trained"
+        assert closing_line_epoch(rerun, sweep_id) == EPOCHS
+
+        client = MlflowClient(tracking_uri=flaky.uri)
+        runs = sweep_runs(client, sweep_id)
+        assert set(runs.children) == CHILDREN
+        assert set(runs.statuses().values()) == {"FINISHED"}, runs.statuses()
+        assert runs.parent.data.metrics["resumed_from_epoch"] == EPOCHS
+        for name, curves in histories(client, runs).items():
+            for metric, points in curves.items():
+                assert [step for step, _ in points] == list(range(EPOCHS + 1)), f"{name} {metric}: {points}"
+                assert points == reference.histories[name][metric], f"{name} {metric}"
+
+    table = results(tmp_path / "results", sweep_id)
+    assert_every_epoch_once(table)
+    pd.testing.assert_frame_equal(computed(table), computed(reference.results), check_exact=True)
+
+
+@pytest.mark.timeout(1800)
+def test_sigkill_of_the_driver_mid_epoch_loses_only_the_epochs_since_the_last_checkpoint(
+    server: MlflowServer, client: MlflowClient, demo_table: str, tmp_path: Path, reference: Reference,
+) -> None:
+    sweep_id = "sigkill"
+    settings = sweep_settings(demo_table, tmp_path, server.uri, sweep_id)
+    checkpoint_of_epoch_6 = tmp_path / "checkpoints" / sweep_id / "checkpoint-00000003.npz"  # epochs 2, 4, 6
+    with BackgroundJob("train_sweep.py", settings, job_log(tmp_path, "sigkill"), env=slowed(1.0)) as job:
+        job.wait_for_line(rf"^epoch 6/{EPOCHS}:")
+        wait_for(checkpoint_of_epoch_6.exists, 120, "the checkpoint of epoch 6")
+        printed = max(epochs_printed(job))  # 6 unless this machine stalled: epoch 7 is running
+        job.signal_driver(signal.SIGKILL)
+        code = job.wait(300)
+    assert code != 0, job.tail()
+    assert printed < EPOCHS
+
+    with BackgroundJob("train_sweep.py", settings, job_log(tmp_path, "sigkill-rerun")) as rerun:
+        code = rerun.wait()
+    assert code == 0, rerun.tail()
+    resumed = closing_line_epoch(rerun, sweep_id)
+    assert 6 <= resumed <= printed and printed - resumed < 2, f"resumed from {resumed}, killed after {printed}"
+    assert epochs_printed(rerun) == list(range(resumed + 1, EPOCHS + 1))
+
+    runs = sweep_runs(client, sweep_id)
+    assert set(runs.statuses().values()) == {"FINISHED"}, runs.statuses()
+    assert runs.parent.data.metrics["resumed_from_epoch"] == resumed
+    assert histories(client, runs) == reference.histories
+    table = results(tmp_path / "results", sweep_id)
+    assert_every_epoch_once(table)
+    pd.testing.assert_frame_equal(computed(table), computed(reference.results), check_exact=True)
+
+
+@pytest.mark.timeout(2700)
+def test_sigterm_and_sigint_stop_at_an_epoch_boundary_and_each_attempt_resumes(
+    server: MlflowServer, client: MlflowClient, demo_table: str, tmp_path: Path, reference: Reference,
+) -> None:
+    """One sweep stopped three times, each attempt once it has trained an epoch: SIGTERM to the spark-submit
+    JVM, then SIGTERM and SIGINT to the Python driver; each rerun resumes where the previous attempt stopped and
+    the last one completes the sweep."""
+    sweep_id = "signals"
+    settings = sweep_settings(demo_table, tmp_path, server.uri, sweep_id)
+    stops = [("jvm-sigterm", "submit", signal.SIGTERM, 143), ("driver-sigterm", "driver", signal.SIGTERM, 143),
+             ("driver-sigint", "driver", signal.SIGINT, 130)]
+    stopped_at = 0
+    printed_tracebacks: dict[str, list[str]] = {}
+    for name, target, sig, exit_code in stops:
+        with BackgroundJob("train_sweep.py", settings, job_log(tmp_path, name), env=slowed(0.5)) as job:
+            if stopped_at:
+                job.wait_for_line(rf"^sweep {sweep_id} \(resumed from epoch {stopped_at}\): ")
+            job.wait_for_line(rf"^epoch {stopped_at + 1}/{EPOCHS}:")
+            if target == "submit":
+                job.signal_submit(sig)
+            else:
+                job.signal_driver(sig)
+            code = job.wait(300)
+        epoch = stopped_at_epoch(job, code, signal.Signals(sig).name, exit_code, sweep_id)
+        assert stopped_at < epoch < EPOCHS, job.tail()
+        assert epochs_printed(job) == list(range(stopped_at + 1, epoch + 1)), job.tail()
+        runs = sweep_runs(client, sweep_id)
+        assert set(runs.children) == CHILDREN
+        assert set(runs.statuses().values()) == {"KILLED"}, f"after {name}: {runs.statuses()}"
+        printed_tracebacks[name] = tracebacks(job)
+        stopped_at = epoch
+
+    with BackgroundJob("train_sweep.py", settings, job_log(tmp_path, "signals-rerun")) as rerun:
+        code = rerun.wait()
+    assert code == 0, rerun.tail()
+    assert closing_line_epoch(rerun, sweep_id) == stopped_at
+    assert epochs_printed(rerun) == list(range(stopped_at + 1, EPOCHS + 1))
+    runs = sweep_runs(client, sweep_id)
+    assert set(runs.statuses().values()) == {"FINISHED"}, runs.statuses()
+    assert histories(client, runs) == reference.histories
+    table = results(tmp_path / "results", sweep_id)
+    assert_every_epoch_once(table)
+    pd.testing.assert_frame_equal(computed(table), computed(reference.results), check_exact=True)
+    # a stopped job prints one line, no traceback (checked last: everything above holds either way)
+    printed = {name: found for name, found in printed_tracebacks.items() if found}
+    assert not printed, f"tracebacks in the output of the stopped jobs: {printed}"
