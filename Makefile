@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: demo range-test score sync test test-fast lint typecheck bench ui check-java clean fetch-jars
+.PHONY: demo range-test score sync notebooks test test-fast lint typecheck bench ui check-java clean fetch-jars
 
 $(VENV)/.installed: pyproject.toml | check-java
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,11 +41,20 @@ range-test: $(VENV)/.installed
 score: $(VENV)/.installed
 	$(SUBMIT) jobs/score.py --env $(ENV) $(ARGS)
 
+# Execute the three notebooks with papermill against the demo table (run `make demo` first); the executed
+# copies go to data/notebooks/.
+notebooks: $(VENV)/.installed
+	@mkdir -p data/notebooks
+	for notebook in notebooks/*.ipynb; do \
+	  $(VENV)/bin/papermill --cwd notebooks --kernel python3 "$$notebook" "data/notebooks/$$(basename $$notebook)" \
+	    -p WORKDIR "$(CURDIR)" || exit $$?; \
+	done
+
 sync: $(VENV)/.installed
 	$(SUBMIT) jobs/sync_sweep.py --env $(ENV) $(ARGS)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

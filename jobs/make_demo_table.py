@@ -8,18 +8,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from pipelines.cli import config_from_args, job_parser, run_job, say
-from pipelines.lakehouse.demo_data import write_demo_table
-from pipelines.session import get_spark
+from pipelines.cli import command_main, run_job
 
 
 def main(argv: Sequence[str]) -> int:
-    args = job_parser(__doc__ or "").parse_args(argv)
-    config = config_from_args(args)
-    spark = get_spark(config.spark)
-    table = write_demo_table(spark, config.demo, config.data.table)
-    say(f"demo table {table.path}: {table.rows} rows, versions {list(table.versions)}")
-    return 0
+    return command_main("demo-table", argv)
 
 
 if __name__ == "__main__":

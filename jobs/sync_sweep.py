@@ -12,18 +12,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from pipelines.cli import config_from_args, job_parser, run_job, say
-from pipelines.errors import ConfigError
-from pipelines.orchestration.sweep import run_sweep_job
+from pipelines.cli import command_main, run_job
 
 
 def main(argv: Sequence[str]) -> int:
-    args = job_parser(__doc__ or "").parse_args(argv)
-    config = config_from_args(args)
-    if config.sweep.id is None:
-        raise ConfigError("sweep.id: required by the sync job (--set sweep.id=ID)")
-    run_sweep_job(config, train=False, say=say)
-    return 0
+    return command_main("sync", argv)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from pipelines.cli import config_from_args, job_parser, run_job, say
-from pipelines.orchestration.sweep import run_sweep_job
+from pipelines.cli import command_main, run_job
 
 
 def main(argv: Sequence[str]) -> int:
-    args = job_parser(__doc__ or "").parse_args(argv)
-    run_sweep_job(config_from_args(args), say=say)
-    return 0
+    return command_main("sweep", argv)
 
 
 if __name__ == "__main__":

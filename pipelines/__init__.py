@@ -6,5 +6,6 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-#: The repository root (holds ``conf/``, ``jobs/`` and the default ``data/`` and ``mlflow.db``).
+#: The folder above the package: the repository root when lrsweep runs from a checkout (where notebooks
+#: start); relative paths of the configuration are taken from the working directory, never from here.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

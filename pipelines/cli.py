@@ -1,8 +1,11 @@
-"""What every job's command line shares: ``--env``, ``--set key=value``, ``--conf-dir``, exit codes, signals.
+"""The ``lrsweep`` command and what every job's command line shares: options, exit codes, quiet logs.
 
-Jobs call :func:`run_job` with their ``main``. A :class:`~pipelines.errors.LrsweepError` becomes one line
-``error: <reason>`` on stderr and its exit code (see :mod:`pipelines.errors`); any other exception keeps its
-traceback and exits 1.
+    lrsweep demo-table | sweep | sync | range-test | score | config  [--env ENV] [--set key=value ...]
+                                                                    [--conf-dir DIR] [--remote sc://host:port]
+
+``jobs/*.py`` are the same commands as ``spark-submit`` entry points (:func:`run_command`). A
+:class:`~pipelines.errors.LrsweepError` becomes one line ``error: <reason>`` on stderr and its exit code (see
+:mod:`pipelines.errors`); any other exception keeps its traceback and exits 1.
 """
 
 from __future__ import annotations
@@ -10,27 +13,43 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from pipelines.config import DEFAULT_CONF_DIR, DEFAULT_ENV, Config, load_config
+import yaml
+
+from pipelines.config import DEFAULT_ENV, Config, configuration_files, load_config
 from pipelines.errors import LrsweepError
 
+#: Libraries whose INFO lines would bury a job's own output (a new sqlite store's migrations, say).
+QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "py4j")
 
-def job_parser(description: str) -> argparse.ArgumentParser:
+
+def job_parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
     """An argument parser with the options every job takes."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--env", default=DEFAULT_ENV, help="configuration overlay conf/<env>/ (default: local)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a configuration key, e.g. --set train.epochs=5 (repeatable)")
-    parser.add_argument("--conf-dir", default=str(DEFAULT_CONF_DIR), help="folder holding base/ and overlays")
+    parser = argparse.ArgumentParser(description=description, prog=prog)
+    add_common_options(parser)
     return parser
 
 
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env", default=DEFAULT_ENV, help="configuration overlay <conf dir>/<env>/ (default: local)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a configuration key, e.g. --set train.epochs=5 (repeatable)")
+    parser.add_argument("--conf-dir", default=None,
+                        help="folder holding base/ and the overlays (default: ./conf when it exists)")
+    parser.add_argument("--remote", default=None, metavar="sc://HOST:PORT",
+                        help="run as a Spark Connect client of this server (also SPARK_REMOTE or spark.remote)")
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
-    """Load and validate the configuration named by the common options."""
-    return load_config(env=args.env, overrides=args.overrides, conf_dir=args.conf_dir)
+    """Load and validate the configuration named by the common options (``--remote`` is ``spark.remote``)."""
+    overrides = list(args.overrides)
+    if getattr(args, "remote", None):
+        overrides.append(f"spark.remote={args.remote}")
+    return load_config(env=args.env, overrides=overrides, conf_dir=args.conf_dir)
 
 
 def say(line: str) -> None:
@@ -39,8 +58,126 @@ def say(line: str) -> None:
         print(line, flush=True)
 
 
-#: Libraries whose INFO lines would bury a job's own output (a new sqlite store's migrations, say).
-QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "py4j")
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def sweep_command(config: Config) -> int:
+    """Train the grid (or resume it, or complete what an earlier attempt left), track it, register the best."""
+    from pipelines.orchestration.sweep import run_sweep_job
+
+    run_sweep_job(config, say=say)
+    return 0
+
+
+def sync_command(config: Config) -> int:
+    """Complete what MLflow and the results table lack of a trained sweep (``sweep.id``), without training."""
+    from pipelines.errors import ConfigError
+    from pipelines.orchestration.sweep import run_sweep_job
+
+    if config.sweep.id is None:
+        raise ConfigError("sweep.id: required to sync a sweep (--set sweep.id=ID)")
+    run_sweep_job(config, train=False, say=say)
+    return 0
+
+
+def range_test_command(config: Config) -> int:
+    """Smith's learning-rate range test, logged as one MLflow run; prints the suggested rate."""
+    from pipelines.orchestration.lr_finder import run_tracked_range_test
+    from pipelines.orchestration.signals import StopRequest
+    from pipelines.session import get_spark
+    from pipelines.sweep.lr_finder import SUGGESTION_RULE
+    from pipelines.tracking.store import connect
+
+    store = connect(config.tracking)
+    spark = get_spark(config.spark)
+    with StopRequest().install(spark) as stop:
+        try:
+            report = run_tracked_range_test(spark, config, progress=say, store=store)
+        except Exception as error:
+            if stop.requested:
+                raise stop.terminated("during the range test; nothing was logged: rerun it") from error
+            raise
+    result = report.result
+    say(f"range test run {report.run_id}: {result.steps} steps"
+        f"{' (stopped early: loss diverged)' if result.stopped_early else ''}, minimum smoothed loss at "
+        f"lr={result.min_loss_rate:.4g}, {report.seconds:.1f} s")
+    say(f"suggested learning rate: {result.suggestion:.6g} ({SUGGESTION_RULE})")
+    return 0
+
+
+def score_command(config: Config) -> int:
+    """Score ``scoring.input_table`` (default ``data.table``) with the champion into ``output.predictions_table``."""
+    from pipelines.orchestration.score import score_table
+    from pipelines.orchestration.signals import StopRequest
+    from pipelines.session import get_spark
+
+    spark = get_spark(config.spark)
+    with StopRequest().install(spark) as stop:
+        try:
+            report = score_table(spark, config)
+        except Exception as error:
+            if stop.requested:
+                raise stop.terminated("while scoring; nothing was written (appends are atomic): rerun it") from error
+            raise
+    say(report.describe())
+    return 0
+
+
+def demo_table_command(config: Config) -> int:
+    """Write the demo churn feature table to ``data.table`` (version 0, then an append as version 1)."""
+    from pipelines.lakehouse.demo_data import write_demo_table
+    from pipelines.session import get_spark
+
+    spark = get_spark(config.spark)
+    table = write_demo_table(spark, config.demo, config.data.table)
+    say(f"demo table {table.path}: {table.rows} rows, versions {list(table.versions)}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Config], int]] = {
+    "sweep": sweep_command, "sync": sync_command, "range-test": range_test_command, "score": score_command,
+    "demo-table": demo_table_command,
+}
+
+
+def show_config(args: argparse.Namespace) -> int:
+    """The resolved configuration as YAML, after the files it was read from."""
+    config = config_from_args(args)
+    for path in configuration_files(args.env, args.conf_dir):
+        say(f"# read {path}")
+    say(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=None).rstrip())
+    return 0
+
+
+def command_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lrsweep", description="Learning-rate sweeps with distributed SGD on Spark: Delta in, MLflow out.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, function in COMMANDS.items():
+        add_common_options(commands.add_parser(name, help=(function.__doc__ or "").split("\n")[0],
+                                               description=function.__doc__))
+    add_common_options(commands.add_parser("config", help="print the resolved configuration and its files"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``lrsweep`` console command."""
+    def dispatch(arguments: Sequence[str]) -> int:
+        args = command_parser().parse_args(arguments)
+        if args.command == "config":
+            return show_config(args)
+        return COMMANDS[args.command](config_from_args(args))
+
+    return run_job(dispatch, argv)
+
+
+def command_main(name: str, argv: Sequence[str]) -> int:
+    """The command ``name`` with a job's own argument list (``jobs/*.py`` call this from their ``main``)."""
+    parser = job_parser(COMMANDS[name].__doc__ or "", prog=os.path.basename(sys.argv[0]))
+    return COMMANDS[name](config_from_args(parser.parse_args(argv)))
+
+
+# ------------------------------------------------------------------------------------------- exit codes
 
 
 def run_job(main: Callable[[Sequence[str]], int], argv: Sequence[str] | None = None) -> int:

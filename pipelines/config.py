@@ -1,8 +1,14 @@
-"""Typed configuration: ``conf/base/*.yml``, an environment overlay ``conf/<env>/``, ``--set`` overrides.
+"""Typed configuration: packaged defaults, a project's ``conf/`` overlays, ``--set`` overrides.
 
 Loading order (later wins, mappings merge key by key)::
 
-    conf/base/*.yml  ->  conf/<env>/*.yml  ->  --set dotted.key=value ...
+    pipelines/conf/base/*.yml (the defaults, shipped in the package)
+      ->  <conf dir>/base/*.yml  ->  <conf dir>/<env>/*.yml  ->  --set dotted.key=value ...
+
+The conf dir is ``./conf`` of the working directory unless given (``--conf-dir``); it is optional, and in
+this repository ``conf/base`` is the packaged defaults themselves. Relative paths (tables, checkpoints, the
+sqlite store) are taken from the working directory when the configuration is loaded, never from where the
+package is installed.
 
 The merged mapping is validated once, before Spark starts. An invalid value raises
 :class:`~pipelines.errors.ConfigError` naming the dotted key, the value and the rule.
@@ -19,8 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib.resources
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
+from importlib.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -38,7 +47,6 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from pipelines import PROJECT_ROOT
 from pipelines.errors import ConfigError
 from pipelines.sgd._validation import OneOf, SpecError, build_spec
 from pipelines.sgd.losses import LOSS_NAMES
@@ -47,7 +55,10 @@ from pipelines.sgd.problem import TrainingProblem
 from pipelines.sgd.regularization import Regularization
 from pipelines.sgd.schedules import ScheduleSpec
 
-DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
+#: The defaults shipped in the package (read through importlib.resources: they load from a zip on
+#: ``--py-files`` too).
+PACKAGED_DEFAULTS: Traversable = importlib.resources.files("pipelines") / "conf" / "base"
+DEFAULT_CONF_DIR = "conf"  # relative to the working directory
 DEFAULT_ENV = "local"
 
 
@@ -332,6 +343,7 @@ class SparkConfig(_Section):
     """Spark settings that lrsweep owns (``spark.*``); ``spark-submit`` flags take precedence."""
 
     master: str = "local[*]"
+    remote: str | None = Field(default=None, description="Spark Connect server (sc://host:port); also SPARK_REMOTE")
     app_name: str = "lrsweep"
     shuffle_partitions: int = Field(default=8, ge=1)
     jars: list[str] = Field(default_factory=list, description="pre-fetched jars (air-gapped clusters)")
@@ -377,9 +389,10 @@ class Config(_Section):
 def load_config(
     env: str = DEFAULT_ENV,
     overrides: Sequence[str] = (),
-    conf_dir: Path | str = DEFAULT_CONF_DIR,
+    conf_dir: Path | str | None = None,
 ) -> Config:
-    """Load ``conf/base``, overlay ``conf/<env>``, apply ``key=value`` overrides and validate.
+    """Load the packaged defaults, overlay ``<conf_dir>/base`` and ``<conf_dir>/<env>``, apply ``key=value``
+    overrides and validate.
 
     Parameters
     ----------
@@ -388,27 +401,47 @@ def load_config(
     overrides
         ``dotted.key=value`` strings; values are parsed as YAML (``[1e-3, 1e-2]``, ``true``, ``null``).
     conf_dir
-        Folder holding ``base/`` and the overlays.
+        Folder holding ``base/`` and the overlays; default ``./conf``, which may be absent.
 
     Raises
     ------
     ConfigError
-        A file cannot be parsed, an override is malformed, or a value breaks its rule.
+        A file cannot be parsed, an override is malformed, a named folder is missing, or a value breaks its
+        rule.
     """
-    conf_dir = Path(conf_dir)
-    base_dir = conf_dir / "base"
-    if not base_dir.is_dir():
-        raise ConfigError(f"configuration folder {base_dir} does not exist")
-    merged = _read_folder(base_dir)
-    env_dir = conf_dir / env
+    folder = Path(conf_dir if conf_dir is not None else DEFAULT_CONF_DIR)
+    if conf_dir is not None and not folder.is_dir():
+        raise ConfigError(f"--conf-dir {folder}: no such folder")
+    merged = _read_folder(PACKAGED_DEFAULTS)
+    base_dir = folder / "base"
+    if _is_project_base(base_dir):
+        merged = deep_merge(merged, _read_folder(base_dir))
+    env_dir = folder / env
     if env_dir.is_dir():
         merged = deep_merge(merged, _read_folder(env_dir))
     elif env != DEFAULT_ENV:
-        available = sorted(p.name for p in conf_dir.iterdir() if p.is_dir() and p.name != "base")
-        raise ConfigError(f"--env {env!r}: no folder {env_dir} (available environments: {available})")
+        available = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name != "base") \
+            if folder.is_dir() else []
+        raise ConfigError(f"--env {env!r}: no folder {env_dir.resolve()} (environments there: {available})")
     for override in overrides:
         merged = deep_merge(merged, parse_override(override))
     return validate_config(merged)
+
+
+def configuration_files(env: str = DEFAULT_ENV, conf_dir: Path | str | None = None) -> list[Traversable]:
+    """The files :func:`load_config` reads, in order (what ``lrsweep config`` shows)."""
+    folder = Path(conf_dir if conf_dir is not None else DEFAULT_CONF_DIR)
+    folders: list[Traversable] = [PACKAGED_DEFAULTS]
+    if _is_project_base(folder / "base"):
+        folders.append(folder / "base")
+    if (folder / env).is_dir():
+        folders.append(folder / env)
+    return [path for directory in folders for path in _yaml_files(directory)]
+
+
+def _is_project_base(base_dir: Path) -> bool:
+    """A ``base/`` of the project's own, not the packaged defaults (this repository links to them)."""
+    return base_dir.is_dir() and str(base_dir.resolve()) != str(PACKAGED_DEFAULTS)
 
 
 def validate_config(raw: Mapping[str, Any]) -> Config:
@@ -510,9 +543,14 @@ def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str,
     return merged
 
 
-def _read_folder(folder: Path) -> dict[str, Any]:
+def _yaml_files(folder: Traversable) -> list[Traversable]:
+    files = [entry for entry in folder.iterdir() if entry.is_file() and entry.name.endswith((".yml", ".yaml"))]
+    return sorted(files, key=lambda entry: (not entry.name.endswith(".yml"), entry.name))
+
+
+def _read_folder(folder: Traversable) -> dict[str, Any]:
     merged: dict[str, Any] = {}
-    for path in sorted(folder.glob("*.yml")) + sorted(folder.glob("*.yaml")):
+    for path in _yaml_files(folder):
         try:
             content = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
@@ -531,12 +569,21 @@ def is_path(identifier: str) -> bool:
     return "://" in identifier or identifier.startswith(("file:", "/", ".")) or "/" in identifier
 
 
-def resolve_table(identifier: str, base: Path = PROJECT_ROOT) -> str:
-    """Relative local paths are taken from the project root, so jobs work from any directory."""
+def resolve_table(identifier: str, base: Path | None = None) -> str:
+    """A relative local path made absolute against ``base`` (default: the working directory)."""
     if is_path(identifier) and "://" not in identifier and not identifier.startswith("file:"):
         path = Path(identifier)
-        return str(path if path.is_absolute() else (base / path).resolve())
+        return str(path if path.is_absolute() else ((base or Path.cwd()) / path).resolve())
     return identifier
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<working directory>/mlflow.db``; a
+    relative sqlite path is made absolute against the working directory."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{(Path.cwd() / uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
 
 
 def _resolve_paths(config: Config) -> Config:
@@ -554,6 +601,7 @@ def _resolve_paths(config: Config) -> Config:
                 }
             ),
             "scoring": config.scoring.model_copy(update={"input_table": table(config.scoring.input_table)}),
+            "tracking": config.tracking.model_copy(update={"uri": resolve_tracking_uri(config.tracking.uri)}),
         }
     )
 

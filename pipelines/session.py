@@ -97,8 +97,16 @@ def under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def remote_url(config: SparkConfig) -> str | None:
+    """The Spark Connect server to use: ``spark.remote`` (or ``--remote``), else ``$SPARK_REMOTE``."""
+    return config.remote or os.environ.get("SPARK_REMOTE") or None
+
+
 def get_spark(config: SparkConfig | None = None) -> SparkSession:
     """Build (or return the running) SparkSession with Delta Lake configured.
+
+    With a Spark Connect server (:func:`remote_url`) the session is a Connect client: the server owns its
+    master, jars and Delta extension; lrsweep only sets its SQL settings on the session.
 
     Parameters
     ----------
@@ -114,6 +122,9 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
     from pyspark.sql import SparkSession
 
     config = config or SparkConfig()
+    remote = remote_url(config)
+    if remote:
+        return _connect_session(remote, config)
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
@@ -145,7 +156,35 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
     spark = _start(builder)
     spark.sparkContext.setLogLevel(config.log_level)
     _check_delta_on_classpath(spark)
+    _warn_unused_master(config, str(spark.sparkContext.master), given_keys)
     return spark
+
+
+#: Session settings a Connect client may set (the server owns everything static).
+CONNECT_SQL_CONF = ("spark.sql.shuffle.partitions", "spark.sql.execution.arrow.pyspark.enabled",
+                    "spark.sql.session.timeZone")
+
+
+def _connect_session(remote: str, config: SparkConfig) -> SparkSession:
+    from pyspark.sql import SparkSession
+
+    try:
+        spark = SparkSession.builder.remote(remote).getOrCreate()
+        settings = {"spark.sql.shuffle.partitions": str(config.shuffle_partitions), **DEFAULT_CONF, **config.conf}
+        for key in CONNECT_SQL_CONF:
+            if key in settings:
+                spark.conf.set(key, settings[key])
+    except Exception as error:
+        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SparkSetupError(f"Spark Connect server {remote}: {text}") from None
+    return spark
+
+
+def _warn_unused_master(config: SparkConfig, running: str, given_keys: set[str]) -> None:
+    """One line when a ``spark.master`` the user configured is not the master the session runs on."""
+    if "master" in config.model_fields_set and config.master != running and "spark.master" in given_keys:
+        print(f"warning: spark.master {config.master!r} of the configuration is not used: the session runs on "
+              f"{running!r} (spark-submit's --master wins)", file=sys.stderr, flush=True)
 
 
 def _start(builder: SparkSession.Builder) -> SparkSession:

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, DataFrameWriter, SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.config import DemoConfig
+from pipelines.config import DemoConfig, is_path
+from pipelines.lakehouse.delta import history
 
 NOISE_COLUMNS = 8
 
@@ -119,19 +120,27 @@ def churn_features(spark: SparkSession, rows: int, seed: int, partitions: int, f
     return df
 
 
+def _write(writer: DataFrameWriter, table: str) -> None:
+    """To a path, or to a catalog table."""
+    if is_path(table):
+        writer.save(table)
+    else:
+        writer.saveAsTable(table)
+
+
 def write_demo_table(spark: SparkSession, config: DemoConfig, table: str) -> DemoTable:
     """Overwrite ``table`` (``data.table``) with version 0 (``rows`` customers), then append version 1.
 
     Re-running replaces the content (new versions are added on top, as Delta keeps history).
     """
+    if not is_path(table) and "." in table:  # a catalog name: its database may be new
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS {table.rsplit('.', 1)[0]}")
     initial = churn_features(spark, config.rows, config.seed, config.partitions,
                              null_fraction=config.null_fraction)
-    initial.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(table)
+    _write(initial.write.format("delta").mode("overwrite").option("overwriteSchema", "true"), table)
     appended = churn_features(spark, config.append_rows, config.seed + 1,
                               max(1, config.partitions // 2), first_id=config.rows,
                               null_fraction=config.null_fraction)
-    appended.write.format("delta").mode("append").save(table)
-
-    history = spark.sql(f"DESCRIBE HISTORY delta.`{table}`").select("version").collect()
-    versions = tuple(sorted(int(row["version"]) for row in history))
+    _write(appended.write.format("delta").mode("append"), table)
+    versions = tuple(version for version, _ in history(spark, table))
     return DemoTable(path=table, versions=versions, rows=config.rows + config.append_rows)

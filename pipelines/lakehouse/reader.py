@@ -23,6 +23,7 @@ from pyspark.sql import types as T
 
 from pipelines.config import DataConfig, is_path
 from pipelines.errors import DataError
+from pipelines.lakehouse.delta import history, is_delta_table, table_format
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,8 @@ def table_versions(spark: SparkSession, identifier: str) -> list[tuple[int, date
 
     Raises :class:`DataError` when the table does not exist or is not a Delta table.
     """
-    from delta.tables import DeltaTable
-
     _require_delta_table(spark, identifier)
-    table = (DeltaTable.forPath(spark, identifier) if is_path(identifier)
-             else DeltaTable.forName(spark, identifier))
-    rows = table.history().select("version", "timestamp").collect()
-    return sorted((int(row["version"]), row["timestamp"]) for row in rows)
+    return history(spark, identifier)
 
 
 def resolve_version(spark: SparkSession, identifier: str, requested: int | str | None) -> TableRef:
@@ -319,21 +315,32 @@ def _check_label(stats: dict[str, Any], loss: str, label: str, where: str) -> No
 
 
 def _require_delta_table(spark: SparkSession, identifier: str) -> None:
-    from delta.tables import DeltaTable
-
     if is_path(identifier):
         local = identifier.removeprefix("file:") if "://" not in identifier else None
         if local is not None and not os.path.exists(local):
             raise DataError(f"table {identifier} not found: the path does not exist")
-        if not DeltaTable.isDeltaTable(spark, identifier):
+        if not is_delta_table(spark, identifier):
             raise DataError(f"table {identifier} is not a Delta table (no _delta_log); convert it with "
                             "CONVERT TO DELTA or point data.table at a Delta table")
         return
-    if not spark.catalog.tableExists(identifier):
-        raise DataError(f"table {identifier} not found in the catalog")
-    provider = spark.sql(f"DESCRIBE DETAIL {identifier}").select("format").collect()[0][0]
-    if str(provider).lower() != "delta":
+    provider = table_format(spark, identifier)
+    if provider is None:
+        raise DataError(unknown_table_name(spark, identifier))
+    if provider != "delta":
         raise DataError(f"table {identifier} is a {provider} table, not a Delta table")
+
+
+def unknown_table_name(spark: SparkSession, identifier: str) -> str:
+    """Why a catalog name is not found, and how to make names work across jobs."""
+    try:
+        catalog = spark.conf.get("spark.sql.catalogImplementation", "in-memory")
+    except Exception:  # a Connect session may not expose static settings
+        catalog = "unknown"
+    hint = ("this session's catalog is in-memory: names do not outlive a job; configure a metastore shared by "
+            "the jobs (e.g. --set spark.conf='{spark.sql.catalogImplementation: hive, spark.sql.warehouse.dir: "
+            "...}' with a persistent metastore, or your platform's catalog) or use a table path"
+            if catalog == "in-memory" else f"the session's catalog ({catalog}) does not know it")
+    return f"table {identifier} not found in the catalog: {hint}"
 
 
 def _ranges(versions: list[int]) -> str:

@@ -25,6 +25,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from pipelines.config import is_path
 from pipelines.errors import OutputError
+from pipelines.lakehouse.delta import is_delta_table, latest_version, sql_name, table_format
 from pipelines.sgd.metrics import ALL_CURVES
 
 #: The results table: one row per (sweep_id, round, learning_rate, epoch). Metric columns cover every loss.
@@ -52,8 +53,6 @@ def check_output_table(spark: SparkSession, identifier: str, key: str) -> None:
     A path may be absent (it is created), an empty directory, or a Delta table; a catalog name may be
     absent or a Delta table.
     """
-    from delta.tables import DeltaTable
-
     if is_path(identifier):
         local = identifier.removeprefix("file:") if "://" not in identifier else None
         if local is not None:
@@ -62,22 +61,21 @@ def check_output_table(spark: SparkSession, identifier: str, key: str) -> None:
                                   "table or at a path that does not exist yet")
             if not os.path.isdir(local) or not os.listdir(local):
                 return
-        if not _becomes_delta_table(spark, identifier, DeltaTable):
+        if not _becomes_delta_table(spark, identifier):
             raise OutputError(f"{key} {identifier} exists and is not a Delta table (no _delta_log); point {key} "
                               "at a Delta table or at a path that does not exist yet")
         return
-    if spark.catalog.tableExists(identifier):
-        provider = spark.sql(f"DESCRIBE DETAIL {identifier}").select("format").collect()[0][0]
-        if str(provider).lower() != "delta":
-            raise OutputError(f"{key} {identifier} is a {provider} table, not a Delta table")
+    provider = table_format(spark, identifier)
+    if provider is not None and provider != "delta":
+        raise OutputError(f"{key} {identifier} is a {provider} table, not a Delta table")
 
 
-def _becomes_delta_table(spark: SparkSession, identifier: str, delta_table: Any) -> bool:
+def _becomes_delta_table(spark: SparkSession, identifier: str) -> bool:
     """Whether ``identifier`` is a Delta table, waiting a little for one that another writer is creating
     (Delta writes the first data files before the log)."""
     deadline = time.monotonic() + CREATION_WAIT_SECONDS
     while True:
-        if delta_table.isDeltaTable(spark, identifier):
+        if is_delta_table(spark, identifier):
             return True
         if time.monotonic() >= deadline:
             return False
@@ -86,24 +84,14 @@ def _becomes_delta_table(spark: SparkSession, identifier: str, delta_table: Any)
 
 def table_exists(spark: SparkSession, identifier: str) -> bool:
     """True when ``identifier`` is an existing Delta table."""
-    from delta.tables import DeltaTable
-
     if is_path(identifier):
-        return bool(DeltaTable.isDeltaTable(spark, identifier))
+        return is_delta_table(spark, identifier)
     return bool(spark.catalog.tableExists(identifier))
 
 
 def table_version(spark: SparkSession, identifier: str) -> int | None:
     """The latest version of a Delta table, or ``None`` when it does not exist yet."""
-    if not table_exists(spark, identifier):
-        return None
-    rows = spark.sql(f"DESCRIBE HISTORY {sql_name(identifier)} LIMIT 1").select("version").collect()
-    return int(rows[0][0])
-
-
-def sql_name(identifier: str) -> str:
-    """``delta.`<path>``` for a path, the catalog name otherwise (for Delta SQL)."""
-    return f"delta.`{identifier}`" if is_path(identifier) else identifier
+    return latest_version(spark, identifier) if table_exists(spark, identifier) else None
 
 
 def retry_conflicts(action: Callable[[], Value], key: str, identifier: str) -> Value:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from pipelines.reporting.tables import rate_label
 from pipelines.sweep.lr_finder import SUGGESTION_RULE, RangeTestResult
@@ -29,6 +30,7 @@ def loss_curves_figure(outcome: GridOutcome, loss: str) -> Figure:
                 axes.plot(epochs[shown], curve[shown], style, color=color, marker=".",
                           label=f"{rate_label(rate.learning_rate)} ({rate.status})" if name == "train_loss" else None)
     axes.set_yscale("log")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     axes.set_xlabel("epoch")
     axes.set_ylabel(f"{loss} loss (solid: train, dashed: validation)")
     axes.set_title("Loss curves per learning rate")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,23 @@ class TrainingData:
     rows: int
 
 
+class _LakehouseDeltaSource(DeltaDatasetSource):
+    """A Delta source that records what the table is: version 0 included (MLflow's own drops a falsy
+    version), and a catalog name flagged as a Unity Catalog table only on Databricks (MLflow flags any name
+    and then calls Databricks' REST API for its id)."""
+
+    def _is_databricks_uc_table(self) -> bool:
+        name = self._delta_table_name
+        return bool(name and os.environ.get("DATABRICKS_RUNTIME_VERSION") and name.count(".") == 2
+                    and super()._is_databricks_uc_table())
+
+    def to_dict(self) -> dict[Any, Any]:
+        info: dict[Any, Any] = super().to_dict()
+        if self._delta_table_version is not None:
+            info["delta_table_version"] = self._delta_table_version
+        return info
+
+
 class _PinnedSparkDataset(SparkDataset):
     """A Spark dataset whose profile is the known row count (MLflow's default runs an approximate count job)."""
 
@@ -43,9 +61,9 @@ def dataset_input(data: TrainingData) -> DatasetInput:
     The digest is derived from the table and version, so every run of a sweep logs the same dataset.
     """
     name = data.identifier.rstrip("/").rsplit("/", 1)[-1]
-    source = DeltaDatasetSource(path=data.identifier if data.is_path else None,
-                                delta_table_name=None if data.is_path else data.identifier,
-                                delta_table_version=data.version)
+    source = _LakehouseDeltaSource(path=data.identifier if data.is_path else None,
+                                   delta_table_name=None if data.is_path else data.identifier,
+                                   delta_table_version=data.version)
     dataset = _PinnedSparkDataset(
         rows=data.rows, df=data.dataframe, source=source, targets=data.label, name=f"{name}@v{data.version}",
         digest=hashlib.md5(f"{data.identifier}@{data.version}".encode()).hexdigest()[:8])

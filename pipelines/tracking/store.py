@@ -30,8 +30,8 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipelines import PROJECT_ROOT, __version__
-from pipelines.config import TrackingConfig
+from pipelines import __version__
+from pipelines.config import TrackingConfig, resolve_tracking_uri
 from pipelines.errors import TrackingError, TrackingUnavailableError
 from pipelines.stopwatch import Stopwatch
 
@@ -51,8 +51,8 @@ _AUTH_CODES = ("UNAUTHENTICATED", "PERMISSION_DENIED")
 
 
 def tracking_uri(config: TrackingConfig) -> str:
-    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<project root>/mlflow.db``."""
-    return config.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    """The store's URI (resolved when the configuration was loaded: see ``config.resolve_tracking_uri``)."""
+    return resolve_tracking_uri(config.uri)
 
 
 def redact(text: str) -> str:
@@ -77,11 +77,15 @@ def credentials_to_environment(uri: str) -> str:
 
 
 def code_version() -> str:
-    """The git commit of the project (``+dirty`` with local changes), else the package version."""
+    """The git commit of the code (``+dirty`` with local changes) when it runs from a checkout, else the
+    package version (an installed wheel, a zip shipped to a cluster)."""
+    source = Path(__file__).resolve().parents[2]
+    if not (source / ".git").exists():
+        return __version__
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source,
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return __version__

@@ -14,6 +14,7 @@ Every wait polls a condition with a deadline; none relies on a fixed sleep.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -23,7 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TypeVar
@@ -43,6 +44,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def wait_for(condition: Callable[[], Value | None], timeout: float, what: str,
@@ -394,3 +402,59 @@ class BackgroundJob:
             self.kill()
         elif self.process is not None:
             _kill_group(self.process)  # Python workers a dead JVM may have left behind
+
+
+# -------------------------------------------------------------------------------- standalone cluster
+
+
+def bare_python(folder: Path) -> Path:
+    """A Python with nothing installed (a virtualenv of the base interpreter, no pip): executors using it
+    have only what a job ships to them."""
+    subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", str(folder)],
+                   check=True, capture_output=True)
+    python = folder / "bin" / "python"
+    probe = subprocess.run([str(python), "-c", "import numpy"], capture_output=True, check=False)
+    assert probe.returncode != 0, f"{python} can import numpy: not a bare Python"
+    return python
+
+
+@contextlib.contextmanager
+def standalone_cluster(work: Path, python: Path, env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """A standalone master and two one-core workers on 127.0.0.1 whose Python is ``python``; yields the master
+    URL. (A job's executors run the Python its driver names, ``spark.pyspark.python`` or ``PYSPARK_PYTHON``.)"""
+    spark_class = str(BIN / "spark-class")
+    import pyspark
+
+    # SPARK_HOME set, as on a cluster's nodes: pyspark's launcher would otherwise look for it with PYSPARK_PYTHON
+    environment = {**(env if env is not None else os.environ), "SPARK_LOCAL_IP": "127.0.0.1",
+                   "PYSPARK_PYTHON": str(python), "SPARK_HOME": str(Path(pyspark.__file__).parent)}
+    port, ui = free_port(), free_port()
+    processes = [subprocess.Popen([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                                   "--port", str(port), "--webui-port", str(ui)], env=environment,
+                                  stdout=subprocess.DEVNULL, stderr=(work / "master.log").open("w"))]
+    master = f"spark://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: port_open(port), 120, "the standalone master")
+        for index in range(2):
+            processes.append(subprocess.Popen(
+                [spark_class, "org.apache.spark.deploy.worker.Worker", master, "--host", "127.0.0.1", "--cores", "1",
+                 "--memory", "1500m", "--webui-port", str(free_port()), "--work-dir", str(work / f"worker{index}")],
+                env=environment, stdout=subprocess.DEVNULL, stderr=(work / f"worker{index}.log").open("w")))
+
+        def two_workers() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=2) as response:
+                    return int(json.load(response).get("aliveworkers", 0)) == 2
+            except OSError:
+                return False
+
+        wait_for(two_workers, 120, "two workers to register")
+        yield master
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -1,7 +1,7 @@
-"""Execute the notebooks in order, as a person would: explore the table, run a sweep, compare its runs.
+"""Execute the notebooks in order with papermill, as ``make notebooks`` does: explore, run a sweep, compare.
 
 Each notebook runs in its own ``python3`` kernel (this interpreter, through a kernelspec written to tmp) with
-its own Spark, against the suite's small demo table. Parameters are injected by replacing the cell tagged
+its own Spark, against the suite's small demo table. Papermill injects the parameters after the cell tagged
 ``parameters``; the MLflow store (sqlite), the results table and every relative output live in tmp.
 """
 
@@ -14,7 +14,6 @@ from typing import Any
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 from nbformat import NotebookNode
 
 from tests.unit.test_notebook_format import NOTEBOOK_DIR, parameter_names
@@ -28,24 +27,22 @@ CELL_TIMEOUT = 600
 
 
 def run_notebook(name: str, values: dict[str, Any], executed_dir: Path) -> NotebookNode:
-    """Execute ``notebooks/<name>`` with its parameters cell replaced by ``values``; return it executed.
+    """Execute ``notebooks/<name>`` with papermill and ``values`` as its parameters; return it executed.
 
     The executed copy is written to ``executed_dir`` (also after a failure, to look at).
     """
+    import papermill
+
     notebook = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
     [parameters] = [cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", [])]
     names = parameter_names(parameters.source)
     missing = sorted(set(names) - set(values))
     assert not missing, f"{name}: no test value for parameter(s) {missing}"
-    parameters.source = "\n".join(f"{key} = {values[key]!r}" for key in names)
     # The kernel starts in notebooks/, as under Jupyter; the notebook moves to WORKDIR itself.
-    client = NotebookClient(notebook, kernel_name="python3", timeout=CELL_TIMEOUT,
-                            resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
-    try:
-        client.execute()
-    finally:
-        nbformat.write(notebook, executed_dir / name)
-    return notebook
+    papermill.execute_notebook(str(NOTEBOOK_DIR / name), str(executed_dir / name), kernel_name="python3",
+                               parameters={key: values[key] for key in names}, cwd=str(NOTEBOOK_DIR),
+                               execution_timeout=CELL_TIMEOUT, progress_bar=False)
+    return nbformat.read(executed_dir / name, as_version=4)
 
 
 def cell_text(notebook: NotebookNode, cell_id: str) -> str:
@@ -101,6 +98,8 @@ def test_notebooks_explore_run_and_compare_a_sweep(demo_table: str, tmp_path: Pa
 
     explore = run_notebook("01_explore_feature_table.ipynb", values, executed)
     assert f"python {sys.executable}" in cell_text(explore, "setup")
+    assert "Ivy" not in cell_text(explore, "setup") and "::" not in cell_text(explore, "setup")  # quiet start
+    assert (workdir / "spark-notebook.log").exists()
     assert "2 versions: 0 .. 1" in cell_text(explore, "versions")
     assert "WRITE" in cell_text(explore, "history")
     assert "version 1 " in cell_text(explore, "schema") and "|-- churned: integer" in cell_text(explore, "schema")

@@ -101,6 +101,7 @@ def bad_tables(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) ->
     ("table_key", "overrides", "message"),
     [
         ("missing", [], "table {path} not found: the path does not exist"),
+        ("name", [], "table nodb.nothing not found in the catalog: this session's catalog is in-memory"),
         ("parquet", ["data.label=label"], "table {path} is not a Delta table (no _delta_log)"),
         ("demo", ["data.version=9"], "table {path}: version 9 is not available; available versions: 0..1"),
         ("demo", ["data.version=1999-01-01"], "table {path}: no version at or before 1999-01-01"),
@@ -126,7 +127,8 @@ def test_bad_input_exits_non_zero_naming_table_and_column(
     demo_table: str, bad_tables: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
     table_key: str, overrides: list[str], message: str,
 ) -> None:
-    path = {"demo": demo_table, "missing": str(tmp_path / "nowhere")}.get(table_key) or bad_tables[table_key]
+    path = {"demo": demo_table, "missing": str(tmp_path / "nowhere"), "name": "nodb.nothing"}.get(table_key) \
+        or bad_tables[table_key]
     exit_code = _run(path, tmp_path, *overrides)
     captured = capsys.readouterr()
     assert exit_code == 2

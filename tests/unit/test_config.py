@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from pipelines import PROJECT_ROOT
-from pipelines.config import LearningRateRange, load_config, parse_override
+from pipelines.config import PACKAGED_DEFAULTS, LearningRateRange, load_config, parse_override
 from pipelines.errors import ConfigError
 
 
 def test_base_configuration_loads_with_documented_keys() -> None:
     config = load_config()
-    assert config.data.table == str(PROJECT_ROOT / "data/delta/churn_features")
+    assert config.data.table == str(Path.cwd() / "data/delta/churn_features")
     assert config.data.version is None
     assert config.data.label == "churned"
     assert config.data.features is None
@@ -48,19 +48,29 @@ def test_range_grid_is_log_spaced_and_inclusive() -> None:
     assert config.sweep.grid() == pytest.approx([1e-3, 1e-2, 1e-1])
 
 
-def test_env_overlay_wins_over_base(tmp_path: Path) -> None:
+def test_packaged_defaults_then_a_projects_base_then_its_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "all.yml").write_text((PROJECT_ROOT / "conf/base/data.yml").read_text()
-                                               + (PROJECT_ROOT / "conf/base/output.yml").read_text()
-                                               + (PROJECT_ROOT / "conf/base/demo.yml").read_text())
+    (tmp_path / "base" / "train.yml").write_text("train:\n  epochs: 7\n")  # a project's own base
     (tmp_path / "prod").mkdir()
     (tmp_path / "prod" / "data.yml").write_text("data:\n  table: main.features.churn\n  on_null: fail\n")
     config = load_config(env="prod", conf_dir=tmp_path)
     assert config.data.table == "main.features.churn"  # a catalog name stays a name
-    assert config.data.on_null == "fail"
-    assert config.data.label == "churned"  # untouched keys keep the base value
+    assert config.data.on_null == "fail" and config.train.epochs == 7
+    assert config.data.label == "churned"  # untouched keys keep the packaged default
     config = load_config(env="prod", conf_dir=tmp_path, overrides=["data.on_null=drop"])
     assert config.data.on_null == "drop"  # --set wins over the overlay
+
+
+def test_relative_paths_and_the_default_store_are_the_working_directorys(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = load_config()  # no conf/ here: the packaged defaults alone
+    assert config.data.table == str(tmp_path / "data/delta/churn_features")
+    assert config.output.checkpoints == str(tmp_path / "data/checkpoints")
+    assert config.tracking.uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert load_config(overrides=["tracking.uri=sqlite:///stores/x.db"]).tracking.uri == \
+        f"sqlite:///{tmp_path / 'stores/x.db'}"
 
 
 @pytest.mark.parametrize(
@@ -116,7 +126,7 @@ def test_engine_specs_are_built_at_load_with_one_default_each() -> None:
 def test_each_configuration_file_holds_one_section() -> None:
     import yaml
 
-    for path in sorted((PROJECT_ROOT / "conf").glob("*/*.yml")):
+    for path in sorted((PROJECT_ROOT / "conf").glob("*/*.yml")) + sorted(PACKAGED_DEFAULTS.glob("*.yml")):
         sections = list(yaml.safe_load(path.read_text()) or {})
         assert sections == [path.stem], f"{path} holds {sections}"
 
@@ -124,8 +134,11 @@ def test_each_configuration_file_holds_one_section() -> None:
 def test_malformed_override_and_missing_env_are_clear() -> None:
     with pytest.raises(ConfigError, match=r"--set 'epochs': expected dotted.key=value"):
         parse_override("epochs")
-    with pytest.raises(ConfigError, match=r"--env 'staging': no folder .*available environments"):
+    with pytest.raises(ConfigError,
+                       match=r"--env 'staging': no folder .*\(environments there: \['ci', 'cluster', 'local'\]\)"):
         load_config(env="staging")
+    with pytest.raises(ConfigError, match=r"--conf-dir /nowhere: no such folder"):
+        load_config(conf_dir="/nowhere")
 
 
 def test_invalid_yaml_file_names_the_file(tmp_path: Path) -> None:

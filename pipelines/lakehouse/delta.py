@@ -1,0 +1,58 @@
+"""Delta table metadata through Spark SQL only, so it works on classic Spark and on Spark Connect alike.
+
+The Python ``DeltaTable`` API needs Delta's Connect plugin on a Connect server; ``DESCRIBE HISTORY``,
+``DESCRIBE DETAIL`` and ``VERSION AS OF`` need only Delta's SQL extension, which every Delta-enabled session
+has. A table is named by a path (``delta.`/path```) or by a catalog name.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from pipelines.config import is_path
+
+_NOT_DELTA = ("DELTA_MISSING_DELTA_TABLE", "is not a Delta table", "DELTA_TABLE_NOT_FOUND", "PATH_NOT_FOUND",
+              "Path does not exist", "TABLE_OR_VIEW_NOT_FOUND", "DELTA_PATH_DOES_NOT_EXIST")
+
+
+def sql_name(identifier: str) -> str:
+    """``delta.`<path>``` for a path, the catalog name otherwise."""
+    return f"delta.`{identifier}`" if is_path(identifier) else identifier
+
+
+def is_delta_table(spark: SparkSession, identifier: str) -> bool:
+    """Whether ``identifier`` names an existing Delta table (a catalog table of another format is not one).
+
+    A local path is answered from its ``_delta_log`` folder without a Spark job.
+    """
+    if is_path(identifier) and "://" not in identifier:
+        log = Path(identifier.removeprefix("file:")) / "_delta_log"
+        return log.is_dir() and any(log.glob("*.json"))
+    try:
+        detail = spark.sql(f"DESCRIBE DETAIL {sql_name(identifier)}").select("format").collect()
+    except Exception as error:
+        if any(marker in str(error) for marker in _NOT_DELTA):
+            return False
+        raise
+    return bool(detail) and str(detail[0][0]).lower() == "delta"
+
+
+def table_format(spark: SparkSession, identifier: str) -> str | None:
+    """A catalog table's format (``delta``, ``parquet``, ...), or None when the catalog does not know it."""
+    if not spark.catalog.tableExists(identifier):
+        return None
+    return str(spark.sql(f"DESCRIBE DETAIL {identifier}").select("format").collect()[0][0]).lower()
+
+
+def history(spark: SparkSession, identifier: str) -> list[tuple[int, datetime]]:
+    """``(version, commit timestamp)`` of every version, oldest first."""
+    rows = spark.sql(f"DESCRIBE HISTORY {sql_name(identifier)}").select("version", "timestamp").collect()
+    return sorted((int(row["version"]), row["timestamp"]) for row in rows)
+
+
+def latest_version(spark: SparkSession, identifier: str) -> int:
+    rows = spark.sql(f"DESCRIBE HISTORY {sql_name(identifier)} LIMIT 1").select("version").collect()
+    return int(rows[0][0])
