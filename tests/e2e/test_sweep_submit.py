@@ -28,11 +28,8 @@ EPOCHS = 2
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    try:
-        with MlflowServer(tmp_path_factory.mktemp("mlflow-server")) as server:
-            yield server.uri
-    finally:
-        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+    with MlflowServer(tmp_path_factory.mktemp("mlflow-server")) as server:
+        yield server.uri
 
 
 def _sweep_args(table: str, workdir: Path, uri: str) -> list[str]:
@@ -81,6 +78,7 @@ def test_sweep_and_scoring_jobs_against_an_mlflow_server(mlflow_server: str, dem
         assert demo_table in dataset.dataset.source and '"delta_table_version": 1' in dataset.dataset.source
 
     mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_registry_uri(mlflow_server)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     features = model.metadata.get_input_schema().input_names()
     example = DeltaTable(demo_table).to_pandas(columns=features).dropna().head(20).astype("float64")

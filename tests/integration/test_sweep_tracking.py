@@ -65,7 +65,6 @@ def swept(spark: SparkSession, demo_table: str, workdir: Path) -> Iterator[tuple
     config = _config(demo_table, workdir)
     report = run_tracked_sweep(spark, config, progress=None)
     yield config, report
-    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
