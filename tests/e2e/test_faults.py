@@ -115,6 +115,13 @@ def assert_every_epoch_once(frame: pd.DataFrame) -> None:
     assert set(keys) == {(rate, epoch) for rate in LEARNING_RATES for epoch in range(1, EPOCHS + 1)}
 
 
+def assert_results_equal_the_reference(table: Path, sweep_id: str, reference: Reference) -> None:
+    """The sweep's results rows: every (rate, epoch) once, with the uninterrupted reference sweep's values."""
+    rows = results(table, sweep_id)
+    assert_every_epoch_once(rows)
+    pd.testing.assert_frame_equal(computed(rows), computed(reference.results), check_exact=True)
+
+
 def epochs_printed(job: BackgroundJob) -> list[int]:
     return [int(match.group(1)) for match in job.matches(rf"^epoch (\d+)/{EPOCHS}:")]
 
@@ -338,9 +345,7 @@ def test_mlflow_killed_mid_sweep_exits_4_with_results_safe_and_a_rerun_completes
                 assert [step for step, _ in points] == list(range(EPOCHS + 1)), f"{name} {metric}: {points}"
                 assert points == reference.histories[name][metric], f"{name} {metric}"
 
-    table = results(tmp_path / "results", sweep_id)
-    assert_every_epoch_once(table)
-    pd.testing.assert_frame_equal(computed(table), computed(reference.results), check_exact=True)
+    assert_results_equal_the_reference(tmp_path / "results", sweep_id, reference)
 
 
 @pytest.mark.timeout(1800)
@@ -370,9 +375,7 @@ def test_sigkill_of_the_driver_mid_epoch_loses_only_the_epochs_since_the_last_ch
     assert set(runs.statuses().values()) == {"FINISHED"}, runs.statuses()
     assert runs.parent.data.metrics["resumed_from_epoch"] == resumed
     assert histories(client, runs) == reference.histories
-    table = results(tmp_path / "results", sweep_id)
-    assert_every_epoch_once(table)
-    pd.testing.assert_frame_equal(computed(table), computed(reference.results), check_exact=True)
+    assert_results_equal_the_reference(tmp_path / "results", sweep_id, reference)
 
 
 @pytest.mark.timeout(2700)
@@ -415,9 +418,7 @@ def test_sigterm_to_spark_submit_or_the_driver_stops_at_an_epoch_boundary_and_ea
     runs = sweep_runs(client, sweep_id)
     assert set(runs.statuses().values()) == {"FINISHED"}, runs.statuses()
     assert histories(client, runs) == reference.histories
-    table = results(tmp_path / "results", sweep_id)
-    assert_every_epoch_once(table)
-    pd.testing.assert_frame_equal(computed(table), computed(reference.results), check_exact=True)
+    assert_results_equal_the_reference(tmp_path / "results", sweep_id, reference)
     # a stopped job prints one line, no traceback (checked last: everything above holds either way)
     printed = {name: found for name, found in printed_tracebacks.items() if found}
     assert not printed, f"tracebacks in the output of the stopped jobs: {printed}"
