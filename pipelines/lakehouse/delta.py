@@ -32,19 +32,24 @@ def is_delta_table(spark: SparkSession, identifier: str) -> bool:
         log = Path(identifier.removeprefix("file:")) / "_delta_log"
         return log.is_dir() and any(log.glob("*.json"))
     try:
-        detail = spark.sql(f"DESCRIBE DETAIL {sql_name(identifier)}").select("format").collect()
+        return _format(spark, sql_name(identifier)) == "delta"
     except Exception as error:
         if any(marker in str(error) for marker in _NOT_DELTA):
             return False
         raise
-    return bool(detail) and str(detail[0][0]).lower() == "delta"
 
 
 def table_format(spark: SparkSession, identifier: str) -> str | None:
     """A catalog table's format (``delta``, ``parquet``, ...), or None when the catalog does not know it."""
     if not spark.catalog.tableExists(identifier):
         return None
-    return str(spark.sql(f"DESCRIBE DETAIL {identifier}").select("format").collect()[0][0]).lower()
+    return _format(spark, identifier)
+
+
+def _format(spark: SparkSession, name: str) -> str | None:
+    """The ``format`` column of ``DESCRIBE DETAIL <name>``, lower-cased."""
+    detail = spark.sql(f"DESCRIBE DETAIL {name}").select("format").collect()
+    return str(detail[0][0]).lower() if detail else None
 
 
 def history(spark: SparkSession, identifier: str) -> list[tuple[int, datetime]]:
