@@ -20,9 +20,11 @@ from pipelines.config import Config, load_config
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-# Every JVM the suite starts (its SparkSession, spark-submit jobs, the Connect server) runs seconds, not hours:
-# C1-only compilation and the serial collector start it ~20% faster on this scale (a job's own wall time).
-os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+# The JVMs the end-to-end tests start (spark-submit jobs, the Connect server, a standalone cluster) run seconds,
+# not hours: C1-only compilation and the serial collector make such a job ~20% faster. The suite's own session
+# lives for the whole run and does the most work: it starts without them (see the ``spark`` fixture).
+SHORT_JVM_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+os.environ.setdefault("SPARK_SUBMIT_OPTS", SHORT_JVM_OPTS)
 
 N_ROWS = 2400
 N_FEATURES = 5
@@ -55,17 +57,23 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     from pipelines.session import get_spark
 
     warehouse = tmp_path_factory.mktemp("warehouse")
-    session = get_spark(SparkConfig(
-        master="local[2]",
-        app_name="lrsweep-tests",
-        shuffle_partitions=2,
-        conf={
-            "spark.ui.enabled": "false",
-            "spark.default.parallelism": "2",
-            "spark.sql.warehouse.dir": str(warehouse),
-            "spark.driver.memory": "2g",
-        },
-    ))
+    short_jvm_opts = os.environ.pop("SPARK_SUBMIT_OPTS", None) if os.environ.get("SPARK_SUBMIT_OPTS") == \
+        SHORT_JVM_OPTS else None
+    try:
+        session = get_spark(SparkConfig(
+            master="local[2]",
+            app_name="lrsweep-tests",
+            shuffle_partitions=2,
+            conf={
+                "spark.ui.enabled": "false",
+                "spark.default.parallelism": "2",
+                "spark.sql.warehouse.dir": str(warehouse),
+                "spark.driver.memory": "2g",
+            },
+        ))
+    finally:
+        if short_jvm_opts is not None:
+            os.environ["SPARK_SUBMIT_OPTS"] = short_jvm_opts
     yield session
     session.stop()
 
