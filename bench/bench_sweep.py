@@ -16,7 +16,12 @@ Peers, all on the same training rows (already in memory for every contender):
                             our best validation log-loss / scikit-learn's best;
 * ``vs_numpy_epoch_ratio``  our median per-epoch wall / one single-process vectorized numpy epoch
                             (:func:`pipelines.sgd.kernels.minibatch_epoch`, all 8 rates) over the same rows;
-* ``driver_peak_rss_mb``    peak RSS of the Python driver during our sweeps (the data stays in Spark).
+* ``driver_peak_rss_mb``    peak RSS of the Python driver during our sweeps (the data stays in Spark);
+* ``hashed_vs_dense_epoch_ratio`` (``--hashed-rows``, its own spark-submit): median epoch of an 8-rate sweep on a
+                            table whose model has 2^18 + 20 inputs (a string hashed into 2^18 buckets, a 3-value
+                            one-hot string, 16 numbers: ~19 non-zeros per row) / the same on the dense 32-number
+                            table of as many rows; ``hashed_vs_dense_block_bytes_ratio`` compares the cached
+                            blocks' bytes (sparse inputs are stored as CSR: they grow with the non-zeros).
 
 The figures at ``--large-rows`` (default 8M) come from a second spark-submit of this script, so each
 driver's peak RSS is its own. The last line printed is one JSON object.
@@ -70,6 +75,75 @@ def make_table(spark: Any, path: Path, rows: int, features: int, partitions: int
     z = sum(float(w) * F.col(f"x{j}") / (10.0 ** (j % 4 - 1)) for j, w in enumerate(true_weights))
     frame = frame.withColumn("label", (F.rand(seed=7) < 1 / (1 + F.exp(-z))).cast("int"))
     frame.write.format("delta").mode("overwrite").save(str(path))
+
+
+def make_hashed_table(spark: Any, path: Path, rows: int, partitions: int) -> None:
+    """16 numbers, a 3-value ``plan`` and a ``device`` string of about rows/2 distinct values, as Delta."""
+    from pyspark.sql import functions as F
+
+    if (path / "_delta_log").exists():
+        return
+    frame = spark.range(rows, numPartitions=partitions)
+    numbers = [F.randn(seed=300 + j).alias(f"x{j}") for j in range(16)]
+    plan = F.element_at(F.array(F.lit("basic"), F.lit("standard"), F.lit("premium")),
+                        (F.floor(F.rand(seed=5) * 3) + 1).cast("int")).alias("plan")
+    device = F.concat(F.lit("device-"), F.floor(F.rand(seed=6) * (rows // 2)).cast("long").cast("string"))
+    frame = frame.select(*numbers, plan, device.alias("device"))
+    z = F.when(F.col("plan") == "basic", 0.5).otherwise(-0.2) + (F.xxhash64("device") % 7 - 3) * 0.2
+    for j in range(8):
+        z = z + 0.3 * F.col(f"x{j}")
+    frame = frame.withColumn("label", (F.rand(seed=8) < 1 / (1 + F.exp(-z))).cast("int"))
+    frame.write.format("delta").mode("overwrite").save(str(path))
+
+
+def block_bytes(blocks: BlockSet) -> int:
+    """Bytes of the cached blocks' arrays (dense inputs, CSR parts, labels)."""
+    from pyspark.sql import functions as F
+
+    sizes = [F.length(c) for c in ("features", "labels", "sparse_indptr", "sparse_indices", "sparse_values")]
+    return int(blocks.dataframe.select(sum(sizes[1:], sizes[0]).alias("bytes")).agg(F.sum("bytes")).collect()[0][0])
+
+
+def measure_sweep(spark: Any, config: Config, rates: list[float]) -> dict[str, Any]:
+    """Prepare the configured table and time a sweep of ``rates`` on it (after a one-epoch warm-up)."""
+    table = read_feature_table(spark, config.data, "logistic")
+    prepared, prepare_seconds = timed(lambda: prepare_data(spark, table, config.data, config.features, config.train))
+    warm_up = config.model_copy(update={"train": config.train.model_copy(update={"epochs": 1})})
+    sweep(prepared, warm_up, rates[:1])
+    run = sweep(prepared, config, rates)
+    best = run.outcome.best
+    figures = {"inputs": prepared.encoding.n_inputs, "sparse_inputs": prepared.encoding.sparse_width,
+               "epoch_seconds": float(np.median(run.outcome.epoch_seconds)),
+               "block_bytes": block_bytes(prepared.blocks), "prepare_seconds": prepare_seconds,
+               "best_val_loss": best.final_metrics()["val_loss"] if best else float("nan")}
+    prepared.blocks.release()
+    return figures
+
+
+def run_hashed(args: argparse.Namespace) -> dict[str, Any]:
+    """Epoch time and block bytes: the 2^18-bucket hashed table against the dense 32-number one (same rows)."""
+    spark = get_spark(load_config(overrides=["spark.master=local[2]"]).spark)
+    spark.sparkContext.setLogLevel("ERROR")
+    rows = args.hashed_rows
+    rates = [float(r) for r in np.geomspace(args.min_rate, args.max_rate, args.rates)]
+    figures: dict[str, Any] = {"hashed_rows": rows}
+    for name, path, extra in (
+            ("dense", BENCH_DIR / f"table_{rows}x{args.features}", ()),
+            ("hashed", BENCH_DIR / f"table_{rows}_hashed", ("features.hash_buckets=262144",))):
+        if name == "dense":
+            make_table(spark, path, rows, args.features, args.partitions)
+        else:
+            make_hashed_table(spark, path, rows, args.partitions)
+        config = bench_config(path, rates, args.hashed_epochs, args.partitions,
+                              f"train.batch_size={args.batch_size}", *extra)
+        figures.update({f"{name}_{key}": value for key, value in measure_sweep(spark, config, rates).items()})
+        print(f"{name}: {figures[f'{name}_inputs']} inputs ({figures[f'{name}_sparse_inputs']} sparse), prepared in "
+              f"{figures[f'{name}_prepare_seconds']:.1f} s, blocks {figures[f'{name}_block_bytes'] / 2**20:.1f} MiB, "
+              f"median epoch {figures[f'{name}_epoch_seconds']:.2f} s", flush=True)
+    figures["hashed_vs_dense_epoch_ratio"] = figures["hashed_epoch_seconds"] / figures["dense_epoch_seconds"]
+    figures["hashed_vs_dense_block_bytes_ratio"] = figures["hashed_block_bytes"] / figures["dense_block_bytes"]
+    figures["hashed_driver_peak_rss_mb"] = peak_rss_mb()
+    return figures
 
 
 def timed(function: Any) -> tuple[Any, float]:
@@ -226,12 +300,13 @@ def bench_single_process(prepared: PreparedData, config: Config, rates: list[flo
     return seconds, float(finite.min()) if finite.size else float("nan"), numpy_epoch
 
 
-def run_large(args: argparse.Namespace) -> dict[str, Any]:
-    """The epoch ratio and driver RSS at ``--large-rows``, in a separate spark-submit."""
+def run_large(args: argparse.Namespace, *mode: str) -> dict[str, Any]:
+    """The epoch ratio and driver RSS at ``--large-rows`` (or ``mode``'s figures), in a separate spark-submit."""
     command = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]", "--driver-memory",
                args.driver_memory, *spark_submit_args(), __file__, "--rows", str(args.large_rows),
-               "--large-rows", "0", "--epoch-only", "--epochs", str(args.large_epochs),
-               "--rates", str(args.rates), "--features", str(args.features), "--partitions", str(args.partitions)]
+               "--large-rows", "0", "--epochs", str(args.large_epochs), "--hashed-rows", str(args.hashed_rows),
+               "--rates", str(args.rates), "--features", str(args.features), "--partitions", str(args.partitions),
+               *(mode or ("--epoch-only",))]
     completed = subprocess.run(command, capture_output=True, text=True, check=False,
                                env={**os.environ, "PYSPARK_PYTHON": sys.executable})
     lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
@@ -254,9 +329,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--driver-memory", default="8g")
+    parser.add_argument("--hashed-rows", type=int, default=1_000_000, help="the hashed 2^18 table's rows; 0 to skip")
+    parser.add_argument("--hashed-epochs", type=int, default=3)
     parser.add_argument("--epoch-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--hashed-only", action="store_true", help="only the hashed vs dense figures")
     args = parser.parse_args()
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    if args.hashed_only:
+        print(json.dumps(run_hashed(args)), flush=True)
+        return
     results = run_main(args)
     if args.epoch_only:
         print(json.dumps(results), flush=True)
@@ -266,12 +347,16 @@ def main() -> None:
         results["vs_numpy_epoch_ratio_large"] = large["vs_numpy_epoch_ratio"]
         results["driver_peak_rss_mb_large"] = large["driver_peak_rss_mb"]
         results["large_rows"] = args.large_rows
+    if args.hashed_rows:
+        results.update(run_large(args, "--hashed-only"))
     print()
     print(f"{'figure':34s} {'value':>12s}  target")
     targets = {"grid_amortization": "<= 1.5", "vs_mllib_speedup": ">= 10", "vs_mllib_max_rel_loss_diff": "<= 1e-6",
                "vs_sklearn_speedup": ">= 5", "vs_sklearn_best_val_loss_ratio": "<= 1.01",
                "vs_numpy_epoch_ratio": "<= 3", "vs_numpy_epoch_ratio_large": "(report)",
-               "driver_peak_rss_mb": "flat in rows", "driver_peak_rss_mb_large": "flat in rows"}
+               "driver_peak_rss_mb": "flat in rows", "driver_peak_rss_mb_large": "flat in rows",
+               "hashed_vs_dense_epoch_ratio": "(report)", "hashed_vs_dense_block_bytes_ratio": "(report)",
+               "hashed_driver_peak_rss_mb": "(report)"}
     for key, target in targets.items():
         if key in results:
             print(f"{key:34s} {results[key]:12.4g}  {target}")

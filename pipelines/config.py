@@ -77,13 +77,21 @@ class DataConfig(_Section):
     )
     label: str = Field(min_length=1)
     features: list[str] | None = Field(
-        default=None, description="feature columns; every numeric column but the label when omitted"
+        default=None, description="feature columns; every usable column but the label and exclusions when omitted"
     )
     exclude: list[str] = Field(default_factory=list, description="columns never used as features (ids)")
+    weight: str | None = Field(default=None, min_length=1, description="a column of non-negative row weights")
     on_null: Literal["drop", "fail"] = Field(default="drop", description="rows with a null label or feature")
     on_invalid: Literal["drop", "fail"] = Field(
         default="drop", description="rows with NaN or +-inf in the label or a feature")
     validation_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    split: Literal["hash", "stratified", "time", "column"] = Field(
+        default="hash", description="hash of row content | stratified by label | time (data.time_column) | column")
+    time_column: str | None = Field(default=None, min_length=1, description="split=time: oldest rows train")
+    split_column: str | None = Field(default=None, min_length=1,
+                                     description="split=column: a column of train / validation / test")
+    test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0,
+                                 description="held-out rows, never used for selection (hash, stratified, time)")
     min_validation_rows: int = Field(
         default=30, ge=1, description="fewer validation rows than this fail the job: too few to judge a model")
 
@@ -94,11 +102,26 @@ class DataConfig(_Section):
             raise ValueError("must be a version number >= 0 or a timestamp such as '2026-11-29 10:00:00'")
         return version
 
+    @model_validator(mode="after")
+    def _split_settings(self) -> DataConfig:
+        def error(parameter: str, value: Any, rule: str) -> PydanticCustomError:
+            return PydanticCustomError("spec", "{rule}", {"parameter": parameter, "value": value, "rule": rule})
+
+        if self.split == "time" and self.time_column is None:
+            raise error("time_column", None, "data.split=time needs the column that orders the rows")
+        if self.split == "column" and self.split_column is None:
+            raise error("split_column", None, "data.split=column needs the column naming each row's split")
+        if self.split != "column" and self.validation_fraction + self.test_fraction >= 1.0:
+            raise error("test_fraction", self.test_fraction,
+                        f"validation_fraction + test_fraction must be < 1 (validation_fraction is "
+                        f"{self.validation_fraction})")
+        return self
+
     @field_validator("features")
     @classmethod
     def _features_non_empty(cls, features: list[str] | None) -> list[str] | None:
         if features is not None and len(features) == 0:
-            raise ValueError("must list at least one column, or be omitted to use every numeric column")
+            raise ValueError("must list at least one column, or be omitted to use every usable column")
         if features is not None and len(set(features)) != len(features):
             raise ValueError("must not list a column twice")
         return features
@@ -115,6 +138,22 @@ class ModelConfig(_Section):
     fit_intercept: bool = True
     reg_param: float = 0.0
     l1_ratio: float = 0.0
+    class_weight: Literal["balanced"] | dict[str, float] | None = Field(
+        default=None, description="logistic: 'balanced' (n / (2 n_class)) or {label value: weight}")
+
+    @field_validator("class_weight", mode="before")
+    @classmethod
+    def _class_weight_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            if not value:
+                raise ValueError("must map at least one label value to a weight, or be 'balanced' or null")
+            weights = {}
+            for key, weight in value.items():
+                if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0:
+                    raise ValueError(f"the weight of class {key!r} must be a number >= 0, got {weight!r}")
+                weights[str(int(key)) if isinstance(key, float) and key.is_integer() else str(key)] = float(weight)
+            return weights
+        return value
 
     @field_validator("loss")
     @classmethod
@@ -130,6 +169,10 @@ class ModelConfig(_Section):
             Regularization(self.reg_param, self.l1_ratio)
         except SpecError as error:
             raise _spec_error(error) from None
+        if self.class_weight is not None and self.loss != "logistic":
+            raise PydanticCustomError("spec", "{rule}", {
+                "parameter": "class_weight", "value": self.class_weight,
+                "rule": f"needs a classification loss (logistic); model.loss is {self.loss!r}"})
         return self
 
     @property
@@ -141,7 +184,12 @@ class ModelConfig(_Section):
 class FeaturesConfig(_Section):
     """Feature preparation (``features.*``)."""
 
-    standardize: bool = True
+    standardize: bool = Field(default=True, description="numbers, booleans, dates and array elements")
+    max_categories: int = Field(
+        default=50, ge=1, description="one-hot: the most frequent categories kept; the rest share an 'other' slot")
+    hash_threshold: int = Field(
+        default=1000, ge=2, description="a string column with more distinct values (in training) is hashed")
+    hash_buckets: int = Field(default=65_536, ge=2, le=2**24, description="slots of a hashed string column")
 
 
 def _spec_error(error: SpecError) -> PydanticCustomError:
@@ -375,6 +423,15 @@ class Config(_Section):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
     demo: DemoConfig = Field(default_factory=lambda: DemoConfig())
+
+    @model_validator(mode="after")
+    def _stratified_needs_classes(self) -> Config:
+        if self.data.split == "stratified" and self.model.loss != "logistic":
+            raise PydanticCustomError("spec", "{rule}", {
+                "parameter": "data.split", "value": "stratified",
+                "rule": f"stratifies by class: it needs a classification loss (logistic); model.loss is "
+                        f"{self.model.loss!r}"})
+        return self
 
     @property
     def problem(self) -> TrainingProblem:

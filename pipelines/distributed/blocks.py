@@ -1,9 +1,10 @@
 """Partitions as numpy blocks, read once and kept in Spark's cache across epochs.
 
 The training rows are turned, through Arrow (``mapInArrow``, no per-row Python), into a DataFrame with
-one row per block of up to ``block_rows`` rows: the standardized feature matrix and the labels as raw
-float64 bytes. That DataFrame is cached; every epoch's job reads the blocks of its partition back as
-numpy arrays with zero parsing (``np.frombuffer``).
+one row per block of up to ``block_rows`` rows: the encoded inputs (the standardized dense matrix and, when
+the encoding has sparse inputs, a CSR matrix as its three arrays) and the labels as raw bytes. That
+DataFrame is cached; every epoch's job reads the blocks of its partition back as numpy arrays with zero
+parsing (``np.frombuffer``). A sparse block's size is its non-zeros, whatever the width.
 
 The blocks are a pure function of the input rows and the partitioning (round-robin repartition sorts
 before distributing, and each partition is then sorted by a content hash, since rows arrive from a shuffle
@@ -28,20 +29,23 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
+import scipy.sparse as sp
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.storagelevel import StorageLevel
 
-from pipelines.features.scaling import FeatureScaling
+from pipelines.features.encoding import TableEncoding
 from pipelines.features.split import VALIDATION_COLUMN
 from pipelines.sgd._types import FloatArray
+from pipelines.sgd.design import Design, SplitDesign
 
 BLOCK_SCHEMA = (
-    "partition INT, block INT, is_validation BOOLEAN, rows INT, features BINARY, labels BINARY"
+    "partition INT, block INT, is_validation BOOLEAN, rows INT, features BINARY, labels BINARY, "
+    "sparse_indptr BINARY, sparse_indices BINARY, sparse_values BINARY, sample_weights BINARY"
 )
 DEFAULT_BLOCK_ROWS = 65_536
 
@@ -51,10 +55,12 @@ class PartitionBlocks:
     """The rows of one partition as numpy arrays, train and validation apart."""
 
     partition: int
-    X_train: FloatArray  # (n_train, d)
+    X_train: Design  # (n_train, d): an array, or a SplitDesign when the encoding has sparse inputs
     y_train: FloatArray  # (n_train,)
-    X_val: FloatArray  # (n_val, d)
+    X_val: Design  # (n_val, d)
     y_val: FloatArray  # (n_val,)
+    w_train: FloatArray | None = None  # (n_train,) row weights (mean 1 over all training rows); None: unweighted
+    w_val: FloatArray | None = None  # (n_val,)
 
 
 @dataclass(frozen=True)
@@ -62,15 +68,21 @@ class BlockSet:
     """The cached blocks and what the driver knows about them (no data on the driver)."""
 
     dataframe: DataFrame  # BLOCK_SCHEMA rows, cached
-    n_features: int
+    n_features: int  # model inputs: dense_width + sparse width
     train_rows: tuple[int, ...]  # per partition, indexed by partition number
     val_rows: tuple[int, ...]
+    dense_width: int = -1  # -1: every input is dense
+    weighted: bool = False  # the blocks carry row weights
     staging_dir: str = field(default_factory=lambda: os.path.join(tempfile.gettempdir(), "lrsweep-blocks",
                                                                   uuid.uuid4().hex))
 
     @property
     def num_partitions(self) -> int:
         return len(self.train_rows)
+
+    @property
+    def sparse_width(self) -> int:
+        return 0 if self.dense_width < 0 else self.n_features - self.dense_width
 
     @property
     def total_train_rows(self) -> int:
@@ -92,18 +104,20 @@ class BlockSet:
 def build_blocks(
     dataframe: DataFrame,
     label: str,
-    features: tuple[str, ...],
-    scaling: FeatureScaling,
+    encoding: TableEncoding,
     num_partitions: int,
     block_rows: int = DEFAULT_BLOCK_ROWS,
+    weight: str | None = None,
 ) -> BlockSet:
-    """Repartition, standardize and pack rows into cached numpy blocks; one Spark job materializes them.
+    """Repartition, encode and pack rows into cached numpy blocks; one Spark job materializes them.
 
-    ``dataframe`` holds ``label``, the ``features`` (double, no nulls) and :data:`VALIDATION_COLUMN`.
+    ``dataframe`` holds ``label`` (double, no nulls), the encoding's columns, :data:`VALIDATION_COLUMN` and, with
+    ``weight``, that column of row weights (double, normalized by the caller).
     """
-    columns = [label, *features, VALIDATION_COLUMN]
-    means, scales = scaling.means, scaling.scales
-    d = len(features)
+    features = encoding.source_columns
+    columns = [label, *features, VALIDATION_COLUMN, *([weight] if weight else [])]
+    has_sparse = bool(encoding.sparse_columns)
+    empty = pa.array([b""], pa.binary())
 
     def pack(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
@@ -117,18 +131,25 @@ def build_blocks(
         def flush(is_validation: bool) -> pa.RecordBatch:
             nonlocal block_index
             table = pa.Table.from_batches(pending[is_validation])
-            X = np.column_stack([table.column(c).to_numpy() for c in features]) if d else np.zeros((0, 0))
-            X = np.ascontiguousarray((X - means) / scales, dtype=np.float64)
+            encoded = encoding.encode(table)
             y = np.ascontiguousarray(table.column(label).to_numpy(), dtype=np.float64)
             pending[is_validation], pending_rows[is_validation] = [], 0
             block_index += 1
+            sparse = encoded.sparse
             return pa.RecordBatch.from_pydict({
                 "partition": pa.array([partition], pa.int32()),
                 "block": pa.array([block_index - 1], pa.int32()),
                 "is_validation": pa.array([is_validation]),
                 "rows": pa.array([y.shape[0]], pa.int32()),
-                "features": pa.array([X.tobytes()], pa.binary()),
+                "features": pa.array([encoded.dense.tobytes()], pa.binary()),
                 "labels": pa.array([y.tobytes()], pa.binary()),
+                "sparse_indptr": pa.array([sparse.indptr.astype(np.int64).tobytes()], pa.binary())
+                if sparse is not None else empty,
+                "sparse_indices": pa.array([sparse.indices.astype(np.int32).tobytes()], pa.binary())
+                if sparse is not None else empty,
+                "sparse_values": pa.array([sparse.data.tobytes()], pa.binary()) if sparse is not None else empty,
+                "sample_weights": pa.array([np.ascontiguousarray(table.column(weight).to_numpy(), dtype=np.float64)
+                                            .tobytes()], pa.binary()) if weight else empty,
             })
 
         for batch in batches:
@@ -149,11 +170,13 @@ def build_blocks(
 
     # After the shuffle rows arrive in fetch order, which varies between runs on a cluster: sort each
     # partition by a content hash (ties by content) so its blocks, hence the SGD trajectory, are reproducible.
+    # Vectors are in the hash but cannot be sorted on (two rows differing only there need a 64-bit collision).
     order_key = F.xxhash64(F.lit(0x5EED), *[F.col(c) for c in columns])
+    sortable = [c for c in columns if c not in {v.column for v in encoding.columns if v.kind == "vector"}]
     blocks = (
         dataframe.select(*columns)
         .repartition(num_partitions)
-        .sortWithinPartitions(order_key, *columns)
+        .sortWithinPartitions(order_key, *sortable)
         .mapInArrow(pack, BLOCK_SCHEMA)
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
@@ -163,33 +186,63 @@ def build_blocks(
     for row in summary:
         target = val_rows if row["is_validation"] else train_rows
         target[row["partition"]] = int(row["sum(rows)"])
-    return BlockSet(blocks, d, tuple(train_rows), tuple(val_rows))
+    return BlockSet(blocks, encoding.n_inputs, tuple(train_rows), tuple(val_rows),
+                    dense_width=encoding.dense_width if has_sparse else -1, weighted=weight is not None)
 
 
-def read_partition(batches: Iterator[pa.RecordBatch], n_features: int) -> PartitionBlocks | None:
-    """Inside a task: the partition's blocks as arrays, in block order (None for an empty partition)."""
-    parts: dict[bool, list[tuple[int, FloatArray, FloatArray]]] = {False: [], True: []}
+def read_partition(batches: Iterator[pa.RecordBatch], n_features: int, dense_width: int = -1,
+                   weighted: bool = False) -> PartitionBlocks | None:
+    """Inside a task: the partition's blocks as arrays, in block order (None for an empty partition).
+
+    ``dense_width`` >= 0: the blocks have a sparse part (inputs ``dense_width..n_features-1``); ``weighted``:
+    they carry row weights.
+    """
+    parts: dict[bool, list[tuple[int, Design, FloatArray, FloatArray | None]]] = {False: [], True: []}
     partition = -1
+    width = n_features if dense_width < 0 else dense_width
     for batch in batches:
         for row in batch.to_pylist():
             partition = int(row["partition"])
-            X = np.frombuffer(row["features"], dtype=np.float64).reshape(int(row["rows"]), n_features)
+            rows = int(row["rows"])
+            dense = np.frombuffer(row["features"], dtype=np.float64).reshape(rows, width)
+            X: Design = dense
+            if dense_width >= 0:
+                X = SplitDesign(dense, sp.csr_matrix((np.frombuffer(row["sparse_values"], dtype=np.float64),
+                                                  np.frombuffer(row["sparse_indices"], dtype=np.int32),
+                                                  np.frombuffer(row["sparse_indptr"], dtype=np.int64)),
+                                                 shape=(rows, n_features - dense_width)))
             y = np.frombuffer(row["labels"], dtype=np.float64)
-            parts[bool(row["is_validation"])].append((int(row["block"]), X, y))
+            w = np.frombuffer(row["sample_weights"], dtype=np.float64) if weighted else None
+            parts[bool(row["is_validation"])].append((int(row["block"]), X, y, w))
     if partition < 0:
         return None
 
-    def stack(is_validation: bool) -> tuple[FloatArray, FloatArray]:
+    def stack(is_validation: bool) -> tuple[Design, FloatArray, FloatArray | None]:
         ordered = sorted(parts[is_validation], key=lambda item: item[0])
         if not ordered:
-            return np.zeros((0, n_features)), np.zeros(0)
+            return _empty_design(n_features, dense_width), np.zeros(0), np.zeros(0) if weighted else None
         if len(ordered) == 1:
-            return ordered[0][1], ordered[0][2]
-        return (np.concatenate([X for _, X, _ in ordered]), np.concatenate([y for _, _, y in ordered]))
+            return ordered[0][1], ordered[0][2], ordered[0][3]
+        weights = np.concatenate([w for *_, w in ordered if w is not None]) if weighted else None
+        return _concatenate([X for _, X, _, _ in ordered]), np.concatenate([y for _, _, y, _ in ordered]), weights
 
-    X_train, y_train = stack(False)
-    X_val, y_val = stack(True)
-    return PartitionBlocks(partition, X_train, y_train, X_val, y_val)
+    X_train, y_train, w_train = stack(False)
+    X_val, y_val, w_val = stack(True)
+    return PartitionBlocks(partition, X_train, y_train, X_val, y_val, w_train, w_val)
+
+
+def _empty_design(n_features: int, dense_width: int) -> Design:
+    if dense_width < 0:
+        return np.zeros((0, n_features))
+    return SplitDesign(np.zeros((0, dense_width)), sp.csr_matrix((0, n_features - dense_width)))
+
+
+def _concatenate(parts: list[Design]) -> Design:
+    if isinstance(parts[0], SplitDesign):
+        splits = [p for p in parts if isinstance(p, SplitDesign)]
+        return SplitDesign(np.concatenate([p.dense for p in splits]),
+                           sp.vstack([p.sparse for p in splits], format="csr"))
+    return np.concatenate(parts)  # type: ignore[arg-type]
 
 
 RESULT_SCHEMA = "partition INT, payload BINARY"
@@ -204,7 +257,8 @@ def map_partitions(blocks: BlockSet, compute: Callable[[PartitionBlocks], Result
     whose executor had none run again on the cached blocks (which stages them for next time).
     """
     spark = blocks.dataframe.sparkSession  # works for classic and Spark Connect sessions alike
-    staging, n_features = blocks.staging_dir, blocks.n_features
+    staging, n_features, dense_width, weighted = (blocks.staging_dir, blocks.n_features, blocks.dense_width,
+                                                  blocks.weighted)
 
     def from_staged(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -214,7 +268,7 @@ def map_partitions(blocks: BlockSet, compute: Callable[[PartitionBlocks], Result
                 yield _result(int(partition), payload)
 
     def from_cache(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        arrays = read_partition(batches, n_features)
+        arrays = read_partition(batches, n_features, dense_width, weighted)
         if arrays is None:
             return
         stage(staging, arrays)
@@ -237,7 +291,8 @@ def _result(partition: int, payload: bytes) -> pa.RecordBatch:
                                        "payload": pa.array([payload], pa.binary())})
 
 
-_STAGED_NAMES = ("X_train", "y_train", "X_val", "y_val")
+_STAGED_NAMES = ("X_train", "y_train", "X_val", "y_val", "w_train", "w_val")
+_CSR_PARTS = ("dense", "data", "indices", "indptr", "shape")
 
 
 def stage(staging_dir: str, arrays: PartitionBlocks) -> None:
@@ -248,7 +303,16 @@ def stage(staging_dir: str, arrays: PartitionBlocks) -> None:
     os.makedirs(staging_dir, exist_ok=True)
     scratch = tempfile.mkdtemp(dir=staging_dir, prefix=f".{arrays.partition}-")
     for name in _STAGED_NAMES:
-        np.save(os.path.join(scratch, f"{name}.npy"), getattr(arrays, name))
+        value = getattr(arrays, name)
+        if value is None:
+            continue
+        if isinstance(value, SplitDesign):
+            parts = {"dense": value.dense, "data": value.sparse.data, "indices": value.sparse.indices,
+                     "indptr": value.sparse.indptr, "shape": np.asarray(value.sparse.shape, dtype=np.int64)}
+            for part in _CSR_PARTS:
+                np.save(os.path.join(scratch, f"{name}.{part}.npy"), parts[part])
+        else:
+            np.save(os.path.join(scratch, f"{name}.npy"), value)
     try:
         os.rename(scratch, target)
     except OSError:  # another task staged it first
@@ -258,10 +322,22 @@ def stage(staging_dir: str, arrays: PartitionBlocks) -> None:
 def load_staged(staging_dir: str, partition: int) -> PartitionBlocks | None:
     """A partition's staged arrays, memory-mapped; None when this host has no complete copy."""
     target = os.path.join(staging_dir, str(partition))
-    try:
+
+    def load(name: str) -> Any:
         # np.asarray drops the memmap subclass (its per-slice bookkeeping costs in the batch loop)
-        loaded = [np.asarray(np.load(os.path.join(target, f"{name}.npy"), mmap_mode="r"))
-                  for name in _STAGED_NAMES]
+        return np.asarray(np.load(os.path.join(target, f"{name}.npy"), mmap_mode="r"))
+
+    try:
+        loaded: list[Any] = []
+        for name in _STAGED_NAMES:
+            if name.startswith("w_") and not os.path.exists(os.path.join(target, f"{name}.npy")):
+                loaded.append(None)
+            elif os.path.exists(os.path.join(target, f"{name}.dense.npy")):
+                parts = {part: load(f"{name}.{part}") for part in _CSR_PARTS}
+                loaded.append(SplitDesign(parts["dense"], sp.csr_matrix(
+                    (parts["data"], parts["indices"], parts["indptr"]), shape=tuple(int(v) for v in parts["shape"]))))
+            else:
+                loaded.append(load(name))
     except (FileNotFoundError, ValueError, OSError):
         return None
     return PartitionBlocks(partition, *loaded)
@@ -277,7 +353,8 @@ def collect_arrays(blocks: BlockSet) -> list[PartitionBlocks]:
             by_partition.setdefault(int(one.column("partition")[0].as_py()), []).append(one)
     result = []
     for partition in range(blocks.num_partitions):
-        parts = read_partition(iter(by_partition.get(partition, [])), blocks.n_features)
+        parts = read_partition(iter(by_partition.get(partition, [])), blocks.n_features, blocks.dense_width,
+                               blocks.weighted)
         if parts is not None:
             result.append(parts)
     return result

@@ -159,9 +159,10 @@ def _run_task(task: _Task, blocks: PartitionBlocks) -> TaskResult:
                 train_loss_sum = training.loss
             else:
                 train_loss_sum = loss_sums(blocks.X_train, blocks.y_train, task.eval_weights, task.eval_intercepts,
-                                           task.loss)
+                                           task.loss, blocks.w_train)
         evaluation = EvaluationPart(train_loss_sum, MetricAccumulator.from_block(
-            blocks.X_val, blocks.y_val, task.eval_weights, task.eval_intercepts, task.loss))
+            blocks.X_val, blocks.y_val, task.eval_weights, task.eval_intercepts, task.loss,
+            sample_weight=blocks.w_val))
     return TaskResult(blocks.partition, int(blocks.y_train.shape[0]), training, evaluation)
 
 

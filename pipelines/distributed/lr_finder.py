@@ -78,7 +78,8 @@ class RangeTestStepper:
                 return None
             rows = sample_rows(n_rows, wanted, seed, step, blocks.partition)
             with np.errstate(over="ignore", invalid="ignore"):  # a diverging model is an expected outcome here
-                return GradientSums.of_block(blocks.X_train[rows], blocks.y_train[rows], weights, intercepts, loss)
+                return GradientSums.of_block(blocks.X_train[rows], blocks.y_train[rows], weights, intercepts, loss,
+                                             None if blocks.w_train is None else blocks.w_train[rows])
 
         parts = [part for part in map_partitions(self.blocks, task) if part is not None]
         self.jobs += 1

@@ -34,6 +34,7 @@ import numpy.typing as npt
 from pipelines.distributed.blocks import PartitionBlocks
 from pipelines.sgd._types import FloatArray, IntArray
 from pipelines.sgd.averaging import weighted_mean
+from pipelines.sgd.design import Design
 from pipelines.sgd.gradient_step import GradientSums, gradient_step
 from pipelines.sgd.kernels import batches_per_epoch, minibatch_epoch
 from pipelines.sgd.optimizers import OptimizerState
@@ -144,7 +145,8 @@ class LocalSGD:
                 loss=problem.loss, optimizer=problem.optimizer, regularization=problem.regularization,
                 learning_rates=job.step_rates[group], schedule=job.schedule, total_steps=job.total_steps,
                 batch_size=self.batch_size, seed=int(seed) + PARTITION_SEED_STRIDE * blocks.partition,
-                epoch=job.epoch - 1, fit_intercept=problem.fit_intercept, batch_range=job.batch_range)
+                epoch=job.epoch - 1, fit_intercept=problem.fit_intercept, batch_range=job.batch_range,
+                sample_weight=blocks.w_train)
             new_weights[group], new_intercepts[group] = weights, intercepts
             for key, value in state.to_arrays().items():
                 slots[key][group] = value
@@ -189,9 +191,9 @@ class GradientDescent:
         return [None]
 
     def train_partition(self, job: TrainJob, blocks: PartitionBlocks) -> GradientSums:
-        X, y = sample_rows(blocks.X_train, blocks.y_train, self.batch_fraction, int(job.seeds[0]), job.epoch,
-                           blocks.partition)
-        return GradientSums.of_block(X, y, job.weights, job.intercepts, job.problem.loss)
+        X, y, w = sample_rows(blocks.X_train, blocks.y_train, blocks.w_train, self.batch_fraction,
+                              int(job.seeds[0]), job.epoch, blocks.partition)
+        return GradientSums.of_block(X, y, job.weights, job.intercepts, job.problem.loss, w)
 
     def combine(self, job: TrainJob, parts: Sequence[tuple[int, LocalModels | GradientSums]]) -> TrainedRows:
         sums = GradientSums.total([part for _, part in parts if isinstance(part, GradientSums)])
@@ -209,10 +211,10 @@ class GradientDescent:
         return self.batch_fraction >= 1.0
 
 
-def sample_rows(X: FloatArray, y: FloatArray, fraction: float, seed: int, step: int,
-                partition: int) -> tuple[FloatArray, FloatArray]:
-    """A Bernoulli(``fraction``) sample of the rows, seeded by (seed, step, partition)."""
+def sample_rows(X: Design, y: FloatArray, w: FloatArray | None, fraction: float, seed: int, step: int,
+                partition: int) -> tuple[Design, FloatArray, FloatArray | None]:
+    """A Bernoulli(``fraction``) sample of the rows (and their weights), seeded by (seed, step, partition)."""
     if fraction >= 1.0:
-        return X, y
+        return X, y, w
     keep = np.random.default_rng([seed, step, partition]).random(y.shape[0]) < fraction
-    return X[keep], y[keep]
+    return X[keep], y[keep], None if w is None else w[keep]

@@ -1,6 +1,5 @@
-"""Columns -> model inputs: the train/validation split and standardization statistics."""
+"""Columns -> model inputs: column families, encodings (fitted on the training split), scaling, the split.
 
-from pipelines.features.scaling import FeatureScaling, fit_scaling
-from pipelines.features.split import VALIDATION_COLUMN, with_validation_flag
-
-__all__ = ["VALIDATION_COLUMN", "FeatureScaling", "fit_scaling", "with_validation_flag"]
+Import the modules themselves: :mod:`pipelines.features.encoding` is loaded by logged models and must not pull
+in Spark.
+"""

@@ -7,7 +7,7 @@ coefficients back so the final model applies to raw features:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,8 +48,12 @@ class FeatureScaling:
 
 
 def fit_scaling(dataframe: DataFrame, columns: Sequence[str], standardize: bool = True,
-                where: str = "the training split") -> FeatureScaling:
+                where: str = "the training split",
+                encode: Callable[[pa.RecordBatch], FloatArray] | None = None) -> FeatureScaling:
     """Means and population standard deviations of ``columns`` in one distributed pass.
+
+    ``encode`` turns a batch of ``dataframe``'s rows into the ``(n, len(columns))`` inputs to describe (by
+    default: ``columns`` are double columns of ``dataframe``).
 
     Every partition returns its count, means and sums of squared deviations (through Arrow); the driver
     merges them in partition order with Chan et al.'s pairwise update
@@ -76,7 +80,8 @@ def fit_scaling(dataframe: DataFrame, columns: Sequence[str], standardize: bool 
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            X = np.column_stack([batch.column(name).to_numpy(zero_copy_only=False) for name in names])
+            X = encode(batch) if encode is not None else \
+                np.column_stack([batch.column(name).to_numpy(zero_copy_only=False) for name in names])
             with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by the driver
                 count, mean, m2 = _merge(count, mean, m2, X.shape[0], X.mean(axis=0),
                                          ((X - X.mean(axis=0)) ** 2).sum(axis=0))
@@ -86,7 +91,7 @@ def fit_scaling(dataframe: DataFrame, columns: Sequence[str], standardize: bool 
             "count": pa.array([count], pa.int64()),
             "mean": pa.array([mean.tobytes()], pa.binary()), "m2": pa.array([m2.tobytes()], pa.binary())})
 
-    rows = dataframe.select(*names).mapInArrow(
+    rows = (dataframe if encode is not None else dataframe.select(*names)).mapInArrow(
         moments, "partition INT, count LONG, mean BINARY, m2 BINARY").collect()
     count, mean, m2 = 0, np.zeros(len(names)), np.zeros(len(names))
     for row in sorted(rows, key=lambda r: int(r["partition"])):

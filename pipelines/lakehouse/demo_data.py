@@ -9,8 +9,13 @@ The table has
 * ~30 numeric features on very different scales (months, currency, gigabytes, ratios, counts),
   some strongly correlated (``total_charges`` ~ ``tenure_months * monthly_charges``,
   ``monthly_charges_eur``), eight pure-noise columns, and a few nulls;
-* ``churned``: a binary label (0/1) drawn from a logistic model of a subset of the features;
-* ``lifetime_value``: a numeric regression target.
+* ``plan`` (a string of 3 values, a few nulls), ``region`` (a string of 60 values, one-hot beyond the
+  default cap of 50 categories shares the "other" slot), ``signup_date`` (a date) and ``weekly_usage_gb``
+  (an ``array<double>`` of the last 4 weeks' usage);
+* ``churned``: a binary label (0/1) drawn from a logistic model of a subset of the features (the plan and
+  the usage trend among them);
+* ``lifetime_value``: a numeric regression target computed *from* ``churned``: a label leak for the churn
+  model, so the default configuration excludes it (``data.exclude``).
 
 Version 0 is the initial write; version 1 appends new customers, so time travel is visible.
 """
@@ -105,6 +110,19 @@ def churn_features(spark: SparkSession, rows: int, seed: int, partitions: int, f
         - 2.0 * F.col("discount_pct")
         + 0.3 * normal()
     )
+    plan_draw, region_draw = uniform(), uniform()
+    df = (
+        df.withColumn("plan", F.when(plan_draw < 0.45, "basic").when(plan_draw < 0.8, "standard")
+                      .when(plan_draw < 0.99, "premium").otherwise(F.lit(None).cast("string")))
+        .withColumn("region", F.concat(F.lit("region-"), F.floor(F.pow(region_draw, 2) * 60).cast("int")
+                                       .cast("string")))
+        .withColumn("signup_date", F.date_sub(F.lit("2026-06-30").cast("date"), F.col("tenure_months") * 30))
+        .withColumn("weekly_usage_gb", F.array(*[F.round(F.col("data_usage_gb") / 4 * (1 + normal() * 0.2), 3)
+                                                 for _ in range(4)]))
+    )
+    usage_trend = (F.col("weekly_usage_gb")[3] - F.col("weekly_usage_gb")[0]) / (F.col("data_usage_gb") / 4 + 1)
+    z = (z + F.when(F.col("plan") == "basic", 0.3).when(F.col("plan") == "premium", -0.4).otherwise(0.0)
+         - 0.8 * usage_trend)
     df = df.withColumn("churned", (uniform() < 1 / (1 + F.exp(-z))).cast("int"))
     df = df.withColumn(
         "lifetime_value",

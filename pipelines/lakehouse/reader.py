@@ -7,15 +7,12 @@ job runs are never seen, and results can be traced to the exact data.
 
 from __future__ import annotations
 
-import operator
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import reduce
-from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -23,6 +20,18 @@ from pyspark.sql import types as T
 
 from pipelines.config import DataConfig, is_path
 from pipelines.errors import DataError
+from pipelines.features.columns import ColumnChoice
+from pipelines.lakehouse.checks import (
+    Profile,
+    apply_policies,
+    check_label,
+    check_weights,
+    common_length,
+    feature_column,
+    role_columns,
+    select_features,
+    string_classes,
+)
 from pipelines.lakehouse.delta import history, is_delta_table, table_format
 
 
@@ -49,7 +58,7 @@ class TableRef:
 class FeatureTable:
     """A validated feature table: the rows to train on and where they came from."""
 
-    dataframe: DataFrame  # label + features, no nulls, label as double
+    dataframe: DataFrame  # label (double) + features: numbers as double, arrays as array<double>, others as read
     ref: TableRef
     label: str
     features: tuple[str, ...]
@@ -58,6 +67,12 @@ class FeatureTable:
     null_counts: dict[str, int] = field(default_factory=dict)
     rows_dropped_invalid: int = 0  # rows without nulls but with NaN or +-inf in the label or a feature
     invalid_counts: dict[str, int] = field(default_factory=dict)
+    columns: ColumnChoice = field(default_factory=ColumnChoice)  # each feature's family; what was left out, why
+    array_lengths: dict[str, int] = field(default_factory=dict)  # an array column's (most common) length
+    label_classes: tuple[str, str] | None = None  # a string label's two values: the second is the positive class
+    weight: str | None = None  # data.weight (a double column of the dataframe)
+    time_column: str | None = None  # data.time_column (as read)
+    split_column: str | None = None  # data.split_column (as read)
 
     @property
     def rows(self) -> int:
@@ -147,84 +162,41 @@ def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> Fe
     if config.label not in columns:
         raise DataError(f"{where}: label column {config.label!r} not found; available columns: "
                         f"{sorted(columns)}")
-    features = _select_features(config, columns, where)
+    roles = role_columns(config, columns, where)
+    choice = select_features(config, columns, where, roles)
+    features = list(choice.used)
     label_type = columns[config.label]
-    if not isinstance(label_type, T.NumericType | T.BooleanType):
+    label_is_string = isinstance(label_type, T.StringType)
+    if not isinstance(label_type, T.NumericType | T.BooleanType) and not (label_is_string and loss == "logistic"):
+        also = " (or a string of two values)" if loss == "logistic" else ""
         raise DataError(f"{where}: label column {config.label!r} has type {label_type.simpleString()}; "
-                        "expected a numeric or boolean column")
-    profile = _Profile(config.label, [config.label, *features], columns)
+                        f"expected a numeric or boolean column{also}")
+    with readable_files(where):
+        array_lengths = {c: common_length(raw, c) for c, family in choice.used.items() if family == "array"}
+        label_classes = string_classes(raw, config.label, where) if label_is_string else None
+    label_value = (F.col(config.label) == F.lit(label_classes[1])).cast("double") if label_classes \
+        else F.col(config.label).cast("double")
+    if config.weight is not None:
+        with readable_files(where):
+            check_weights(raw, config.weight, where)
+    required = [config.time_column] if config.split == "time" and config.time_column else []
+    profile = Profile(config.label, label_value, choice.used, columns, array_lengths, required)
     with readable_files(where):
         stats = profile.collect(raw)
-    _apply_policies(stats, config, where)
-    _check_label(stats.label, loss, config.label, where)
+    apply_policies(stats, config, where)
+    check_label(stats.label, loss, config.label, where)
     kept = raw.where(~profile.unusable) if stats.rows_with_null or stats.rows_with_invalid else raw
-    dataframe = kept.select(F.col(config.label).cast("double").alias(config.label),
-                            *[F.col(c).cast("double").alias(c) for c in features])
+    extra = [F.col(config.weight).cast("double").alias(config.weight)] if config.weight else []
+    extra += [F.col(name) for name in (config.time_column, config.split_column)
+              if name is not None and name in roles and name != config.weight]
+    dataframe = kept.select(label_value.alias(config.label), *[feature_column(c, choice.used[c]) for c in features],
+                            *extra)
     return FeatureTable(dataframe=dataframe, ref=ref, label=config.label, features=tuple(features),
                         rows_read=stats.rows, rows_dropped_null=stats.rows_with_null, null_counts=stats.null_counts,
-                        rows_dropped_invalid=stats.rows_with_invalid, invalid_counts=stats.invalid_counts)
-
-
-@dataclass(frozen=True)
-class _Stats:
-    """What one pass over the used columns found."""
-
-    rows: int
-    rows_with_null: int
-    rows_with_invalid: int  # rows without nulls but with NaN or +-inf
-    null_counts: dict[str, int]
-    invalid_counts: dict[str, int]
-    label: dict[str, Any]  # distinct, min, max, not_binary of the usable rows' labels
-
-
-class _Profile:
-    """Null, NaN/inf and label statistics of the used columns, in one Spark aggregation."""
-
-    def __init__(self, label: str, used: list[str], types: dict[str, T.DataType]) -> None:
-        self.used = used
-        self.floating = [c for c in used if isinstance(types[c], T.FloatType | T.DoubleType)]
-        self.is_null = {c: F.col(c).isNull() for c in used}
-        self.is_invalid = {c: F.isnan(F.col(c)) | (F.abs(F.col(c)) == float("inf")) for c in self.floating}
-        self.any_null = reduce(operator.or_, self.is_null.values())
-        self.any_invalid = reduce(operator.or_, self.is_invalid.values()) if self.is_invalid else F.lit(False)
-        self.unusable = self.any_null | self.any_invalid
-        self.clean_label = F.when(self.unusable, None).otherwise(F.col(label).cast("double"))
-
-    def collect(self, dataframe: DataFrame) -> _Stats:
-        clean = self.clean_label
-        row = dataframe.agg(
-            F.count(F.lit(1)).alias("rows"),
-            *[F.sum(null.cast("long")).alias(f"null::{c}") for c, null in self.is_null.items()],
-            *[F.sum(invalid.cast("long")).alias(f"invalid::{c}") for c, invalid in self.is_invalid.items()],
-            F.sum(F.when(self.any_null, 1).otherwise(0)).alias("rows_with_null"),
-            F.sum(F.when(~self.any_null & self.any_invalid, 1).otherwise(0)).alias("rows_with_invalid"),
-            F.count_distinct(clean).alias("distinct"), F.min(clean).alias("min"), F.max(clean).alias("max"),
-            F.sum(F.when(clean.isNotNull() & ~clean.isin(0.0, 1.0), 1).otherwise(0)).alias("not_binary"),
-        ).collect()[0].asDict()
-        return _Stats(
-            rows=int(row["rows"]), rows_with_null=int(row["rows_with_null"] or 0),
-            rows_with_invalid=int(row["rows_with_invalid"] or 0),
-            null_counts={c: int(row[f"null::{c}"]) for c in self.used if row[f"null::{c}"]},
-            invalid_counts={c: int(row[f"invalid::{c}"]) for c in self.floating if row[f"invalid::{c}"]},
-            label={key: row[key] for key in ("distinct", "min", "max", "not_binary")})
-
-
-def _apply_policies(stats: _Stats, config: DataConfig, where: str) -> None:
-    """``data.on_null`` / ``data.on_invalid``: fail naming the columns, or check something is left."""
-    if stats.rows == 0:
-        raise DataError(f"{where}: the table is empty")
-    if stats.rows_with_null and config.on_null == "fail":
-        detail = ", ".join(f"{c}: {n}" for c, n in sorted(stats.null_counts.items()))
-        raise DataError(f"{where}: {stats.rows_with_null} rows have nulls ({detail}) and data.on_null is 'fail'; "
-                        "set data.on_null=drop to drop them")
-    if stats.invalid_counts and config.on_invalid == "fail":
-        detail = ", ".join(f"{c}: {n}" for c, n in sorted(stats.invalid_counts.items()))
-        raise DataError(f"{where}: NaN or infinite values ({detail}) and data.on_invalid is 'fail'; "
-                        "set data.on_invalid=drop to drop those rows")
-    if stats.rows_with_null + stats.rows_with_invalid == stats.rows:
-        raise DataError(f"{where}: no rows left after dropping {stats.rows_with_null} rows with nulls and "
-                        f"{stats.rows_with_invalid} with NaN/inf (null counts: {stats.null_counts}, NaN/inf "
-                        f"counts: {stats.invalid_counts})")
+                        rows_dropped_invalid=stats.rows_with_invalid, invalid_counts=stats.invalid_counts,
+                        columns=choice, array_lengths=array_lengths, label_classes=label_classes,
+                        weight=config.weight, time_column=config.time_column if config.split == "time" else None,
+                        split_column=config.split_column if config.split == "column" else None)
 
 
 @contextmanager
@@ -277,41 +249,6 @@ def unreadable_file(error: BaseException) -> tuple[str, str] | None:
     match = _FILE_PATH.search(text)
     path = match.group(0) if match else "(path not reported)"
     return ("missing" if missing else "unreadable (corrupt or not Parquet)"), path
-
-
-def _select_features(config: DataConfig, columns: dict[str, T.DataType], where: str) -> list[str]:
-    if config.features is None:
-        features = [name for name, dtype in columns.items()
-                    if isinstance(dtype, T.NumericType) and name != config.label and name not in config.exclude]
-        if not features:
-            raise DataError(f"{where}: no numeric feature columns besides the label {config.label!r}; "
-                            f"columns: {sorted(columns)}")
-        return features
-    missing = [c for c in config.features if c not in columns]
-    if missing:
-        raise DataError(f"{where}: feature column(s) {missing} not found; available columns: {sorted(columns)}")
-    if config.label in config.features:
-        raise DataError(f"{where}: the label {config.label!r} is also listed in data.features")
-    for name in config.features:
-        dtype = columns[name]
-        if not isinstance(dtype, T.NumericType | T.BooleanType):
-            raise DataError(f"{where}: feature column {name!r} has type {dtype.simpleString()}; "
-                            "expected a numeric type (cast or encode it upstream)")
-    return list(config.features)
-
-
-def _check_label(stats: dict[str, Any], loss: str, label: str, where: str) -> None:
-    if loss == "logistic":
-        if stats["not_binary"]:
-            raise DataError(
-                f"{where}: label {label!r} has values other than 0 and 1 (min {stats['min']}, max "
-                f"{stats['max']}, {stats['distinct']} distinct); logistic loss needs 0/1 or boolean"
-            )
-        if stats["distinct"] != 2:
-            raise DataError(f"{where}: label {label!r} has a single class ({stats['min']}); "
-                            "logistic loss needs both 0 and 1")
-    elif stats["distinct"] is not None and stats["distinct"] < 2:
-        raise DataError(f"{where}: label {label!r} is constant ({stats['min']}); nothing to fit")
 
 
 def _require_delta_table(spark: SparkSession, identifier: str) -> None:

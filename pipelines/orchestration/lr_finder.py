@@ -49,7 +49,7 @@ def run_tracked_range_test(spark: SparkSession, config: Config, progress: Callab
     settings = config.range_test
     say(f"range test: {table.ref.identifier} at version {table.ref.version}, {table.rows} rows, rates "
         f"{settings.min_lr:.3g}..{settings.max_lr:.3g} over {settings.num_steps} steps")
-    prepared = prepare_data(spark, table, config.data, config.features, config.train)
+    prepared = prepare_data(spark, table, config.data, config.features, config.train, config.model.class_weight)
     try:
         result = range_test(prepared, config.problem, config.train, settings)
     finally:

@@ -17,6 +17,7 @@ def sweep_params(config: Config, table: FeatureTable, learning_rates: list[float
         "label": table.label,
         "num_features": str(len(table.features)),
         "features": ",".join(table.features),
+        "features_left_out": ",".join(table.columns.left_out)[:6000],
         "loss": config.model.loss,
         "fit_intercept": str(config.model.fit_intercept),
         "reg_param": repr(config.model.reg_param),

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from pipelines.features.scaling import FeatureScaling
+from pipelines.features.encoding import TableEncoding
 from pipelines.lakehouse.checkpoints import CheckpointStore
 from pipelines.lakehouse.reader import FeatureTable
 from pipelines.orchestration.journal import Journal
@@ -40,7 +40,7 @@ class DataFacts:
     num_partitions: int
     train_rows: int
     validation_rows: int
-    scaling: FeatureScaling
+    encoding: TableEncoding
 
 
 class SweepRecorder:
@@ -85,7 +85,7 @@ class SweepRecorder:
         self.latest = SweepCheckpoint(
             sweep_id=self.sweep_id, settings=self.settings, table=facts.table.ref.identifier,
             table_version=facts.table.ref.version, num_partitions=facts.num_partitions, train_rows=facts.train_rows,
-            validation_rows=facts.validation_rows, scaling=facts.scaling,
+            validation_rows=facts.validation_rows, encoding=facts.encoding,
             rounds=tuple(self.rounds[n] for n in sorted(self.rounds) if n <= number), range_test=range_test,
             complete=round_complete and last_round)
         if round_complete or self.due(number, epoch):

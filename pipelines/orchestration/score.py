@@ -5,7 +5,7 @@ through Arrow with ``mlflow.pyfunc.spark_udf`` in the driver's environment. Outp
 
 * every input column that is not a model feature (ids, the label when present);
 * ``prediction``: ``P(y=1)`` for logistic models, the predicted value for squared ones; null for rows
-  with a null feature (the model cannot score them);
+  with a null feature (the model cannot score them; a null string is a category and is scored);
 * ``predicted_label`` (logistic only): ``1`` when ``prediction >= 0.5``;
 * lineage: ``model_name``, ``model_version``, ``model_run_id``, ``model_uri``, ``source_table``,
   ``source_version``, ``scored_at``.
@@ -24,6 +24,7 @@ from pyspark.sql import functions as F
 
 from pipelines.config import Config
 from pipelines.errors import DataError
+from pipelines.features.columns import model_input
 from pipelines.lakehouse.reader import TableRef, read_version, resolve_version
 from pipelines.lakehouse.writer import append_idempotent, check_output_table
 from pipelines.tracking.models import CHAMPION, ScoringModel, resolve_scoring_model, scoring_udf
@@ -77,10 +78,11 @@ def score_table(spark: SparkSession, config: Config) -> ScoringReport:
         raise DataError(f"table {ref.identifier} (version {ref.version}): feature column(s) {missing} of model "
                         f"{model.uri} not found; available columns: {sorted(source.columns)}")
 
-    complete: Column = reduce(lambda a, b: a & b, [F.col(name).isNotNull() for name in model.features])
+    required = [name for name in model.features if model.families[name] != "string"]
+    complete: Column = reduce(lambda a, b: a & b, [F.col(name).isNotNull() for name in required], F.lit(True))
     passthrough = [F.col(name) for name in source.columns if name not in model.features]
     score = scoring_udf(spark, model)
-    features = [F.col(name).cast("double").alias(name) for name in model.features]
+    features = [model_input(name, model.families[name]) for name in model.features]
     scored = source.filter(complete).select(*passthrough, score(*features).alias("prediction"))
     unscored = source.filter(~complete).select(*passthrough, F.lit(None).cast("double").alias("prediction"))
     predictions = scored.unionByName(unscored)

@@ -21,6 +21,7 @@ child runs of the one parent; the final round feeds the registry and the summary
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from pyspark.sql import SparkSession
 
 from pipelines.config import Config
 from pipelines.errors import ConfigError, TerminatedError, TrackingUnavailableError
+from pipelines.features.columns import model_input
 from pipelines.lakehouse.checkpoints import CheckpointStore
 from pipelines.lakehouse.reader import read_feature_table
 from pipelines.lakehouse.writer import check_output_table, finalize_results, journaled_epochs
@@ -38,9 +40,16 @@ from pipelines.orchestration.params import auto_params, sweep_params, sweep_sett
 from pipelines.orchestration.recorder import DataFacts, SweepRecorder
 from pipelines.orchestration.report import SweepReport
 from pipelines.orchestration.signals import StopRequest
-from pipelines.orchestration.training import PreparedData, SweepRun, prepare_data, range_test, train_grid
+from pipelines.orchestration.training import (
+    PreparedData,
+    SweepRun,
+    held_out_metrics,
+    prepare_data,
+    range_test,
+    train_grid,
+)
 from pipelines.reporting.figures import loss_curves_figure, range_test_figure, val_loss_vs_rate_figure
-from pipelines.reporting.tables import final_rows, progress_line, rate_summary, summary_metrics
+from pipelines.reporting.tables import feature_rows, final_rows, progress_line, rate_summary, summary_metrics
 from pipelines.session import get_spark
 from pipelines.sgd.metrics import MAIN_METRIC
 from pipelines.stopwatch import Stopwatch
@@ -53,6 +62,8 @@ from pipelines.tracking.live import LiveView
 from pipelines.tracking.models import Registration, linear_pipeline, log_model, register_model
 from pipelines.tracking.runs import FAILED, FINISHED, KILLED, SweepTracker
 from pipelines.tracking.store import TrackingStore, code_version, connect, redact, tracking_uri
+
+TAG_TEST_METRICS = "lrsweep.test_metrics"
 
 INPUT_EXAMPLE_ROWS = 5
 
@@ -113,6 +124,7 @@ class SweepJob:
         self.range_test: RangeTestResult | None = None
         self.range_test_ran = False
         self.tracking_problem: str | None = None
+        self.test_metrics: dict[str, float] | None = None
 
     # ----------------------------------------------------------------------------------------- steps
 
@@ -212,6 +224,10 @@ class SweepJob:
                  f"{self.table.rows} rows, {len(self.table.features)} features, {rates} rates")
         if self.table.dropped_summary():
             self.say(f"data: {self.table.dropped_summary()} (data.on_null / data.on_invalid)")
+        used = ", ".join(f"{name} ({family})" for name, family in self.table.columns.used.items())
+        self.say(f"features: {used}")
+        if self.table.columns.left_out:
+            self.say(f"left out: {'; '.join(self.table.columns.describe_left_out())}")
 
     def start_runs(self) -> None:
         """The parent run (created, or an earlier attempt's put back to RUNNING) with params and lineage."""
@@ -266,7 +282,7 @@ class SweepJob:
             outcome = state.outcome(restored.snapshot.jobs, restored.snapshot.row_passes,
                                     self.full_grid_row_passes(len(learning_rates)), 0.0)
             facts = self.facts()
-            run = SweepRun(outcome, tuple(learning_rates), facts.scaling, facts.train_rows, facts.validation_rows,
+            run = SweepRun(outcome, tuple(learning_rates), facts.encoding, facts.train_rows, facts.validation_rows,
                            facts.num_partitions)
             self.journal.append(number, outcome, self.parent_run_id, child_ids, self.table, self.config.model.loss,
                                 last_epoch=state.recorded_epoch, final=True, last_round=self.is_last_round(number))
@@ -314,6 +330,10 @@ class SweepJob:
         tracker.log_figure(loss_curves_figure(outcome, self.config.model.loss), "figures/loss_curves.png")
         tracker.log_figure(val_loss_vs_rate_figure(outcome), "figures/val_loss_vs_learning_rate.png")
         tracker.log_table_once(self.summary, "results/rates.json")
+        tracker.log_table_once(feature_rows(self.table.columns, final.encoding), "features.json")
+        self.test_metrics = self.held_out()
+        if self.test_metrics is not None:
+            tracker.log_parent_metrics({f"test_{name}": value for name, value in self.test_metrics.items()})
         self.model_uri, self.registration = self.log_and_register(outcome)
         metrics = summary_metrics(outcome, train_rows=final.train_rows, validation_rows=final.validation_rows,
                                   suggested_learning_rate=self.range_test.suggestion if self.range_test else None,
@@ -344,17 +364,42 @@ class SweepJob:
         if best is None:
             return None, None
         loss, table, final = self.config.model.loss, self.table, self.final_run()
-        pipeline = linear_pipeline(final.scaling, best.weights, best.intercept, loss, final.train_rows)
-        example = table.dataframe.select(*table.features).limit(INPUT_EXAMPLE_ROWS).toPandas()
+        pipeline = linear_pipeline(final.encoding, best.weights, best.intercept, loss,
+                                   classes=table.label_classes or (0, 1))
+        example = table.dataframe.select(*[model_input(c, family) for c, family in table.columns.used.items()]) \
+            .limit(INPUT_EXAMPLE_ROWS).toPandas()
         lineage = {"sweep_id": self.sweep_id, "learning_rate": best.learning_rate,
-                   "data_table": table.ref.identifier, "data_version": table.ref.version}
+                   "data_table": table.ref.identifier, "data_version": table.ref.version,
+                   "lrsweep_columns": json.dumps(table.columns.used)}
         model_uri = log_model(self.tracker, pipeline, example, loss, lineage)
         registration = register_model(
             self.tracker, model_uri, self.config.tracking.registered_model, self.config.tracking.register_when,
             best.final_metrics()["val_loss"], loss,
             {"lrsweep.sweep_id": self.sweep_id, "lrsweep.learning_rate": repr(best.learning_rate),
-             "lrsweep.data_table": table.ref.identifier, "lrsweep.data_version": str(table.ref.version)})
+             "lrsweep.data_table": table.ref.identifier, "lrsweep.data_version": str(table.ref.version),
+             **{f"lrsweep.test_{name}": repr(value) for name, value in (self.test_metrics or {}).items()},
+             **{f"lrsweep.{name}": repr(float(value)) for name, value in best.final_metrics().items()
+                if name.startswith("val_") and name != "val_loss"}})
         return model_uri, registration
+
+    def held_out(self) -> dict[str, float] | None:
+        """The champion's metrics on the held-out test rows (None without any): measured once, after the choice
+        (a rerun reads them back from the parent), never used to choose."""
+        data, best = self.config.data, self.final_run().outcome.best
+        if best is None or not (data.test_fraction > 0 or data.split == "column"):
+            return None
+        recorded = self.tracker.parent_tags().get(TAG_TEST_METRICS)
+        if recorded:
+            return dict(json.loads(recorded))
+        metrics = held_out_metrics(self.table, data, self.config.train.seed, self.config.model.class_weight,
+                                   self.final_run().encoding, best.weights, best.intercept, self.config.model.loss)
+        if metrics is None:
+            self.say("test: the test split is empty; no held-out metrics")
+            return None
+        self.tracker.set_parent_tags({TAG_TEST_METRICS: json.dumps(metrics)})
+        shown = ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
+        self.say(f"test (held out, the champion lr={best.learning_rate:.4g} only): {shown}")
+        return metrics
 
     def finalize_results(self) -> None:
         """Each rate's final status, kept epoch, best flag and run ids on its rows (one MERGE), unless every
@@ -393,7 +438,10 @@ class SweepJob:
         if self.prepared is None:
             partitions = self.checkpoint.num_partitions if self.checkpoint is not None else None
             self.prepared = prepare_data(self.spark, self.table, self.config.data, self.config.features,
-                                         self.config.train, num_partitions=partitions)
+                                         self.config.train, self.config.model.class_weight, num_partitions=partitions)
+            encoding = self.prepared.encoding
+            self.say(f"encoding: {len(encoding.columns)} columns -> {encoding.n_inputs} model inputs "
+                     f"({encoding.sparse_width} sparse): {'; '.join(c.describe() for c in encoding.columns)}")
         return self.prepared
 
     def require_training(self, what: str) -> None:
@@ -423,11 +471,11 @@ class SweepJob:
         if self.prepared is not None:
             blocks = self.prepared.blocks
             return DataFacts(self.table, blocks.num_partitions, blocks.total_train_rows, blocks.total_val_rows,
-                             self.prepared.scaling)
+                             self.prepared.encoding)
         assert self.checkpoint is not None, "prepare() first"
         checkpoint = self.checkpoint
         return DataFacts(self.table, checkpoint.num_partitions, checkpoint.train_rows, checkpoint.validation_rows,
-                         checkpoint.scaling)
+                         checkpoint.encoding)
 
     def full_grid_row_passes(self, n_rates: int) -> int:
         seeds = len(self.config.sweep.seeds or [self.config.train.seed])

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.features.columns import ColumnChoice
+from pipelines.features.encoding import TableEncoding
 from pipelines.sgd.metrics import ALL_CURVES, MAIN_METRIC
 from pipelines.sweep.outcome import GridOutcome, RateResult
 from pipelines.sweep.state import GridState
@@ -166,3 +168,14 @@ def progress_line(state: GridState) -> str:
     best = int(np.nanargmin(val))
     return (f"epoch {epoch}/{state.epochs}: best lr={state.learning_rates[best]:.4g} val_loss={val[best]:.5f}; "
             f"{active}/{state.n_rates} rates active")
+
+
+def feature_rows(columns: ColumnChoice, encoding: TableEncoding) -> list[dict[str, Any]]:
+    """One row per table column the sweep considered: its family, encoding and model inputs, or why it was
+    left out (the parent run's ``features.json``)."""
+    rows: list[dict[str, Any]] = [
+        {"column": c.column, "family": columns.used.get(c.column, c.kind), "encoding": c.describe(),
+         "inputs": c.width, "left_out": ""} for c in encoding.columns]
+    rows += [{"column": name, "family": "", "encoding": "", "inputs": 0, "left_out": reason}
+             for name, reason in columns.left_out.items()]
+    return rows

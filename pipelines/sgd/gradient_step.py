@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.sgd._types import FloatArray
+from pipelines.sgd.design import Design
 from pipelines.sgd.kernels import batch_gradients
 from pipelines.sgd.optimizers import OptimizerState, apply_update
 from pipelines.sgd.problem import TrainingProblem
@@ -38,21 +39,22 @@ class GradientSums:
         ``sum_i loss'(m_ik, y_i)``.
     loss : ndarray of shape (K,)
         ``sum_i loss(m_ik, y_i)``.
-    count : int
-        Rows summed.
+    count : float
+        Rows summed (their weights' sum when rows are weighted).
     """
 
     grad_w: FloatArray
     grad_b: FloatArray
     loss: FloatArray
-    count: int
+    count: float
 
     @classmethod
-    def of_block(cls, X: FloatArray, y: FloatArray, weights: FloatArray, intercepts: FloatArray,
-                 loss: str) -> GradientSums:
+    def of_block(cls, X: Design, y: FloatArray, weights: FloatArray, intercepts: FloatArray,
+                 loss: str, sample_weight: FloatArray | None = None) -> GradientSums:
         """The sums over the rows of one block (``X`` of shape ``(n, d)``) at ``weights`` ``(K, d)``."""
-        grad_w, grad_b, loss_sum = batch_gradients(X, y, weights, intercepts, loss)
-        return cls(grad_w, grad_b, loss_sum, int(y.shape[0]))
+        grad_w, grad_b, loss_sum = batch_gradients(X, y, weights, intercepts, loss, sample_weight)
+        count = int(y.shape[0]) if sample_weight is None else float(np.add.reduce(sample_weight))
+        return cls(grad_w, grad_b, loss_sum, count)
 
     @staticmethod
     def total(parts: Sequence[GradientSums]) -> GradientSums:

@@ -16,8 +16,10 @@ which other rows share the pass; see :func:`compute_margins`).
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 from pipelines.sgd._types import FloatArray
+from pipelines.sgd.design import Design, SplitDesign, sparse_gradient, sparse_margins_by_row, take_rows
 from pipelines.sgd.losses import Loss, get_loss
 from pipelines.sgd.optimizers import OptimizerSpec, OptimizerState, apply_update
 from pipelines.sgd.regularization import Regularization
@@ -29,24 +31,35 @@ from pipelines.sgd.schedules import StepSchedule, multiplier
 _CHUNK_ROWS = 4096
 
 
-def compute_margins(X: FloatArray, weights: FloatArray, intercepts: FloatArray) -> FloatArray:
+def compute_margins(X: Design, weights: FloatArray, intercepts: FloatArray) -> FloatArray:
     """Margins ``m_ik = x_i . w_k + b_k``.
 
     Computed as K independent products (a stacked ``matmul`` of ``(1, d) @ (d, n)`` items), not one
     ``(n, d) @ (d, K)`` GEMM: a GEMM's blocking, and so its rounding, depends on K, and a model row must
     get bit-identical results whichever other rows (rates) it is trained with.
 
+    A :class:`~pipelines.sgd.design.SplitDesign` adds its sparse part's products to the dense part's margins.
+
     Parameters
     ----------
-    X : ndarray of shape (n, d)
+    X : ndarray of shape (n, d), or SplitDesign
     weights : ndarray of shape (K, d)
     intercepts : ndarray of shape (K,)
 
     Returns
     -------
     ndarray of shape (n, K)
-        A transposed view of a C-contiguous ``(K, n)`` array.
+        A transposed view of a C-contiguous ``(K, n)`` array (dense ``X``).
     """
+    if isinstance(X, SplitDesign):
+        split = X.dense_width
+        # (K, n) C-contiguous, returned transposed like the dense path: callers' products then take the same
+        # memory layout, hence the same code path, whatever K.
+        # the sparse part's weights are used in place (each model row's slice is contiguous): copying (K, width)
+        # every step would cost in the width
+        by_row = compute_margins(X.dense, np.ascontiguousarray(weights[:, :split]), intercepts).T + \
+            sparse_margins_by_row(X.sparse, weights[:, split:])
+        return by_row.T
     if X.shape[0] > _CHUNK_ROWS:
         # Whole blocks: chunks of rows that stay in cache, one matrix-vector product per model row each, so
         # X is read from memory once (a stacked matmul over all rows would copy X.T for every model row).
@@ -61,12 +74,14 @@ def compute_margins(X: FloatArray, weights: FloatArray, intercepts: FloatArray) 
     return margins_by_row.T
 
 
-def rowwise_gradient(derivatives: FloatArray, X: FloatArray) -> FloatArray:
+def rowwise_gradient(derivatives: FloatArray, X: Design) -> FloatArray:
     """``sum_i derivatives[i, k] * x_i`` for every row k, shape ``(K, d)``.
 
     K independent ``(1, n) @ (n, d)`` products, so a row's result does not depend on K (see
-    :func:`compute_margins`).
+    :func:`compute_margins`); a split design's sparse part costs in its non-zeros.
     """
+    if isinstance(X, SplitDesign):
+        return np.hstack([rowwise_gradient(derivatives, X.dense), sparse_gradient(derivatives, X.sparse)])
     if X.shape[0] > _CHUNK_ROWS:
         by_row = np.ascontiguousarray(derivatives.T)
         gradient = np.zeros((by_row.shape[0], X.shape[1]))
@@ -82,17 +97,19 @@ def rowwise_gradient(derivatives: FloatArray, X: FloatArray) -> FloatArray:
 
 
 def batch_gradients(
-    X: FloatArray,
+    X: Design,
     y: FloatArray,
     weights: FloatArray,
     intercepts: FloatArray,
     loss: Loss | str,
+    sample_weight: FloatArray | None = None,
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Gradient and loss *sums* over the rows of one block, for all K models.
 
-    ``grad_w_sum[k] = sum_i loss'(m_ik, y_i) * x_i``,
-    ``grad_b_sum[k] = sum_i loss'(m_ik, y_i)``,
-    ``loss_sum[k] = sum_i loss(m_ik, y_i)``; no penalty is included.
+    ``grad_w_sum[k] = sum_i s_i loss'(m_ik, y_i) * x_i``,
+    ``grad_b_sum[k] = sum_i s_i loss'(m_ik, y_i)``,
+    ``loss_sum[k] = sum_i s_i loss(m_ik, y_i)``; no penalty is included; ``s_i`` = ``sample_weight[i]``
+    (1 when None: then the weights are not multiplied at all, so unweighted results keep their bits).
 
     Parameters
     ----------
@@ -101,6 +118,7 @@ def batch_gradients(
     weights : ndarray of shape (K, d)
     intercepts : ndarray of shape (K,)
     loss : Loss or str
+    sample_weight : ndarray of shape (n,), optional
 
     Returns
     -------
@@ -110,23 +128,34 @@ def batch_gradients(
     """
     loss_function = _resolve_loss(loss)
     margins = compute_margins(X, weights, intercepts)
-    derivatives = loss_function.derivative(margins, y)
+    derivatives = _weighted(loss_function.derivative(margins, y), sample_weight)
     grad_w_sum = rowwise_gradient(derivatives, X)
     grad_b_sum: FloatArray = np.add.reduce(derivatives, axis=0)
-    loss_sum: FloatArray = loss_function.value(margins, y).sum(axis=0)
+    loss_sum: FloatArray = _weighted(loss_function.value(margins, y), sample_weight).sum(axis=0)
     return grad_w_sum, grad_b_sum, loss_sum
 
 
+def _weighted(per_row: FloatArray, sample_weight: FloatArray | None) -> FloatArray:
+    """``per_row`` ``(n, K)`` times each row's weight; unchanged (the same array) without weights."""
+    if sample_weight is None:
+        return per_row
+    result: FloatArray = per_row * sample_weight[:, np.newaxis]
+    return result
+
+
 def loss_sums(
-    X: FloatArray,
+    X: Design,
     y: FloatArray,
     weights: FloatArray,
     intercepts: FloatArray,
     loss: Loss | str,
+    sample_weight: FloatArray | None = None,
 ) -> FloatArray:
-    """``sum_i loss(x_i . w_k + b_k, y_i)`` per model row, shape ``(K,)`` (no penalty)."""
+    """``sum_i s_i loss(x_i . w_k + b_k, y_i)`` per model row, shape ``(K,)`` (no penalty; ``s_i = 1`` when
+    ``sample_weight`` is None)."""
     loss_function = _resolve_loss(loss)
-    result: FloatArray = loss_function.value(compute_margins(X, weights, intercepts), y).sum(axis=0)
+    values = loss_function.value(compute_margins(X, weights, intercepts), y)
+    result: FloatArray = _weighted(values, sample_weight).sum(axis=0)
     return result
 
 
@@ -151,7 +180,7 @@ def epoch_permutation(n_rows: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def minibatch_epoch(
-    X: FloatArray,
+    X: Design,
     y: FloatArray,
     weights: FloatArray,
     intercepts: FloatArray,
@@ -168,6 +197,7 @@ def minibatch_epoch(
     epoch: int,
     fit_intercept: bool = True,
     batch_range: tuple[int, int] | None = None,
+    sample_weight: FloatArray | None = None,
 ) -> tuple[FloatArray, FloatArray, OptimizerState, int]:
     """One shuffled pass of mini-batch updates over the block's rows, for all K models.
 
@@ -175,7 +205,9 @@ def minibatch_epoch(
     ``ceil(n / batch_size)`` batches (the last one may be smaller). For each batch of
     ``B`` rows and each row ``k``:
 
-    * gradient = mean over the batch: ``(1/B) sum_i loss'(m_ik, y_i) * [x_i, 1]``;
+    * gradient = mean over the batch: ``(1/B) sum_i s_i loss'(m_ik, y_i) * [x_i, 1]`` (``s_i``: the row's
+      weight, normalized by the caller to mean 1 over the training rows, so this is an unbiased estimate of
+      the weighted-mean objective's gradient; 1 without weights);
     * step ``t_k = opt_state.step[k] + 1``;
     * ``step_size_k = learning_rates[k] * multiplier(schedule, t_k, total_steps)``;
     * :func:`pipelines.sgd.optimizers.apply_update` with the regularization.
@@ -206,6 +238,8 @@ def minibatch_epoch(
     batch_range : (start, stop), optional
         Run only batches ``start .. stop-1`` of this epoch's order (for synchronizing every few steps);
         default: all of them. Running the ranges of one epoch back to back equals one full call.
+    sample_weight : ndarray of shape (n,), optional
+        Per-row weights ``s_i`` (see above).
 
     Returns
     -------
@@ -239,20 +273,34 @@ def minibatch_epoch(
 
     order = epoch_permutation(n_rows, seed, epoch)
     zero_intercepts = np.zeros(n_models)
+    # Plain SGD without a penalty leaves the weights of inputs absent from a batch untouched (their gradient is
+    # 0): on a split design only the touched columns are updated, so a step costs in the batch's non-zeros
+    # rather than the width, with the same bits as the full update.
+    sparse_steps = isinstance(X, SplitDesign) and optimizer.name == "sgd" and \
+        regularization.l1_strength == 0.0 and regularization.l2_strength == 0.0
+    if sparse_steps:
+        weights = weights.copy()
     for batch_index in range(n_batches):
         # Gathering each batch with np.take measured faster than one X[order] per epoch.
         start = (first_batch + batch_index) * batch_size
         batch_rows = order[start : start + batch_size]
-        X_batch = np.take(X, batch_rows, axis=0)
+        X_batch = take_rows(X, batch_rows)
         y_batch = np.take(y, batch_rows)
         margins = compute_margins(X_batch, weights, intercepts)
         derivatives = loss_function.derivative(margins, y_batch)
+        if sample_weight is not None:
+            derivatives = derivatives * np.take(sample_weight, batch_rows)[:, np.newaxis]
         inverse_batch_rows = 1.0 / batch_rows.shape[0]
-        grad_w = rowwise_gradient(derivatives, X_batch) * inverse_batch_rows
         # Column sums accumulate row after row: each model's sum is independent of K.
         grad_b = (
             np.add.reduce(derivatives, axis=0) * inverse_batch_rows if fit_intercept else zero_intercepts
         )
+        if sparse_steps and isinstance(X_batch, SplitDesign):
+            weights, intercepts = _sparse_sgd_step(X_batch, derivatives, inverse_batch_rows, grad_b, weights,
+                                                   intercepts, state, step_sizes_per_batch[batch_index],
+                                                   fit_intercept)
+            continue
+        grad_w = rowwise_gradient(derivatives, X_batch) * inverse_batch_rows
         new_weights, new_intercepts = apply_update(
             optimizer,
             state,
@@ -269,11 +317,35 @@ def minibatch_epoch(
     return weights.copy(), intercepts.copy(), state, n_batches
 
 
+def _sparse_sgd_step(X: SplitDesign, derivatives: FloatArray, inverse_rows: float, grad_b: FloatArray,
+                     weights: FloatArray,
+                     intercepts: FloatArray, state: OptimizerState, step_sizes: FloatArray,
+                     fit_intercept: bool) -> tuple[FloatArray, FloatArray]:
+    """``w <- w - step * g`` on the dense inputs and the batch's touched sparse inputs only (in place on
+    ``weights``, which the caller owns); the same arithmetic, element by element, as :func:`apply_update` with
+    ``sgd`` and no penalty, whose other columns would be ``w - step * 0 = w``."""
+    state.step = state.step + 1
+    split = X.dense_width
+    step_column = step_sizes[:, np.newaxis]
+    dense_gradient = rowwise_gradient(derivatives, X.dense) * inverse_rows
+    weights[:, :split] = weights[:, :split] - step_column * dense_gradient
+    touched, compact_indices = np.unique(X.sparse.indices, return_inverse=True)
+    if touched.size:
+        # the batch's columns renumbered 0..touched-1: built in O(non-zeros), each column's terms in row order as in
+        # the full-width product
+        compact = sp.csr_matrix((X.sparse.data, compact_indices.astype(np.int32), X.sparse.indptr),
+                                shape=(X.sparse.shape[0], touched.size))
+        columns = split + touched
+        sparse_gradient_touched = sparse_gradient(derivatives, compact) * inverse_rows
+        weights[:, columns] = weights[:, columns] - step_column * sparse_gradient_touched
+    return weights, (intercepts - step_sizes * grad_b) if fit_intercept else intercepts
+
+
 def _resolve_loss(loss: Loss | str) -> Loss:
     return get_loss(loss) if isinstance(loss, str) else loss
 
 
-def _check_block(X: FloatArray, y: FloatArray, weights: FloatArray, intercepts: FloatArray) -> None:
+def _check_block(X: Design, y: FloatArray, weights: FloatArray, intercepts: FloatArray) -> None:
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D (n, d), got shape {X.shape}")
     if y.shape != (X.shape[0],):

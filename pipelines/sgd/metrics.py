@@ -37,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipelines.sgd._types import FloatArray
+from pipelines.sgd.design import Design
 from pipelines.sgd.kernels import compute_margins
 from pipelines.sgd.losses import get_loss, sigmoid
 
@@ -83,14 +84,16 @@ class MetricAccumulator:
     @classmethod
     def from_block(
         cls,
-        X: FloatArray,
+        X: Design,
         y: FloatArray,
         weights: FloatArray,
         intercepts: FloatArray,
         loss_name: str,
         n_bins: int = DEFAULT_AUC_BINS,
+        sample_weight: FloatArray | None = None,
     ) -> MetricAccumulator:
-        """Sums over one block of rows.
+        """Sums over one block of rows (weighted by ``sample_weight`` when given: every sum, the AUC
+        histograms included, and a ``weight_sum`` that :meth:`compute` divides by instead of the count).
 
         Parameters
         ----------
@@ -101,6 +104,7 @@ class MetricAccumulator:
         loss_name : {"squared", "logistic"}
         n_bins : int
             Probability histogram bins for the AUC (logistic only), ``>= 1``.
+        sample_weight : ndarray of shape (n,), optional
         """
         loss = get_loss(loss_name)
         if n_bins < 1:
@@ -108,21 +112,32 @@ class MetricAccumulator:
         with np.errstate(over="ignore", invalid="ignore"):
             margins = compute_margins(X, weights, intercepts)
             finite = np.isfinite(margins)
-            sums: dict[str, FloatArray] = {"loss_sum": loss.value(margins, y).sum(axis=0),
-                                           "nonfinite_count": (~finite).sum(axis=0, dtype=np.float64)}
+            values = loss.value(margins, y)
+            sums: dict[str, FloatArray] = {
+                "loss_sum": (values if sample_weight is None else values * sample_weight[:, np.newaxis]).sum(axis=0),
+                "nonfinite_count": (~finite).sum(axis=0, dtype=np.float64)}
         margins = np.where(finite, margins, 0.0)
+        if sample_weight is not None:
+            sums["weight_sum"] = np.asarray(float(np.add.reduce(sample_weight)))
+        weight_column = np.ones((1, 1)) if sample_weight is None else sample_weight[:, np.newaxis]
         if loss_name == "squared":
             residuals = margins - y[:, np.newaxis]
-            sums["squared_error_sum"] = np.einsum("ik,ik->k", residuals, residuals)
-            sums["absolute_error_sum"] = np.abs(residuals).sum(axis=0)
-            sums["label_sum"] = np.asarray(y.sum())
-            sums["label_squared_sum"] = np.asarray(y @ y)
+            if sample_weight is None:
+                sums["squared_error_sum"] = np.einsum("ik,ik->k", residuals, residuals)
+                sums["absolute_error_sum"] = np.abs(residuals).sum(axis=0)
+                sums["label_sum"] = np.asarray(y.sum())
+                sums["label_squared_sum"] = np.asarray(y @ y)
+            else:
+                sums["squared_error_sum"] = np.einsum("ik,ik->k", residuals * weight_column, residuals)
+                sums["absolute_error_sum"] = (np.abs(residuals) * weight_column).sum(axis=0)
+                sums["label_sum"] = np.asarray(y @ sample_weight)
+                sums["label_squared_sum"] = np.asarray((y * y) @ sample_weight)
         else:
             is_positive = y == 1.0
-            sums["correct_count"] = ((margins > 0.0) == is_positive[:, np.newaxis]).sum(
-                axis=0, dtype=np.float64
-            )
-            positive, negative = _probability_histograms(sigmoid(margins), is_positive, n_bins)
+            correct = (margins > 0.0) == is_positive[:, np.newaxis]
+            sums["correct_count"] = correct.sum(axis=0, dtype=np.float64) if sample_weight is None else \
+                (correct * weight_column).sum(axis=0)
+            positive, negative = _probability_histograms(sigmoid(margins), is_positive, n_bins, sample_weight)
             sums["positive_histogram"] = positive
             sums["negative_histogram"] = negative
         return cls(loss_name, int(X.shape[0]), sums)
@@ -187,11 +202,11 @@ class MetricAccumulator:
             NaN for a row with any non-finite margin.
         """
         loss_sum = self.sums["loss_sum"]
-        count = float(self.count)
+        count = float(self.sums["weight_sum"]) if "weight_sum" in self.sums else float(self.count)
         with np.errstate(divide="ignore", invalid="ignore"):
             metrics: dict[str, FloatArray] = {
                 "loss": loss_sum / count if count else np.full_like(loss_sum, np.nan),
-                "count": np.full_like(loss_sum, count),
+                "count": np.full_like(loss_sum, float(self.count)),
             }
             if self.loss_name == "squared":
                 metrics.update(self._regression_metrics(count))
@@ -231,9 +246,11 @@ class MetricAccumulator:
 
 
 def _probability_histograms(
-    probabilities: FloatArray, is_positive: npt.NDArray[np.bool_], n_bins: int
+    probabilities: FloatArray, is_positive: npt.NDArray[np.bool_], n_bins: int,
+    sample_weight: FloatArray | None = None,
 ) -> tuple[FloatArray, FloatArray]:
-    """Per-row counts of ``probabilities`` (n, K) in ``n_bins`` bins, split by label.
+    """Per-row counts (weight sums with ``sample_weight``) of ``probabilities`` (n, K) in ``n_bins`` bins, split
+    by label.
 
     Bin ``j`` holds ``j / n_bins <= p < (j + 1) / n_bins``; ``p = 1`` goes to the last bin.
     Returns two ``(K, n_bins)`` float64 arrays (positives, negatives).
@@ -242,8 +259,11 @@ def _probability_histograms(
     bins = np.minimum((probabilities * n_bins).astype(np.int64), n_bins - 1)
     flat_bins = bins + np.arange(n_models, dtype=np.int64) * n_bins  # (n, K) into K * n_bins
     size = n_models * n_bins
-    positive = np.bincount(flat_bins[is_positive].ravel(), minlength=size)
-    negative = np.bincount(flat_bins[~is_positive].ravel(), minlength=size)
+    weights = None if sample_weight is None else np.broadcast_to(sample_weight[:, np.newaxis], flat_bins.shape)
+    positive = np.bincount(flat_bins[is_positive].ravel(), minlength=size,
+                           weights=None if weights is None else weights[is_positive].ravel())
+    negative = np.bincount(flat_bins[~is_positive].ravel(), minlength=size,
+                           weights=None if weights is None else weights[~is_positive].ravel())
     return (
         positive.reshape(n_models, n_bins).astype(np.float64),
         negative.reshape(n_models, n_bins).astype(np.float64),

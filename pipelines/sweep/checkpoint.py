@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pipelines.features.scaling import FeatureScaling
+from pipelines.features.encoding import TableEncoding
 from pipelines.sweep.lr_finder import RangeTestResult
 from pipelines.sweep.snapshot import GridSnapshot
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 Arrays = dict[str, npt.NDArray[np.generic]]
 
 
@@ -47,7 +47,7 @@ class SweepCheckpoint:
     num_partitions: int
     train_rows: int
     validation_rows: int
-    scaling: FeatureScaling
+    encoding: TableEncoding
     rounds: tuple[RoundCheckpoint, ...]
     range_test: RangeTestResult | None = None
     complete: bool = False  # every round is trained and evaluated to its end
@@ -68,12 +68,10 @@ class SweepCheckpoint:
                 "table_version": self.table_version, "num_partitions": self.num_partitions,
                 "train_rows": self.train_rows, "validation_rows": self.validation_rows, "complete": self.complete,
                 "rounds": [{"number": r.number, "learning_rates": list(r.learning_rates)} for r in self.rounds],
-                "scaling_columns": list(self.scaling.columns),
-                "constant_columns": list(self.scaling.constant_columns),
+                "encoding": self.encoding.to_json(),
                 "range_test": None if self.range_test is None else {
                     "stopped_early": self.range_test.stopped_early, "suggestion": self.range_test.suggestion}}
-        arrays: Arrays = {"meta": np.asarray(json.dumps(meta)), "scaling.means": self.scaling.means,
-                          "scaling.scales": self.scaling.scales}
+        arrays: Arrays = {"meta": np.asarray(json.dumps(meta))}
         if self.range_test is not None:
             arrays.update({"range_test.learning_rates": self.range_test.learning_rates,
                            "range_test.losses": self.range_test.losses,
@@ -95,8 +93,7 @@ class SweepCheckpoint:
         meta = json.loads(str(arrays["meta"]))
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(f"checkpoint format {meta.get('format')!r}, expected {FORMAT_VERSION}")
-        scaling = FeatureScaling(tuple(meta["scaling_columns"]), np.asarray(arrays["scaling.means"], np.float64),
-                                 np.asarray(arrays["scaling.scales"], np.float64), tuple(meta["constant_columns"]))
+        encoding = TableEncoding.from_json(meta["encoding"])
         rounds = []
         for index, described in enumerate(meta["rounds"]):
             prefix = f"round{index}."
@@ -113,7 +110,7 @@ class SweepCheckpoint:
         return cls(sweep_id=meta["sweep_id"], settings=meta["settings"], table=meta["table"],
                    table_version=int(meta["table_version"]), num_partitions=int(meta["num_partitions"]),
                    train_rows=int(meta["train_rows"]), validation_rows=int(meta["validation_rows"]),
-                   scaling=scaling, rounds=tuple(rounds), range_test=range_test, complete=bool(meta["complete"]))
+                   encoding=encoding, rounds=tuple(rounds), range_test=range_test, complete=bool(meta["complete"]))
 
 
 def settings_changes(recorded: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

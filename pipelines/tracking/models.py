@@ -1,9 +1,10 @@
 """The best model of a sweep as an MLflow sklearn model, its registration, and loading it for scoring.
 
-The model is a :class:`sklearn.pipeline.Pipeline` ``StandardScaler -> LogisticRegression`` (or
-``LinearRegression``) built from the sweep's statistics and coefficients, nothing refitted: the scaler
-applies ``z = (x - mean) / scale`` with the training split's statistics, the estimator the coefficients
-learned on ``z``. It loads and predicts without Spark.
+The model is a :class:`sklearn.pipeline.Pipeline` ``TableEncoding -> LogisticRegression`` (or
+``LinearRegression``) built from the sweep's encoding and coefficients, nothing refitted: the encoding turns
+raw table rows into the inputs the model was trained on (standardized numbers, one-hot and hashed strings,
+array and vector entries; :mod:`pipelines.features.encoding`), the estimator applies the coefficients learned
+on them. It loads and predicts without Spark (it needs this package, which its requirements name).
 
 Logistic models are logged with ``pyfunc_predict_fn="predict_proba"``: ``pyfunc.predict`` returns an
 ``(n, 2)`` array ``[P(y=0), P(y=1)]``; batch scoring keeps ``P(y=1)``. Squared models predict the value.
@@ -11,25 +12,29 @@ Logistic models are logged with ``pyfunc_predict_fn="predict_proba"``: ``pyfunc.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import scipy
 import sklearn
+import skops
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from pyspark.sql import Column, SparkSession
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
+from pipelines import __version__
 from pipelines.errors import TrackingError
-from pipelines.features.scaling import FeatureScaling
+from pipelines.features.encoding import TableEncoding
 from pipelines.sgd._types import FloatArray
 from pipelines.tracking.runs import SweepTracker
 
@@ -39,27 +44,25 @@ TAG_LOSS = "lrsweep.loss"
 TAG_MODEL_URI = "lrsweep.model_uri"
 TAG_REGISTRATION = "lrsweep.registration"
 MODEL_NAME = "model"
+#: lrsweep's own classes in a logged model, for MLflow's safe (skops) loading.
+TRUSTED_TYPES = [f"{TableEncoding.__module__}.{name}" for name in ("TableEncoding", "ColumnEncoding")]
 
 
-def linear_pipeline(scaling: FeatureScaling, weights: FloatArray, intercept: float, loss: str,
-                    train_rows: int) -> Pipeline:
-    """A fitted-looking sklearn pipeline from kept statistics and coefficients (``weights`` shape ``(d,)``)."""
-    d = len(scaling.columns)
+def linear_pipeline(encoding: TableEncoding, weights: FloatArray, intercept: float, loss: str,
+                    classes: tuple[Any, Any] = (0, 1)) -> Pipeline:
+    """A fitted-looking sklearn pipeline from the encoding and coefficients (``weights`` shape ``(d,)``).
+
+    ``classes``: a logistic model's two labels, the positive one second (a string label's values).
+    """
+    d = encoding.n_inputs
     if weights.shape != (d,):
         raise ValueError(f"weights have shape {weights.shape}, expected ({d},)")
-    scaler = StandardScaler()
-    scaler.mean_ = scaling.means.astype(np.float64)
-    scaler.scale_ = scaling.scales.astype(np.float64)
-    scaler.var_ = scaler.scale_ ** 2
-    scaler.n_features_in_ = d
-    scaler.feature_names_in_ = np.array(scaling.columns, dtype=object)
-    scaler.n_samples_seen_ = np.int64(train_rows)
     estimator: LogisticRegression | LinearRegression
     if loss == "logistic":
         estimator = LogisticRegression()
         estimator.coef_ = weights.reshape(1, d).astype(np.float64)
         estimator.intercept_ = np.array([intercept], dtype=np.float64)
-        estimator.classes_ = np.array([0, 1])
+        estimator.classes_ = np.array(classes)
         estimator.n_iter_ = np.array([0], dtype=np.int32)
     else:
         estimator = LinearRegression()
@@ -68,7 +71,7 @@ def linear_pipeline(scaling: FeatureScaling, weights: FloatArray, intercept: flo
         estimator.rank_ = d
         estimator.singular_ = np.ones(d)
     estimator.n_features_in_ = d
-    return Pipeline([("scaler", scaler), ("model", estimator)])
+    return Pipeline([("encode", encoding), ("model", estimator)])
 
 
 def predict_fn_name(loss: str) -> str:
@@ -94,9 +97,12 @@ def log_model(tracker: SweepTracker, pipeline: Pipeline, input_example: pd.DataF
             info = mlflow.sklearn.log_model(
                 pipeline, name=MODEL_NAME, signature=signature, input_example=input_example,
                 pyfunc_predict_fn=predict_fn_name(loss), metadata={"lrsweep_loss": loss, **metadata},
+                skops_trusted_types=TRUSTED_TYPES,
                 # explicit requirements: inferring them would load the model in a subprocess (seconds)
-                pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"mlflow=={mlflow.__version__}",
-                                  f"numpy=={np.__version__}", f"pandas=={pd.__version__}"])
+                pip_requirements=[f"lrsweep=={__version__}", f"scikit-learn=={sklearn.__version__}",
+                                  f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}",
+                                  f"pandas=={pd.__version__}", f"scipy=={scipy.__version__}",
+                                  f"pyarrow=={pa.__version__}", f"skops=={skops.__version__}"])
         tracker.client.update_run(parent, status="RUNNING")  # leaving start_run() ended it; the sweep ends it
         return str(info.model_uri)
 
@@ -192,6 +198,7 @@ class ScoringModel:
     run_id: str | None
     features: tuple[str, ...]
     loss: str  # "logistic" (scores are P(y=1)) or "squared"
+    families: dict[str, str] = field(default_factory=dict)  # feature -> column family (number when not recorded)
 
 
 def resolve_scoring_model(client: MlflowClient, model_uri: str) -> ScoringModel:
@@ -221,8 +228,10 @@ def resolve_scoring_model(client: MlflowClient, model_uri: str) -> ScoringModel:
     loss = (info.metadata or {}).get("lrsweep_loss")
     if loss not in ("logistic", "squared"):
         raise TrackingError(f"scoring.model_uri {model_uri}: not an lrsweep model (no lrsweep_loss metadata)")
-    return ScoringModel(uri=pinned, name=name, version=version, run_id=info.run_id,
-                        features=tuple(info.signature.inputs.input_names()), loss=loss)
+    features = tuple(info.signature.inputs.input_names())
+    recorded = json.loads((info.metadata or {}).get("lrsweep_columns") or "{}")
+    return ScoringModel(uri=pinned, name=name, version=version, run_id=info.run_id, features=features, loss=loss,
+                        families={name: recorded.get(name, "number") for name in features})
 
 
 def scoring_udf(spark: SparkSession, model: ScoringModel) -> Callable[..., Column]:

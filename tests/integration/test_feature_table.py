@@ -22,7 +22,13 @@ def test_latest_version_is_pinned_and_returned(spark: SparkSession, demo_table: 
     assert 0 < table.rows_dropped_null < 0.05 * table.rows_read  # the demo table has a few nulls
     assert table.dataframe.count() == table.rows
     assert "customer_id" not in table.features and "churned" not in table.features
-    assert "lifetime_value" in table.features and len(table.features) >= 25
+    assert "lifetime_value" not in table.features and len(table.features) >= 29  # derived from the label
+    assert table.columns.left_out == {"customer_id": "listed in data.exclude",
+                                      "lifetime_value": "listed in data.exclude"}
+    families = table.columns.used
+    assert (families["plan"], families["region"], families["signup_date"], families["weekly_usage_gb"],
+            families["tenure_months"]) == ("string", "string", "date", "array", "number")
+    assert table.array_lengths == {"weekly_usage_gb": 4}
     assert set(table.null_counts) == {"satisfaction_score", "days_since_last_login"}
 
 
@@ -83,7 +89,7 @@ def bad_tables(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) ->
         .save(tables["all_null"])
     spark.range(10).selectExpr("id % 2 AS label", "IF(id < 3, NULL, id * 1.0) AS x").write.format("delta") \
         .save(tables["with_nulls"])
-    spark.range(10).selectExpr("id % 2 AS label", "id * 1.0 AS x", "CAST(id AS STRING) AS city") \
+    spark.range(10).selectExpr("id % 2 AS label", "id * 1.0 AS x", "map('k', id) AS tags") \
         .write.format("delta").save(tables["string_feature"])
     spark.range(400).selectExpr("id % 2 AS label", "CASE WHEN id = 3 THEN double('NaN') WHEN id = 4 THEN "
                                 "double('Infinity') WHEN id = 5 THEN double('-Infinity') ELSE id * 1.0 END AS x") \
@@ -108,8 +114,8 @@ def bad_tables(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) ->
         ("demo", ["data.version=yesterday"], "data.version 'yesterday' is neither a version number nor"),
         ("demo", ["data.label=is_churn"], "label column 'is_churn' not found; available columns: ["),
         ("demo", ["data.features=[tenure_months, tenure]"], "feature column(s) ['tenure'] not found"),
-        ("string_feature", ["data.label=label", "data.features=[x, city]"],
-         "feature column 'city' has type string; expected a numeric type"),
+        ("string_feature", ["data.label=label", "data.features=[x, tags]"],
+         "feature column 'tags' has type map<string,bigint>: type map<string,bigint> is not supported"),
         ("three_classes", ["data.label=label"],
          "label 'label' has values other than 0 and 1 (min 0.0, max 2.0, 3 distinct)"),
         ("one_class", ["data.label=label"], "label 'label' has a single class (1.0)"),

@@ -25,6 +25,7 @@ from jobs import train_sweep
 from pipelines.cli import run_job
 from pipelines.config import Config
 from pipelines.errors import OutputError, TerminatedError
+from pipelines.features.columns import model_input
 from pipelines.orchestration.score import score_table
 from pipelines.orchestration.signals import StopRequest
 from pipelines.orchestration.sweep import SweepReport, run_tracked_sweep
@@ -150,11 +151,22 @@ def test_champion_loads_without_spark_and_predicts_like_raw_coefficients(swept: 
     assert model.metadata.get_input_schema().input_names() == features
     rng = np.random.default_rng(0)
     X = report.table.dataframe.select(*features).limit(50).toPandas()
-    X = X * rng.uniform(0.5, 1.5, size=X.shape)
+    numbers = [name for name, family in report.table.columns.used.items() if family == "number"]
+    X[numbers] = X[numbers] * rng.uniform(0.5, 1.5, size=(50, len(numbers)))
+    X.loc[0, "plan"] = "a plan never seen"
     best = report.run.outcome.best
     assert best is not None
-    raw_weights, raw_intercepts = report.run.scaling.to_raw(best.weights[None, :], np.array([best.intercept]))
-    expected = 1.0 / (1.0 + np.exp(-(X.to_numpy() @ raw_weights[0] + raw_intercepts[0])))
+    encoding = report.run.encoding
+    # the numbers' coefficients mapped back to raw units, the rest (indicators, days, array elements) by encoding
+    scales, means = encoding.scales, encoding.means
+    dense = [c for c in encoding.dense_columns]
+    number_positions = [i for i, c in enumerate(dense) if c.kind == "number"]
+    raw = X[[dense[i].column for i in number_positions]].to_numpy()
+    raw_weights = best.weights[number_positions] / scales[number_positions]
+    others = encoding.transform(X).toarray()
+    others[:, number_positions] = 0.0
+    margin = raw @ raw_weights - raw_weights @ means[number_positions] + others @ best.weights + best.intercept
+    expected = 1.0 / (1.0 + np.exp(-margin))
     predicted = np.asarray(model.predict(X))
     assert predicted.shape == (50, 2)
     np.testing.assert_allclose(predicted[:, 1], expected, rtol=0, atol=1e-9)
@@ -298,11 +310,13 @@ def test_scoring_writes_predictions_with_lineage(spark: SparkSession, swept: tup
     assert (predictions.source_table == demo_table).all() and predictions.scored_at.notna().all()
 
     # Same predictions as the model applied without Spark, row for row.
-    features = list(report.table.features)
-    source = spark.read.format("delta").load(demo_table).toPandas().dropna(subset=features)
+    families = report.table.columns.used
+    required = [name for name, family in families.items() if family != "string"]  # a null string is a category
+    source = spark.read.format("delta").load(demo_table).select(
+        "customer_id", *[model_input(name, family) for name, family in families.items()]).toPandas() \
+        .dropna(subset=required)
     model = mlflow.pyfunc.load_model(result.model.uri)
-    expected = pd.Series(np.asarray(model.predict(source[features].astype("float64")))[:, 1],
-                         index=source.customer_id)
+    expected = pd.Series(np.asarray(model.predict(source[list(families)]))[:, 1], index=source.customer_id)
     np.testing.assert_allclose(scored.set_index("customer_id").prediction.loc[expected.index], expected,
                                rtol=0, atol=1e-12)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipelines.distributed.engine import ModelRows
-from pipelines.features.scaling import FeatureScaling
+from pipelines.features.encoding import ColumnEncoding, TableEncoding
 from pipelines.lakehouse.checkpoints import CheckpointStore, decode_arrays, encode_arrays
 from pipelines.sgd.optimizers import OptimizerSpec
 from pipelines.sweep.checkpoint import RoundCheckpoint, SweepCheckpoint, settings_changes
@@ -54,14 +54,18 @@ def _assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
 
 def test_sweep_checkpoint_round_trips_through_npz_bit_for_bit() -> None:
     snapshot, _ = _snapshot()
-    scaling = FeatureScaling(("a", "b", "c", "d", "e"), np.arange(5.0), np.full(5, 2.0), ("e",))
+    encoding = TableEncoding([ColumnEncoding("a", "number", 1, means=(0.1,), scales=(2.0 / 3.0,)),
+                              ColumnEncoding("plan", "onehot", 3, categories=("gold", None)),
+                              ColumnEncoding("city", "hashed", 64, buckets=64),
+                              ColumnEncoding("emb", "array", 2, means=(1e-300, -5.5), scales=(np.pi, 1.0)),
+                              ColumnEncoding("v", "vector", 50)])
     result = RangeTestResult(np.geomspace(1e-4, 1, 5), np.array([0.7, 0.6, 0.5, np.inf, np.nan]),
                              np.array([0.7, 0.65, 0.6, np.nan, np.nan]), True, 0.001)
-    checkpoint = SweepCheckpoint("s-1", {"train": {"epochs": 4}}, "/t", 3, 4, 900, 100, scaling,
+    checkpoint = SweepCheckpoint("s-1", {"train": {"epochs": 4}}, "/t", 3, 4, 900, 100, encoding,
                                  (RoundCheckpoint(1, (0.01, 0.1, 1.0), snapshot),), result, complete=False)
     restored = SweepCheckpoint.from_arrays(decode_arrays(encode_arrays(checkpoint.to_arrays())))
     assert (restored.sweep_id, restored.table_version, restored.num_partitions, restored.epoch) == ("s-1", 3, 4, 2)
-    assert restored.scaling.columns == scaling.columns and restored.scaling.constant_columns == ("e",)
+    assert restored.encoding == encoding and restored.encoding.means.tobytes() == encoding.means.tobytes()
     assert restored.range_test is not None and restored.range_test.suggestion == 0.001
     np.testing.assert_array_equal(restored.range_test.losses, result.losses)
     [round_checkpoint] = restored.rounds

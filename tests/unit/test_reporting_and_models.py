@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
+from pipelines.features.encoding import ColumnEncoding, TableEncoding
 from pipelines.features.scaling import FeatureScaling
 from pipelines.reporting.figures import loss_curves_figure, val_loss_vs_rate_figure
 from pipelines.reporting.tables import format_summary, rate_summary, results_rows
@@ -81,7 +82,9 @@ def test_sklearn_pipeline_matches_the_raw_coefficients(loss: str) -> None:
     rng = np.random.default_rng(1)
     scaling = FeatureScaling(("a", "b", "c"), means=np.array([1.0, -2.0, 50.0]), scales=np.array([0.5, 3.0, 20.0]))
     weights, intercept = rng.normal(size=3), 0.3
-    pipeline = linear_pipeline(scaling, weights, intercept, loss, train_rows=100)
+    encoding = TableEncoding([ColumnEncoding(c, "number", 1, means=(m,), scales=(s,))
+                              for c, m, s in zip(scaling.columns, scaling.means, scaling.scales, strict=True)])
+    pipeline = linear_pipeline(encoding, weights, intercept, loss)
     X = pd.DataFrame(rng.normal(size=(40, 3)) * [1, 3, 20] + [1, -2, 50], columns=["a", "b", "c"])
     raw_weights, raw_intercepts = scaling.to_raw(weights[None, :], np.array([intercept]))
     margin = X.to_numpy() @ raw_weights[0] + raw_intercepts[0]
@@ -90,5 +93,5 @@ def test_sklearn_pipeline_matches_the_raw_coefficients(loss: str) -> None:
         assert set(pipeline.predict(X)) <= {0, 1}
     else:
         np.testing.assert_allclose(pipeline.predict(X), margin, atol=1e-9)
-    with pytest.raises(ValueError, match="feature names"):
+    with pytest.raises(ValueError, match="column 'a' is missing"):
         pipeline.predict(X.rename(columns={"a": "z"}))

@@ -1,0 +1,193 @@
+"""Checks of a feature table's rows before training: which columns are used, the label, weights, array lengths,
+and the null / invalid-value policies, each failing with one line naming the table, the column and the count.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from functools import reduce
+from typing import Any
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from pipelines.config import DataConfig
+from pipelines.errors import DataError
+from pipelines.features.columns import ColumnChoice, choose_columns, model_input
+
+
+def feature_column(name: str, family: str) -> Column:
+    """A feature as the encodings read it: vectors as read (sparse stays sparse), the rest as the model takes it."""
+    return F.col(name) if family == "vector" else model_input(name, family)
+
+
+def role_columns(config: DataConfig, columns: dict[str, T.DataType], where: str) -> dict[str, str]:
+    """The weight, time and split columns in use (never features), checked: present and of a usable type."""
+    wanted = {config.weight: ("data.weight", "the row weights (data.weight)", (T.NumericType,), "numeric"),
+              config.time_column if config.split == "time" else None:
+                  ("data.time_column", "orders the time split (data.time_column)",
+                   (T.DateType, T.TimestampType, T.TimestampNTZType, T.NumericType), "a date, timestamp or number"),
+              config.split_column if config.split == "column" else None:
+                  ("data.split_column", "names each row's split (data.split_column)", (T.StringType,), "a string")}
+    roles = {}
+    for name, (key, reason, types, expected) in wanted.items():
+        if name is None:
+            continue
+        if name not in columns:
+            raise DataError(f"{where}: {key} column {name!r} not found; available columns: {sorted(columns)}")
+        if name == config.label:
+            raise DataError(f"{where}: {key} column {name!r} is the label")
+        if not isinstance(columns[name], types):
+            raise DataError(f"{where}: {key} column {name!r} has type {columns[name].simpleString()}; expected "
+                            f"{expected}")
+        roles[name] = reason
+    return roles
+
+
+def check_weights(raw: DataFrame, weight: str, where: str) -> None:
+    """Weights must be finite, non-negative, present and not all zero: fail naming the column and the counts."""
+    value = F.col(weight).cast("double")
+    row = raw.agg(F.sum(value.isNull().cast("long")).alias("null"),
+                  F.sum((value < 0).cast("long")).alias("negative"),
+                  F.sum((F.isnan(value) | (F.abs(value) == float("inf"))).cast("long")).alias("invalid"),
+                  F.sum((value > 0).cast("long")).alias("positive")).collect()[0]
+    problems = [f"{int(row[key])} {label}" for key, label in
+                (("null", "null"), ("negative", "negative"), ("invalid", "NaN or infinite")) if row[key]]
+    if problems:
+        raise DataError(f"{where}: data.weight column {weight!r} has {', '.join(problems)} value(s); weights must "
+                        "be finite numbers >= 0")
+    if not row["positive"]:
+        raise DataError(f"{where}: data.weight column {weight!r} is zero on every row: nothing to fit")
+
+
+def common_length(raw: DataFrame, column: str) -> int:
+    """The most common length of an array column (ties: the shorter); rows of another length are invalid."""
+    rows = raw.where(F.col(column).isNotNull()).groupBy(F.size(column).alias("length")).count().collect()
+    if not rows:
+        return 0
+    return int(min(rows, key=lambda r: (-int(r["count"]), int(r["length"])))["length"])
+
+
+def string_classes(raw: DataFrame, label: str, where: str) -> tuple[str, str]:
+    """The two values of a string label for logistic loss, sorted (the second is the positive class)."""
+    values = sorted(str(r[0]) for r in raw.where(F.col(label).isNotNull()).select(label).distinct().limit(21)
+                    .collect())
+    if len(values) != 2:
+        shown = ", ".join(repr(v) for v in values[:20]) + (", ..." if len(values) > 20 else "")
+        raise DataError(f"{where}: string label {label!r} has {len(values) if len(values) <= 20 else 'more than 20'}"
+                        f" distinct values ({shown}); logistic loss needs exactly two")
+    return values[0], values[1]
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What one pass over the used columns found."""
+
+    rows: int
+    rows_with_null: int
+    rows_with_invalid: int  # rows without nulls but with NaN or +-inf
+    null_counts: dict[str, int]
+    invalid_counts: dict[str, int]
+    label: dict[str, Any]  # distinct, min, max, not_binary of the usable rows' labels
+
+
+class Profile:
+    """Null, NaN/inf and label statistics of the used columns, in one Spark aggregation.
+
+    A null string is a category of its own, not a missing value. Invalid values: NaN and +-inf in floating
+    columns and array elements, and arrays of another length than the column's common one.
+    """
+
+    def __init__(self, label: str, label_value: Column, families: dict[str, str], types: dict[str, T.DataType],
+                 array_lengths: dict[str, int], required: list[str]) -> None:
+        self.used = [label, *families, *required]
+        checked_for_null = [label, *[c for c, family in families.items() if family != "string"], *required]
+        self.floating = [c for c in self.used if isinstance(types[c], T.FloatType | T.DoubleType)]
+        self.is_null = {c: F.col(c).isNull() for c in checked_for_null}
+        self.is_invalid = {c: F.isnan(F.col(c)) | (F.abs(F.col(c)) == float("inf")) for c in self.floating}
+        for column, length in array_lengths.items():
+            self.is_invalid[column] = (F.size(column) != F.lit(length)) | F.exists(
+                column, lambda x: F.isnan(x.cast("double")) | (F.abs(x.cast("double")) == float("inf")))
+        self.any_null = reduce(operator.or_, self.is_null.values())
+        self.any_invalid = reduce(operator.or_, self.is_invalid.values()) if self.is_invalid else F.lit(False)
+        self.unusable = self.any_null | self.any_invalid
+        self.clean_label = F.when(self.unusable, None).otherwise(label_value)
+
+    def collect(self, dataframe: DataFrame) -> Stats:
+        clean = self.clean_label
+        row = dataframe.agg(
+            F.count(F.lit(1)).alias("rows"),
+            *[F.sum(null.cast("long")).alias(f"null::{c}") for c, null in self.is_null.items()],
+            *[F.sum(invalid.cast("long")).alias(f"invalid::{c}") for c, invalid in self.is_invalid.items()],
+            F.sum(F.when(self.any_null, 1).otherwise(0)).alias("rows_with_null"),
+            F.sum(F.when(~self.any_null & self.any_invalid, 1).otherwise(0)).alias("rows_with_invalid"),
+            F.count_distinct(clean).alias("distinct"), F.min(clean).alias("min"), F.max(clean).alias("max"),
+            F.sum(F.when(clean.isNotNull() & ~clean.isin(0.0, 1.0), 1).otherwise(0)).alias("not_binary"),
+        ).collect()[0].asDict()
+        return Stats(
+            rows=int(row["rows"]), rows_with_null=int(row["rows_with_null"] or 0),
+            rows_with_invalid=int(row["rows_with_invalid"] or 0),
+            null_counts={c: int(row[f"null::{c}"]) for c in self.is_null if row[f"null::{c}"]},
+            invalid_counts={c: int(row[f"invalid::{c}"]) for c in self.is_invalid if row[f"invalid::{c}"]},
+            label={key: row[key] for key in ("distinct", "min", "max", "not_binary")})
+
+
+def apply_policies(stats: Stats, config: DataConfig, where: str) -> None:
+    """``data.on_null`` / ``data.on_invalid``: fail naming the columns, or check something is left."""
+    if stats.rows == 0:
+        raise DataError(f"{where}: the table is empty")
+    if stats.rows_with_null and config.on_null == "fail":
+        detail = ", ".join(f"{c}: {n}" for c, n in sorted(stats.null_counts.items()))
+        raise DataError(f"{where}: {stats.rows_with_null} rows have nulls ({detail}) and data.on_null is 'fail'; "
+                        "set data.on_null=drop to drop them")
+    if stats.invalid_counts and config.on_invalid == "fail":
+        detail = ", ".join(f"{c}: {n}" for c, n in sorted(stats.invalid_counts.items()))
+        raise DataError(f"{where}: NaN or infinite values ({detail}) and data.on_invalid is 'fail'; "
+                        "set data.on_invalid=drop to drop those rows")
+    if stats.rows_with_null + stats.rows_with_invalid == stats.rows:
+        raise DataError(f"{where}: no rows left after dropping {stats.rows_with_null} rows with nulls and "
+                        f"{stats.rows_with_invalid} with NaN/inf (null counts: {stats.null_counts}, NaN/inf "
+                        f"counts: {stats.invalid_counts})")
+
+
+def select_features(config: DataConfig, columns: dict[str, T.DataType], where: str,
+                     roles: dict[str, str]) -> ColumnChoice:
+    """The feature columns: ``data.features`` as listed (each must be usable), or every usable column but the
+    label and the exclusions; never silently: what is left out is kept with the reason."""
+    if config.features is not None:
+        missing = [c for c in config.features if c not in columns]
+        if missing:
+            raise DataError(f"{where}: feature column(s) {missing} not found; available columns: {sorted(columns)}")
+        if config.label in config.features:
+            raise DataError(f"{where}: the label {config.label!r} is also listed in data.features")
+    not_features = {name: "listed in data.exclude" for name in config.exclude if name in columns}
+    not_features.update(roles)
+    if config.features is not None:
+        for name in config.features:
+            if name in roles:
+                raise DataError(f"{where}: column {name!r} is listed in data.features but {roles[name]}")
+    choice, refused = choose_columns(columns, config.label, config.features, not_features)
+    if refused:
+        name, reason = refused[0]
+        raise DataError(f"{where}: feature column {name!r} has type {columns[name].simpleString()}: {reason}; "
+                        "cast or encode it upstream, or leave it out of data.features")
+    if not choice.used:
+        raise DataError(f"{where}: no usable feature columns besides the label {config.label!r}; left out: "
+                        f"{'; '.join(choice.describe_left_out()) or 'nothing'}")
+    return choice
+
+
+def check_label(stats: dict[str, Any], loss: str, label: str, where: str) -> None:
+    if loss == "logistic":
+        if stats["not_binary"]:
+            raise DataError(
+                f"{where}: label {label!r} has values other than 0 and 1 (min {stats['min']}, max "
+                f"{stats['max']}, {stats['distinct']} distinct); logistic loss needs 0/1 or boolean"
+            )
+        if stats["distinct"] != 2:
+            raise DataError(f"{where}: label {label!r} has a single class ({stats['min']}); "
+                            "logistic loss needs both 0 and 1")
+    elif stats["distinct"] is not None and stats["distinct"] < 2:
+        raise DataError(f"{where}: label {label!r} is constant ({stats['min']}); nothing to fit")
