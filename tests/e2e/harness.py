@@ -14,6 +14,7 @@ Every wait polls a condition with a deadline; none relies on a fixed sleep.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -445,7 +446,7 @@ def standalone_cluster(work: Path, python: Path, env: Mapping[str, str] | None =
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=2) as response:
                     return int(json.load(response).get("aliveworkers", 0)) == 2
-            except OSError:
+            except (OSError, ValueError, http.client.HTTPException):  # not up yet, or answering before it is ready
                 return False
 
         wait_for(two_workers, 120, "two workers to register")
