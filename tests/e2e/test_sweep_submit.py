@@ -81,7 +81,8 @@ def test_sweep_and_scoring_jobs_against_an_mlflow_server(mlflow_server: str, dem
     mlflow.set_registry_uri(mlflow_server)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     features = model.metadata.get_input_schema().input_names()
-    example = DeltaTable(demo_table).to_pandas(columns=features).dropna().head(20).astype("float64")
+    raw = DeltaTable(demo_table).to_pandas(columns=features).dropna().head(20)  # raw rows, read without Spark
+    example = raw.astype({column: "float64" for column in raw.select_dtypes("number").columns})
     probabilities = np.asarray(model.predict(example))
     assert probabilities.shape == (20, 2)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-12)
