@@ -262,10 +262,7 @@ def _dense_values(column: ColumnEncoding, values: pa.Array) -> np.ndarray:
             flat = pc.cast(values.flatten(), pa.float64()).to_numpy(zero_copy_only=False)
             return flat.reshape(len(values), column.width)
         raise ValueError(f"column {column.column!r}: expected arrays, got {values.type}")
-    if column.kind == "date":
-        if pa.types.is_date(values.type):
-            days = pc.cast(pc.cast(values, pa.date32()), pa.int32()).to_numpy(zero_copy_only=False)
-            return days.astype(np.float64).reshape(-1, 1)
+    if column.kind == "date":  # whole days (a timestamp given for a date column is floored)
         return np.floor(_days(values)).reshape(-1, 1)
     if column.kind == "timestamp":
         return _days(values).reshape(-1, 1)

@@ -35,11 +35,6 @@ _BUCKETS = 1_000_000
 _KEY_RANGE = 2**52  # exactly representable as doubles (percentiles are computed in double)
 
 
-def with_validation_flag(dataframe: DataFrame, columns: Sequence[str], fraction: float, seed: int) -> DataFrame:
-    """Add the boolean column :data:`VALIDATION_COLUMN` (True for about ``fraction`` of the rows)."""
-    return with_split(dataframe, "hash", columns, fraction, 0.0, seed)
-
-
 def with_split(dataframe: DataFrame, method: str, columns: Sequence[str], validation_fraction: float,
                test_fraction: float, seed: int, *, label: str | None = None, time_column: str | None = None,
                split_column: str | None = None, where: str = "the table") -> DataFrame:
