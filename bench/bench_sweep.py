@@ -17,6 +17,8 @@ Peers, all on the same training rows (already in memory for every contender):
 * ``vs_numpy_epoch_ratio``  our median per-epoch wall / one single-process vectorized numpy epoch
                             (:func:`pipelines.sgd.kernels.minibatch_epoch`, all 8 rates) over the same rows;
 * ``driver_peak_rss_mb``    peak RSS of the Python driver during our sweeps (the data stays in Spark);
+* ``joint_grid_cost_ratio`` wall(8 rates x 4 reg_params joint grid, one pass) / wall(the 8-rate sweep): what the
+                            regularization axis costs when its points share the pass;
 * ``hashed_vs_dense_epoch_ratio`` (``--hashed-rows``, its own spark-submit): median epoch of an 8-rate sweep on a
                             table whose model has 2^18 + 20 inputs (a string hashed into 2^18 buckets, a 3-value
                             one-hot string, 16 numbers: ~19 non-zeros per row) / the same on the dense 32-number
@@ -49,6 +51,7 @@ from pipelines.lakehouse.reader import read_feature_table
 from pipelines.orchestration.training import PreparedData, SweepRun, prepare_data, train_grid
 from pipelines.session import get_spark, spark_submit_args
 from pipelines.sgd import minibatch_epoch, objective
+from pipelines.sweep.grid import joint_grid
 
 BENCH_DIR = Path(__file__).resolve().parent / "results"
 
@@ -163,14 +166,15 @@ def bench_config(table: Path, rates: list[float], epochs: int, partitions: int, 
 def final_train_loss(blocks: BlockSet, config: Config, weights: np.ndarray) -> np.ndarray:
     """Training objective of given weights, computed by the engine on the cached blocks."""
     problem = config.problem
-    models = ModelRows.zeros([1.0] * weights.shape[0], [0] * weights.shape[0], blocks.n_features, problem.optimizer)
+    models = ModelRows.zeros([1.0] * weights.shape[0], [0] * weights.shape[0],
+                             problem.regularization.rows(weights.shape[0]), blocks.n_features, problem.optimizer)
     models.weights = weights.copy()
     trainer = GridTrainer(blocks, problem, GradientDescent(), models, epochs=1)
     return trainer.evaluate(list(range(weights.shape[0]))).train_loss
 
 
 def sweep(prepared: PreparedData, config: Config, rates: list[float]) -> SweepRun:
-    return train_grid(prepared, config.problem, config.train, config.sweep, rates)
+    return train_grid(prepared, config.problem, config.train, config.sweep, joint_grid(rates, config.penalty_axis()))
 
 
 def run_main(args: argparse.Namespace) -> dict[str, Any]:
@@ -199,6 +203,13 @@ def run_main(args: argparse.Namespace) -> dict[str, Any]:
     epoch_seconds = float(np.median(sweep_run.outcome.epoch_seconds))
     print(f"local_sgd sweep: {args.rates} rates {sweep_seconds:.2f} s, 1 rate {single_seconds:.2f} s, "
           f"median epoch {epoch_seconds:.3f} s", flush=True)
+    if args.reg_params:
+        joint_config = bench_config(table, rates, args.epochs, args.partitions, f"train.batch_size={args.batch_size}",
+                                    f"sweep.reg_params={args.reg_params}")
+        _, joint_seconds = timed(lambda: sweep(prepared, joint_config, rates))
+        results["joint_grid_cost_ratio"] = joint_seconds / sweep_seconds
+        print(f"joint grid: {args.rates} rates x {len(args.reg_params)} reg_params {joint_seconds:.2f} s "
+              f"({results['joint_grid_cost_ratio']:.2f} x the {args.rates}-rate sweep)", flush=True)
 
     if not args.epoch_only:
         gd_config = bench_config(table, rates, args.epochs, args.partitions, "train.algorithm=gd",
@@ -331,6 +342,8 @@ def main() -> None:
     parser.add_argument("--driver-memory", default="8g")
     parser.add_argument("--hashed-rows", type=int, default=1_000_000, help="the hashed 2^18 table's rows; 0 to skip")
     parser.add_argument("--hashed-epochs", type=int, default=3)
+    parser.add_argument("--reg-params", type=lambda text: [float(v) for v in text.split(",") if v],
+                        default=[0.0, 1e-4, 1e-3, 1e-2], help="the joint grid's reg axis (comma-separated; '' skips)")
     parser.add_argument("--epoch-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--hashed-only", action="store_true", help="only the hashed vs dense figures")
     args = parser.parse_args()
@@ -356,7 +369,7 @@ def main() -> None:
                "vs_numpy_epoch_ratio": "<= 3", "vs_numpy_epoch_ratio_large": "(report)",
                "driver_peak_rss_mb": "flat in rows", "driver_peak_rss_mb_large": "flat in rows",
                "hashed_vs_dense_epoch_ratio": "(report)", "hashed_vs_dense_block_bytes_ratio": "(report)",
-               "hashed_driver_peak_rss_mb": "(report)"}
+               "hashed_driver_peak_rss_mb": "(report)", "joint_grid_cost_ratio": "(report)"}
     for key, target in targets.items():
         if key in results:
             print(f"{key:34s} {results[key]:12.4g}  {target}")

@@ -42,6 +42,7 @@ from pydantic import (
     PlainSerializer,
     PlainValidator,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -49,7 +50,7 @@ from pydantic_core import PydanticCustomError
 
 from pipelines.errors import ConfigError
 from pipelines.sgd._validation import OneOf, SpecError, build_spec
-from pipelines.sgd.losses import LOSS_NAMES
+from pipelines.sgd.losses import CLASSIFICATION_LOSSES, DEFAULT_EPSILON, LOSS_NAMES, task_of
 from pipelines.sgd.optimizers import OptimizerSpec
 from pipelines.sgd.problem import TrainingProblem
 from pipelines.sgd.regularization import Regularization
@@ -138,6 +139,9 @@ class ModelConfig(_Section):
     fit_intercept: bool = True
     reg_param: float = 0.0
     l1_ratio: float = 0.0
+    epsilon: float = Field(
+        default=DEFAULT_EPSILON, description="huber: the quadratic zone (> 0); epsilon_insensitive and "
+        "squared_epsilon_insensitive: the dead zone (>= 0)")
     class_weight: Literal["balanced"] | dict[str, float] | None = Field(
         default=None, description="logistic: 'balanced' (n / (2 n_class)) or {label value: weight}")
 
@@ -167,12 +171,14 @@ class ModelConfig(_Section):
     def _regularization_rules(self) -> ModelConfig:
         try:
             Regularization(self.reg_param, self.l1_ratio)
+            TrainingProblem(self.loss, epsilon=self.epsilon)
         except SpecError as error:
             raise _spec_error(error) from None
-        if self.class_weight is not None and self.loss != "logistic":
+        if self.class_weight is not None and task_of(self.loss) != "binary":
             raise PydanticCustomError("spec", "{rule}", {
                 "parameter": "class_weight", "value": self.class_weight,
-                "rule": f"needs a classification loss (logistic); model.loss is {self.loss!r}"})
+                "rule": f"needs a classification loss ({', '.join(CLASSIFICATION_LOSSES)}); model.loss is "
+                        f"{self.loss!r}"})
         return self
 
     @property
@@ -230,6 +236,9 @@ class TrainConfig(_Section):
     algorithm: Literal["local_sgd", "gd"] = "local_sgd"
     epochs: int = Field(default=10, ge=1, le=100_000)
     batch_size: int = Field(default=256, ge=1)
+    min_steps_per_epoch: int = Field(
+        default=10, ge=0, description="local_sgd: a smaller batch than batch_size when the largest partition's "
+        "training rows would give fewer steps per epoch (0: always batch_size)")
     schedule: ScheduleField = Field(default_factory=ScheduleSpec)
     optimizer: OptimizerField = Field(default_factory=OptimizerSpec)
     seed: int = Field(default=42, ge=0)
@@ -301,6 +310,33 @@ class SweepConfig(_Section):
     auto_num: int = Field(default=5, ge=1, le=64, description="'auto': rates in the grid around the suggestion")
     auto_span: float = Field(default=10.0, gt=1.0, description="'auto': grid spans suggestion/span..*span")
     refine: bool = Field(default=False, description="run a second, finer grid around the best rate")
+    reg_params: list[float] | None = Field(
+        default=None, description="a joint grid: every learning rate with each of these reg_params (default: "
+        "model.reg_param only)")
+    l1_ratios: list[float] | None = Field(
+        default=None, description="a joint grid: every learning rate and reg_param with each of these l1_ratios "
+        "(default: model.l1_ratio only)")
+
+    @field_validator("reg_params", "l1_ratios", mode="before")
+    @classmethod
+    def _scalar_axis(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return [float(value)]
+        return value
+
+    @field_validator("reg_params", "l1_ratios")
+    @classmethod
+    def _penalty_axis(cls, values: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        if values is None:
+            return None
+        if not values or len(set(values)) != len(values):
+            raise ValueError("must be a non-empty list of distinct numbers")
+        parameter = "reg_param" if info.field_name == "reg_params" else "l1_ratio"
+        rule = Regularization.RULES[parameter]
+        bad = [value for value in values if not rule.accepts(value)]
+        if bad:
+            raise ValueError(f"every {parameter} must be {rule.describe()}, got {bad}")
+        return values
 
     @field_validator("learning_rates", mode="before")
     @classmethod
@@ -426,18 +462,24 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _stratified_needs_classes(self) -> Config:
-        if self.data.split == "stratified" and self.model.loss != "logistic":
+        if self.data.split == "stratified" and task_of(self.model.loss) not in ("binary", "multiclass"):
             raise PydanticCustomError("spec", "{rule}", {
                 "parameter": "data.split", "value": "stratified",
-                "rule": f"stratifies by class: it needs a classification loss (logistic); model.loss is "
-                        f"{self.model.loss!r}"})
+                "rule": f"stratifies by class: it needs a classification loss ({', '.join(CLASSIFICATION_LOSSES)}, "
+                        f"multinomial); model.loss is {self.model.loss!r}"})
         return self
+
+    def penalty_axis(self) -> list[Regularization]:
+        """The grid's penalties: ``sweep.reg_params`` x ``sweep.l1_ratios`` (each defaulting to the single
+        ``model.*`` value), reg-major."""
+        return [Regularization(reg, l1) for reg in self.sweep.reg_params or [self.model.reg_param]
+                for l1 in self.sweep.l1_ratios or [self.model.l1_ratio]]
 
     @property
     def problem(self) -> TrainingProblem:
         """The training problem every task receives, from ``model.*`` and ``train.schedule``/``optimizer``."""
         return TrainingProblem(self.model.loss, self.model.fit_intercept, self.model.regularization,
-                               self.train.optimizer, self.train.schedule)
+                               self.train.optimizer, self.train.schedule, self.model.epsilon)
 
 
 # --------------------------------------------------------------------------------------------- loading

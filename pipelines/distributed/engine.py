@@ -39,34 +39,53 @@ from pipelines.distributed.strategies import LocalModels, Strategy, TrainedRows,
 from pipelines.sgd._types import FloatArray, IntArray
 from pipelines.sgd.gradient_step import GradientSums
 from pipelines.sgd.kernels import loss_sums
+from pipelines.sgd.losses import Loss
 from pipelines.sgd.metrics import MetricAccumulator
 from pipelines.sgd.optimizers import OptimizerSpec, OptimizerState, init_state
 from pipelines.sgd.problem import TrainingProblem
+from pipelines.sgd.regularization import Penalties
 from pipelines.sgd.schedules import StepSchedule
 
 
 @dataclass
 class ModelRows:
-    """The K model rows of the grid and their optimizer state."""
+    """The K model rows of the grid and their optimizer state.
+
+    A model row is one grid point and seed; it owns ``outputs`` consecutive *weight rows* (the C classes of a
+    multinomial model, else one): ``weights``, ``intercepts`` and the optimizer state are per weight row,
+    everything else per model row. :meth:`weight_rows` maps the one to the other.
+    """
 
     learning_rates: FloatArray  # (K,) base rates
     seeds: IntArray  # (K,) shuffle seed of each row
-    weights: FloatArray  # (K, d)
-    intercepts: FloatArray  # (K,)
-    state: OptimizerState
+    penalties: Penalties  # of the K rows (a joint grid's reg_param/l1_ratio axis)
+    weights: FloatArray  # (K * outputs, d)
+    intercepts: FloatArray  # (K * outputs,)
+    state: OptimizerState  # of the K * outputs weight rows
     rate_multipliers: FloatArray = field(default_factory=lambda: np.ones(0))  # (K,) e.g. 'adaptive'
+    outputs: int = 1
 
     @classmethod
-    def zeros(cls, learning_rates: Sequence[float], seeds: Sequence[int], n_features: int,
-              optimizer: OptimizerSpec) -> ModelRows:
+    def zeros(cls, learning_rates: Sequence[float], seeds: Sequence[int], penalties: Penalties, n_features: int,
+              optimizer: OptimizerSpec, outputs: int = 1) -> ModelRows:
         """Every row at ``w = 0, b = 0`` with fresh optimizer state and multiplier 1."""
         K = len(learning_rates)
-        return cls(np.asarray(learning_rates, dtype=np.float64), np.asarray(seeds, dtype=np.int64),
-                   np.zeros((K, n_features)), np.zeros(K), init_state(optimizer, K, n_features), np.ones(K))
+        if penalties.n_rows != K:
+            raise ValueError(f"{penalties.n_rows} penalties for {K} model rows")
+        return cls(np.asarray(learning_rates, dtype=np.float64), np.asarray(seeds, dtype=np.int64), penalties,
+                   np.zeros((K * outputs, n_features)), np.zeros(K * outputs),
+                   init_state(optimizer, K * outputs, n_features), np.ones(K), outputs)
 
     @property
     def n_rows(self) -> int:
         return int(self.learning_rates.shape[0])
+
+    def weight_rows(self, rows: IntArray) -> IntArray:
+        """The weight rows of model ``rows`` (``rows`` itself with one output), model by model."""
+        if self.outputs == 1:
+            return rows
+        expanded: IntArray = (rows[:, np.newaxis] * self.outputs + np.arange(self.outputs)).ravel()
+        return expanded
 
     def step_rates(self, rows: IntArray) -> FloatArray:
         """Base rate times the per-row multiplier, of ``rows``."""
@@ -74,19 +93,22 @@ class ModelRows:
         return rates
 
     def updated(self, rows: IntArray, trained: TrainedRows) -> ModelRows:
-        """A copy with ``rows`` replaced by ``trained``."""
+        """A copy with ``rows`` replaced by ``trained`` (whose arrays are the rows' weight rows)."""
+        weight_rows = self.weight_rows(rows)
         weights, intercepts = self.weights.copy(), self.intercepts.copy()
-        weights[rows], intercepts[rows] = trained.weights, trained.intercepts
+        weights[weight_rows], intercepts[weight_rows] = trained.weights, trained.intercepts
         slots = {key: value.copy() for key, value in self.state.to_arrays().items()}
         for key, value in trained.state.to_arrays().items():
-            slots[key][rows] = value
+            slots[key][weight_rows] = value
         return replace(self, weights=weights, intercepts=intercepts, state=OptimizerState.from_arrays(slots))
 
     def to_arrays(self) -> dict[str, npt.NDArray[np.generic]]:
         """Flat ``{name: array}`` form (checkpoints); keys ``learning_rates``, ..., ``state.<key>``."""
         arrays: dict[str, npt.NDArray[np.generic]] = {
-            "learning_rates": self.learning_rates, "seeds": self.seeds, "weights": self.weights,
-            "intercepts": self.intercepts, "rate_multipliers": self.rate_multipliers}
+            "learning_rates": self.learning_rates, "seeds": self.seeds, "penalty_l1": self.penalties.l1,
+            "penalty_l2": self.penalties.l2, "weights": self.weights,
+            "intercepts": self.intercepts, "rate_multipliers": self.rate_multipliers,
+            "outputs": np.asarray(self.outputs, dtype=np.int64)}
         arrays.update({f"state.{key}": value for key, value in self.state.to_arrays().items()})
         return arrays
 
@@ -95,9 +117,11 @@ class ModelRows:
         """Inverse of :meth:`to_arrays`."""
         state = OptimizerState.from_arrays({key.removeprefix("state."): value for key, value in arrays.items()
                                             if key.startswith("state.")})
-        return cls(np.asarray(arrays["learning_rates"], np.float64), np.asarray(arrays["seeds"], np.int64),
+        penalties = Penalties(np.asarray(arrays["penalty_l1"], np.float64),
+                              np.asarray(arrays["penalty_l2"], np.float64))
+        return cls(np.asarray(arrays["learning_rates"], np.float64), np.asarray(arrays["seeds"], np.int64), penalties,
                    np.asarray(arrays["weights"], np.float64), np.asarray(arrays["intercepts"], np.float64), state,
-                   np.asarray(arrays["rate_multipliers"], np.float64))
+                   np.asarray(arrays["rate_multipliers"], np.float64), int(np.asarray(arrays["outputs"])))
 
 
 @dataclass(frozen=True)
@@ -137,11 +161,11 @@ class _Task:
     """One job's instructions, captured by the task closure (a few K x d arrays)."""
 
     strategy: Strategy
-    loss: str
+    loss: Loss
     train: TrainJob | None
     eval_rows: IntArray
-    eval_weights: FloatArray  # (E, d)
-    eval_intercepts: FloatArray  # (E,)
+    eval_weights: FloatArray  # (E * outputs, d): the weight rows of the evaluated model rows
+    eval_intercepts: FloatArray  # (E * outputs,)
     fused: bool  # the training payload's loss sums are the evaluation's training loss
 
 
@@ -224,17 +248,21 @@ class GridTrainer:
         return evaluation
 
     def snapshot(self, rows: Sequence[int] | IntArray) -> tuple[FloatArray, FloatArray]:
-        """Copies of the current weights and intercepts of ``rows``."""
+        """Copies of the current models of ``rows``: weights ``(len(rows), outputs * d)`` (a multinomial model's
+        class rows one after the other) and intercepts ``(len(rows), outputs)``."""
         index = np.asarray(rows, dtype=np.int64)
-        return self.models.weights[index].copy(), self.models.intercepts[index].copy()
+        weight_rows, outputs = self.models.weight_rows(index), self.models.outputs
+        return (self.models.weights[weight_rows].reshape(index.size, -1),
+                self.models.intercepts[weight_rows].reshape(index.size, outputs))
 
     def restore(self, rows: Sequence[int] | IntArray, weights: FloatArray, intercepts: FloatArray) -> None:
-        """Put back saved models (a row stopped after an epoch whose successor was already computed)."""
-        index = np.asarray(rows, dtype=np.int64)
+        """Put back saved models (a row stopped after an epoch whose successor was already computed), as
+        :meth:`snapshot` returned them."""
+        weight_rows = self.models.weight_rows(np.asarray(rows, dtype=np.int64))
         self.models = replace(self.models, weights=self.models.weights.copy(),
                               intercepts=self.models.intercepts.copy())
-        self.models.weights[index] = weights
-        self.models.intercepts[index] = intercepts
+        self.models.weights[weight_rows] = weights.reshape(weight_rows.size, -1)
+        self.models.intercepts[weight_rows] = intercepts.reshape(-1)
 
     def set_rate_multipliers(self, multipliers: FloatArray) -> None:
         """Per-row multipliers of the base rates from the next epoch on (the adaptive schedule)."""
@@ -244,16 +272,22 @@ class GridTrainer:
 
     def _train_job(self, models: ModelRows, epoch: int, train: IntArray,
                    batch_range: tuple[int, int] | None) -> TrainJob:
+        """The job of model rows ``train``, as the kernels see it: one entry per weight row."""
+        weight_rows, outputs = models.weight_rows(train), models.outputs
         return TrainJob(problem=self.problem, schedule=self.schedule, total_steps=self.total_steps, epoch=epoch,
-                        weights=models.weights[train], intercepts=models.intercepts[train],
-                        state=models.state.select(train), step_rates=models.step_rates(train),
-                        seeds=models.seeds[train], batch_range=batch_range)
+                        weights=models.weights[weight_rows], intercepts=models.intercepts[weight_rows],
+                        state=models.state.select(weight_rows),
+                        step_rates=np.repeat(models.step_rates(train), outputs),
+                        seeds=np.repeat(models.seeds[train], outputs),
+                        penalties=models.penalties.select(train).repeat(outputs), batch_range=batch_range)
 
     def _run(self, models: ModelRows, job: TrainJob | None, train: IntArray, evaluate: IntArray) -> list[TaskResult]:
         # gd's gradient pass over every training row gives the training loss of the models it starts from
         fused = job is not None and self.strategy.training_loss_is_exact() and np.array_equal(train, evaluate)
-        task = _Task(strategy=self.strategy, loss=self.problem.loss, train=job, eval_rows=evaluate,
-                     eval_weights=models.weights[evaluate], eval_intercepts=models.intercepts[evaluate], fused=fused)
+        eval_weight_rows = models.weight_rows(evaluate)
+        task = _Task(strategy=self.strategy, loss=self.problem.loss_function, train=job, eval_rows=evaluate,
+                     eval_weights=models.weights[eval_weight_rows], eval_intercepts=models.intercepts[eval_weight_rows],
+                     fused=fused)
 
         def run(blocks: PartitionBlocks) -> TaskResult:
             return _run_task(task, blocks)
@@ -267,7 +301,8 @@ class GridTrainer:
         loss_total = np.zeros(rows.size)
         for part in parts:  # partition order: a fixed summation order
             loss_total += part.train_loss_sum
-        penalty = self.problem.regularization.penalty(models.weights[rows])
+        penalty = models.penalties.select(rows).repeat(models.outputs).penalty(
+            models.weights[models.weight_rows(rows)], models.outputs)
         with np.errstate(over="ignore", invalid="ignore"):
             train_loss = loss_total / self.blocks.total_train_rows + penalty
         accumulator = parts[0].validation

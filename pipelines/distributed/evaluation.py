@@ -17,16 +17,18 @@ from pyspark.sql import DataFrame
 from pipelines.features.encoding import TableEncoding
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.design import SplitDesign
+from pipelines.sgd.losses import Loss
 from pipelines.sgd.metrics import MetricAccumulator
 
 
-def evaluate_rows(rows: DataFrame, label: str, encoding: TableEncoding, weights: FloatArray, intercept: float,
-                  loss: str, weight: str | None = None) -> dict[str, float] | None:
+def evaluate_rows(rows: DataFrame, label: str, encoding: TableEncoding, weights: FloatArray,
+                  intercept: float | FloatArray, loss: Loss, weight: str | None = None) -> dict[str, float] | None:
     """``{"loss": ..., "auc": ..., "count": ...}`` (the loss's validation metrics) of the model ``weights``
-    ``(d,)``, ``intercept`` on ``rows`` (label as double, the encoding's columns, ``weight`` when given); None
-    when there are no rows."""
+    ``(d,)``, ``intercept`` (a multinomial model: ``(C, d)`` and ``(C,)``) on ``rows`` (label as double, the
+    encoding's columns, ``weight`` when given); None when there are no rows."""
     columns = [label, *encoding.source_columns, *([weight] if weight else [])]
-    model_weights, model_intercepts = weights.reshape(1, -1), np.array([intercept])
+    model_weights = np.atleast_2d(weights)
+    model_intercepts = np.atleast_1d(np.asarray(intercept, dtype=np.float64))
 
     def evaluate(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
@@ -55,7 +57,7 @@ def evaluate_rows(rows: DataFrame, label: str, encoding: TableEncoding, weights:
         return None
     merged: MetricAccumulator | None = None
     for part in sorted(parts, key=lambda r: int(r["partition"])):
-        accumulator = MetricAccumulator.from_arrays(loss, pickle.loads(part["payload"]))
+        accumulator = MetricAccumulator.from_arrays(loss.name, pickle.loads(part["payload"]))
         merged = accumulator if merged is None else merged.merge(accumulator)
     assert merged is not None
     return {name: float(values[0]) for name, values in merged.compute().items()}

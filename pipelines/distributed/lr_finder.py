@@ -61,15 +61,16 @@ class RangeTestStepper:
         self.problem = problem
         self.seed = seed
         self.batch_rows = partition_batch_rows(blocks.train_rows, batch_size)
-        self.weights = np.zeros((1, blocks.n_features))
-        self.intercepts = np.zeros(1)
-        self.state = init_state(problem.optimizer, 1, blocks.n_features)
+        outputs = problem.outputs  # one model: its weight rows (a multinomial model's classes)
+        self.weights = np.zeros((outputs, blocks.n_features))
+        self.intercepts = np.zeros(outputs)
+        self.state = init_state(problem.optimizer, outputs, blocks.n_features)
         self.steps = 0
         self.jobs = 0
 
     def __call__(self, rate: float) -> float:
         # the task closure captures plain values only (never `self`, which holds the DataFrame)
-        loss, seed, weights, intercepts = self.problem.loss, self.seed, self.weights, self.intercepts
+        loss, seed, weights, intercepts = self.problem.loss_function, self.seed, self.weights, self.intercepts
         step, batch_rows = self.steps, self.batch_rows
 
         def task(blocks: PartitionBlocks) -> GradientSums | None:
@@ -86,6 +87,7 @@ class RangeTestStepper:
         self.steps += 1
         with np.errstate(over="ignore", invalid="ignore"):
             result = gradient_step(GradientSums.total(parts), weights, intercepts, self.state, problem=self.problem,
-                                   learning_rates=np.array([rate]), schedule=CONSTANT, total_steps=1)
+                                   learning_rates=np.full(self.weights.shape[0], rate), schedule=CONSTANT,
+                                   total_steps=1)
         self.weights, self.intercepts = result.weights, result.intercepts
         return float(result.objective[0])

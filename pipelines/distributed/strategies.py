@@ -39,6 +39,7 @@ from pipelines.sgd.gradient_step import GradientSums, gradient_step
 from pipelines.sgd.kernels import batches_per_epoch, minibatch_epoch
 from pipelines.sgd.optimizers import OptimizerState
 from pipelines.sgd.problem import TrainingProblem
+from pipelines.sgd.regularization import Penalties
 from pipelines.sgd.schedules import StepSchedule
 
 #: Offset between the shuffle seeds of consecutive partitions (partition 0 uses the seed itself, so a
@@ -59,6 +60,7 @@ class TrainJob:
     state: OptimizerState  # of the R rows
     step_rates: FloatArray  # (R,) base rate x per-row multiplier
     seeds: IntArray  # (R,) shuffle seed of each row
+    penalties: Penalties  # of the R rows
     batch_range: tuple[int, int] | None  # local_sgd: the synchronization interval of this job
 
 
@@ -142,7 +144,7 @@ class LocalSGD:
             group = np.flatnonzero(job.seeds == seed)
             weights, intercepts, state, steps = minibatch_epoch(
                 blocks.X_train, blocks.y_train, job.weights[group], job.intercepts[group], job.state.select(group),
-                loss=problem.loss, optimizer=problem.optimizer, regularization=problem.regularization,
+                loss=problem.loss_function, optimizer=problem.optimizer, regularization=job.penalties.select(group),
                 learning_rates=job.step_rates[group], schedule=job.schedule, total_steps=job.total_steps,
                 batch_size=self.batch_size, seed=int(seed) + PARTITION_SEED_STRIDE * blocks.partition,
                 epoch=job.epoch - 1, fit_intercept=problem.fit_intercept, batch_range=job.batch_range,
@@ -193,7 +195,7 @@ class GradientDescent:
     def train_partition(self, job: TrainJob, blocks: PartitionBlocks) -> GradientSums:
         X, y, w = sample_rows(blocks.X_train, blocks.y_train, blocks.w_train, self.batch_fraction,
                               int(job.seeds[0]), job.epoch, blocks.partition)
-        return GradientSums.of_block(X, y, job.weights, job.intercepts, job.problem.loss, w)
+        return GradientSums.of_block(X, y, job.weights, job.intercepts, job.problem.loss_function, w)
 
     def combine(self, job: TrainJob, parts: Sequence[tuple[int, LocalModels | GradientSums]]) -> TrainedRows:
         sums = GradientSums.total([part for _, part in parts if isinstance(part, GradientSums)])
@@ -201,7 +203,8 @@ class GradientDescent:
         if sums.count == 0:
             return TrainedRows(job.weights, job.intercepts, state)
         step = gradient_step(sums, job.weights, job.intercepts, state, problem=job.problem,
-                             learning_rates=job.step_rates, schedule=job.schedule, total_steps=job.total_steps)
+                             learning_rates=job.step_rates, schedule=job.schedule, total_steps=job.total_steps,
+                             penalties=job.penalties)
         return TrainedRows(step.weights, step.intercepts, state)
 
     def row_passes(self, total_train_rows: int, num_partitions: int, batch_range: tuple[int, int] | None) -> float:

@@ -5,6 +5,7 @@ and the null / invalid-value policies, each failing with one line naming the tab
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import reduce
 from typing import Any
@@ -16,6 +17,7 @@ from pyspark.sql import types as T
 from pipelines.config import DataConfig
 from pipelines.errors import DataError
 from pipelines.features.columns import ColumnChoice, choose_columns, model_input
+from pipelines.sgd.losses import task_of
 
 
 def feature_column(name: str, family: str) -> Column:
@@ -62,6 +64,26 @@ def check_weights(raw: DataFrame, weight: str, where: str) -> None:
         raise DataError(f"{where}: data.weight column {weight!r} is zero on every row: nothing to fit")
 
 
+MAX_CLASSES = 1000
+"""The most classes a multinomial label may have."""
+
+
+def label_values(rows: DataFrame, label: str, where: str) -> tuple[Any, ...]:
+    """A multinomial label's distinct values, sorted (numbers numerically, strings lexicographically): the
+    classes' stable order."""
+    values = [r[0] for r in rows.where(F.col(label).isNotNull()).select(label).distinct().collect()]
+    try:
+        return tuple(sorted(values))
+    except TypeError as error:  # mixed types cannot happen in one column; kept as a clear failure
+        raise DataError(f"{where}: label {label!r} values cannot be ordered: {error}") from error
+
+
+def class_index(label: str, classes: Sequence[Any]) -> Column:
+    """Each row's index into ``classes`` as a double (null for a value not among them)."""
+    pairs = [item for index, value in enumerate(classes) for item in (F.lit(value), F.lit(float(index)))]
+    return F.create_map(*pairs)[F.col(label)]
+
+
 def common_length(raw: DataFrame, column: str) -> int:
     """The most common length of an array column (ties: the shorter); rows of another length are invalid."""
     rows = raw.where(F.col(column).isNotNull()).groupBy(F.size(column).alias("length")).count().collect()
@@ -70,14 +92,14 @@ def common_length(raw: DataFrame, column: str) -> int:
     return int(min(rows, key=lambda r: (-int(r["count"]), int(r["length"])))["length"])
 
 
-def string_classes(raw: DataFrame, label: str, where: str) -> tuple[str, str]:
-    """The two values of a string label for logistic loss, sorted (the second is the positive class)."""
+def string_classes(raw: DataFrame, label: str, where: str, loss: str = "logistic") -> tuple[str, str]:
+    """The two values of a string label for a binary loss, sorted (the second is the positive class)."""
     values = sorted(str(r[0]) for r in raw.where(F.col(label).isNotNull()).select(label).distinct().limit(21)
                     .collect())
     if len(values) != 2:
         shown = ", ".join(repr(v) for v in values[:20]) + (", ..." if len(values) > 20 else "")
         raise DataError(f"{where}: string label {label!r} has {len(values) if len(values) <= 20 else 'more than 20'}"
-                        f" distinct values ({shown}); logistic loss needs exactly two")
+                        f" distinct values ({shown}); {loss} loss needs exactly two (multinomial takes more)")
     return values[0], values[1]
 
 
@@ -101,7 +123,7 @@ class Profile:
     """
 
     def __init__(self, label: str, label_value: Column, families: dict[str, str], types: dict[str, T.DataType],
-                 array_lengths: dict[str, int], required: list[str]) -> None:
+                 array_lengths: dict[str, int], required: list[str], binary_label: bool = True) -> None:
         self.used = [label, *families, *required]
         checked_for_null = [label, *[c for c, family in families.items() if family != "string"], *required]
         self.floating = [c for c in self.used if isinstance(types[c], T.FloatType | T.DoubleType)]
@@ -114,6 +136,7 @@ class Profile:
         self.any_invalid = reduce(operator.or_, self.is_invalid.values()) if self.is_invalid else F.lit(False)
         self.unusable = self.any_null | self.any_invalid
         self.clean_label = F.when(self.unusable, None).otherwise(label_value)
+        self.binary_label = binary_label  # a label of numbers: count the values other than 0 and 1
 
     def collect(self, dataframe: DataFrame) -> Stats:
         clean = self.clean_label
@@ -124,7 +147,8 @@ class Profile:
             F.sum(F.when(self.any_null, 1).otherwise(0)).alias("rows_with_null"),
             F.sum(F.when(~self.any_null & self.any_invalid, 1).otherwise(0)).alias("rows_with_invalid"),
             F.count_distinct(clean).alias("distinct"), F.min(clean).alias("min"), F.max(clean).alias("max"),
-            F.sum(F.when(clean.isNotNull() & ~clean.isin(0.0, 1.0), 1).otherwise(0)).alias("not_binary"),
+            (F.sum(F.when(clean.isNotNull() & ~clean.isin(0.0, 1.0), 1).otherwise(0)) if self.binary_label
+             else F.lit(0)).alias("not_binary"),
         ).collect()[0].asDict()
         return Stats(
             rows=int(row["rows"]), rows_with_null=int(row["rows_with_null"] or 0),
@@ -180,14 +204,31 @@ def select_features(config: DataConfig, columns: dict[str, T.DataType], where: s
 
 
 def check_label(stats: dict[str, Any], loss: str, label: str, where: str) -> None:
-    if loss == "logistic":
+    """The label's values suit ``loss``'s task: 0/1 with both classes (binary), 2 to :data:`MAX_CLASSES`
+    classes (multiclass), not constant (regression), >= 0 and not all 0 (count)."""
+    task = task_of(loss)
+    if task == "multiclass":
+        if stats["distinct"] is not None and stats["distinct"] < 2:
+            raise DataError(f"{where}: label {label!r} has a single class ({stats['min']!r}); {loss} needs at least "
+                            "2 classes")
+        if stats["distinct"] is not None and stats["distinct"] > MAX_CLASSES:
+            raise DataError(f"{where}: label {label!r} has {stats['distinct']} distinct values; {loss} takes at most "
+                            f"{MAX_CLASSES} classes (is it an id or a number? a regression loss may fit it)")
+        return
+    if task == "binary":
         if stats["not_binary"]:
             raise DataError(
                 f"{where}: label {label!r} has values other than 0 and 1 (min {stats['min']}, max "
-                f"{stats['max']}, {stats['distinct']} distinct); logistic loss needs 0/1 or boolean"
+                f"{stats['max']}, {stats['distinct']} distinct); {loss} loss needs 0/1 or boolean"
             )
         if stats["distinct"] != 2:
             raise DataError(f"{where}: label {label!r} has a single class ({stats['min']}); "
-                            "logistic loss needs both 0 and 1")
-    elif stats["distinct"] is not None and stats["distinct"] < 2:
+                            f"{loss} loss needs both 0 and 1")
+        return
+    if task == "count" and stats["min"] is not None and stats["min"] < 0:
+        raise DataError(f"{where}: label {label!r} has negative values (min {stats['min']}); {loss} loss "
+                        "needs counts or rates >= 0")
+    if task == "count" and stats["max"] is not None and stats["max"] <= 0:
+        raise DataError(f"{where}: label {label!r} is 0 on every row; {loss} loss has nothing to fit")
+    if stats["distinct"] is not None and stats["distinct"] < 2:
         raise DataError(f"{where}: label {label!r} is constant ({stats['min']}); nothing to fit")

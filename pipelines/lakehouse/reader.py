@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -26,13 +27,16 @@ from pipelines.lakehouse.checks import (
     apply_policies,
     check_label,
     check_weights,
+    class_index,
     common_length,
     feature_column,
+    label_values,
     role_columns,
     select_features,
     string_classes,
 )
 from pipelines.lakehouse.delta import history, is_delta_table, table_format
+from pipelines.sgd.losses import task_of
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,10 @@ class FeatureTable:
     invalid_counts: dict[str, int] = field(default_factory=dict)
     columns: ColumnChoice = field(default_factory=ColumnChoice)  # each feature's family; what was left out, why
     array_lengths: dict[str, int] = field(default_factory=dict)  # an array column's (most common) length
-    label_classes: tuple[str, str] | None = None  # a string label's two values: the second is the positive class
+    # a string label's two values (the second is the positive class); multinomial: every class, sorted (the label
+    # column holds each row's index into them)
+    label_classes: tuple[Any, ...] | None = None
+    label_is_index: bool = False  # multinomial: the label column holds class indices into label_classes
     weight: str | None = None  # data.weight (a double column of the dataframe)
     time_column: str | None = None  # data.time_column (as read)
     split_column: str | None = None  # data.split_column (as read)
@@ -141,7 +148,7 @@ def read_version(spark: SparkSession, ref: TableRef) -> DataFrame:
 
 
 def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> FeatureTable:
-    """Read, pin and validate a feature table for a model with ``loss`` (``squared``/``logistic``).
+    """Read, pin and validate a feature table for a model with ``loss`` (its task decides what the label may be).
 
     Returns the label (as double, column name unchanged) and the feature columns, after the null and
     invalid-value policies (``data.on_null``, ``data.on_invalid``: NaN and +-inf are invalid values).
@@ -167,25 +174,31 @@ def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> Fe
     features = list(choice.used)
     label_type = columns[config.label]
     label_is_string = isinstance(label_type, T.StringType)
-    if not isinstance(label_type, T.NumericType | T.BooleanType) and not (label_is_string and loss == "logistic"):
-        also = " (or a string of two values)" if loss == "logistic" else ""
+    binary, multiclass = task_of(loss) == "binary", task_of(loss) == "multiclass"
+    if not isinstance(label_type, T.NumericType | T.BooleanType) and not (label_is_string and (binary or multiclass)):
+        also = " (or a string of two values)" if binary else f" for the {task_of(loss)} loss {loss!r}"
         raise DataError(f"{where}: label column {config.label!r} has type {label_type.simpleString()}; "
                         f"expected a numeric or boolean column{also}")
     with readable_files(where):
         array_lengths = {c: common_length(raw, c) for c, family in choice.used.items() if family == "array"}
-        label_classes = string_classes(raw, config.label, where) if label_is_string else None
+        label_classes = string_classes(raw, config.label, where, loss) if label_is_string and binary else None
     label_value = (F.col(config.label) == F.lit(label_classes[1])).cast("double") if label_classes \
-        else F.col(config.label).cast("double")
+        else F.col(config.label) if multiclass else F.col(config.label).cast("double")
     if config.weight is not None:
         with readable_files(where):
             check_weights(raw, config.weight, where)
     required = [config.time_column] if config.split == "time" and config.time_column else []
-    profile = Profile(config.label, label_value, choice.used, columns, array_lengths, required)
+    profile = Profile(config.label, label_value, choice.used, columns, array_lengths, required,
+                      binary_label=not multiclass)
     with readable_files(where):
         stats = profile.collect(raw)
     apply_policies(stats, config, where)
     check_label(stats.label, loss, config.label, where)
     kept = raw.where(~profile.unusable) if stats.rows_with_null or stats.rows_with_invalid else raw
+    if multiclass:
+        with readable_files(where):
+            label_classes = label_values(kept, config.label, where)
+        label_value = class_index(config.label, label_classes)
     extra = [F.col(config.weight).cast("double").alias(config.weight)] if config.weight else []
     extra += [F.col(name) for name in (config.time_column, config.split_column)
               if name is not None and name in roles and name != config.weight]
@@ -195,6 +208,7 @@ def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> Fe
                         rows_read=stats.rows, rows_dropped_null=stats.rows_with_null, null_counts=stats.null_counts,
                         rows_dropped_invalid=stats.rows_with_invalid, invalid_counts=stats.invalid_counts,
                         columns=choice, array_lengths=array_lengths, label_classes=label_classes,
+                        label_is_index=multiclass,
                         weight=config.weight, time_column=config.time_column if config.split == "time" else None,
                         split_column=config.split_column if config.split == "column" else None)
 

@@ -28,9 +28,13 @@ from pipelines.errors import OutputError
 from pipelines.lakehouse.delta import is_delta_table, latest_version, sql_name, table_format
 from pipelines.sgd.metrics import ALL_CURVES
 
-#: The results table: one row per (sweep_id, round, learning_rate, epoch). Metric columns cover every loss.
+#: The results table: one row per (sweep_id, round, grid point, epoch); a grid point is (learning_rate, reg_param,
+#: l1_ratio). Metric columns cover every loss. Tables written before the joint grid gain reg_param and l1_ratio at
+#: the next append (NULL on their older rows: read them as 0, the penalty they were trained with unless
+#: model.reg_param was set).
 RESULTS_SCHEMA = ", ".join([
-    "sweep_id STRING NOT NULL", "round INT", "learning_rate DOUBLE NOT NULL", "epoch INT NOT NULL",
+    "sweep_id STRING NOT NULL", "round INT", "learning_rate DOUBLE NOT NULL", "reg_param DOUBLE", "l1_ratio DOUBLE",
+    "epoch INT NOT NULL",
     *(f"{name} DOUBLE" for name in ALL_CURVES), "train_loss_std DOUBLE", "val_loss_std DOUBLE",
     "status STRING", "kept_epoch INT", "is_best BOOLEAN", "loss STRING", "parent_run_id STRING",
     "child_run_id STRING", "data_table STRING", "data_version BIGINT", "written_at TIMESTAMP",
@@ -183,20 +187,22 @@ def append_journal(spark: SparkSession, rows: Sequence[dict[str, Any]], identifi
 def finalize_results(spark: SparkSession, finals: Sequence[dict[str, Any]], identifier: str, sweep_id: str) -> bool:
     """Set each rate's :data:`FINAL_COLUMNS` on all its rows (one MERGE); False when nothing had to change.
 
-    ``finals`` holds one mapping per (round, learning_rate) with those columns.
+    ``finals`` holds one mapping per (round, grid point) with those columns.
     """
     if not finals or not table_exists(spark, identifier):
         return False
     from pyspark.sql.types import StructType
 
-    schema = StructType.fromDDL("sweep_id STRING, round INT, learning_rate DOUBLE, status STRING, kept_epoch INT, "
-                                "is_best BOOLEAN, parent_run_id STRING, child_run_id STRING")
+    schema = StructType.fromDDL("sweep_id STRING, round INT, learning_rate DOUBLE, reg_param DOUBLE, l1_ratio DOUBLE, "
+                                "status STRING, kept_epoch INT, is_best BOOLEAN, parent_run_id STRING, "
+                                "child_run_id STRING")
     assert isinstance(schema, StructType)
     source = spark.createDataFrame([tuple(row.get(name) for name in schema.names) for row in finals], schema)
     view = f"lrsweep_finals_{abs(hash(sweep_id)) % 10**9}"
     source.createOrReplaceTempView(view)
     differs = " OR ".join(f"NOT (t.{column} <=> s.{column})" for column in FINAL_COLUMNS)
-    match = "t.sweep_id = s.sweep_id AND t.learning_rate = s.learning_rate AND (t.round <=> s.round)"
+    match = ("t.sweep_id = s.sweep_id AND t.learning_rate = s.learning_rate AND t.reg_param = s.reg_param AND "
+             "t.l1_ratio = s.l1_ratio AND (t.round <=> s.round)")
     pending = spark.sql(f"SELECT count(*) FROM {sql_name(identifier)} t JOIN {view} s ON {match} "
                         f"WHERE {differs}").collect()[0][0]
     if not pending:

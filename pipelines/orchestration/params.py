@@ -22,6 +22,10 @@ def sweep_params(config: Config, table: FeatureTable, learning_rates: list[float
         "fit_intercept": str(config.model.fit_intercept),
         "reg_param": repr(config.model.reg_param),
         "l1_ratio": repr(config.model.l1_ratio),
+        "reg_params": ",".join(repr(reg) for reg in dict.fromkeys(p.reg_param for p in config.penalty_axis())),
+        "l1_ratios": ",".join(repr(l1) for l1 in dict.fromkeys(p.l1_ratio for p in config.penalty_axis())),
+        "num_grid_points": str((len(learning_rates) if learning_rates else sweep.auto_num)
+                               * len(config.penalty_axis())),
         "algorithm": train.algorithm,
         "batch_size": str(train.batch_size),
         "schedule": train.schedule.name,

@@ -41,6 +41,7 @@ class DataFacts:
     train_rows: int
     validation_rows: int
     encoding: TableEncoding
+    classes: tuple[Any, ...] | None = None  # multinomial: the training split's classes
 
 
 class SweepRecorder:
@@ -85,7 +86,7 @@ class SweepRecorder:
         self.latest = SweepCheckpoint(
             sweep_id=self.sweep_id, settings=self.settings, table=facts.table.ref.identifier,
             table_version=facts.table.ref.version, num_partitions=facts.num_partitions, train_rows=facts.train_rows,
-            validation_rows=facts.validation_rows, encoding=facts.encoding,
+            validation_rows=facts.validation_rows, encoding=facts.encoding, classes=facts.classes,
             rounds=tuple(self.rounds[n] for n in sorted(self.rounds) if n <= number), range_test=range_test,
             complete=round_complete and last_round)
         if round_complete or self.due(number, epoch):

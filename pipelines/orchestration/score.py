@@ -4,9 +4,11 @@ The model is resolved once (``models:/<name>@champion`` becomes ``models:/<name>
 through Arrow with ``mlflow.pyfunc.spark_udf`` in the driver's environment. Output columns:
 
 * every input column that is not a model feature (ids, the label when present);
-* ``prediction``: ``P(y=1)`` for logistic models, the predicted value for squared ones; null for rows
-  with a null feature (the model cannot score them; a null string is a category and is scored);
-* ``predicted_label`` (logistic only): ``1`` when ``prediction >= 0.5``;
+* ``prediction``: ``P(y=1)`` for probability models (logistic, modified_huber), 1.0/0.0 (the positive class or
+  not) for hinge and squared_hinge, the predicted value for regression losses and the mean for poisson; null
+  for rows with a null feature (the model cannot score them; a null string is a category and is scored);
+* ``predicted_label`` (binary losses): ``1`` when ``prediction >= 0.5``; multinomial: ``prediction`` is the
+  largest class probability and ``predicted_label`` its class (as a string);
 * lineage: ``model_name``, ``model_version``, ``model_run_id``, ``model_uri``, ``source_table``,
   ``source_version``, ``scored_at``.
 
@@ -27,7 +29,7 @@ from pipelines.errors import DataError
 from pipelines.features.columns import model_input
 from pipelines.lakehouse.reader import TableRef, read_version, resolve_version
 from pipelines.lakehouse.writer import append_idempotent, check_output_table
-from pipelines.tracking.models import CHAMPION, ScoringModel, resolve_scoring_model, scoring_udf
+from pipelines.tracking.models import CHAMPION, ScoringModel, resolve_scoring_model, score_kind, scoring_udf
 from pipelines.tracking.store import connect
 
 LOGISTIC_THRESHOLD = 0.5
@@ -83,10 +85,20 @@ def score_table(spark: SparkSession, config: Config) -> ScoringReport:
     passthrough = [F.col(name) for name in source.columns if name not in model.features]
     score = scoring_udf(spark, model)
     features = [model_input(name, model.families[name]) for name in model.features]
-    scored = source.filter(complete).select(*passthrough, score(*features).alias("prediction"))
-    unscored = source.filter(~complete).select(*passthrough, F.lit(None).cast("double").alias("prediction"))
-    predictions = scored.unionByName(unscored)
-    if model.loss == "logistic":
+    if score_kind(model.loss) == "classes":  # the most probable class and its probability
+        probabilities = score(*features)
+        best = F.array_position(probabilities, F.array_max(probabilities))
+        names = F.array(*[F.lit(str(value)) for value in model.classes])
+        scored = source.filter(complete).select(*passthrough, F.array_max(probabilities).alias("prediction"),
+                                                F.element_at(names, best.cast("int")).alias("predicted_label"))
+        unscored = source.filter(~complete).select(*passthrough, F.lit(None).cast("double").alias("prediction"),
+                                                   F.lit(None).cast("string").alias("predicted_label"))
+        predictions = scored.unionByName(unscored)
+    else:
+        scored = source.filter(complete).select(*passthrough, score(*features).alias("prediction"))
+        unscored = source.filter(~complete).select(*passthrough, F.lit(None).cast("double").alias("prediction"))
+        predictions = scored.unionByName(unscored)
+    if score_kind(model.loss) in ("probability", "label"):
         predictions = predictions.withColumn(
             "predicted_label", (F.col("prediction") >= LOGISTIC_THRESHOLD).cast("int"))
     scored_at = datetime.now(timezone.utc).replace(tzinfo=None)

@@ -25,7 +25,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pyspark.sql import SparkSession
 
@@ -43,17 +43,26 @@ from pipelines.orchestration.signals import StopRequest
 from pipelines.orchestration.training import (
     PreparedData,
     SweepRun,
+    batch_size,
     held_out_metrics,
     prepare_data,
     range_test,
     train_grid,
 )
-from pipelines.reporting.figures import loss_curves_figure, range_test_figure, val_loss_vs_rate_figure
+from pipelines.reporting.figures import (
+    loss_curves_figure,
+    penalty_heatmap_figure,
+    range_test_figure,
+    val_loss_vs_rate_figure,
+)
 from pipelines.reporting.tables import feature_rows, final_rows, progress_line, rate_summary, summary_metrics
 from pipelines.session import get_spark
+from pipelines.sgd.kernels import batches_per_epoch
 from pipelines.sgd.metrics import MAIN_METRIC
+from pipelines.sgd.problem import TrainingProblem
 from pipelines.stopwatch import Stopwatch
 from pipelines.sweep.checkpoint import RoundCheckpoint, SweepCheckpoint, settings_changes
+from pipelines.sweep.grid import GridPoint, joint_grid, point_label
 from pipelines.sweep.loop import Boundary
 from pipelines.sweep.lr_finder import RangeTestResult, auto_grid, refine_span
 from pipelines.sweep.outcome import GridOutcome
@@ -125,6 +134,7 @@ class SweepJob:
         self.range_test_ran = False
         self.tracking_problem: str | None = None
         self.test_metrics: dict[str, float] | None = None
+        self.effective_batch_size: int | None = None  # local_sgd's batch on a small table (train.min_steps_per_epoch)
 
     # ----------------------------------------------------------------------------------------- steps
 
@@ -218,10 +228,12 @@ class SweepJob:
             data = data.model_copy(update={"version": recorded})
         self.table = read_feature_table(self.spark, data, self.config.model.loss)
         check_output_table(self.spark, self.config.output.results_table, "output.results_table")
-        rates = "auto" if self.auto else str(len(self.config.sweep.grid()))
+        penalties = len(self.config.penalty_axis())
+        rates = ("auto rates" if self.auto else f"{len(self.config.sweep.grid())} rates") + \
+            (f" x {penalties} penalties" if penalties > 1 else "")
         resumed = f" (resumed from epoch {self.resumed_from_epoch})" if self.checkpoint is not None else ""
         self.say(f"sweep {self.sweep_id}{resumed}: {self.table.ref.identifier} at version {self.table.ref.version}, "
-                 f"{self.table.rows} rows, {len(self.table.features)} features, {rates} rates")
+                 f"{self.table.rows} rows, {len(self.table.features)} features, {rates}")
         if self.table.dropped_summary():
             self.say(f"data: {self.table.dropped_summary()} (data.on_null / data.on_invalid)")
         used = ", ".join(f"{name} ({family})" for name, family in self.table.columns.used.items())
@@ -238,7 +250,10 @@ class SweepJob:
         tags = {"lrsweep.code_version": code_version(), "lrsweep.spark_master": _spark_master(self.spark),
                 "lrsweep.tracking_uri": redact(tracking_uri(self.config.tracking))}
         grid = [] if self.auto else self.config.sweep.grid()
-        self.parent_run_id = self.tracker.start_parent(sweep_params(self.config, table, grid), tags, self.dataset)
+        params = sweep_params(self.config, table, grid)
+        if self.effective_batch_size is not None:
+            params["effective_batch_size"] = str(self.effective_batch_size)
+        self.parent_run_id = self.tracker.start_parent(params, tags, self.dataset)
         if table.rows_dropped_null or table.rows_dropped_invalid:
             self.tracker.log_parent_metrics({"rows_dropped_null": float(table.rows_dropped_null),
                                              "rows_dropped_invalid": float(table.rows_dropped_invalid)})
@@ -247,7 +262,8 @@ class SweepJob:
         """The range test (``auto``) and every round, each resumed from the checkpoint where it has one."""
         grid = auto_grid(self.suggestion(), self.config.sweep.auto_num, self.config.sweep.auto_span) \
             if self.auto else self.config.sweep.grid()
-        self.train_round(1, grid)
+        penalties = self.config.penalty_axis()
+        self.train_round(1, joint_grid(grid, penalties))
         best = self.rounds[0].run.outcome.best
         if self.auto and self.config.sweep.refine:
             if best is None or len(grid) < 2:
@@ -257,7 +273,7 @@ class SweepJob:
                 finer = auto_grid(best.learning_rate, num, refine_span(grid))
                 self.say(f"refining around lr={best.learning_rate:.4g}: {len(finer)} rates from {finer[0]:.4g} "
                          f"to {finer[-1]:.4g}")
-                self.train_round(2, finer)
+                self.train_round(2, joint_grid(finer, penalties))
         self.recorder.mark_complete()
 
     def suggestion(self) -> float:
@@ -273,36 +289,36 @@ class SweepJob:
                  f"smoothed loss at lr={result.min_loss_rate:.4g}, suggested lr={result.suggestion:.4g}")
         return result.suggestion
 
-    def train_round(self, number: int, learning_rates: list[float]) -> None:
+    def train_round(self, number: int, points: list[GridPoint]) -> None:
         """One grid: restored from the checkpoint, trained to its end (checkpointing), or both."""
-        restored = self.restored_round(number, learning_rates)
-        child_ids = self.open_round(number, learning_rates)
+        restored = self.restored_round(number, points)
+        child_ids = self.open_round(number, points)
         if restored is not None and restored.snapshot.grid_state().complete:
             state = restored.snapshot.grid_state()
             outcome = state.outcome(restored.snapshot.jobs, restored.snapshot.row_passes,
-                                    self.full_grid_row_passes(len(learning_rates)), 0.0)
+                                    self.full_grid_row_passes(len(points)), 0.0)
             facts = self.facts()
-            run = SweepRun(outcome, tuple(learning_rates), facts.encoding, facts.train_rows, facts.validation_rows,
+            run = SweepRun(outcome, tuple(points), facts.encoding, facts.train_rows, facts.validation_rows,
                            facts.num_partitions)
             self.journal.append(number, outcome, self.parent_run_id, child_ids, self.table, self.config.model.loss,
                                 last_epoch=state.recorded_epoch, final=True, last_round=self.is_last_round(number))
         else:
             self.require_training(f"round {number}")
-            watcher = RoundWatcher(self, number, learning_rates, child_ids)
+            watcher = RoundWatcher(self, number, points, child_ids)
             try:
                 run = train_grid(self.prepare(), self.config.problem, self.config.train, self.config.sweep,
-                                 learning_rates, resume=None if restored is None else restored.snapshot,
+                                 points, resume=None if restored is None else restored.snapshot,
                                  on_boundary=watcher)
             finally:
                 watcher.close()
         self.rounds.append(RoundResult(number, run, child_ids))
 
-    def open_round(self, number: int, learning_rates: list[float]) -> list[str | None]:
+    def open_round(self, number: int, points: list[GridPoint]) -> list[str | None]:
         try:
-            return self.tracker.open_round(number, learning_rates, self.dataset, tag_round=self.auto, wait=False)
+            return self.tracker.open_round(number, points, self.dataset, tag_round=self.auto, wait=False)
         except TrackingUnavailableError:
             self.say(f"warning: MLflow is unavailable; round {number} trains without its live view")
-            return [None] * len(learning_rates)
+            return [None] * len(points)
 
     def complete_tracking(self) -> None:
         """Bring MLflow up to the sweep: every child's curves and outcome, figures, model, registry, summary.
@@ -320,7 +336,7 @@ class SweepJob:
         tracker, final = self.tracker, self.final_run()
         for result in self.rounds:
             if any(run_id is None for run_id in result.child_run_ids):
-                result.child_run_ids = tracker.open_round(result.number, list(result.run.learning_rates),
+                result.child_run_ids = tracker.open_round(result.number, list(result.run.points),
                                                           self.dataset, tag_round=self.auto)
             tracker.sync(result.number, result.run.outcome, final=True)
         if self.auto:
@@ -329,6 +345,9 @@ class SweepJob:
         self.summary = rate_summary(outcome, self.config.model.loss)
         tracker.log_figure(loss_curves_figure(outcome, self.config.model.loss), "figures/loss_curves.png")
         tracker.log_figure(val_loss_vs_rate_figure(outcome), "figures/val_loss_vs_learning_rate.png")
+        heatmap = penalty_heatmap_figure(outcome)
+        if heatmap is not None:
+            tracker.log_figure(heatmap, "figures/val_loss_heatmap.png")
         tracker.log_table_once(self.summary, "results/rates.json")
         tracker.log_table_once(feature_rows(self.table.columns, final.encoding), "features.json")
         self.test_metrics = self.held_out()
@@ -345,7 +364,7 @@ class SweepJob:
         if best is None:
             tracker.set_parent_tags({"lrsweep.best": "none: every rate diverged or was stopped; nothing registered"})
         else:
-            tracker.set_parent_tags({"lrsweep.best": f"lr={best.learning_rate!r}",
+            tracker.set_parent_tags({"lrsweep.best": best.point.exact_label,
                                      "lrsweep.main_metric": MAIN_METRIC[self.config.model.loss]})
         tracker.log_system_metrics(self.timings())
         tracker.end(FINISHED, wait=True)
@@ -354,7 +373,8 @@ class SweepJob:
         assert self.range_test is not None
         tracker = self.tracker
         tracker.log_parent_params({"suggested_learning_rate": repr(self.range_test.suggestion), **{
-            f"round{result.number}_learning_rates": ",".join(repr(rate) for rate in result.run.learning_rates)
+            f"round{result.number}_learning_rates": ",".join(
+                repr(rate) for rate in dict.fromkeys(point.learning_rate for point in result.run.points))
             for result in self.rounds}})
         if tracker.finished_range_test() is None:
             tracker.log_range_test(self.range_test, range_test_figure(self.range_test), auto_params(self.config))
@@ -364,18 +384,21 @@ class SweepJob:
         if best is None:
             return None, None
         loss, table, final = self.config.model.loss, self.table, self.final_run()
-        pipeline = linear_pipeline(final.encoding, best.weights, best.intercept, loss,
-                                   classes=table.label_classes or (0, 1))
+        classes = self.facts().classes or table.label_classes or (0, 1)
+        pipeline = linear_pipeline(final.encoding, best.weights, best.intercept, loss, classes=classes,
+                                   epsilon=self.config.model.epsilon)
         example = table.dataframe.select(*[model_input(c, family) for c, family in table.columns.used.items()]) \
             .limit(INPUT_EXAMPLE_ROWS).toPandas()
-        lineage = {"sweep_id": self.sweep_id, "learning_rate": best.learning_rate,
+        lineage = {"sweep_id": self.sweep_id, "learning_rate": best.learning_rate, "reg_param": best.reg_param,
+                   "l1_ratio": best.l1_ratio,
                    "data_table": table.ref.identifier, "data_version": table.ref.version,
-                   "lrsweep_columns": json.dumps(table.columns.used)}
+                   "lrsweep_columns": json.dumps(table.columns.used), "lrsweep_classes": json.dumps(list(classes))}
         model_uri = log_model(self.tracker, pipeline, example, loss, lineage)
         registration = register_model(
             self.tracker, model_uri, self.config.tracking.registered_model, self.config.tracking.register_when,
             best.final_metrics()["val_loss"], loss,
             {"lrsweep.sweep_id": self.sweep_id, "lrsweep.learning_rate": repr(best.learning_rate),
+             "lrsweep.reg_param": repr(best.reg_param), "lrsweep.l1_ratio": repr(best.l1_ratio),
              "lrsweep.data_table": table.ref.identifier, "lrsweep.data_version": str(table.ref.version),
              **{f"lrsweep.test_{name}": repr(value) for name, value in (self.test_metrics or {}).items()},
              **{f"lrsweep.{name}": repr(float(value)) for name, value in best.final_metrics().items()
@@ -392,13 +415,14 @@ class SweepJob:
         if recorded:
             return dict(json.loads(recorded))
         metrics = held_out_metrics(self.table, data, self.config.train.seed, self.config.model.class_weight,
-                                   self.final_run().encoding, best.weights, best.intercept, self.config.model.loss)
+                                   self.final_run().encoding, best.weights, best.intercept,
+                                   self.problem().loss_function, self.facts().classes)
         if metrics is None:
             self.say("test: the test split is empty; no held-out metrics")
             return None
         self.tracker.set_parent_tags({TAG_TEST_METRICS: json.dumps(metrics)})
         shown = ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
-        self.say(f"test (held out, the champion lr={best.learning_rate:.4g} only): {shown}")
+        self.say(f"test (held out, the champion {point_label(best.point)} only): {shown}")
         return metrics
 
     def finalize_results(self) -> None:
@@ -440,8 +464,22 @@ class SweepJob:
             self.prepared = prepare_data(self.spark, self.table, self.config.data, self.config.features,
                                          self.config.train, self.config.model.class_weight, num_partitions=partitions)
             encoding = self.prepared.encoding
+            for note in self.prepared.notes:
+                self.say(f"data: {note}")
+            classes = self.prepared.classes
+            if classes is not None:
+                more = ", ..." if len(classes) > 20 else ""
+                self.say(f"classes: {len(classes)} ({', '.join(repr(c) for c in classes[:20])}{more})")
             self.say(f"encoding: {len(encoding.columns)} columns -> {encoding.n_inputs} model inputs "
                      f"({encoding.sparse_width} sparse): {'; '.join(c.describe() for c in encoding.columns)}")
+            train, blocks = self.config.train, self.prepared.blocks
+            if train.algorithm == "local_sgd" and batch_size(train, blocks) != train.batch_size:
+                self.effective_batch_size = batch_size(train, blocks)
+                self.say(f"small table: train.batch_size={train.batch_size} gives "
+                         f"{batches_per_epoch(max(blocks.train_rows), train.batch_size)} step(s) per epoch on the "
+                         f"largest partition's {max(blocks.train_rows)} training rows; using batch size "
+                         f"{self.effective_batch_size} for at least train.min_steps_per_epoch="
+                         f"{train.min_steps_per_epoch} steps")
         return self.prepared
 
     def require_training(self, what: str) -> None:
@@ -449,13 +487,13 @@ class SweepJob:
             raise ConfigError(f"sweep.id {self.sweep_id!r}: {what} is not trained yet; nothing to sync (rerun the "
                               "sweep job to resume training)")
 
-    def restored_round(self, number: int, learning_rates: list[float]) -> RoundCheckpoint | None:
+    def restored_round(self, number: int, points: list[GridPoint]) -> RoundCheckpoint | None:
         if self.checkpoint is None:
             return None
         for restored in self.checkpoint.rounds:
             if restored.number == number:
-                if list(restored.learning_rates) != list(learning_rates):
-                    raise ConfigError(f"sweep.id {self.sweep_id!r}: round {number} was trained with other rates")
+                if list(restored.points) != list(points):
+                    raise ConfigError(f"sweep.id {self.sweep_id!r}: round {number} was trained with another grid")
                 return restored
         return None
 
@@ -471,15 +509,21 @@ class SweepJob:
         if self.prepared is not None:
             blocks = self.prepared.blocks
             return DataFacts(self.table, blocks.num_partitions, blocks.total_train_rows, blocks.total_val_rows,
-                             self.prepared.encoding)
+                             self.prepared.encoding, self.prepared.classes)
         assert self.checkpoint is not None, "prepare() first"
         checkpoint = self.checkpoint
         return DataFacts(self.table, checkpoint.num_partitions, checkpoint.train_rows, checkpoint.validation_rows,
-                         checkpoint.encoding)
+                         checkpoint.encoding, checkpoint.classes)
 
-    def full_grid_row_passes(self, n_rates: int) -> int:
+    def problem(self) -> TrainingProblem:
+        """The configured problem on the pinned data (a multinomial model's number of classes)."""
+        classes = self.facts().classes
+        problem = self.config.problem
+        return problem if classes is None else replace(problem, n_classes=len(classes))
+
+    def full_grid_row_passes(self, n_points: int) -> int:
         seeds = len(self.config.sweep.seeds or [self.config.train.seed])
-        return self.config.train.epochs * n_rates * seeds * self.facts().train_rows
+        return self.config.train.epochs * n_points * seeds * self.facts().train_rows
 
     def epoch_reached(self) -> int:
         return self.recorder.epoch
@@ -502,8 +546,8 @@ class SweepJob:
 class RoundWatcher:
     """What happens at each epoch boundary of a round: progress, live view, checkpoint + journal, signals."""
 
-    def __init__(self, job: SweepJob, number: int, learning_rates: list[float], child_ids: list[str | None]) -> None:
-        self.job, self.number, self.learning_rates, self.child_ids = job, number, learning_rates, child_ids
+    def __init__(self, job: SweepJob, number: int, points: list[GridPoint], child_ids: list[str | None]) -> None:
+        self.job, self.number, self.points, self.child_ids = job, number, points, child_ids
         self.live = LiveView(job.tracker, number) if all(child_ids) else None
         self.printed_epoch = -1
 
@@ -517,7 +561,7 @@ class RoundWatcher:
             self.printed_epoch = epoch
         if self.live is not None:
             self.live.publish(outcome, epoch)
-        round_checkpoint = RoundCheckpoint(self.number, tuple(self.learning_rates), boundary.capture())
+        round_checkpoint = RoundCheckpoint(self.number, tuple(self.points), boundary.capture())
         job.recorder.record(job.facts(), round_checkpoint, outcome, job.parent_run_id, self.child_ids, job.range_test,
                             round_complete=state.complete and not state.running().size,
                             last_round=job.is_last_round(self.number))

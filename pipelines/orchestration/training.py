@@ -8,7 +8,8 @@ tables.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -24,10 +25,14 @@ from pipelines.features.encoding import TableEncoding
 from pipelines.features.fitting import fit_encoding
 from pipelines.features.split import SPLIT_COLUMN, TEST, TRAIN, with_split
 from pipelines.features.weights import WEIGHT_COLUMN, row_weights
+from pipelines.lakehouse.checks import class_index
 from pipelines.lakehouse.reader import FeatureTable
 from pipelines.sgd._types import FloatArray
+from pipelines.sgd.kernels import small_table_batch_size
+from pipelines.sgd.losses import Loss
 from pipelines.sgd.problem import TrainingProblem
 from pipelines.sgd.schedules import ScheduleSpec
+from pipelines.sweep.grid import GridPoint, row_penalties
 from pipelines.sweep.loop import BoundaryHook, run_grid
 from pipelines.sweep.lr_finder import RangeTestResult, range_test_rates, run_range_test
 from pipelines.sweep.outcome import GridOutcome
@@ -49,6 +54,12 @@ class PreparedData:
 
     blocks: BlockSet
     encoding: TableEncoding
+    classes: tuple[Any, ...] | None = None  # multinomial: the training split's classes (the model's outputs)
+    notes: tuple[str, ...] = ()  # what the job should say about the data (classes unseen in training)
+
+    def problem(self, problem: TrainingProblem) -> TrainingProblem:
+        """``problem`` on these data: a multinomial model gets the training split's number of classes."""
+        return problem if self.classes is None else replace(problem, n_classes=len(self.classes))
 
 
 @dataclass(frozen=True)
@@ -56,7 +67,7 @@ class SweepRun:
     """One grid trained on one pinned table."""
 
     outcome: GridOutcome
-    learning_rates: tuple[float, ...]
+    points: tuple[GridPoint, ...]
     encoding: TableEncoding
     train_rows: int
     validation_rows: int
@@ -99,6 +110,10 @@ def prepare_data(spark: SparkSession, table: FeatureTable, data: DataConfig, fea
     """
     where = _where(table)
     split = split_table(table, data, train.seed)
+    classes: tuple[Any, ...] | None = None
+    notes: tuple[str, ...] = ()
+    if table.label_is_index:
+        classes, notes, split = training_classes(table, split)
     train_rows = split.filter(F.col(SPLIT_COLUMN) == F.lit(TRAIN))
     encoding = fit_encoding(train_rows, table.columns.used, table.array_lengths, features, where)
     weight = weight_column(table, train_rows, class_weight)
@@ -117,13 +132,50 @@ def prepare_data(spark: SparkSession, table: FeatureTable, data: DataConfig, fea
             f"{where}: {table.rows} usable rows give {blocks.total_val_rows} validation rows, fewer than "
             f"data.min_validation_rows={data.min_validation_rows}: too few to judge a model; use a larger table, "
             f"raise data.validation_fraction (now {data.validation_fraction}) or lower data.min_validation_rows")
-    return PreparedData(blocks, encoding)
+    return PreparedData(blocks, encoding, classes, notes)
+
+
+def training_classes(table: FeatureTable, split: DataFrame,
+                     classes: tuple[Any, ...] | None = None) -> tuple[tuple[Any, ...], tuple[str, ...], DataFrame]:
+    """A multinomial model's classes: the table's classes that have training rows, in the table's (sorted)
+    order, and the split rows with the label re-indexed into them; validation and test rows of a class without
+    training rows are dropped and counted (notes). ``classes``: known already (a resumed sweep's), not counted.
+
+    Raises
+    ------
+    DataError
+        Fewer than 2 classes in the training split.
+    """
+    assert table.label_classes is not None
+    label = F.col(table.label)
+    if classes is None:
+        counts = {int(row[0]): int(row[1]) for row in split.filter(F.col(SPLIT_COLUMN) == F.lit(TRAIN))
+                  .groupBy(table.label).count().collect()}
+        classes = tuple(value for index, value in enumerate(table.label_classes) if counts.get(index))
+    if len(classes) < 2:
+        raise DataError(f"{_where(table)}: the training split of label {table.label!r} has "
+                        f"{len(classes)} class(es) ({list(classes)}); multinomial needs at least 2")
+    if classes == table.label_classes:
+        return classes, (), split
+    kept = [table.label_classes.index(value) for value in classes]
+    missing = [index for index in range(len(table.label_classes)) if index not in kept]
+    dropped = split.filter(label.isin([float(index) for index in missing])).groupBy(table.label, SPLIT_COLUMN) \
+        .count().collect()
+    notes = tuple(f"class {table.label_classes[int(row[0])]!r} of label {table.label!r} has no training rows: its "
+                  f"{row[2]} {'validation' if int(row[1]) != TEST else 'test'} rows are left out"
+                  for row in sorted(dropped, key=lambda r: (r[0], r[1])))
+    remapped = split.withColumn(table.label, class_index(table.label, [float(index) for index in kept]))
+    return classes, notes, remapped.where(F.col(table.label).isNotNull())
 
 
 def held_out_metrics(table: FeatureTable, data: DataConfig, seed: int, class_weight: str | Mapping[str, float] | None,
-                 encoding: TableEncoding, weights: FloatArray, intercept: float, loss: str) -> dict[str, float] | None:
-    """The model's metrics on the held-out test rows (weighted like training), or None when there are none."""
+                     encoding: TableEncoding, weights: FloatArray, intercept: float | FloatArray, loss: Loss,
+                     classes: tuple[Any, ...] | None = None) -> dict[str, float] | None:
+    """The model's metrics on the held-out test rows (weighted like training), or None when there are none;
+    ``classes``: a multinomial model's (its test rows re-indexed into them)."""
     split = split_table(table, data, seed)
+    if table.label_is_index:
+        _, _, split = training_classes(table, split, classes)
     weight = weight_column(table, split.filter(F.col(SPLIT_COLUMN) == F.lit(TRAIN)), class_weight)
     test_rows = split.filter(F.col(SPLIT_COLUMN) == F.lit(TEST))
     if weight is not None:
@@ -136,11 +188,18 @@ def _where(table: FeatureTable) -> str:
     return f"table {table.ref.identifier} (version {table.ref.version})"
 
 
-def make_strategy(train: TrainConfig) -> Strategy:
+def batch_size(train: TrainConfig, blocks: BlockSet) -> int:
+    """local_sgd's mini-batch size on these blocks: ``train.batch_size``, or a smaller one that gives
+    ``train.min_steps_per_epoch`` steps per epoch on a small table (:func:`~pipelines.sgd.kernels.
+    small_table_batch_size`)."""
+    return small_table_batch_size(blocks.train_rows, train.batch_size, train.min_steps_per_epoch)
+
+
+def make_strategy(train: TrainConfig, blocks: BlockSet) -> Strategy:
     """The configured algorithm with its own settings."""
     if train.algorithm == "gd":
         return GradientDescent(batch_fraction=train.batch_fraction)
-    return LocalSGD(batch_size=train.batch_size, sync_every=train.sync_every, sync_state=train.sync_state)
+    return LocalSGD(batch_size=batch_size(train, blocks), sync_every=train.sync_every, sync_state=train.sync_state)
 
 
 def make_policies(sweep: SweepConfig, schedule: ScheduleSpec, n_rates: int, n_rows: int) -> Policies:
@@ -155,24 +214,27 @@ def make_policies(sweep: SweepConfig, schedule: ScheduleSpec, n_rates: int, n_ro
 
 
 def train_grid(prepared: PreparedData, problem: TrainingProblem, train: TrainConfig, sweep: SweepConfig,
-               learning_rates: Sequence[float], *, resume: GridSnapshot | None = None,
+               points: Sequence[GridPoint], *, resume: GridSnapshot | None = None,
                on_boundary: BoundaryHook | None = None) -> SweepRun:
-    """Train ``learning_rates`` (every seed of ``sweep.seeds``) on prepared blocks for ``train.epochs``.
+    """Train the grid's ``points`` (every seed of ``sweep.seeds``) on prepared blocks for ``train.epochs``.
 
-    With ``resume``, training continues from that epoch boundary (same bits as never stopping).
+    Each point's model rows get its learning rate and penalty (``problem.regularization`` is the range test's;
+    the grid's points carry their own). With ``resume``, training continues from that epoch boundary (same
+    bits as never stopping).
     """
-    blocks = prepared.blocks
+    blocks, problem = prepared.blocks, prepared.problem(problem)
     seeds = sweep.seeds or [train.seed]
-    rows_rates = [rate for rate in learning_rates for _ in seeds]
-    rows_seeds = [seed for _ in learning_rates for seed in seeds]
-    models = ModelRows.zeros(rows_rates, rows_seeds, blocks.n_features, problem.optimizer)
-    trainer = GridTrainer(blocks, problem, make_strategy(train), models, train.epochs)
-    state = grid_state(learning_rates, seeds, train.epochs, problem.loss, blocks.n_features)
-    policies = make_policies(sweep, problem.schedule, len(learning_rates), len(rows_rates))
+    rows_rates = [point.learning_rate for point in points for _ in seeds]
+    rows_seeds = [seed for _ in points for seed in seeds]
+    models = ModelRows.zeros(rows_rates, rows_seeds, row_penalties(points, len(seeds)), blocks.n_features,
+                             problem.optimizer, problem.outputs)
+    trainer = GridTrainer(blocks, problem, make_strategy(train, blocks), models, train.epochs)
+    state = grid_state(points, seeds, train.epochs, problem.loss, blocks.n_features, problem.outputs)
+    policies = make_policies(sweep, problem.schedule, len(points), len(rows_rates))
     if resume is not None:
         resume.restore(trainer, state, policies)
     outcome = run_grid(trainer, state, policies, on_boundary)
-    return SweepRun(outcome, tuple(float(r) for r in learning_rates), prepared.encoding,
+    return SweepRun(outcome, tuple(points), prepared.encoding,
                     blocks.total_train_rows, blocks.total_val_rows, blocks.num_partitions)
 
 
@@ -183,6 +245,6 @@ def range_test(prepared: PreparedData, problem: TrainingProblem, train: TrainCon
     Mini-batches of ``train.batch_size`` rows, seeded by ``train.seed``; ``train.schedule`` and
     ``train.algorithm`` do not apply (the rate schedule is the test's own exponential ramp).
     """
-    stepper = RangeTestStepper(prepared.blocks, problem, train.batch_size, train.seed)
+    stepper = RangeTestStepper(prepared.blocks, prepared.problem(problem), train.batch_size, train.seed)
     rates = range_test_rates(settings.min_lr, settings.max_lr, settings.num_steps)
     return run_range_test(stepper, rates, settings.smoothing, settings.stop_factor)

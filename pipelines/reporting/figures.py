@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from pipelines.reporting.tables import rate_label
+from pipelines.sweep.grid import varying_axes
 from pipelines.sweep.lr_finder import SUGGESTION_RULE, RangeTestResult
 from pipelines.sweep.outcome import GridOutcome
 from pipelines.sweep.status import DIVERGED
@@ -22,34 +24,41 @@ def loss_curves_figure(outcome: GridOutcome, loss: str) -> Figure:
     axes = figure.add_subplot()
     colors = _colors(len(outcome.rates))
     epochs = np.arange(1, outcome.epochs + 1)
-    for rate, color in zip(outcome.rates, colors, strict=True):
+    for rate, label, color in zip(outcome.rates, outcome.labels, colors, strict=True):
         for name, style in (("train_loss", "-"), ("val_loss", "--")):
             curve = rate.curves[name]
             shown = np.isfinite(curve) & (curve > 0)
             if shown.any():
                 axes.plot(epochs[shown], curve[shown], style, color=color, marker=".",
-                          label=f"{rate_label(rate.learning_rate)} ({rate.status})" if name == "train_loss" else None)
+                          label=f"{label} ({rate.status})" if name == "train_loss" else None)
     axes.set_yscale("log")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     axes.set_xlabel("epoch")
     axes.set_ylabel(f"{loss} loss (solid: train, dashed: validation)")
-    axes.set_title("Loss curves per learning rate")
+    axes.set_title("Loss curves per grid point")
     axes.legend(fontsize="small", ncols=2)
     axes.grid(True, which="both", alpha=0.3)
     return figure
 
 
 def val_loss_vs_rate_figure(outcome: GridOutcome) -> Figure:
-    """Validation loss at each rate's kept epoch against the learning rate (log x).
+    """Validation loss at each point's kept epoch against the learning rate (log x), one line per penalty of
+    a joint grid.
 
-    Diverged rates are marked with a red ``x`` on the top edge; the best rate with a star.
+    Diverged points are marked with a red ``x`` on the top edge; the best point with a star.
     """
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.add_subplot()
     rates = np.array([r.learning_rate for r in outcome.rates])
     val_loss = np.array([r.final_metrics().get("val_loss", np.nan) for r in outcome.rates])
     usable = np.array([r.status != DIVERGED for r in outcome.rates]) & np.isfinite(val_loss)
-    axes.plot(rates[usable], val_loss[usable], "o-", label="final validation loss")
+    penalties = [(r.reg_param, r.l1_ratio) for r in outcome.rates]
+    show_reg, show_l1 = varying_axes([r.point for r in outcome.rates])
+    for penalty in dict.fromkeys(penalties):
+        line = usable & np.array([p == penalty for p in penalties])
+        name = " ".join([*([f"reg={penalty[0]:.4g}"] if show_reg else []), *([f"l1={penalty[1]:.4g}"] if show_l1
+                                                                             else [])])
+        axes.plot(rates[line], val_loss[line], "o-", label=f"final validation loss {name}".rstrip())
     if (~usable).any():
         top = np.nanmax(val_loss[usable]) if usable.any() else 1.0
         axes.plot(rates[~usable], np.full(int((~usable).sum()), top), "x", color="red", markersize=10,
@@ -57,7 +66,7 @@ def val_loss_vs_rate_figure(outcome: GridOutcome) -> Figure:
     best = outcome.best_index
     if best is not None:
         axes.plot([rates[best]], [val_loss[best]], "*", color="gold", markersize=16, markeredgecolor="black",
-                  label=f"best {rate_label(rates[best])}")
+                  label=f"best {outcome.labels[best]}")
     axes.set_xscale("log")
     axes.set_xlabel("learning rate")
     axes.set_ylabel("validation loss")
@@ -103,3 +112,38 @@ def _colors(count: int) -> list[tuple[float, float, float, float]]:
 
     colormap = colormaps["viridis"]
     return [colormap(x) for x in np.linspace(0.0, 0.9, max(count, 1))][:count]
+
+
+def penalty_heatmap_figure(outcome: GridOutcome) -> Figure | None:
+    """A joint grid's best validation loss over (learning rate, reg_param): one cell per pair, the minimum over
+    the other axes (l1_ratio, seeds are already averaged); diverged or never-evaluated cells are blank and
+    the best point is outlined. None when the grid has a single reg_param."""
+    rates = sorted({r.learning_rate for r in outcome.rates})
+    regs = sorted({r.reg_param for r in outcome.rates})
+    if len(regs) < 2:
+        return None
+    values = np.full((len(regs), len(rates)), np.nan)
+    for rate in outcome.rates:
+        loss = rate.final_metrics().get("val_loss", np.nan) if rate.status != DIVERGED else np.nan
+        row, column = regs.index(rate.reg_param), rates.index(rate.learning_rate)
+        if np.isfinite(loss) and not loss >= values[row, column]:
+            values[row, column] = loss
+    figure = Figure(figsize=(1.2 * len(rates) + 3, 0.6 * len(regs) + 2.5), layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis_r", origin="lower")
+    figure.colorbar(image, ax=axes, label="best validation loss")
+    for row in range(len(regs)):
+        for column in range(len(rates)):
+            if np.isfinite(values[row, column]):
+                axes.text(column, row, f"{values[row, column]:.4g}", ha="center", va="center", fontsize="x-small",
+                          color="white")
+    best = outcome.best
+    if best is not None:
+        axes.add_patch(Rectangle((rates.index(best.learning_rate) - 0.5, regs.index(best.reg_param) - 0.5), 1, 1,
+                                 fill=False, edgecolor="red", linewidth=2))
+    axes.set_xticks(range(len(rates)), [f"{rate:.3g}" for rate in rates], rotation=45)
+    axes.set_yticks(range(len(regs)), [f"{reg:.3g}" for reg in regs])
+    axes.set_xlabel("learning rate")
+    axes.set_ylabel("reg_param")
+    axes.set_title("Best validation loss over (learning rate, reg_param)")
+    return figure

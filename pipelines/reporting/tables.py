@@ -15,6 +15,7 @@ import numpy as np
 from pipelines.features.columns import ColumnChoice
 from pipelines.features.encoding import TableEncoding
 from pipelines.sgd.metrics import ALL_CURVES, MAIN_METRIC
+from pipelines.sweep.grid import GridPoint, point_labels
 from pipelines.sweep.outcome import GridOutcome, RateResult
 from pipelines.sweep.state import GridState
 from pipelines.sweep.status import FINAL_STATUSES, RUNNING
@@ -31,7 +32,8 @@ def rate_label(learning_rate: float) -> str:
 
 
 def rate_summary(outcome: GridOutcome, loss: str) -> list[dict[str, Any]]:
-    """One row per rate: ``learning_rate, status, epochs_run, kept_epoch, train_loss, val_loss, <main>, best``.
+    """One row per grid point: ``learning_rate, reg_param, l1_ratio, status, epochs_run, kept_epoch, train_loss,
+    val_loss, <main>, best``.
 
     Losses and the main metric are taken at the kept epoch (a diverged rate's last good epoch).
     """
@@ -42,6 +44,8 @@ def rate_summary(outcome: GridOutcome, loss: str) -> list[dict[str, Any]]:
         final = rate.final_metrics()
         rows.append({
             "learning_rate": rate.learning_rate,
+            "reg_param": rate.reg_param,
+            "l1_ratio": rate.l1_ratio,
             "status": rate.status,
             "epochs_run": rate.epochs_run,
             "kept_epoch": rate.kept_epoch,
@@ -54,14 +58,15 @@ def rate_summary(outcome: GridOutcome, loss: str) -> list[dict[str, Any]]:
 
 
 def format_summary(rows: Sequence[dict[str, Any]], loss: str) -> str:
-    """A fixed-width text table of :func:`rate_summary` rows; the best rate is marked with ``*``."""
+    """A fixed-width text table of :func:`rate_summary` rows; the best point is marked with ``*``."""
     main = MAIN_METRIC[loss]
-    header = ("", "learning_rate", "status", "epochs", "train_loss", "val_loss", main)
+    header = ("", "point", "status", "epochs", "train_loss", "val_loss", main)
     lines = [header]
-    for row in rows:
+    labels = point_labels([GridPoint(row["learning_rate"], row["reg_param"], row["l1_ratio"]) for row in rows])
+    for row, label in zip(rows, labels, strict=True):
         lines.append((
             "*" if row["best"] else "",
-            f"{row['learning_rate']:.4g}",
+            label,
             str(row["status"]),
             str(row["epochs_run"]),
             _number(row["train_loss"]),
@@ -114,6 +119,8 @@ def results_rows(outcome: GridOutcome, loss: str, *, sweep_id: str, parent_run_i
                 "sweep_id": sweep_id,
                 "round": round_number,
                 "learning_rate": rate.learning_rate,
+                "reg_param": rate.reg_param,
+                "l1_ratio": rate.l1_ratio,
                 **epoch_row,
                 "status": rate.status,
                 "kept_epoch": rate.kept_epoch,
@@ -132,7 +139,8 @@ def final_rows(outcome: GridOutcome, *, sweep_id: str, round_number: int, parent
     """Per rate of a finished round: the columns the sweep's end sets on all its result rows."""
     best = outcome.best_index if is_final_round else None
     return [{"sweep_id": sweep_id, "round": round_number, "learning_rate": rate.learning_rate,
-             "status": rate.status, "kept_epoch": rate.kept_epoch, "is_best": index == best,
+             "reg_param": rate.reg_param, "l1_ratio": rate.l1_ratio, "status": rate.status,
+             "kept_epoch": rate.kept_epoch, "is_best": index == best,
              "parent_run_id": parent_run_id, "child_run_id": child_run_id}
             for index, (rate, child_run_id) in enumerate(zip(outcome.rates, child_run_ids, strict=True))]
 
@@ -152,6 +160,8 @@ def summary_metrics(outcome: GridOutcome, *, train_rows: int, validation_rows: i
     best = outcome.best
     if best is not None:
         metrics["best_learning_rate"] = best.learning_rate
+        metrics["best_reg_param"] = best.reg_param
+        metrics["best_l1_ratio"] = best.l1_ratio
         metrics["best_epoch"] = float(best.kept_epoch)
         metrics.update({f"best_{name}": value for name, value in best.final_metrics().items()})
     return metrics
@@ -164,10 +174,10 @@ def progress_line(state: GridState) -> str:
     val = np.array([np.mean(state.curves["val_loss"][epoch, rows_of[rate]]) for rate in range(state.n_rates)])
     active = int(np.sum(state.status == RUNNING))
     if np.all(np.isnan(val)):
-        return f"epoch {epoch}/{state.epochs}: no rate evaluated; {active}/{state.n_rates} rates active"
+        return f"epoch {epoch}/{state.epochs}: no point evaluated; {active}/{state.n_rates} points active"
     best = int(np.nanargmin(val))
-    return (f"epoch {epoch}/{state.epochs}: best lr={state.learning_rates[best]:.4g} val_loss={val[best]:.5f}; "
-            f"{active}/{state.n_rates} rates active")
+    return (f"epoch {epoch}/{state.epochs}: best {point_labels(state.points)[best]} val_loss={val[best]:.5f}; "
+            f"{active}/{state.n_rates} points active")
 
 
 def feature_rows(columns: ColumnChoice, encoding: TableEncoding) -> list[dict[str, Any]]:

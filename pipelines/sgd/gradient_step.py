@@ -22,8 +22,10 @@ import numpy as np
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.design import Design
 from pipelines.sgd.kernels import batch_gradients
+from pipelines.sgd.losses import Loss
 from pipelines.sgd.optimizers import OptimizerState, apply_update
 from pipelines.sgd.problem import TrainingProblem
+from pipelines.sgd.regularization import Penalties
 from pipelines.sgd.schedules import StepSchedule, multiplier
 
 
@@ -50,7 +52,7 @@ class GradientSums:
 
     @classmethod
     def of_block(cls, X: Design, y: FloatArray, weights: FloatArray, intercepts: FloatArray,
-                 loss: str, sample_weight: FloatArray | None = None) -> GradientSums:
+                 loss: Loss | str, sample_weight: FloatArray | None = None) -> GradientSums:
         """The sums over the rows of one block (``X`` of shape ``(n, d)``) at ``weights`` ``(K, d)``."""
         grad_w, grad_b, loss_sum = batch_gradients(X, y, weights, intercepts, loss, sample_weight)
         count = int(y.shape[0]) if sample_weight is None else float(np.add.reduce(sample_weight))
@@ -88,7 +90,7 @@ class StepResult:
 
 def gradient_step(sums: GradientSums, weights: FloatArray, intercepts: FloatArray, state: OptimizerState, *,
                   problem: TrainingProblem, learning_rates: FloatArray, schedule: StepSchedule,
-                  total_steps: int) -> StepResult:
+                  total_steps: int, penalties: Penalties | None = None) -> StepResult:
     """One optimizer step of every row from the summed gradients; advances ``state`` in place.
 
     ``g_k = grad_sum_k / count``; step size ``learning_rates[k] * multiplier(schedule, step_k + 1,
@@ -109,11 +111,14 @@ def gradient_step(sums: GradientSums, weights: FloatArray, intercepts: FloatArra
         Base rates (times any per-row multiplier, e.g. the adaptive schedule's).
     schedule : StepSchedule
     total_steps : int
+    penalties : Penalties, optional
+        Each row's own penalty (a joint grid); default: ``problem.regularization`` on every row.
     """
     count = sums.count
-    objective: FloatArray = sums.loss / count + problem.regularization.penalty(weights)
+    rows_penalties = penalties if penalties is not None else problem.regularization.rows(weights.shape[0])
+    objective: FloatArray = sums.loss / count + rows_penalties.penalty(weights, problem.outputs)
     grad_b = sums.grad_b / count if problem.fit_intercept else np.zeros_like(intercepts)
     step_sizes = learning_rates * np.asarray(multiplier(schedule, state.step + 1, total_steps))
     new_weights, new_intercepts = apply_update(problem.optimizer, state, weights, intercepts, sums.grad_w / count,
-                                               grad_b, step_sizes, problem.regularization)
+                                               grad_b, step_sizes, rows_penalties)
     return StepResult(new_weights, new_intercepts if problem.fit_intercept else intercepts.copy(), objective)

@@ -15,6 +15,8 @@ which other rows share the pass; see :func:`compute_margins`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -22,7 +24,7 @@ from pipelines.sgd._types import FloatArray
 from pipelines.sgd.design import Design, SplitDesign, sparse_gradient, sparse_margins_by_row, take_rows
 from pipelines.sgd.losses import Loss, get_loss
 from pipelines.sgd.optimizers import OptimizerSpec, OptimizerState, apply_update
-from pipelines.sgd.regularization import Regularization
+from pipelines.sgd.regularization import Penalties, Regularization, as_penalties
 from pipelines.sgd.schedules import StepSchedule, multiplier
 
 #: Above this many rows (whole blocks rather than mini-batches) products run chunk by chunk of this many
@@ -170,6 +172,19 @@ def batches_per_epoch(n_rows: int, batch_size: int) -> int:
     return -(-n_rows // batch_size)
 
 
+def small_table_batch_size(partition_rows: Sequence[int], batch_size: int, min_steps: int) -> int:
+    """The mini-batch size that gives at least ``min_steps`` steps per epoch on the largest partition.
+
+    ``batch_size`` itself when it already does (or ``min_steps`` is 0); otherwise ``max(1, n // min_steps)``
+    for the largest partition's ``n`` training rows, so that ``ceil(n / b) >= min_steps``. A table of a few
+    hundred rows with the default 256 would otherwise take one or two steps per epoch.
+    """
+    largest = max(partition_rows, default=0)
+    if min_steps <= 0 or largest == 0 or batches_per_epoch(largest, batch_size) >= min_steps:
+        return batch_size
+    return max(1, largest // min_steps)
+
+
 def epoch_permutation(n_rows: int, seed: int, epoch: int) -> np.ndarray:
     """Row order of one epoch: ``np.random.default_rng([seed, epoch]).permutation(n_rows)``.
 
@@ -188,7 +203,7 @@ def minibatch_epoch(
     *,
     loss: Loss | str,
     optimizer: OptimizerSpec,
-    regularization: Regularization,
+    regularization: Regularization | Penalties,
     learning_rates: FloatArray,
     schedule: StepSchedule,
     total_steps: int,
@@ -224,7 +239,8 @@ def minibatch_epoch(
         State for the K rows; not modified (a copy is advanced and returned).
     loss : Loss or str
     optimizer : OptimizerSpec
-    regularization : Regularization
+    regularization : Regularization or Penalties
+        One penalty for every row, or each row's own (a joint grid).
     learning_rates : ndarray of shape (K,)
     schedule : StepSchedule
     total_steps : int
@@ -276,8 +292,8 @@ def minibatch_epoch(
     # Plain SGD without a penalty leaves the weights of inputs absent from a batch untouched (their gradient is
     # 0): on a split design only the touched columns are updated, so a step costs in the batch's non-zeros
     # rather than the width, with the same bits as the full update.
-    sparse_steps = isinstance(X, SplitDesign) and optimizer.name == "sgd" and \
-        regularization.l1_strength == 0.0 and regularization.l2_strength == 0.0
+    penalties = as_penalties(regularization, n_models)
+    sparse_steps = isinstance(X, SplitDesign) and optimizer.name == "sgd" and penalties.is_zero
     if sparse_steps:
         weights = weights.copy()
     for batch_index in range(n_batches):
@@ -309,7 +325,7 @@ def minibatch_epoch(
             grad_w,
             grad_b,
             step_sizes_per_batch[batch_index],
-            regularization,
+            penalties,
         )
         weights = new_weights
         if fit_intercept:

@@ -2,18 +2,32 @@
 
 A *margin* is ``m = x_i . w_k + b_k``. Every function here takes margins of shape
 ``(n, K)`` (one column per model row) and labels ``y`` of shape ``(n,)`` and returns
-an ``(n, K)`` array, so one call serves all K learning rates of a sweep.
+an ``(n, K)`` array, so one call serves all K rows of a sweep.
 
-The two losses match Spark MLlib's ``LeastSquaresGradient`` and binary
-``LogisticGradient``:
+``squared`` and ``logistic`` match Spark MLlib's ``LeastSquaresGradient`` and binary ``LogisticGradient``;
+the others follow scikit-learn's ``SGDClassifier``/``SGDRegressor`` losses (``sklearn/linear_model/
+_sgd_fast``), with the same subgradient choices at the kinks, and ``poisson`` is scikit-learn's
+``HalfPoissonLoss`` (log link) plus the constant that makes it the half deviance (0 at a perfect fit).
+Binary labels are stored as 0/1; the margin losses use ``t = 2y - 1`` in {-1, +1}. ``r = m - y``:
 
-========== ============================================ =====================
-name       loss(m, y)                                   dloss/dm
-========== ============================================ =====================
-squared    ``0.5 * (m - y)**2``                          ``m - y``
-logistic   ``log(1 + exp(-m))`` if y = 1,                ``sigmoid(m) - y``
-           ``log(1 + exp(m))`` if y = 0
-========== ============================================ =====================
+============================ ====================================== =======================================
+name (task)                  loss(m, y)                             dloss/dm
+============================ ====================================== =======================================
+squared (regression)         ``r**2 / 2``                            ``r``
+logistic (binary)            ``log(1 + exp(m)) - y m``               ``sigmoid(m) - y``
+hinge (binary)               ``max(0, 1 - t m)``                     ``-t`` if ``t m <= 1`` else 0
+squared_hinge (binary)       ``max(0, 1 - t m)**2``                  ``-2 t max(0, 1 - t m)``
+modified_huber (binary)      ``max(0, 1 - t m)**2`` if ``t m >= -1`` ``-2 t max(0, 1 - t m)``, ``-4 t``
+                             else ``-4 t m``
+huber (regression)           ``r**2 / 2`` if ``|r| <= eps`` else     ``r`` or ``eps sign(r)``
+                             ``eps |r| - eps**2 / 2``
+epsilon_insensitive          ``max(0, |r| - eps)``                   ``sign(r)`` if ``|r| > eps`` else 0
+squared_epsilon_insensitive  ``max(0, |r| - eps)**2``                ``2 sign(r) max(0, |r| - eps)``
+poisson (count)              ``exp(m) - y m + y log(y) - y``         ``exp(m) - y``
+multinomial (multiclass)     ``logsumexp(m_k.) - m_ky`` (C margins)  ``softmax(m_k.)_c - [y = c]``
+============================ ====================================== =======================================
+
+``eps`` is ``model.epsilon`` (scikit-learn's ``epsilon``, default 0.1). Every loss is convex in ``m``.
 """
 
 from __future__ import annotations
@@ -24,21 +38,49 @@ import numpy as np
 
 from pipelines.sgd._types import FloatArray
 
-LOSS_NAMES: tuple[str, ...] = ("squared", "logistic")
+LOSS_TASKS: dict[str, str] = {
+    "logistic": "binary", "hinge": "binary", "squared_hinge": "binary", "modified_huber": "binary",
+    "squared": "regression", "huber": "regression", "epsilon_insensitive": "regression",
+    "squared_epsilon_insensitive": "regression", "poisson": "count", "multinomial": "multiclass",
+}
+"""Every loss and its task: ``binary`` (labels 0/1 or two values), ``regression`` (numbers), ``count``
+(numbers >= 0, log link), ``multiclass`` (labels are class indices 0..C-1)."""
+
+LOSS_NAMES: tuple[str, ...] = tuple(LOSS_TASKS)
 """Names accepted by :func:`get_loss`."""
+
+CLASSIFICATION_LOSSES: tuple[str, ...] = tuple(name for name, task in LOSS_TASKS.items() if task == "binary")
+
+EPSILON_LOSSES: tuple[str, ...] = ("huber", "epsilon_insensitive", "squared_epsilon_insensitive")
+"""The losses that use ``epsilon``."""
+
+DEFAULT_EPSILON = 0.1
+"""scikit-learn's default ``epsilon``."""
+
+
+def task_of(loss: str) -> str:
+    """The task of ``loss`` (:data:`LOSS_TASKS`)."""
+    return LOSS_TASKS[loss]
 
 
 class Loss(Protocol):
     """A per-sample loss ``loss(m, y)`` and its derivative in the margin ``m``."""
 
     name: str
+    outputs: int
+    """Margins per model: 1, or the number of classes C (``multinomial``: a model is C consecutive rows)."""
 
     def value(self, margins: FloatArray, y: FloatArray) -> FloatArray:
-        """Per-sample losses, shape ``(n, K)`` from margins ``(n, K)`` and ``y`` ``(n,)``."""
+        """Per-sample losses, shape ``(n, K)`` from margins ``(n, K * outputs)`` and ``y`` ``(n,)``."""
+        ...
+
+    def prediction(self, margins: FloatArray) -> FloatArray:
+        """What the model predicts from its margins: the value (regression), the mean ``exp(m)`` (count), a
+        score increasing with the margin (binary: ``sigmoid(m)``, P(y=1) for logistic)."""
         ...
 
     def derivative(self, margins: FloatArray, y: FloatArray) -> FloatArray:
-        """``dloss/dm`` per sample, shape ``(n, K)``."""
+        """``dloss/dm`` per sample and margin, shape ``(n, K * outputs)``."""
         ...
 
 
@@ -66,6 +108,7 @@ class SquaredLoss:
     """Squared error ``0.5 * (m - y)**2`` (MLlib ``LeastSquaresGradient``)."""
 
     name: str = "squared"
+    outputs: int = 1
 
     def value(self, margins: FloatArray, y: FloatArray) -> FloatArray:
         """``0.5 * (m - y)**2``, shape ``(n, K)``.
@@ -84,6 +127,9 @@ class SquaredLoss:
         result: FloatArray = margins - y[:, np.newaxis]
         return result
 
+    def prediction(self, margins: FloatArray) -> FloatArray:
+        return margins
+
 
 class LogisticLoss:
     """Binary cross-entropy on margins, labels in {0.0, 1.0} (MLlib ``LogisticGradient``).
@@ -95,6 +141,7 @@ class LogisticLoss:
     """
 
     name: str = "logistic"
+    outputs: int = 1
 
     def value(self, margins: FloatArray, y: FloatArray) -> FloatArray:
         """Per-sample log-loss, shape ``(n, K)``.
@@ -114,16 +161,226 @@ class LogisticLoss:
         result: FloatArray = sigmoid(margins) - y[:, np.newaxis]
         return result
 
+    def prediction(self, margins: FloatArray) -> FloatArray:
+        return sigmoid(margins)
 
-_LOSSES: dict[str, Loss] = {"squared": SquaredLoss(), "logistic": LogisticLoss()}
+
+def _signed(y: FloatArray) -> FloatArray:
+    """0/1 labels as ``t`` in {-1, +1}, a column to broadcast against ``(n, K)`` margins."""
+    signed: FloatArray = (2.0 * y - 1.0)[:, np.newaxis]
+    return signed
 
 
-def get_loss(name: str) -> Loss:
-    """Return the loss called ``name``.
+class _BinaryMarginLoss:
+    """Shared by the margin classifiers: labels 0/1 become ``t = 2y - 1``; scores are ``sigmoid(m)``."""
+
+    name: str = ""
+    outputs: int = 1
+
+    def prediction(self, margins: FloatArray) -> FloatArray:
+        return sigmoid(margins)
+
+
+class HingeLoss(_BinaryMarginLoss):
+    """``max(0, 1 - t m)`` (scikit-learn ``Hinge(1.0)``: subgradient ``-t`` where ``t m <= 1``)."""
+
+    name = "hinge"
+
+    def value(self, margins: FloatArray, y: FloatArray) -> FloatArray:
+        result: FloatArray = np.maximum(0.0, 1.0 - _signed(y) * margins)
+        return result
+
+    def derivative(self, margins: FloatArray, y: FloatArray) -> FloatArray:
+        t = _signed(y)
+        result: FloatArray = np.where(t * margins <= 1.0, -t, 0.0)
+        return result
+
+
+class SquaredHingeLoss(_BinaryMarginLoss):
+    """``max(0, 1 - t m)**2`` (scikit-learn ``SquaredHinge(1.0)``)."""
+
+    name = "squared_hinge"
+
+    def value(self, margins: FloatArray, y: FloatArray) -> FloatArray:
+        gap = np.maximum(0.0, 1.0 - _signed(y) * margins)
+        result: FloatArray = gap * gap
+        return result
+
+    def derivative(self, margins: FloatArray, y: FloatArray) -> FloatArray:
+        t = _signed(y)
+        result: FloatArray = -2.0 * t * np.maximum(0.0, 1.0 - t * margins)
+        return result
+
+
+class ModifiedHuberLoss(_BinaryMarginLoss):
+    """Quadratically smoothed hinge (scikit-learn ``ModifiedHuber``): ``max(0, 1 - z)**2`` for ``z = t m >=
+    -1``, ``-4 z`` below."""
+
+    name = "modified_huber"
+
+    def value(self, margins: FloatArray, y: FloatArray) -> FloatArray:
+        z = _signed(y) * margins
+        gap = np.maximum(0.0, 1.0 - z)
+        result: FloatArray = np.where(z >= -1.0, gap * gap, -4.0 * z)
+        return result
+
+    def derivative(self, margins: FloatArray, y: FloatArray) -> FloatArray:
+        t = _signed(y)
+        z = t * margins
+        result: FloatArray = np.where(z >= -1.0, -2.0 * t * np.maximum(0.0, 1.0 - z), -4.0 * t)
+        return result
+
+
+class _RegressionLoss:
+    """Shared by the losses of a residual ``r = m - y`` with a width ``epsilon``."""
+
+    name: str = ""
+    outputs: int = 1
+
+    def __init__(self, epsilon: float = DEFAULT_EPSILON) -> None:
+        self.epsilon = float(epsilon)
+
+    def prediction(self, margins: FloatArray) -> FloatArray:
+        return margins
+
+
+class HuberLoss(_RegressionLoss):
+    """Squared near 0, linear beyond ``epsilon`` (scikit-learn ``Huber(epsilon)``)."""
+
+    name = "huber"
+
+    def value(self, margins: FloatArray, y: FloatArray) -> FloatArray:
+        r = np.abs(margins - y[:, np.newaxis])
+        eps = self.epsilon
+        result: FloatArray = np.where(r <= eps, 0.5 * r * r, eps * r - 0.5 * eps * eps)
+        return result
+
+    def derivative(self, margins: FloatArray, y: FloatArray) -> FloatArray:
+        r = margins - y[:, np.newaxis]
+        result: FloatArray = np.clip(r, -self.epsilon, self.epsilon)
+        return result
+
+
+class EpsilonInsensitiveLoss(_RegressionLoss):
+    """``max(0, |r| - epsilon)`` (scikit-learn ``EpsilonInsensitive``; the linear SVR loss)."""
+
+    name = "epsilon_insensitive"
+
+    def value(self, margins: FloatArray, y: FloatArray) -> FloatArray:
+        result: FloatArray = np.maximum(0.0, np.abs(margins - y[:, np.newaxis]) - self.epsilon)
+        return result
+
+    def derivative(self, margins: FloatArray, y: FloatArray) -> FloatArray:
+        r = margins - y[:, np.newaxis]
+        result: FloatArray = np.where(np.abs(r) > self.epsilon, np.sign(r), 0.0)
+        return result
+
+
+class SquaredEpsilonInsensitiveLoss(_RegressionLoss):
+    """``max(0, |r| - epsilon)**2`` (scikit-learn ``SquaredEpsilonInsensitive``)."""
+
+    name = "squared_epsilon_insensitive"
+
+    def value(self, margins: FloatArray, y: FloatArray) -> FloatArray:
+        gap = np.maximum(0.0, np.abs(margins - y[:, np.newaxis]) - self.epsilon)
+        result: FloatArray = gap * gap
+        return result
+
+    def derivative(self, margins: FloatArray, y: FloatArray) -> FloatArray:
+        r = margins - y[:, np.newaxis]
+        result: FloatArray = 2.0 * np.sign(r) * np.maximum(0.0, np.abs(r) - self.epsilon)
+        return result
+
+
+class PoissonLoss:
+    """Half Poisson deviance with a log link, labels ``y >= 0`` (counts or rates), prediction ``exp(m)``.
+
+    ``exp(m) - y m + y log(y) - y`` (``y log y = 0`` at ``y = 0``): scikit-learn's ``HalfPoissonLoss``
+    plus the constant that makes a perfect fit 0, so the mean is half the mean Poisson deviance.
+    """
+
+    name: str = "poisson"
+    outputs: int = 1
+
+    def value(self, margins: FloatArray, y: FloatArray) -> FloatArray:
+        constant = np.where(y > 0.0, y * np.log(np.where(y > 0.0, y, 1.0)), 0.0) - y
+        result: FloatArray = np.exp(margins) - y[:, np.newaxis] * margins + constant[:, np.newaxis]
+        return result
+
+    def derivative(self, margins: FloatArray, y: FloatArray) -> FloatArray:
+        result: FloatArray = np.exp(margins) - y[:, np.newaxis]
+        return result
+
+    def prediction(self, margins: FloatArray) -> FloatArray:
+        result: FloatArray = np.exp(margins)
+        return result
+
+
+class MultinomialLoss:
+    """Softmax cross-entropy over ``C`` classes; labels are class indices ``0..C-1`` (as floats).
+
+    A model is C consecutive margin columns ``m_k = (m_k0 .. m_k,C-1)`` (one weight row per class; no
+    reference class, like scikit-learn's multinomial ``LogisticRegression``):
+    ``loss = logsumexp(m_k) - m_k,y`` and ``dloss/dm_kc = softmax(m_k)_c - [y = c]``. The log-sum-exp is
+    shifted by the row's largest margin, so no ``exp`` overflows. Each model's C columns are reduced on
+    their own, so a model's bits do not depend on the other models in the pass.
+    """
+
+    name: str = "multinomial"
+
+    def __init__(self, n_classes: int) -> None:
+        if n_classes < 2:
+            raise ValueError(f"multinomial needs at least 2 classes, got {n_classes}")
+        self.outputs = int(n_classes)
+
+    def _grouped(self, margins: FloatArray) -> FloatArray:
+        grouped: FloatArray = margins.reshape(margins.shape[0], -1, self.outputs)
+        return grouped
+
+    def _log_softmax(self, margins: FloatArray) -> FloatArray:
+        grouped = self._grouped(margins)
+        shifted = grouped - grouped.max(axis=2, keepdims=True)
+        result: FloatArray = shifted - np.log(np.exp(shifted).sum(axis=2, keepdims=True))
+        return result
+
+    def value(self, margins: FloatArray, y: FloatArray) -> FloatArray:
+        log_probabilities = self._log_softmax(margins)
+        classes = y.astype(np.int64)
+        result: FloatArray = -log_probabilities[np.arange(y.shape[0]), :, classes]
+        return result
+
+    def derivative(self, margins: FloatArray, y: FloatArray) -> FloatArray:
+        probabilities = np.exp(self._log_softmax(margins))
+        probabilities[np.arange(y.shape[0]), :, y.astype(np.int64)] -= 1.0
+        result: FloatArray = probabilities.reshape(margins.shape)
+        return result
+
+    def prediction(self, margins: FloatArray) -> FloatArray:
+        """Class probabilities, shape ``(n, K * C)``."""
+        result: FloatArray = np.exp(self._log_softmax(margins)).reshape(margins.shape)
+        return result
+
+
+_LOSSES: dict[str, type] = {
+    "squared": SquaredLoss, "logistic": LogisticLoss, "hinge": HingeLoss, "squared_hinge": SquaredHingeLoss,
+    "modified_huber": ModifiedHuberLoss, "huber": HuberLoss, "epsilon_insensitive": EpsilonInsensitiveLoss,
+    "squared_epsilon_insensitive": SquaredEpsilonInsensitiveLoss, "poisson": PoissonLoss,
+    "multinomial": MultinomialLoss,
+}
+
+
+def get_loss(name: str, epsilon: float = DEFAULT_EPSILON, n_classes: int = 2) -> Loss:
+    """Return the loss called ``name`` (with ``epsilon`` for :data:`EPSILON_LOSSES`, ``n_classes`` for
+    ``multinomial``).
 
     Parameters
     ----------
-    name : {"squared", "logistic"}
+    name : str
+        One of :data:`LOSS_NAMES`.
+    epsilon : float
+        The width of huber's quadratic zone and the epsilon-insensitive losses' dead zone.
+    n_classes : int
+        ``multinomial``: the number of classes C (>= 2).
 
     Raises
     ------
@@ -131,6 +388,8 @@ def get_loss(name: str) -> Loss:
         If ``name`` is not one of :data:`LOSS_NAMES`.
     """
     try:
-        return _LOSSES[name]
+        cls = _LOSSES[name]
     except KeyError:
         raise ValueError(f"loss must be one of {list(LOSS_NAMES)}, got {name!r}") from None
+    loss: Loss = cls(epsilon) if name in EPSILON_LOSSES else cls(n_classes) if name == "multinomial" else cls()
+    return loss

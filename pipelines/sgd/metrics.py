@@ -5,21 +5,23 @@ Each partition builds a :class:`MetricAccumulator` from its block with
 :meth:`~MetricAccumulator.merge` (any order gives the same sums up to rounding) and
 :meth:`~MetricAccumulator.compute` turns the total into metrics per model row.
 
-Sums kept, per model row ``k`` (``r_ik = m_ik - y_i`` the residual, ``p_ik = sigmoid(m_ik)``):
+Sums kept, per model row ``k`` (``r_ik = prediction(m_ik) - y_i`` the residual, the prediction being the
+margin for regression losses and ``exp(m)`` for poisson; ``p_ik = sigmoid(m_ik)``):
 
 * always: ``count = n`` and ``loss_sum = sum_i loss(m_ik, y_i)``;
-* squared: ``sum r^2``, ``sum |r|``, ``sum y``, ``sum y^2``;
-* logistic: the number of correct predictions (predict 1 when ``m > 0``, i.e.
+* regression and count losses: ``sum r^2``, ``sum |r|``, ``sum y``, ``sum y^2``;
+* binary losses (logistic and the margin classifiers): the number of correct predictions (predict 1 when ``m > 0``, i.e.
   ``p > 0.5``) and histograms of ``p`` over ``n_bins`` equal-width bins of ``[0, 1]``,
   one for positive and one for negative labels.
 
 Metrics returned by :meth:`~MetricAccumulator.compute`:
 
 * ``loss`` = ``loss_sum / n`` (mean data loss, no penalty), ``count`` = ``n``;
-* squared: ``rmse = sqrt(sum r^2 / n)``, ``mae = sum |r| / n``,
+* regression and count: ``rmse = sqrt(sum r^2 / n)``, ``mae = sum |r| / n``,
   ``r2 = 1 - SSE / SST`` with ``SST = sum y^2 - (sum y)^2 / n`` (NaN when ``SST = 0``;
-  the one-pass SST loses precision when ``|mean y|`` dwarfs the spread of ``y``);
-* logistic: ``accuracy``, and ``auc``: the area under the ROC curve through the
+  the one-pass SST loses precision when ``|mean y|`` dwarfs the spread of ``y``); count (poisson) also
+  ``poisson_deviance = 2 * loss`` (scikit-learn's ``mean_poisson_deviance``);
+* binary: ``accuracy``, and ``auc``: the area under the ROC curve through the
   histogram bin edges, by the trapezoid rule. Scores in the same bin count as ties,
   so the value is exact for scores quantized to the bins and approximate otherwise
   (error at most the share of positive/negative pairs that share a bin); like Spark's
@@ -39,19 +41,29 @@ import numpy.typing as npt
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.design import Design
 from pipelines.sgd.kernels import compute_margins
-from pipelines.sgd.losses import get_loss, sigmoid
+from pipelines.sgd.losses import LOSS_TASKS, Loss, get_loss, sigmoid
 
 DEFAULT_AUC_BINS = 2048
 """Histogram bins of predicted probability used for the AUC."""
 
-VALIDATION_METRICS: dict[str, tuple[str, ...]] = {
-    "logistic": ("loss", "accuracy", "auc"),
-    "squared": ("loss", "rmse", "mae", "r2"),
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("loss", "accuracy", "auc"),
+    "multiclass": ("loss", "accuracy", "macro_f1", "auc"),
+    "regression": ("loss", "rmse", "mae", "r2"),
+    "count": ("loss", "poisson_deviance", "rmse", "mae", "r2"),
 }
-"""The registry of metric names: what :meth:`MetricAccumulator.compute` reports per loss and every curve,
-column and MLflow metric is named after (``val_<name>``; ``loss`` is the mean log-loss for logistic)."""
+TASK_MAIN_METRIC: dict[str, str] = {"binary": "val_auc", "regression": "val_rmse", "count": "val_poisson_deviance",
+                                     "multiclass": "val_accuracy"}
 
-MAIN_METRIC: dict[str, str] = {"logistic": "val_auc", "squared": "val_rmse"}
+MULTICLASS_AUC_BINS = 256
+"""Probability bins per class of a multinomial model's one-vs-rest AUCs (K x C x bins histograms)."""
+
+VALIDATION_METRICS: dict[str, tuple[str, ...]] = {name: TASK_METRICS[task] for name, task in LOSS_TASKS.items()}
+"""The registry of metric names: what :meth:`MetricAccumulator.compute` reports per loss and every curve,
+column and MLflow metric is named after (``val_<name>``; ``loss`` is the mean training loss function, e.g.
+the log-loss for logistic, half the deviance for poisson)."""
+
+MAIN_METRIC: dict[str, str] = {name: TASK_MAIN_METRIC[task] for name, task in LOSS_TASKS.items()}
 """The curve a person looks at first, per loss."""
 
 
@@ -88,7 +100,7 @@ class MetricAccumulator:
         y: FloatArray,
         weights: FloatArray,
         intercepts: FloatArray,
-        loss_name: str,
+        loss_name: str | Loss,
         n_bins: int = DEFAULT_AUC_BINS,
         sample_weight: FloatArray | None = None,
     ) -> MetricAccumulator:
@@ -101,27 +113,36 @@ class MetricAccumulator:
         y : ndarray of shape (n,)
         weights : ndarray of shape (K, d)
         intercepts : ndarray of shape (K,)
-        loss_name : {"squared", "logistic"}
+        loss_name : str or Loss
+            A loss (with its parameters) or its name.
         n_bins : int
             Probability histogram bins for the AUC (logistic only), ``>= 1``.
         sample_weight : ndarray of shape (n,), optional
         """
-        loss = get_loss(loss_name)
+        loss = get_loss(loss_name) if isinstance(loss_name, str) else loss_name
+        loss_name = loss.name
+        task = LOSS_TASKS[loss_name]
         if n_bins < 1:
             raise ValueError(f"n_bins must be >= 1, got {n_bins!r}")
         with np.errstate(over="ignore", invalid="ignore"):
             margins = compute_margins(X, weights, intercepts)
             finite = np.isfinite(margins)
             values = loss.value(margins, y)
+            # a model's C margins (multinomial) are broken when any is
+            finite_models = finite if loss.outputs == 1 else np.asarray(
+                finite.reshape(finite.shape[0], -1, loss.outputs).all(axis=2))
             sums: dict[str, FloatArray] = {
                 "loss_sum": (values if sample_weight is None else values * sample_weight[:, np.newaxis]).sum(axis=0),
-                "nonfinite_count": (~finite).sum(axis=0, dtype=np.float64)}
+                "nonfinite_count": (~finite_models).sum(axis=0, dtype=np.float64)}
         margins = np.where(finite, margins, 0.0)
         if sample_weight is not None:
             sums["weight_sum"] = np.asarray(float(np.add.reduce(sample_weight)))
         weight_column = np.ones((1, 1)) if sample_weight is None else sample_weight[:, np.newaxis]
-        if loss_name == "squared":
-            residuals = margins - y[:, np.newaxis]
+        if task == "multiclass":
+            sums.update(_multiclass_sums(loss.prediction(margins), y, loss.outputs, sample_weight))
+        elif task != "binary":
+            with np.errstate(over="ignore", invalid="ignore"):
+                residuals = loss.prediction(margins) - y[:, np.newaxis]
             if sample_weight is None:
                 sums["squared_error_sum"] = np.einsum("ik,ik->k", residuals, residuals)
                 sums["absolute_error_sum"] = np.abs(residuals).sum(axis=0)
@@ -144,11 +165,13 @@ class MetricAccumulator:
 
     @classmethod
     def empty(cls, loss_name: str, n_models: int, n_bins: int = DEFAULT_AUC_BINS) -> MetricAccumulator:
-        """The zero accumulator (identity of :meth:`merge`) for ``n_models`` rows."""
-        get_loss(loss_name)
+        """The zero accumulator (identity of :meth:`merge`) for ``n_models`` rows (not for ``multinomial``, whose
+        sums depend on the number of classes)."""
+        if LOSS_TASKS[loss_name] == "multiclass":
+            raise ValueError("MetricAccumulator.empty does not apply to multinomial; merge from_block results")
         zeros = np.zeros(n_models)
         sums: dict[str, FloatArray] = {"loss_sum": zeros, "nonfinite_count": zeros}
-        if loss_name == "squared":
+        if LOSS_TASKS[loss_name] != "binary":
             sums.update(
                 squared_error_sum=zeros,
                 absolute_error_sum=zeros,
@@ -208,8 +231,12 @@ class MetricAccumulator:
                 "loss": loss_sum / count if count else np.full_like(loss_sum, np.nan),
                 "count": np.full_like(loss_sum, float(self.count)),
             }
-            if self.loss_name == "squared":
+            if LOSS_TASKS[self.loss_name] == "multiclass":
+                metrics.update(self._multiclass_metrics(count))
+            elif LOSS_TASKS[self.loss_name] != "binary":
                 metrics.update(self._regression_metrics(count))
+                if LOSS_TASKS[self.loss_name] == "count":
+                    metrics["poisson_deviance"] = 2.0 * metrics["loss"]
             else:
                 metrics.update(self._classification_metrics(count))
         broken = self.sums["nonfinite_count"] > 0
@@ -236,6 +263,25 @@ class MetricAccumulator:
             "r2": r2,
         }
 
+    def _multiclass_metrics(self, count: float) -> dict[str, FloatArray]:
+        """Accuracy, macro-F1 (the mean over classes with any true or predicted row of ``2 TP / (2 TP + FP +
+        FN)``) and the macro one-vs-rest AUC (the mean over classes with validation rows both in and out of
+        the class)."""
+        correct_count = self.sums["correct_count"]
+        true_positive, predicted = self.sums["true_positive"], self.sums["predicted_count"]
+        actual = self.sums["actual_count"][np.newaxis, :]
+        denominator = predicted + actual  # 2 TP + FP + FN
+        f1 = np.where(denominator > 0, 2.0 * true_positive / np.where(denominator > 0, denominator, 1.0), np.nan)
+        positive, negative = self.sums["positive_histogram"], self.sums["negative_histogram"]
+        n_models, n_classes, n_bins = positive.shape
+        per_class_auc = histogram_auc(positive.reshape(-1, n_bins), negative.reshape(-1, n_bins)).reshape(
+            n_models, n_classes)
+        return {
+            "accuracy": correct_count / count if count else np.full_like(correct_count, np.nan),
+            "macro_f1": _nanmean_rows(f1),
+            "auc": _nanmean_rows(per_class_auc),
+        }
+
     def _classification_metrics(self, count: float) -> dict[str, FloatArray]:
         correct_count = self.sums["correct_count"]
         accuracy = correct_count / count if count else np.full_like(correct_count, np.nan)
@@ -245,12 +291,51 @@ class MetricAccumulator:
         }
 
 
+def _nanmean_rows(values: FloatArray) -> FloatArray:
+    """Mean of each row over its non-NaN entries (NaN for a row of NaNs), without a warning."""
+    defined = ~np.isnan(values)
+    counts = defined.sum(axis=1)
+    totals = np.where(defined, values, 0.0).sum(axis=1)
+    result: FloatArray = np.where(counts > 0, totals / np.maximum(counts, 1), np.nan)
+    return result
+
+
+def _multiclass_sums(probabilities: FloatArray, y: FloatArray, n_classes: int,
+                     sample_weight: FloatArray | None) -> dict[str, FloatArray]:
+    """A multinomial model's counts: correct predictions ``(K,)``, true positives and predictions per class
+    ``(K, C)``, rows per class ``(C,)``, and per-class probability histograms ``(K, C, bins)`` of the rows in
+    and out of each class (weights summed instead of counted with ``sample_weight``)."""
+    n_rows = probabilities.shape[0]
+    grouped = probabilities.reshape(n_rows, -1, n_classes)  # (n, K, C)
+    n_models = grouped.shape[1]
+    classes = y.astype(np.int64)
+    weights = np.ones(n_rows) if sample_weight is None else sample_weight
+    predicted = grouped.argmax(axis=2)  # (n, K)
+    correct = predicted == classes[:, np.newaxis]
+    one_hot_predicted = np.zeros((n_rows, n_models, n_classes))
+    np.put_along_axis(one_hot_predicted, predicted[:, :, np.newaxis], 1.0, axis=2)
+    weighted = one_hot_predicted * weights[:, np.newaxis, np.newaxis]
+    in_class = np.zeros((n_rows, n_classes), dtype=bool)
+    in_class[np.arange(n_rows), classes] = True
+    positive, negative = _probability_histograms(
+        probabilities,
+        np.tile(in_class, (1, n_models)), MULTICLASS_AUC_BINS, sample_weight)
+    return {
+        "correct_count": (correct * weights[:, np.newaxis]).sum(axis=0),
+        "true_positive": (weighted * in_class[:, np.newaxis, :]).sum(axis=0),
+        "predicted_count": weighted.sum(axis=0),
+        "actual_count": np.bincount(classes, weights=weights, minlength=n_classes).astype(np.float64),
+        "positive_histogram": positive.reshape(n_models, n_classes, MULTICLASS_AUC_BINS),
+        "negative_histogram": negative.reshape(n_models, n_classes, MULTICLASS_AUC_BINS),
+    }
+
+
 def _probability_histograms(
     probabilities: FloatArray, is_positive: npt.NDArray[np.bool_], n_bins: int,
     sample_weight: FloatArray | None = None,
 ) -> tuple[FloatArray, FloatArray]:
     """Per-row counts (weight sums with ``sample_weight``) of ``probabilities`` (n, K) in ``n_bins`` bins, split
-    by label.
+    by label: ``is_positive`` is ``(n,)`` (one label per row) or ``(n, K)`` (one per row and column).
 
     Bin ``j`` holds ``j / n_bins <= p < (j + 1) / n_bins``; ``p = 1`` goes to the last bin.
     Returns two ``(K, n_bins)`` float64 arrays (positives, negatives).

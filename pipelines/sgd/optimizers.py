@@ -41,7 +41,7 @@ import numpy.typing as npt
 
 from pipelines.sgd._types import FloatArray, IntArray
 from pipelines.sgd._validation import Interval, OneOf, Optional, Rule, check_rules
-from pipelines.sgd.regularization import Regularization
+from pipelines.sgd.regularization import Penalties, Regularization, as_penalties
 
 OPTIMIZER_NAMES: tuple[str, ...] = (
     "sgd",
@@ -221,7 +221,7 @@ def apply_update(
     grad_w: FloatArray,
     grad_b: FloatArray,
     step_sizes: FloatArray,
-    regularization: Regularization,
+    regularization: Regularization | Penalties,
 ) -> tuple[FloatArray, FloatArray]:
     """One optimizer step for all K rows; advances ``state`` in place.
 
@@ -238,7 +238,8 @@ def apply_update(
         Gradient of the mean data loss in the intercepts.
     step_sizes : ndarray of shape (K,)
         ``learning_rates * schedule multiplier``, per row.
-    regularization : Regularization
+    regularization : Regularization or Penalties
+        One penalty for every row, or each row's own.
 
     Returns
     -------
@@ -247,17 +248,17 @@ def apply_update(
     intercepts : ndarray of shape (K,)
         New array; the input is not modified.
     """
+    penalties = as_penalties(regularization, weights.shape[0])
     state.step = state.step + 1
     steps = state.step.astype(np.float64)
     weight_step_sizes = step_sizes[:, np.newaxis]
     if spec.name == "adamw":
-        if regularization.l2_strength != 0.0:
-            weights = weights * (1.0 - weight_step_sizes * regularization.l2_strength)
-    elif regularization.l2_strength != 0.0:
-        grad_w = grad_w + regularization.smooth_gradient(weights)
+        weights = penalties.decay(weights, step_sizes)
+    else:
+        grad_w = penalties.add_smooth_gradient(grad_w, weights)
     new_weights = _descend(spec, state.weight_slots, weights, grad_w, weight_step_sizes, steps[:, np.newaxis])
     new_intercepts = _descend(spec, state.intercept_slots, intercepts, grad_b, step_sizes, steps)
-    return regularization.proximal(new_weights, step_sizes), new_intercepts
+    return penalties.proximal(new_weights, step_sizes), new_intercepts
 
 
 def _descend(

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from pipelines.sgd._validation import OneOf, Rule, check_rules
-from pipelines.sgd.losses import LOSS_NAMES
+from pipelines.sgd._validation import Interval, OneOf, Rule, SpecError, check_rules
+from pipelines.sgd.losses import DEFAULT_EPSILON, LOSS_NAMES, Loss, get_loss
 from pipelines.sgd.optimizers import OptimizerSpec
 from pipelines.sgd.regularization import Regularization
 from pipelines.sgd.schedules import ScheduleSpec
@@ -31,6 +31,12 @@ class TrainingProblem:
     optimizer : OptimizerSpec
     schedule : ScheduleSpec
         Durations in epochs; the strategy lays it out over its steps per epoch.
+    epsilon : float
+        ``huber``'s quadratic zone (``> 0``) and the epsilon-insensitive losses' dead zone (``>= 0``); other
+        losses ignore it.
+    n_classes : int
+        ``multinomial``: the classes of the training split (a model is ``n_classes`` weight rows); other
+        losses ignore it.
     """
 
     loss: str
@@ -38,8 +44,23 @@ class TrainingProblem:
     regularization: Regularization = field(default_factory=Regularization)
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    epsilon: float = DEFAULT_EPSILON
+    n_classes: int = 2
 
-    RULES: ClassVar[dict[str, Rule]] = {"loss": OneOf(LOSS_NAMES)}
+    RULES: ClassVar[dict[str, Rule]] = {"loss": OneOf(LOSS_NAMES), "epsilon": Interval(0, None),
+                                        "n_classes": Interval(2, None, integer=True)}
 
     def __post_init__(self) -> None:
         check_rules(self, self.RULES)
+        if self.loss == "huber" and self.epsilon <= 0:
+            raise SpecError("epsilon", self.epsilon, "must be > 0 for the huber loss (its quadratic zone)")
+
+    @property
+    def loss_function(self) -> Loss:
+        """The loss with its parameters: what every kernel call of this problem uses."""
+        return get_loss(self.loss, self.epsilon, self.n_classes)
+
+    @property
+    def outputs(self) -> int:
+        """Weight rows per model: the classes of a multinomial model, else 1."""
+        return self.loss_function.outputs

@@ -16,7 +16,7 @@ import numpy as np
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.gradient_step import GradientSums, gradient_step
 from pipelines.sgd.kernels import batches_per_epoch, loss_sums, minibatch_epoch
-from pipelines.sgd.losses import Loss
+from pipelines.sgd.losses import DEFAULT_EPSILON, Loss
 from pipelines.sgd.optimizers import OptimizerSpec, init_state
 from pipelines.sgd.problem import TrainingProblem
 from pipelines.sgd.regularization import Regularization
@@ -167,7 +167,8 @@ def reference_gradient_descent(
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations!r}")
     loss_name = loss if isinstance(loss, str) else loss.name
-    problem = TrainingProblem(loss_name, fit_intercept, regularization, optimizer, schedule)
+    epsilon = DEFAULT_EPSILON if isinstance(loss, str) else getattr(loss, "epsilon", DEFAULT_EPSILON)
+    problem = TrainingProblem(loss_name, fit_intercept, regularization, optimizer, schedule, epsilon)
     learning_rates = np.asarray(learning_rates, dtype=np.float64)
     n_models, n_features = learning_rates.shape[0], X.shape[1]
     weights = np.zeros((n_models, n_features))
@@ -176,9 +177,9 @@ def reference_gradient_descent(
     step_schedule = schedule.per_step(1)
     loss_history = np.empty((iterations, n_models))
     for iteration in range(iterations):
-        step = gradient_step(GradientSums.of_block(X, y, weights, intercepts, loss_name), weights, intercepts,
-                             state, problem=problem, learning_rates=learning_rates, schedule=step_schedule,
-                             total_steps=iterations)
+        sums = GradientSums.of_block(X, y, weights, intercepts, problem.loss_function)
+        step = gradient_step(sums, weights, intercepts, state, problem=problem, learning_rates=learning_rates,
+                             schedule=step_schedule, total_steps=iterations)
         loss_history[iteration] = step.objective
         weights, intercepts = step.weights, step.intercepts
     return weights, intercepts, loss_history

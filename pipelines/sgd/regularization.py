@@ -13,12 +13,14 @@ update, as Spark MLlib's ``L1Updater`` does. With ``l1_ratio = 0`` this is MLlib
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
-from pipelines.sgd._types import FloatArray
+from pipelines.sgd._types import FloatArray, IntArray
 from pipelines.sgd._validation import Interval, Rule, check_rules
 
 
@@ -53,22 +55,13 @@ class Regularization:
         """Coefficient of ``||w||_1`` in the penalty: ``reg_param * l1_ratio``."""
         return self.reg_param * self.l1_ratio
 
+    def rows(self, n_rows: int) -> Penalties:
+        """This penalty for each of ``n_rows`` model rows."""
+        return Penalties.of([self] * n_rows)
+
     def penalty(self, weights: FloatArray) -> FloatArray:
-        """Penalty value per model row.
-
-        Parameters
-        ----------
-        weights : ndarray of shape (K, d)
-
-        Returns
-        -------
-        ndarray of shape (K,)
-            ``l1_strength * ||w_k||_1 + l2_strength / 2 * ||w_k||_2^2``.
-        """
-        l1_norms = np.abs(weights).sum(axis=1)
-        squared_l2_norms = np.einsum("kd,kd->k", weights, weights)
-        result: FloatArray = self.l1_strength * l1_norms + 0.5 * self.l2_strength * squared_l2_norms
-        return result
+        """:meth:`Penalties.penalty` with this penalty on every row of ``weights`` ``(K, d)``."""
+        return self.rows(weights.shape[0]).penalty(weights)
 
     def smooth_gradient(self, weights: FloatArray) -> FloatArray:
         """Gradient of the L2 part, ``reg_param * (1 - l1_ratio) * w``, shape ``(K, d)``."""
@@ -76,9 +69,92 @@ class Regularization:
         return result
 
     def proximal(self, weights: FloatArray, step_sizes: FloatArray) -> FloatArray:
-        """Soft-threshold each row by ``step_sizes[k] * reg_param * l1_ratio``.
+        """:meth:`Penalties.proximal` with this penalty on every row."""
+        return self.rows(weights.shape[0]).proximal(weights, step_sizes)
 
-        ``prox(w)_kj = sign(w_kj) * max(|w_kj| - step_sizes[k] * l1_strength, 0)``.
+
+@dataclass(frozen=True)
+class Penalties:
+    """The penalty of each model row: a joint grid over (learning rate, reg_param, l1_ratio) trains rows with
+    different penalties in the same pass.
+
+    Every operation treats a row exactly as a single :class:`Regularization` would (the same arithmetic on
+    the same values, and no arithmetic at all on a row whose term is 0), so a row's bits do not depend on the
+    penalties of the rows it shares a pass with.
+
+    Attributes
+    ----------
+    l1 : ndarray of shape (K,)
+        ``reg_param * l1_ratio`` per row.
+    l2 : ndarray of shape (K,)
+        ``reg_param * (1 - l1_ratio)`` per row.
+    """
+
+    l1: FloatArray
+    l2: FloatArray
+
+    @classmethod
+    def of(cls, regularizations: Sequence[Regularization]) -> Penalties:
+        """One row per regularization, in order."""
+        return cls(np.array([r.l1_strength for r in regularizations], dtype=np.float64),
+                   np.array([r.l2_strength for r in regularizations], dtype=np.float64))
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.l1.shape[0])
+
+    @property
+    def is_zero(self) -> bool:
+        """No row has a penalty."""
+        return not (self.l1.any() or self.l2.any())
+
+    def select(self, rows: npt.NDArray[np.integer] | Sequence[int]) -> Penalties:
+        """The penalties of ``rows`` (copies)."""
+        index = np.asarray(rows, dtype=np.int64)
+        return Penalties(self.l1[index], self.l2[index])
+
+    def repeat(self, outputs: int) -> Penalties:
+        """Each row's penalty on ``outputs`` consecutive rows (a multinomial model's class rows)."""
+        if outputs == 1:
+            return self
+        return Penalties(np.repeat(self.l1, outputs), np.repeat(self.l2, outputs))
+
+    def penalty(self, weights: FloatArray, outputs: int = 1) -> FloatArray:
+        """Penalty value per model row, or per model of ``outputs`` consecutive rows.
+
+        Parameters
+        ----------
+        weights : ndarray of shape (K, d)
+        outputs : int
+            Rows per model (a multinomial model's C class rows, each with the model's penalty): their
+            penalties are added, in class order.
+
+        Returns
+        -------
+        ndarray of shape (K / outputs,)
+            ``l1_k * ||w_k||_1 + l2_k / 2 * ||w_k||_2^2`` (summed over a model's rows).
+        """
+        l1_norms = np.abs(weights).sum(axis=1)
+        squared_l2_norms = np.einsum("kd,kd->k", weights, weights)
+        result: FloatArray = self.l1 * l1_norms + 0.5 * self.l2 * squared_l2_norms
+        if outputs > 1:
+            result = result.reshape(-1, outputs).sum(axis=1)
+        return result
+
+    def add_smooth_gradient(self, gradient: FloatArray, weights: FloatArray) -> FloatArray:
+        """``g_k + l2_k * w_k`` on the rows with an L2 term (the others unchanged); ``gradient`` itself when
+        no row has one."""
+        return self._rowwise(gradient, lambda rows, l2: gradient[rows] + l2 * weights[rows], self.l2)
+
+    def decay(self, weights: FloatArray, step_sizes: FloatArray) -> FloatArray:
+        """AdamW's decoupled decay ``w_k * (1 - s_k * l2_k)`` on the rows with an L2 term."""
+        return self._rowwise(weights, lambda rows, l2: weights[rows] * (1.0 - step_sizes[rows, np.newaxis] * l2),
+                             self.l2)
+
+    def proximal(self, weights: FloatArray, step_sizes: FloatArray) -> FloatArray:
+        """Soft-threshold each row with an L1 term by ``step_sizes[k] * l1_k``.
+
+        ``prox(w)_kj = sign(w_kj) * max(|w_kj| - step_sizes[k] * l1_k, 0)``.
 
         Parameters
         ----------
@@ -88,10 +164,35 @@ class Regularization:
         Returns
         -------
         ndarray of shape (K, d)
-            ``weights`` itself (not a copy) when ``l1_strength == 0``.
+            ``weights`` itself (not a copy) when no row has an L1 term.
         """
-        if self.l1_strength == 0.0:
-            return weights
-        thresholds = (step_sizes * self.l1_strength)[:, np.newaxis]
-        result: FloatArray = np.sign(weights) * np.maximum(np.abs(weights) - thresholds, 0.0)
+        def threshold(rows: IntArray | slice, l1: FloatArray) -> FloatArray:
+            thresholds = step_sizes[rows, np.newaxis] * l1
+            shrunk: FloatArray = np.sign(weights[rows]) * np.maximum(np.abs(weights[rows]) - thresholds, 0.0)
+            return shrunk
+
+        return self._rowwise(weights, threshold, self.l1)
+
+    @staticmethod
+    def _rowwise(array: FloatArray, update: Callable[[IntArray | slice, FloatArray], FloatArray],
+                 strengths: FloatArray) -> FloatArray:
+        """``update`` applied to the rows whose strength is non-zero (strengths as a column); the other rows
+        are left alone. ``array`` itself when no strength is non-zero; one vectorized call when all are."""
+        active = strengths != 0.0
+        if not active.any():
+            return array
+        if active.all():
+            return update(slice(None), strengths[:, np.newaxis])
+        rows: IntArray = np.flatnonzero(active)
+        result = array.copy()
+        result[rows] = update(rows, strengths[rows, np.newaxis])
         return result
+
+
+def as_penalties(regularization: Regularization | Penalties, n_rows: int) -> Penalties:
+    """Per-row penalties: ``regularization`` on each of ``n_rows`` rows, or the rows' own."""
+    if isinstance(regularization, Penalties):
+        if regularization.n_rows != n_rows:
+            raise ValueError(f"penalties have {regularization.n_rows} rows, the models {n_rows}")
+        return regularization
+    return regularization.rows(n_rows)

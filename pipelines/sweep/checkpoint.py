@@ -20,10 +20,11 @@ import numpy as np
 import numpy.typing as npt
 
 from pipelines.features.encoding import TableEncoding
+from pipelines.sweep.grid import GridPoint
 from pipelines.sweep.lr_finder import RangeTestResult
 from pipelines.sweep.snapshot import GridSnapshot
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 Arrays = dict[str, npt.NDArray[np.generic]]
 
 
@@ -32,7 +33,7 @@ class RoundCheckpoint:
     """One grid of a sweep (``auto`` sweeps train up to two rounds; explicit grids one)."""
 
     number: int  # 1-based
-    learning_rates: tuple[float, ...]
+    points: tuple[GridPoint, ...]
     snapshot: GridSnapshot
 
 
@@ -51,6 +52,7 @@ class SweepCheckpoint:
     rounds: tuple[RoundCheckpoint, ...]
     range_test: RangeTestResult | None = None
     complete: bool = False  # every round is trained and evaluated to its end
+    classes: tuple[Any, ...] | None = None  # multinomial: the training split's classes
 
     @property
     def active(self) -> RoundCheckpoint | None:
@@ -67,8 +69,8 @@ class SweepCheckpoint:
         meta = {"format": FORMAT_VERSION, "sweep_id": self.sweep_id, "settings": self.settings, "table": self.table,
                 "table_version": self.table_version, "num_partitions": self.num_partitions,
                 "train_rows": self.train_rows, "validation_rows": self.validation_rows, "complete": self.complete,
-                "rounds": [{"number": r.number, "learning_rates": list(r.learning_rates)} for r in self.rounds],
-                "encoding": self.encoding.to_json(),
+                "rounds": [{"number": r.number, "points": [p.as_tuple() for p in r.points]} for r in self.rounds],
+                "encoding": self.encoding.to_json(), "classes": None if self.classes is None else list(self.classes),
                 "range_test": None if self.range_test is None else {
                     "stopped_early": self.range_test.stopped_early, "suggestion": self.range_test.suggestion}}
         arrays: Arrays = {"meta": np.asarray(json.dumps(meta))}
@@ -99,7 +101,8 @@ class SweepCheckpoint:
             prefix = f"round{index}."
             snapshot = GridSnapshot.from_arrays({key.removeprefix(prefix): value for key, value in arrays.items()
                                                  if key.startswith(prefix)})
-            rounds.append(RoundCheckpoint(int(described["number"]), tuple(described["learning_rates"]), snapshot))
+            points = tuple(GridPoint(*(float(v) for v in point)) for point in described["points"])
+            rounds.append(RoundCheckpoint(int(described["number"]), points, snapshot))
         range_test = None
         if meta["range_test"] is not None:
             range_test = RangeTestResult(
@@ -110,7 +113,8 @@ class SweepCheckpoint:
         return cls(sweep_id=meta["sweep_id"], settings=meta["settings"], table=meta["table"],
                    table_version=int(meta["table_version"]), num_partitions=int(meta["num_partitions"]),
                    train_rows=int(meta["train_rows"]), validation_rows=int(meta["validation_rows"]),
-                   encoding=encoding, rounds=tuple(rounds), range_test=range_test, complete=bool(meta["complete"]))
+                   encoding=encoding, rounds=tuple(rounds), range_test=range_test, complete=bool(meta["complete"]),
+                   classes=None if meta.get("classes") is None else tuple(meta["classes"]))
 
 
 def settings_changes(recorded: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipelines.sgd._types import FloatArray
+from pipelines.sweep.grid import GridPoint, point_labels
 from pipelines.sweep.status import SELECTABLE_STATUSES
 
 
 @dataclass
 class RateResult:
-    """One learning rate's curves and outcome (means over its seeds)."""
+    """One grid point's curves and outcome (means over its seeds)."""
 
     learning_rate: float
     status: str
@@ -21,9 +22,15 @@ class RateResult:
     kept_epoch: int  # the epoch whose models are kept (best epoch when early-stopped)
     curves: dict[str, FloatArray]  # name -> (E,) epochs 1..E, NaN where not run; "train_loss", "val_*"
     curves_std: dict[str, FloatArray]  # standard deviation across seeds, same shapes
-    weights: FloatArray  # (d,) kept model of the first seed, on standardized features
-    intercept: float
+    weights: FloatArray  # (d,) kept model of the first seed, on standardized features; (C, d) multinomial
+    intercept: float | FloatArray  # (C,) multinomial
     initial: dict[str, float] = field(default_factory=dict)  # the curves' values at epoch 0 (initial models)
+    reg_param: float = 0.0
+    l1_ratio: float = 0.0
+
+    @property
+    def point(self) -> GridPoint:
+        return GridPoint(self.learning_rate, self.reg_param, self.l1_ratio)
 
     def final_metrics(self) -> dict[str, float]:
         """The curves at the kept epoch (NaN-free for any rate that ran at least one good epoch)."""
@@ -45,6 +52,11 @@ class GridOutcome:
     seconds: float
     epoch_seconds: list[float] = field(default_factory=list)
     recorded_at_ms: list[int] = field(default_factory=list)  # (E + 1,) when each epoch was recorded; 0 = not
+
+    @property
+    def labels(self) -> list[str]:
+        """Each point's display name (:func:`~pipelines.sweep.grid.point_labels`)."""
+        return point_labels([rate.point for rate in self.rates])
 
     @property
     def best_index(self) -> int | None:

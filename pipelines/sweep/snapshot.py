@@ -56,9 +56,9 @@ class GridSnapshot:
             The snapshot belongs to another grid (rates, seeds or features differ).
         """
         restored = GridState.from_arrays(self.state)
-        if (restored.learning_rates, restored.seeds, restored.n_features, restored.epochs) != (
-                state.learning_rates, state.seeds, state.n_features, state.epochs):
-            raise ValueError("the snapshot was taken of another grid (rates, seeds, features or epochs differ)")
+        if (restored.points, restored.seeds, restored.n_features, restored.epochs) != (
+                state.points, state.seeds, state.n_features, state.epochs):
+            raise ValueError("the snapshot was taken of another grid (points, seeds, features or epochs differ)")
         state.__dict__.update(restored.__dict__)
         trainer.models = ModelRows.from_arrays(self.models)
         trainer.jobs, trainer.row_passes = self.jobs, self.row_passes

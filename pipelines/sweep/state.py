@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from pipelines.sgd._types import FloatArray, IntArray
 from pipelines.sgd.metrics import curve_names
+from pipelines.sweep.grid import GridPoint
 from pipelines.sweep.outcome import GridOutcome, RateResult
 from pipelines.sweep.policies import Decision, EpochView
 from pipelines.sweep.status import COMPLETED, RUNNING
@@ -28,39 +29,46 @@ from pipelines.sweep.status import COMPLETED, RUNNING
 
 @dataclass
 class GridState:
-    """Curves, statuses and kept models of a grid of ``len(learning_rates)`` rates x ``len(seeds)`` seeds."""
+    """Curves, statuses and kept models of a grid of ``len(points)`` points x ``len(seeds)`` seeds."""
 
-    learning_rates: tuple[float, ...]
+    points: tuple[GridPoint, ...]
     seeds: tuple[int, ...]
     epochs: int
     loss: str
     n_features: int
+    outputs: int = 1  # weight rows per model (a multinomial model's classes)
     curves: dict[str, FloatArray] = field(init=False)  # name -> (epochs + 1, K)
     status: npt.NDArray[np.str_] = field(init=False)  # (R,)
     stopped_epoch: IntArray = field(init=False)  # (R,) 0 = not stopped by a policy
     kept_epoch: IntArray = field(init=False)  # (R,) the epoch whose models are kept (0 = none yet)
-    kept_weights: FloatArray = field(init=False)  # (R, d) of the rate's first seed
-    kept_intercepts: FloatArray = field(init=False)  # (R,)
+    kept_weights: FloatArray = field(init=False)  # (R, outputs * d) of the point's first seed
+    kept_intercepts: FloatArray = field(init=False)  # (R, outputs)
     recorded_at_ms: IntArray = field(init=False)  # (epochs + 1,) when each epoch was recorded (MLflow timestamps)
     recorded_epoch: int = -1  # the last epoch whose evaluation is in the curves
     trained_epoch: int = 0  # the epoch the engine's models are at
     epoch_seconds: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        n_rates, n_rows = len(self.learning_rates), len(self.learning_rates) * len(self.seeds)
+        n_rates, n_rows = len(self.points), len(self.points) * len(self.seeds)
         self.curves = {name: np.full((self.epochs + 1, n_rows), np.nan) for name in curve_names(self.loss)}
         self.status = np.full(n_rates, RUNNING, dtype="<U16")
         self.stopped_epoch = np.zeros(n_rates, dtype=np.int64)
         self.kept_epoch = np.zeros(n_rates, dtype=np.int64)
-        self.kept_weights = np.zeros((n_rates, self.n_features))
-        self.kept_intercepts = np.zeros(n_rates)
+        self.kept_weights = np.zeros((n_rates, self.outputs * self.n_features))
+        self.kept_intercepts = np.zeros((n_rates, self.outputs))
         self.recorded_at_ms = np.zeros(self.epochs + 1, dtype=np.int64)
 
     # --------------------------------------------------------------------------------------- indexing
 
     @property
     def n_rates(self) -> int:
-        return len(self.learning_rates)
+        """Grid points (each a learning rate with its penalty)."""
+        return len(self.points)
+
+    @property
+    def learning_rates(self) -> tuple[float, ...]:
+        """Each point's learning rate."""
+        return tuple(point.learning_rate for point in self.points)
 
     @property
     def rows_of(self) -> IntArray:
@@ -106,7 +114,8 @@ class GridState:
 
     def apply(self, decision: Decision, epoch: int, rows: IntArray, weights: FloatArray,
               intercepts: FloatArray) -> None:
-        """Apply a policy's decision at ``epoch``; ``weights``/``intercepts`` are the models of ``rows``."""
+        """Apply a policy's decision at ``epoch``; ``weights``/``intercepts`` are the models of ``rows`` (as
+        :meth:`~pipelines.distributed.engine.GridTrainer.snapshot` gives them)."""
         if decision.keep is not None:
             position = {int(row): index for index, row in enumerate(rows)}
             for rate in decision.keep:
@@ -127,19 +136,23 @@ class GridState:
     def outcome(self, jobs: int, row_passes: int, full_grid_row_passes: int, seconds: float) -> GridOutcome:
         """Per-rate curves (means and standard deviations over seeds) and kept models."""
         results = []
-        for rate, learning_rate in enumerate(self.learning_rates):
+        for rate, point in enumerate(self.points):
             rate_rows = self.rows_of[rate]
             means = {name: curve[:, rate_rows].mean(axis=1) for name, curve in self.curves.items()}
             stds = {name: _std_over_seeds(curve[:, rate_rows]) for name, curve in self.curves.items()}
             ran = np.flatnonzero(~np.isnan(means["val_loss"][1:]))
             stopped = int(self.stopped_epoch[rate])
             results.append(RateResult(
-                learning_rate=float(learning_rate), status=str(self.status[rate]),
+                learning_rate=point.learning_rate, reg_param=point.reg_param, l1_ratio=point.l1_ratio,
+                status=str(self.status[rate]),
                 epochs_run=int(ran[-1] + 1) if ran.size else 0, stopped_epoch=stopped or None,
                 kept_epoch=int(self.kept_epoch[rate]),
                 curves={name: mean[1:] for name, mean in means.items()},
                 curves_std={name: std[1:] for name, std in stds.items()},
-                weights=self.kept_weights[rate].copy(), intercept=float(self.kept_intercepts[rate]),
+                weights=self.kept_weights[rate].reshape(self.outputs, -1).copy() if self.outputs > 1
+                else self.kept_weights[rate].copy(),
+                intercept=self.kept_intercepts[rate].copy() if self.outputs > 1
+                else float(self.kept_intercepts[rate][0]),
                 initial={name: float(mean[0]) for name, mean in means.items()}))
         return GridOutcome(rates=results, epochs=self.epochs, seeds=self.seeds, jobs=jobs, row_passes=row_passes,
                            full_grid_row_passes=full_grid_row_passes, seconds=seconds,
@@ -151,9 +164,9 @@ class GridState:
     def to_arrays(self) -> dict[str, npt.NDArray[np.generic]]:
         """Flat arrays of the whole state (see :meth:`from_arrays`)."""
         arrays: dict[str, npt.NDArray[np.generic]] = {
-            "learning_rates": np.asarray(self.learning_rates, dtype=np.float64),
+            "points": np.asarray([point.as_tuple() for point in self.points], dtype=np.float64).reshape(-1, 3),
             "seeds": np.asarray(self.seeds, dtype=np.int64),
-            "dims": np.asarray([self.epochs, self.n_features], dtype=np.int64),
+            "dims": np.asarray([self.epochs, self.n_features, self.outputs], dtype=np.int64),
             "loss": np.asarray(self.loss),
             "status": self.status.copy(), "stopped_epoch": self.stopped_epoch.copy(),
             "kept_epoch": self.kept_epoch.copy(), "kept_weights": self.kept_weights.copy(),
@@ -168,9 +181,10 @@ class GridState:
     @classmethod
     def from_arrays(cls, arrays: dict[str, npt.NDArray[np.generic]]) -> GridState:
         """Inverse of :meth:`to_arrays`."""
-        epochs, n_features = (int(value) for value in np.asarray(arrays["dims"]))
-        state = cls(tuple(float(r) for r in np.asarray(arrays["learning_rates"])),
-                    tuple(int(s) for s in np.asarray(arrays["seeds"])), epochs, str(arrays["loss"]), n_features)
+        epochs, n_features, outputs = (int(value) for value in np.asarray(arrays["dims"]))
+        state = cls(tuple(GridPoint(*(float(v) for v in row)) for row in np.asarray(arrays["points"])),
+                    tuple(int(s) for s in np.asarray(arrays["seeds"])), epochs, str(arrays["loss"]), n_features,
+                    outputs)
         for name in state.curves:
             state.curves[name] = np.asarray(arrays[f"curve.{name}"], dtype=np.float64).copy()
         state.status = np.asarray(arrays["status"]).astype("<U16")
@@ -193,7 +207,7 @@ def _std_over_seeds(values: FloatArray) -> FloatArray:
     return single
 
 
-def grid_state(learning_rates: Sequence[float], seeds: Sequence[int], epochs: int, loss: str,
-               n_features: int) -> GridState:
-    """A fresh state: every rate running, nothing evaluated."""
-    return GridState(tuple(float(r) for r in learning_rates), tuple(int(s) for s in seeds), epochs, loss, n_features)
+def grid_state(points: Sequence[GridPoint], seeds: Sequence[int], epochs: int, loss: str,
+               n_features: int, outputs: int = 1) -> GridState:
+    """A fresh state: every point running, nothing evaluated."""
+    return GridState(tuple(points), tuple(int(s) for s in seeds), epochs, loss, n_features, outputs)

@@ -1,20 +1,27 @@
 """The best model of a sweep as an MLflow sklearn model, its registration, and loading it for scoring.
 
-The model is a :class:`sklearn.pipeline.Pipeline` ``TableEncoding -> LogisticRegression`` (or
-``LinearRegression``) built from the sweep's encoding and coefficients, nothing refitted: the encoding turns
+The model is a :class:`sklearn.pipeline.Pipeline` ``TableEncoding -> estimator`` built from the sweep's
+encoding and coefficients, nothing refitted; the estimator is the scikit-learn class that names the loss
+(:data:`ESTIMATORS`: ``LogisticRegression`` for logistic, ``SGDClassifier(loss=...)`` for the margin
+classifiers, ``LinearRegression`` for squared, ``SGDRegressor(loss=..., epsilon=...)`` for the robust
+regression losses, ``PoissonRegressor`` for poisson). The encoding turns
 raw table rows into the inputs the model was trained on (standardized numbers, one-hot and hashed strings,
 array and vector entries; :mod:`pipelines.features.encoding`), the estimator applies the coefficients learned
 on them. It loads and predicts without Spark (it needs this package, which its requirements name).
 
-Logistic models are logged with ``pyfunc_predict_fn="predict_proba"``: ``pyfunc.predict`` returns an
-``(n, 2)`` array ``[P(y=0), P(y=1)]``; batch scoring keeps ``P(y=1)``. Squared models predict the value.
+What ``pyfunc.predict`` returns (:func:`score_kind`): ``probability`` models (logistic, modified_huber) are
+logged with ``pyfunc_predict_fn="predict_proba"``, an ``(n, 2)`` array ``[P(y=0), P(y=1)]`` of which batch
+scoring keeps ``P(y=1)``; ``label`` models (hinge, squared_hinge) predict the class, which batch scoring turns
+into 1.0 (the positive, second class) or 0.0; ``classes`` models (multinomial) are logged with
+``predict_proba``, an ``(n, C)`` array of class probabilities in the order of the ``lrsweep_classes`` metadata;
+``value`` models (regression, poisson) predict the value (the mean count for poisson).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,13 +36,15 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from pyspark.sql import Column, SparkSession
-from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.base import BaseEstimator
+from sklearn.linear_model import LinearRegression, LogisticRegression, PoissonRegressor, SGDClassifier, SGDRegressor
 from sklearn.pipeline import Pipeline
 
 from pipelines import __version__
 from pipelines.errors import TrackingError
 from pipelines.features.encoding import TableEncoding
 from pipelines.sgd._types import FloatArray
+from pipelines.sgd.losses import DEFAULT_EPSILON, LOSS_NAMES, task_of
 from pipelines.tracking.runs import SweepTracker
 
 CHAMPION = "champion"
@@ -48,34 +57,68 @@ MODEL_NAME = "model"
 TRUSTED_TYPES = [f"{TableEncoding.__module__}.{name}" for name in ("TableEncoding", "ColumnEncoding")]
 
 
-def linear_pipeline(encoding: TableEncoding, weights: FloatArray, intercept: float, loss: str,
-                    classes: tuple[Any, Any] = (0, 1)) -> Pipeline:
-    """A fitted-looking sklearn pipeline from the encoding and coefficients (``weights`` shape ``(d,)``).
+PROBABILITY_LOSSES = ("logistic", "modified_huber")
 
-    ``classes``: a logistic model's two labels, the positive one second (a string label's values).
+
+def score_kind(loss: str) -> str:
+    """What the model's pyfunc returns: ``probability``, ``label``, ``classes`` or ``value`` (see the module
+    docstring)."""
+    if task_of(loss) == "multiclass":
+        return "classes"
+    if task_of(loss) != "binary":
+        return "value"
+    return "probability" if loss in PROBABILITY_LOSSES else "label"
+
+
+def linear_pipeline(encoding: TableEncoding, weights: FloatArray, intercept: float | FloatArray, loss: str,
+                    classes: Sequence[Any] = (0, 1), epsilon: float = DEFAULT_EPSILON) -> Pipeline:
+    """A fitted-looking sklearn pipeline from the encoding and coefficients (``weights`` shape ``(d,)``; a
+    multinomial model's ``(C, d)`` with intercepts ``(C,)``).
+
+    ``classes``: a binary model's two labels, the positive one second (a string label's values); a multinomial
+    model's C classes in the order of its weight rows.
     """
     d = encoding.n_inputs
-    if weights.shape != (d,):
-        raise ValueError(f"weights have shape {weights.shape}, expected ({d},)")
-    estimator: LogisticRegression | LinearRegression
-    if loss == "logistic":
-        estimator = LogisticRegression()
-        estimator.coef_ = weights.reshape(1, d).astype(np.float64)
-        estimator.intercept_ = np.array([intercept], dtype=np.float64)
-        estimator.classes_ = np.array(classes)
-        estimator.n_iter_ = np.array([0], dtype=np.int32)
+    multiclass = task_of(loss) == "multiclass"
+    expected = (len(classes), d) if multiclass else (d,)
+    if weights.shape != expected:
+        raise ValueError(f"weights have shape {weights.shape}, expected {expected}")
+    coef = weights.astype(np.float64)
+    estimator: BaseEstimator
+    if multiclass:
+        multinomial = LogisticRegression()  # more than two classes: predict_proba is the softmax of the margins
+        multinomial.coef_ = coef
+        multinomial.intercept_ = np.asarray(intercept, dtype=np.float64).reshape(len(classes))
+        multinomial.classes_ = np.array(classes)
+        multinomial.n_iter_ = np.array([0], dtype=np.int32)
+        estimator = multinomial
+    elif task_of(loss) == "binary":
+        classifier = LogisticRegression() if loss == "logistic" else SGDClassifier(loss=loss)
+        classifier.coef_ = coef.reshape(1, d)
+        classifier.intercept_ = np.array([intercept], dtype=np.float64)
+        classifier.classes_ = np.array(classes)
+        classifier.n_iter_ = np.array([0], dtype=np.int32) if loss == "logistic" else 0
+        estimator = classifier
+    elif loss == "squared":
+        regression = LinearRegression()
+        regression.coef_, regression.intercept_ = coef, float(intercept)
+        regression.rank_, regression.singular_ = d, np.ones(d)
+        estimator = regression
+    elif loss == "poisson":
+        poisson = PoissonRegressor(alpha=0.0)
+        poisson.coef_, poisson.intercept_ = coef, float(intercept)
+        poisson._base_loss = poisson._get_loss()  # what fit() sets: the log link predict() inverts
+        estimator = poisson
     else:
-        estimator = LinearRegression()
-        estimator.coef_ = weights.astype(np.float64)
-        estimator.intercept_ = float(intercept)
-        estimator.rank_ = d
-        estimator.singular_ = np.ones(d)
+        robust = SGDRegressor(loss=loss, epsilon=epsilon)
+        robust.coef_, robust.intercept_ = coef, np.array([intercept], dtype=np.float64)
+        estimator = robust
     estimator.n_features_in_ = d
     return Pipeline([("encode", encoding), ("model", estimator)])
 
 
 def predict_fn_name(loss: str) -> str:
-    return "predict_proba" if loss == "logistic" else "predict"
+    return "predict_proba" if score_kind(loss) in ("probability", "classes") else "predict"
 
 
 def log_model(tracker: SweepTracker, pipeline: Pipeline, input_example: pd.DataFrame, loss: str,
@@ -197,8 +240,10 @@ class ScoringModel:
     version: str | None
     run_id: str | None
     features: tuple[str, ...]
-    loss: str  # "logistic" (scores are P(y=1)) or "squared"
+    loss: str  # one of LOSS_NAMES; score_kind(loss) says what the pyfunc returns
     families: dict[str, str] = field(default_factory=dict)  # feature -> column family (number when not recorded)
+    positive_class: str = "1"  # label models: the class scored 1.0
+    classes: tuple[Any, ...] = (0, 1)  # the model's classes (multinomial: in the order of its probabilities)
 
 
 def resolve_scoring_model(client: MlflowClient, model_uri: str) -> ScoringModel:
@@ -226,27 +271,38 @@ def resolve_scoring_model(client: MlflowClient, model_uri: str) -> ScoringModel:
     if info.signature is None or info.signature.inputs is None:
         raise TrackingError(f"scoring.model_uri {model_uri}: the model has no input signature")
     loss = (info.metadata or {}).get("lrsweep_loss")
-    if loss not in ("logistic", "squared"):
+    if loss not in LOSS_NAMES:
         raise TrackingError(f"scoring.model_uri {model_uri}: not an lrsweep model (no lrsweep_loss metadata)")
     features = tuple(info.signature.inputs.input_names())
     recorded = json.loads((info.metadata or {}).get("lrsweep_columns") or "{}")
+    classes = json.loads((info.metadata or {}).get("lrsweep_classes") or "[0, 1]")
     return ScoringModel(uri=pinned, name=name, version=version, run_id=info.run_id, features=features, loss=loss,
-                        families={name: recorded.get(name, "number") for name in features})
+                        families={name: recorded.get(name, "number") for name in features},
+                        positive_class=str(classes[-1]), classes=tuple(classes))
 
 
 def scoring_udf(spark: SparkSession, model: ScoringModel) -> Callable[..., Column]:
     """A Spark UDF (Arrow batches, the driver's environment) returning the score as a double.
 
-    Logistic models return ``P(y=1)``; squared ones the predicted value.
+    ``probability`` models return ``P(y=1)``, ``label`` models 1.0 for the positive class and 0.0 for the
+    other, ``value`` models the predicted value.
     """
     from pyspark.sql import functions as F
-    from pyspark.sql.types import ArrayType, DoubleType
+    from pyspark.sql.types import ArrayType, DoubleType, StringType
 
-    result_type = ArrayType(DoubleType()) if model.loss == "logistic" else DoubleType()
+    kind = score_kind(model.loss)
+    result_type = {"probability": ArrayType(DoubleType()), "classes": ArrayType(DoubleType()),
+                   "label": StringType()}.get(kind, DoubleType())
     udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=result_type, env_manager="local")
 
     def score(*columns: Column) -> Column:
         scored: Column = udf(F.struct(*columns))
-        return scored[1] if model.loss == "logistic" else scored
+        if kind == "probability":
+            return scored[1]
+        if kind == "classes":
+            return scored
+        if kind == "label":
+            return (scored == F.lit(model.positive_class)).cast("double")
+        return scored
 
     return score

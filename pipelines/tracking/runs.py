@@ -28,7 +28,7 @@ from mlflow.entities.run_status import RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from pipelines.errors import ConfigError, TrackingError, TrackingUnavailableError
-from pipelines.reporting.tables import rate_label
+from pipelines.sweep.grid import GridPoint, point_labels
 from pipelines.sweep.lr_finder import RangeTestResult
 from pipelines.sweep.outcome import GridOutcome, RateResult
 from pipelines.sweep.status import DIVERGED, RUNNING
@@ -38,6 +38,7 @@ from pipelines.tracking.store import TrackingStore
 TAG_SWEEP_ID = "lrsweep.sweep_id"
 TAG_ROLE = "lrsweep.role"
 TAG_LEARNING_RATE = "lrsweep.learning_rate"
+TAG_POINT = "lrsweep.point"  # the grid point, GridPoint.exact_label
 TAG_ROUND = "lrsweep.round"
 TAG_STATUS = "status"
 MAX_METRICS_PER_BATCH = 1000
@@ -246,9 +247,9 @@ class SweepTracker:
 
     # ----------------------------------------------------------------------------------------- children
 
-    def open_round(self, round_number: int, learning_rates: Sequence[float], dataset: DatasetInput | None = None,
+    def open_round(self, round_number: int, points: Sequence[GridPoint], dataset: DatasetInput | None = None,
                    tag_round: bool = False, wait: bool = True) -> list[str | None]:
-        """The child runs of a round, aligned with ``learning_rates``: reused when an earlier attempt made
+        """The child runs of a round, aligned with the grid's ``points``: reused when an earlier attempt made
         them (whatever their status), created RUNNING otherwise. ``tag_round`` names and tags them by round
         (``auto`` sweeps). Returns the run ids (None where MLflow was unavailable and ``wait`` is False)."""
         parent = self._parent()
@@ -259,12 +260,13 @@ class SweepTracker:
         def open_children() -> list[ChildRun | None]:
             existing: dict[str, Run] = {}
             for run in sorted(self._search(condition), key=lambda r: r.info.start_time):
-                existing.setdefault(run.data.tags.get(TAG_LEARNING_RATE, ""), run)
+                tags = run.data.tags
+                existing.setdefault(tags.get(TAG_POINT) or f"lr={tags.get(TAG_LEARNING_RATE, '')}", run)
             children: list[ChildRun | None] = []
-            for rate in learning_rates:
-                found = existing.get(repr(rate))
+            for point, label in zip(points, point_labels(points), strict=True):
+                found = existing.get(point.exact_label)
                 if found is None:
-                    children.append(self._create_child(parent, round_number, rate, dataset, tag_round))
+                    children.append(self._create_child(parent, round_number, point, label, dataset, tag_round))
                     continue
                 child = ChildRun(found.info.run_id, found.info.status, found.data.tags.get(TAG_STATUS, RUNNING),
                                  logged=self._logged_steps(found), summarized=found.info.status == FINISHED)
@@ -278,16 +280,17 @@ class SweepTracker:
         self.rounds[round_number] = children
         return [child.run_id if child else None for child in children]
 
-    def _create_child(self, parent: str, round_number: int, rate: float, dataset: DatasetInput | None,
-                      tag_round: bool) -> ChildRun:
-        name = rate_label(rate)
+    def _create_child(self, parent: str, round_number: int, point: GridPoint, name: str,
+                      dataset: DatasetInput | None, tag_round: bool) -> ChildRun:
         tags = {MLFLOW_PARENT_RUN_ID: parent, TAG_SWEEP_ID: self.sweep_id, TAG_ROLE: "child",
-                TAG_LEARNING_RATE: repr(rate), TAG_STATUS: RUNNING}
+                TAG_LEARNING_RATE: repr(point.learning_rate), TAG_POINT: point.exact_label, TAG_STATUS: RUNNING}
         if tag_round:
             name = f"round {round_number} {name}"
             tags[TAG_ROUND] = str(round_number)
         run_id = self.client.create_run(self.store.experiment_id, run_name=name, tags=tags).info.run_id
-        self.client.log_batch(run_id, params=[Param("learning_rate", repr(rate))])
+        self.client.log_batch(run_id, params=[Param("learning_rate", repr(point.learning_rate)),
+                                              Param("reg_param", repr(point.reg_param)),
+                                              Param("l1_ratio", repr(point.l1_ratio))])
         if dataset is not None:
             self.client.log_inputs(run_id, [dataset])
         return ChildRun(run_id, RUNNING_RUN, RUNNING)

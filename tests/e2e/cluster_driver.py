@@ -12,6 +12,7 @@ from pipelines.cli import config_from_args, job_parser, run_job
 from pipelines.lakehouse.reader import read_feature_table
 from pipelines.orchestration.training import prepare_data, train_grid
 from pipelines.session import get_spark
+from pipelines.sweep.grid import joint_grid
 
 
 def main(argv: list[str]) -> int:
@@ -22,7 +23,8 @@ def main(argv: list[str]) -> int:
     spark = get_spark(config.spark)
     table = read_feature_table(spark, config.data, config.model.loss)
     prepared = prepare_data(spark, table, config.data, config.features, config.train)
-    run = train_grid(prepared, config.problem, config.train, config.sweep, config.sweep.grid())
+    run = train_grid(prepared, config.problem, config.train, config.sweep,
+                         joint_grid(config.sweep.grid(), config.penalty_axis()))
     result = {
         "master": spark.sparkContext.master,
         "executors": spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1,  # minus the driver

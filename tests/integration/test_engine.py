@@ -23,6 +23,7 @@ from pipelines.sgd import (
     reference_minibatch_sgd,
 )
 from pipelines.sgd.reference import objective
+from pipelines.sweep.grid import joint_grid
 from tests.conftest import make_config
 
 
@@ -45,7 +46,8 @@ def _train_arrays(prepared: PreparedData) -> tuple[np.ndarray, np.ndarray]:
 def _sweep(spark: SparkSession, config: Config) -> tuple[SweepRun, PreparedData]:
     prepared = _prepare(spark, config)
     try:
-        return train_grid(prepared, config.problem, config.train, config.sweep, config.sweep.grid()), prepared
+        return train_grid(prepared, config.problem, config.train, config.sweep,
+                         joint_grid(config.sweep.grid(), config.penalty_axis())), prepared
     finally:
         prepared.blocks.release()
 
@@ -152,7 +154,7 @@ def test_local_sgd_is_a_numpy_model_averaging_reference_under_both_state_rules(
     for sync_state in ("average", "reset"):
         config = _config(synthetic_tables["logistic"], "logistic", tmp_path, "train.epochs=3", "train.batch_size=64",
                          f"train.num_partitions={partitions}", "train.optimizer=adam", f"train.sync_state={sync_state}",
-                         "sweep.learning_rates=[0.003, 0.03]")
+                         "sweep.learning_rates=[0.003, 0.03]", "train.min_steps_per_epoch=0")
         run, prepared = _sweep(spark, config)
         parts = collect_arrays(prepared.blocks)
         assert len(parts) == partitions

@@ -13,6 +13,7 @@ from pipelines.distributed.blocks import collect_arrays
 from pipelines.lakehouse.reader import read_feature_table
 from pipelines.orchestration.training import SweepRun, prepare_data, train_grid
 from pipelines.sgd import reference_minibatch_sgd
+from pipelines.sweep.grid import joint_grid
 from tests.conftest import make_config
 
 
@@ -24,7 +25,8 @@ def _sweep(spark: SparkSession, config: Config) -> SweepRun:
     table = read_feature_table(spark, config.data, config.model.loss)
     prepared = prepare_data(spark, table, config.data, config.features, config.train)
     try:
-        return train_grid(prepared, config.problem, config.train, config.sweep, config.sweep.grid())
+        return train_grid(prepared, config.problem, config.train, config.sweep,
+                         joint_grid(config.sweep.grid(), config.penalty_axis()))
     finally:
         prepared.blocks.release()
 
@@ -79,7 +81,8 @@ def test_seeds_repeat_each_rate_in_the_same_pass_with_mean_and_std(
                      "train.batch_size=64", "sweep.learning_rates=[0.01, 0.3]", "sweep.seeds=[1, 2, 3]")
     table = read_feature_table(spark, config.data, config.model.loss)
     prepared = prepare_data(spark, table, config.data, config.features, config.train)
-    run = train_grid(prepared, config.problem, config.train, config.sweep, config.sweep.grid())
+    run = train_grid(prepared, config.problem, config.train, config.sweep,
+                         joint_grid(config.sweep.grid(), config.penalty_axis()))
     parts = collect_arrays(prepared.blocks)
     prepared.blocks.release()
     X, y = parts[0].X_train, parts[0].y_train

@@ -20,8 +20,9 @@ from pipelines.distributed.blocks import collect_arrays
 from pipelines.distributed.lr_finder import partition_batch_rows, sample_rows
 from pipelines.lakehouse.reader import read_feature_table
 from pipelines.orchestration.sweep import run_tracked_sweep
-from pipelines.orchestration.training import PreparedData, prepare_data, range_test, train_grid
+from pipelines.orchestration.training import PreparedData, SweepRun, prepare_data, range_test, train_grid
 from pipelines.sgd import Regularization, apply_update, batch_gradients, init_state
+from pipelines.sweep.grid import joint_grid
 from pipelines.sweep.lr_finder import auto_grid, range_test_rates, refine_span, smooth_losses
 from pipelines.tracking.runs import TAG_ROLE, TAG_ROUND, TAG_SWEEP_ID
 from tests.conftest import make_config
@@ -34,6 +35,10 @@ TRAINING = ["train.algorithm=local_sgd", "train.epochs=3", "train.batch_size=64"
 @pytest.fixture(scope="module")
 def logistic_table(synthetic_tables: dict[str, str]) -> str:
     return synthetic_tables["logistic"]
+
+
+def _rates(run: SweepRun) -> list[float]:
+    return [point.learning_rate for point in run.points]
 
 
 def _config(table: str, workdir: Path, *overrides: str) -> Config:
@@ -83,7 +88,8 @@ def test_suggestion_lands_near_the_best_rate_of_a_fine_grid(spark: SparkSession,
     prepared = _prepare(spark, config)
     try:
         result = range_test(prepared, config.problem, config.train, config.range_test)  # defaults: 1e-6..10, 100
-        fine = train_grid(prepared, config.problem, config.train, config.sweep, config.sweep.grid())
+        fine = train_grid(prepared, config.problem, config.train, config.sweep,
+                          joint_grid(config.sweep.grid(), config.penalty_axis()))
     finally:
         prepared.blocks.release()
     best = fine.outcome.best
@@ -136,7 +142,7 @@ def test_auto_sweep_logs_range_test_and_both_rounds_under_one_parent(spark: Spar
         assert rounds[2][1] == pytest.approx(first_best.learning_rate) and len(rounds[2]) == 3
         assert rounds[2] == pytest.approx(auto_grid(first_best.learning_rate, 3, refine_span(rounds[1])))
         assert parent.data.params["learning_rates"] == "auto"
-        assert parent.data.params["round2_learning_rates"] == ",".join(map(repr, report.rounds[1].learning_rates))
+        assert parent.data.params["round2_learning_rates"] == ",".join(map(repr, _rates(report.rounds[1])))
         assert parent.data.metrics["suggested_learning_rate"] == report.suggested_learning_rate
         # the final round is the result: results rows, best model
         final_best = report.run.outcome.best
@@ -146,8 +152,8 @@ def test_auto_sweep_logs_range_test_and_both_rounds_under_one_parent(spark: Spar
         rows = spark.read.format("delta").load(config.output.results_table).toPandas()
         assert len(rows) == report.results_rows  # every round is journaled, each rate's rows tagged by round
         final_rows = rows[rows["round"] == 2]
-        assert set(final_rows.learning_rate) == set(report.rounds[1].learning_rates)
-        assert set(rows[rows["round"] == 1].learning_rate) == set(report.rounds[0].learning_rates)
+        assert set(final_rows.learning_rate) == set(_rates(report.rounds[1]))
+        assert set(rows[rows["round"] == 1].learning_rate) == set(_rates(report.rounds[0]))
         assert final_rows[final_rows.is_best].learning_rate.unique().tolist() == [final_best.learning_rate]
         assert not rows[rows["round"] == 1].is_best.any() and (rows.status != "running").all()
         assert report.registration is not None and report.registration.decision == "registered"

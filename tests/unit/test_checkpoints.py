@@ -13,11 +13,14 @@ from pipelines.features.encoding import ColumnEncoding, TableEncoding
 from pipelines.lakehouse.checkpoints import CheckpointStore, decode_arrays, encode_arrays
 from pipelines.sgd.optimizers import OptimizerSpec
 from pipelines.sweep.checkpoint import RoundCheckpoint, SweepCheckpoint, settings_changes
+from pipelines.sweep.grid import GridPoint, row_penalties
 from pipelines.sweep.lr_finder import RangeTestResult
 from pipelines.sweep.policies import AdaptiveRate, Divergence, EarlyStopping, Policies
 from pipelines.sweep.snapshot import GridSnapshot
 from pipelines.sweep.state import grid_state
 from pipelines.sweep.status import DIVERGED
+
+POINTS = (GridPoint(0.01), GridPoint(0.1, 0.5, 0.25), GridPoint(1.0, 1e-3))
 
 
 class _Trainer:
@@ -29,13 +32,14 @@ class _Trainer:
 
 def _snapshot() -> tuple[GridSnapshot, Policies]:
     rng = np.random.default_rng(3)
-    state = grid_state([0.01, 0.1, 1.0], [1, 2], epochs=4, loss="logistic", n_features=5)
+    state = grid_state(POINTS, [1, 2], epochs=4, loss="logistic", n_features=5)
     for curve in state.curves.values():
         curve[:3] = rng.normal(size=curve[:3].shape)
     state.status[2], state.stopped_epoch[2], state.kept_epoch[:] = DIVERGED, 2, [2, 2, 1]
     state.kept_weights[:] = rng.normal(size=state.kept_weights.shape)
     state.recorded_epoch, state.trained_epoch, state.epoch_seconds = 2, 3, [0.5, 0.25, 0.125]
-    models = ModelRows.zeros([0.01, 0.01, 0.1, 0.1, 1.0, 1.0], [1, 2] * 3, 5, OptimizerSpec("adam"))
+    models = ModelRows.zeros([0.01, 0.01, 0.1, 0.1, 1.0, 1.0], [1, 2] * 3, row_penalties(POINTS, 2), 5,
+                             OptimizerSpec("adam"))
     models.weights = rng.normal(size=models.weights.shape)
     models.state.weight_slots["exp_avg"][:] = rng.normal(size=(6, 5))
     models.state.step[:] = 17
@@ -62,27 +66,29 @@ def test_sweep_checkpoint_round_trips_through_npz_bit_for_bit() -> None:
     result = RangeTestResult(np.geomspace(1e-4, 1, 5), np.array([0.7, 0.6, 0.5, np.inf, np.nan]),
                              np.array([0.7, 0.65, 0.6, np.nan, np.nan]), True, 0.001)
     checkpoint = SweepCheckpoint("s-1", {"train": {"epochs": 4}}, "/t", 3, 4, 900, 100, encoding,
-                                 (RoundCheckpoint(1, (0.01, 0.1, 1.0), snapshot),), result, complete=False)
+                                 (RoundCheckpoint(1, POINTS, snapshot),), result, complete=False)
     restored = SweepCheckpoint.from_arrays(decode_arrays(encode_arrays(checkpoint.to_arrays())))
     assert (restored.sweep_id, restored.table_version, restored.num_partitions, restored.epoch) == ("s-1", 3, 4, 2)
     assert restored.encoding == encoding and restored.encoding.means.tobytes() == encoding.means.tobytes()
     assert restored.range_test is not None and restored.range_test.suggestion == 0.001
     np.testing.assert_array_equal(restored.range_test.losses, result.losses)
     [round_checkpoint] = restored.rounds
+    assert round_checkpoint.points == POINTS
     _assert_same(round_checkpoint.snapshot.to_arrays(), snapshot.to_arrays())
 
 
 def test_snapshot_restores_state_models_and_policies_exactly() -> None:
     snapshot, policies = _snapshot()
-    state = grid_state([0.01, 0.1, 1.0], [1, 2], epochs=4, loss="logistic", n_features=5)
-    trainer = _Trainer(ModelRows.zeros([0.01] * 6, [1] * 6, 5, OptimizerSpec("adam")))
+    state = grid_state(POINTS, [1, 2], epochs=4, loss="logistic", n_features=5)
+    trainer = _Trainer(ModelRows.zeros([0.01] * 6, [1] * 6, row_penalties(POINTS, 2), 5, OptimizerSpec("adam")))
     fresh = Policies(Divergence(3, 4.0), EarlyStopping(3, 2, 0.01), adaptive=AdaptiveRate(6, 2, 1e-4))
     snapshot.restore(trainer, state, fresh)  # type: ignore[arg-type]
     _assert_same(state.to_arrays(), snapshot.state)
     _assert_same(trainer.models.to_arrays(), snapshot.models)
     _assert_same(fresh.to_arrays(), policies.to_arrays())
     assert (trainer.jobs, trainer.row_passes) == (7, 12345)
-    other = grid_state([0.01, 0.2, 1.0], [1, 2], epochs=4, loss="logistic", n_features=5)
+    other = grid_state([GridPoint(0.01), GridPoint(0.1, 0.5), GridPoint(1.0, 1e-3)], [1, 2], epochs=4, loss="logistic",
+                       n_features=5)
     with pytest.raises(ValueError, match="another grid"):
         snapshot.restore(trainer, other, fresh)  # type: ignore[arg-type]
 

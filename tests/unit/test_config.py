@@ -77,7 +77,9 @@ def test_relative_paths_and_the_default_store_are_the_working_directorys(
     ("override", "expected"),
     [
         ("train.epochs=0", "conf: train.epochs = 0: Input should be greater than or equal to 1"),
-        ("model.loss=hinge", "conf: model.loss = 'hinge': must be one of squared, logistic"),
+        ("model.loss=tweedie", "conf: model.loss = 'tweedie': must be one of logistic, hinge, squared_hinge,"),
+        ("model.epsilon=-1", "conf: model.epsilon = -1.0: must be a number >= 0"),
+        ("sweep.reg_params=[]", "conf: sweep.reg_params = []: must be a non-empty list of distinct numbers"),
         ("trian.epochs=3", "conf: trian: unknown key"),
         ("train.epoch=3", "conf: train.epoch: unknown key"),
         ("sweep.learning_rates=[0.1, -1]",
@@ -111,6 +113,12 @@ def test_invalid_values_name_key_value_and_rule(override: str, expected: str) ->
     with pytest.raises(ConfigError) as raised:
         load_config(overrides=[override])
     assert expected in str(raised.value)
+
+
+def test_huber_needs_a_positive_epsilon_the_epsilon_insensitive_losses_accept_zero() -> None:
+    with pytest.raises(ConfigError, match=r"conf: model.epsilon = 0.0: must be > 0 for the huber loss"):
+        load_config(overrides=["model.loss=huber", "model.epsilon=0"])
+    assert load_config(overrides=["model.loss=epsilon_insensitive", "model.epsilon=0"]).problem.epsilon == 0.0
 
 
 def test_engine_specs_are_built_at_load_with_one_default_each() -> None:

@@ -42,9 +42,12 @@ def test_summary_marks_the_best_rate_and_hides_non_finite_values(outcome: GridOu
     assert rows[1]["val_loss"] == pytest.approx(0.7)  # the diverged rate's last good (kept) epoch
     text = format_summary(rows, "logistic")
     lines = text.splitlines()
-    assert lines[0].split() == ["learning_rate", "status", "epochs", "train_loss", "val_loss", "val_auc"]
-    assert lines[2].startswith("* 0.01") and "completed" in lines[2] and "0.47000" in lines[2]
-    assert lines[3].startswith("  1000") and "diverged" in lines[3]
+    assert lines[0].split() == ["point", "status", "epochs", "train_loss", "val_loss", "val_auc"]
+    assert lines[2].startswith("* lr=0.01 ") and "completed" in lines[2] and "0.47000" in lines[2]
+    assert lines[3].startswith("  lr=1000 ") and "diverged" in lines[3]
+    outcome.rates[1].reg_param = 0.5  # a joint grid: every label shows the penalty
+    lines = format_summary(rate_summary(outcome, "logistic"), "logistic").splitlines()
+    assert lines[2].startswith("* lr=0.01 reg=0 ") and lines[3].startswith("  lr=1000 reg=0.5 ")
 
 
 def test_result_rows_cover_run_epochs_with_none_for_non_finite(outcome: GridOutcome) -> None:

@@ -9,17 +9,54 @@ import pytest
 
 from pipelines.sgd.losses import LOSS_NAMES, get_loss, sigmoid
 
+EPSILON = 0.3  # get_loss(name, EPSILON) in these tests
+SCALAR_LOSSES = [name for name in LOSS_NAMES if name != "multinomial"]  # one margin per model
+
 
 def _plain_loss(name: str, margin: float, label: float) -> float:
+    """Each loss written from its textbook / scikit-learn (_sgd_fast.pyx) definition, one sample at a time."""
+    t, r, eps = 2 * label - 1, margin - label, EPSILON
     if name == "squared":
-        return 0.5 * (margin - label) ** 2
-    return math.log1p(math.exp(-margin)) if label == 1.0 else math.log1p(math.exp(margin))
+        return 0.5 * r**2
+    if name == "logistic":
+        return math.log1p(math.exp(-margin)) if label == 1.0 else math.log1p(math.exp(margin))
+    if name == "hinge":
+        return max(0.0, 1 - t * margin)
+    if name == "squared_hinge":
+        return max(0.0, 1 - t * margin) ** 2
+    if name == "modified_huber":
+        z = t * margin
+        return max(0.0, 1 - z) ** 2 if z >= -1 else -4 * z
+    if name == "huber":
+        return 0.5 * r**2 if abs(r) <= eps else eps * abs(r) - 0.5 * eps**2
+    if name == "epsilon_insensitive":
+        return max(0.0, abs(r) - eps)
+    if name == "squared_epsilon_insensitive":
+        return max(0.0, abs(r) - eps) ** 2
+    assert name == "poisson"
+    mu = math.exp(margin)  # half deviance: y log(y / mu) - y + mu
+    return (label * math.log(label / mu) if label > 0 else 0.0) - label + mu
 
 
 def _plain_derivative(name: str, margin: float, label: float) -> float:
+    t, r, eps = 2 * label - 1, margin - label, EPSILON
     if name == "squared":
-        return margin - label
-    return 1.0 / (1.0 + math.exp(-margin)) - label
+        return r
+    if name == "logistic":
+        return 1.0 / (1.0 + math.exp(-margin)) - label
+    if name == "hinge":
+        return -t if t * margin <= 1 else 0.0
+    if name in ("squared_hinge", "modified_huber"):
+        z = t * margin
+        return -4 * t if z < -1 and name == "modified_huber" else -2 * t * max(0.0, 1 - z)
+    if name == "huber":
+        return r if abs(r) <= eps else eps * math.copysign(1.0, r)
+    if name == "epsilon_insensitive":
+        return math.copysign(1.0, r) if abs(r) > eps else 0.0
+    if name == "squared_epsilon_insensitive":
+        return 2 * math.copysign(1.0, r) * max(0.0, abs(r) - eps)
+    assert name == "poisson"
+    return math.exp(margin) - label
 
 
 def _margins_and_labels() -> tuple[np.ndarray, np.ndarray]:
@@ -29,10 +66,10 @@ def _margins_and_labels() -> tuple[np.ndarray, np.ndarray]:
     return margins, labels
 
 
-@pytest.mark.parametrize("name", LOSS_NAMES)
+@pytest.mark.parametrize("name", SCALAR_LOSSES)
 def test_value_and_derivative_match_per_sample_formulas(name: str) -> None:
     margins, labels = _margins_and_labels()
-    loss = get_loss(name)
+    loss = get_loss(name, EPSILON)
     values = loss.value(margins, labels)
     derivatives = loss.derivative(margins, labels)
     assert values.shape == derivatives.shape == margins.shape
@@ -44,10 +81,10 @@ def test_value_and_derivative_match_per_sample_formulas(name: str) -> None:
             )
 
 
-@pytest.mark.parametrize("name", LOSS_NAMES)
+@pytest.mark.parametrize("name", SCALAR_LOSSES)
 def test_derivative_matches_central_finite_difference(name: str) -> None:
     margins, labels = _margins_and_labels()
-    loss = get_loss(name)
+    loss = get_loss(name, EPSILON)
     h = 1e-6
     finite_difference = (loss.value(margins + h, labels) - loss.value(margins - h, labels)) / (2 * h)
     np.testing.assert_allclose(loss.derivative(margins, labels), finite_difference, rtol=1e-6, atol=1e-8)
@@ -77,5 +114,82 @@ def test_sigmoid_is_accurate_in_the_tails() -> None:
 
 
 def test_get_loss_rejects_unknown_names_listing_the_allowed_ones() -> None:
-    with pytest.raises(ValueError, match=r"loss must be one of \['squared', 'logistic'\], got 'hinge'"):
-        get_loss("hinge")
+    with pytest.raises(ValueError, match=r"loss must be one of \['logistic', .*'multinomial'\], got 'tweedie'"):
+        get_loss("tweedie")
+
+
+@pytest.mark.parametrize("name", ["hinge", "squared_hinge", "modified_huber", "epsilon_insensitive",
+                                  "squared_epsilon_insensitive"])
+def test_losses_match_scikit_learns_own_loss_objects(name: str) -> None:
+    """Values and derivatives against scikit-learn's compiled SGD losses (its ``loss``/``dloss``), which take
+    labels in {-1, +1} for the classifiers (huber is a Cython-only loss there: checked by the formula tests)."""
+    from sklearn.linear_model import _sgd_fast
+
+    classes = {"hinge": lambda: _sgd_fast.Hinge(1.0), "squared_hinge": lambda: _sgd_fast.SquaredHinge(1.0),
+               "modified_huber": _sgd_fast.ModifiedHuber,
+               "epsilon_insensitive": lambda: _sgd_fast.EpsilonInsensitive(EPSILON),
+               "squared_epsilon_insensitive": lambda: _sgd_fast.SquaredEpsilonInsensitive(EPSILON)}
+    theirs = classes[name]()
+    margins, labels = _margins_and_labels()
+    if name in ("epsilon_insensitive", "squared_epsilon_insensitive"):
+        labels = labels * 2.5 - 0.7
+        their_labels = labels
+    else:
+        their_labels = 2 * labels - 1
+    ours = get_loss(name, EPSILON)
+    values, derivatives = ours.value(margins, labels), ours.derivative(margins, labels)
+    for i in range(margins.shape[0]):
+        for k in range(margins.shape[1]):
+            assert values[i, k] == pytest.approx(theirs.py_loss(margins[i, k], their_labels[i]), rel=1e-12)
+            assert derivatives[i, k] == pytest.approx(theirs.py_dloss(margins[i, k], their_labels[i]), rel=1e-12,
+                                                      abs=1e-15)
+
+
+# --------------------------------------------------------------------------------------------- multinomial
+
+def test_multinomial_loss_is_cross_entropy_of_the_softmax_and_its_gradient() -> None:
+    """Against scikit-learn's log_loss per sample and a central finite difference, K = 3 models of C = 4."""
+    from sklearn.metrics import log_loss
+
+    rng = np.random.default_rng(3)
+    n, K, C = 30, 3, 4
+    margins = rng.normal(scale=3.0, size=(n, K * C))
+    y = rng.integers(0, C, size=n).astype(np.float64)
+    loss = get_loss("multinomial", n_classes=C)
+    assert loss.outputs == C
+    values = loss.value(margins, y)
+    assert values.shape == (n, K)
+    for k in range(K):
+        m = margins[:, k * C : (k + 1) * C]
+        probabilities = np.exp(m - m.max(1, keepdims=True))
+        probabilities /= probabilities.sum(1, keepdims=True)
+        for i in range(n):
+            expected = log_loss([int(y[i])], probabilities[i : i + 1], labels=list(range(C)))
+            assert values[i, k] == pytest.approx(expected, rel=1e-12)
+    h = 1e-6
+    numeric = np.empty_like(margins)
+    for j in range(K * C):
+        step = np.zeros(K * C)
+        step[j] = h
+        numeric[:, j] = (loss.value(margins + step, y)[:, j // C] - loss.value(margins - step, y)[:, j // C]) / (2 * h)
+    np.testing.assert_allclose(loss.derivative(margins, y), numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_multinomial_is_stable_for_huge_margins_and_each_model_independent_of_the_others() -> None:
+    loss = get_loss("multinomial", n_classes=3)
+    margins = np.array([[1000.0, -1000.0, 0.0, 1.0, 2.0, 3.0]])
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        values = loss.value(margins, np.array([1.0]))
+    assert values[0, 0] == 2000.0 and np.isfinite(values[0, 1])
+    rng = np.random.default_rng(9)
+    wide = rng.normal(size=(50, 5 * 3))
+    y = rng.integers(0, 3, size=50).astype(np.float64)
+    for k in range(5):
+        alone = wide[:, k * 3 : (k + 1) * 3]
+        assert loss.value(wide, y)[:, k].tobytes() == loss.value(alone, y)[:, 0].tobytes()
+        assert loss.derivative(wide, y)[:, k * 3 : (k + 1) * 3].tobytes() == loss.derivative(alone, y).tobytes()
+
+
+def test_multinomial_needs_two_classes() -> None:
+    with pytest.raises(ValueError, match="multinomial needs at least 2 classes, got 1"):
+        get_loss("multinomial", n_classes=1)

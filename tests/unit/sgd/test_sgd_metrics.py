@@ -14,6 +14,7 @@ from sklearn.metrics import (
 )
 
 from pipelines.sgd._types import FloatArray
+from pipelines.sgd.losses import get_loss
 from pipelines.sgd.metrics import MetricAccumulator
 
 Data = tuple[FloatArray, FloatArray]
@@ -107,3 +108,28 @@ def test_non_finite_margins_give_nan_metrics_for_that_row_only(classification_da
         assert np.isnan(metrics["auc"][1]) and np.isnan(metrics["accuracy"][1])
     assert np.isfinite(MetricAccumulator.from_block(X, y, weights[[0]], intercepts[[0]], "logistic")
                        .compute()["auc"]).all()
+
+
+def test_multinomial_metrics_match_scikit_learn() -> None:
+    """Accuracy and macro-F1 exactly, the macro one-vs-rest AUC within the histogram's resolution, and the
+    loss as log_loss; weighted and split across two merged blocks."""
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
+
+    rng = np.random.default_rng(5)
+    n, d, C = 600, 4, 3
+    X = rng.normal(size=(n, d))
+    W = rng.normal(size=(2 * C, d))  # two models of three classes
+    b = rng.normal(size=2 * C)
+    y = rng.integers(0, C, size=n).astype(np.float64)
+    accumulator = MetricAccumulator.from_block(X[:250], y[:250], W, b, get_loss("multinomial", n_classes=C)).merge(
+        MetricAccumulator.from_block(X[250:], y[250:], W, b, get_loss("multinomial", n_classes=C)))
+    metrics = accumulator.compute()
+    for k in range(2):
+        margins = X @ W[k * C : (k + 1) * C].T + b[k * C : (k + 1) * C]
+        probabilities = np.exp(margins - margins.max(1, keepdims=True))
+        probabilities /= probabilities.sum(1, keepdims=True)
+        predicted = probabilities.argmax(1)
+        assert metrics["accuracy"][k] == pytest.approx(accuracy_score(y, predicted), rel=1e-12)
+        assert metrics["macro_f1"][k] == pytest.approx(f1_score(y, predicted, average="macro"), rel=1e-12)
+        assert metrics["loss"][k] == pytest.approx(log_loss(y, probabilities), rel=1e-10)
+        assert metrics["auc"][k] == pytest.approx(roc_auc_score(y, probabilities, multi_class="ovr"), abs=5e-3)
