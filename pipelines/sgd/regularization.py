@@ -14,7 +14,7 @@ update, as Spark MLlib's ``L1Updater`` does. With ``l1_ratio = 0`` this is MLlib
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -92,6 +92,14 @@ class Penalties:
 
     l1: FloatArray
     l2: FloatArray
+    # which rows have an L1 / L2 term: None (no row), a slice (every row) or the row indices; worked out once,
+    # since the update consults them at every step
+    l1_rows: IntArray | slice | None = field(init=False, repr=False, compare=False)
+    l2_rows: IntArray | slice | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "l1_rows", _active_rows(self.l1))
+        object.__setattr__(self, "l2_rows", _active_rows(self.l2))
 
     @classmethod
     def of(cls, regularizations: Sequence[Regularization]) -> Penalties:
@@ -106,7 +114,7 @@ class Penalties:
     @property
     def is_zero(self) -> bool:
         """No row has a penalty."""
-        return not (self.l1.any() or self.l2.any())
+        return self.l1_rows is None and self.l2_rows is None
 
     def select(self, rows: npt.NDArray[np.integer] | Sequence[int]) -> Penalties:
         """The penalties of ``rows`` (copies)."""
@@ -144,12 +152,12 @@ class Penalties:
     def add_smooth_gradient(self, gradient: FloatArray, weights: FloatArray) -> FloatArray:
         """``g_k + l2_k * w_k`` on the rows with an L2 term (the others unchanged); ``gradient`` itself when
         no row has one."""
-        return self._rowwise(gradient, lambda rows, l2: gradient[rows] + l2 * weights[rows], self.l2)
+        return self._rowwise(gradient, lambda rows, l2: gradient[rows] + l2 * weights[rows], self.l2, self.l2_rows)
 
     def decay(self, weights: FloatArray, step_sizes: FloatArray) -> FloatArray:
         """AdamW's decoupled decay ``w_k * (1 - s_k * l2_k)`` on the rows with an L2 term."""
         return self._rowwise(weights, lambda rows, l2: weights[rows] * (1.0 - step_sizes[rows, np.newaxis] * l2),
-                             self.l2)
+                             self.l2, self.l2_rows)
 
     def proximal(self, weights: FloatArray, step_sizes: FloatArray) -> FloatArray:
         """Soft-threshold each row with an L1 term by ``step_sizes[k] * l1_k``.
@@ -171,22 +179,31 @@ class Penalties:
             shrunk: FloatArray = np.sign(weights[rows]) * np.maximum(np.abs(weights[rows]) - thresholds, 0.0)
             return shrunk
 
-        return self._rowwise(weights, threshold, self.l1)
+        return self._rowwise(weights, threshold, self.l1, self.l1_rows)
 
     @staticmethod
     def _rowwise(array: FloatArray, update: Callable[[IntArray | slice, FloatArray], FloatArray],
-                 strengths: FloatArray) -> FloatArray:
-        """``update`` applied to the rows whose strength is non-zero (strengths as a column); the other rows
-        are left alone. ``array`` itself when no strength is non-zero; one vectorized call when all are."""
-        active = strengths != 0.0
-        if not active.any():
+                 strengths: FloatArray, rows: IntArray | slice | None) -> FloatArray:
+        """``update`` applied to ``rows`` (those whose strength is non-zero; strengths as a column); the other
+        rows are left alone. ``array`` itself when no row has the term; one vectorized call when all have."""
+        if rows is None:
             return array
-        if active.all():
-            return update(slice(None), strengths[:, np.newaxis])
-        rows: IntArray = np.flatnonzero(active)
+        if isinstance(rows, slice):
+            return update(rows, strengths[:, np.newaxis])
         result = array.copy()
         result[rows] = update(rows, strengths[rows, np.newaxis])
         return result
+
+
+def _active_rows(strengths: FloatArray) -> IntArray | slice | None:
+    """The rows of non-zero ``strengths``: None when none, ``slice(None)`` when all, else their indices."""
+    active = strengths != 0.0
+    if not active.any():
+        return None
+    if active.all():
+        return slice(None)
+    rows: IntArray = np.flatnonzero(active)
+    return rows
 
 
 def as_penalties(regularization: Regularization | Penalties, n_rows: int) -> Penalties:
