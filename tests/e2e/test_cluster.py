@@ -21,7 +21,6 @@ from pyspark.sql import SparkSession
 from pipelines import PROJECT_ROOT
 from pipelines.config import load_config
 from pipelines.session import spark_submit_args
-from tests.conftest import SHORT_JVM_OPTS
 from tests.e2e.cluster_driver import sweep_rates
 
 pytestmark = pytest.mark.slow
@@ -42,8 +41,8 @@ def cluster_table(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory)
 
 def submit_sweep(master: str, table: str, output: Path, *conf: str) -> dict[str, object]:
     command = [str(BIN / "spark-submit"), "--master", master, "--total-executor-cores", "2",
-               "--executor-memory", "1g", "--conf", f"spark.executor.extraJavaOptions={SHORT_JVM_OPTS}",
-               *spark_submit_args(), *conf, str(PROJECT_ROOT / "tests" / "e2e" / "cluster_driver.py"), str(output),
+               "--executor-memory", "1g", *spark_submit_args(), *conf,
+               str(PROJECT_ROOT / "tests" / "e2e" / "cluster_driver.py"), str(output),
                *[arg for setting in SETTINGS for arg in ("--set", setting)], "--set", f"data.table={table}",
                "--set", "spark.master=local[1]"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False,
