@@ -9,6 +9,8 @@ with ``KIND`` one of
 * ``sleep:seconds=S``: every training and evaluation task sleeps ``S`` seconds (a slow cluster), so a test
   can act while a sweep is at a known epoch (no ``epoch``, ``partition`` or ``once``).
 
+Several faults are separated by commas (``python_worker:...,executor:...``); each fires on its own.
+
 The crash faults fire once: the first task to reach it creates the marker file ``PATH`` (exclusively) and
 crashes; later attempts find the marker and run normally, so Spark's retry succeeds. The test checks that
 the results equal an undisturbed run's.
@@ -25,9 +27,12 @@ ENV_VAR = "LRSWEEP_INJECT_FAULT"
 
 def maybe_inject_fault(epoch: int, partition: int) -> None:
     """Crash here if ``LRSWEEP_INJECT_FAULT`` names this epoch and partition (first attempt only)."""
-    setting = os.environ.get(ENV_VAR)
-    if not setting:
-        return
+    for setting in os.environ.get(ENV_VAR, "").split(","):
+        if setting:
+            _inject(setting, epoch, partition)
+
+
+def _inject(setting: str, epoch: int, partition: int) -> None:
     kind, *pairs = setting.split(":")
     wanted = dict(pair.split("=", 1) for pair in pairs)
     if kind == "sleep":

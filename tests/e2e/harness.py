@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import IO, TypeVar
 
 from pipelines import PROJECT_ROOT
+from tests.conftest import SHORT_JVM_OPTS
 
 BIN = Path(sys.executable).parent
 POLL_SECONDS = 0.1
@@ -426,9 +427,16 @@ def standalone_cluster(work: Path, python: Path, env: Mapping[str, str] | None =
     spark_class = str(BIN / "spark-class")
     import pyspark
 
+    # The nodes' own configuration folder holds only ``java-opts``, the options Spark's launcher gives every JVM it
+    # builds on them: the master, the workers and the executors they start (which SPARK_SUBMIT_OPTS never reaches)
+    # run with the short-JVM options, whichever job submits to the cluster.
+    conf = work / "conf"
+    conf.mkdir(exist_ok=True)
+    (conf / "java-opts").write_text(SHORT_JVM_OPTS + "\n")
     # SPARK_HOME set, as on a cluster's nodes: pyspark's launcher would otherwise look for it with PYSPARK_PYTHON
     environment = {**(env if env is not None else os.environ), "SPARK_LOCAL_IP": "127.0.0.1",
-                   "PYSPARK_PYTHON": str(python), "SPARK_HOME": str(Path(pyspark.__file__).parent)}
+                   "PYSPARK_PYTHON": str(python), "SPARK_HOME": str(Path(pyspark.__file__).parent),
+                   "SPARK_CONF_DIR": str(conf)}
     port, ui = free_port(), free_port()
     processes = [subprocess.Popen([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                                    "--port", str(port), "--webui-port", str(ui)], env=environment,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,8 +31,9 @@ SETTINGS = ["sweep.learning_rates=[0.01, 0.1, 1.0]", "train.epochs=3", "train.nu
 
 
 @pytest.fixture(scope="module")
-def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A local Spark Connect server with Delta; yields its ``sc://`` URL."""
+def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], str]]:
+    """A local Spark Connect server with Delta, started in the background; yields a function returning its
+    ``sc://`` URL once it listens (a test can do other work while the server starts)."""
     root = tmp_path_factory.mktemp("connect-server")
     port = free_port()
     command = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]", *spark_submit_args(),
@@ -44,14 +45,18 @@ def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = (root / "server.log").open("w")
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root,
                               env={**os.environ, "PYSPARK_PYTHON": sys.executable})
-    try:
-        def listening() -> bool:
-            if server.poll() is not None:
-                raise RuntimeError(f"Connect server exited: {(root / 'server.log').read_text()[-3000:]}")
-            return port_open(port)
 
+    def listening() -> bool:
+        if server.poll() is not None:
+            raise RuntimeError(f"Connect server exited: {(root / 'server.log').read_text()[-3000:]}")
+        return port_open(port)
+
+    def url() -> str:
         wait_for(listening, 240, "the Spark Connect server")
-        yield f"sc://127.0.0.1:{port}"
+        return f"sc://127.0.0.1:{port}"
+
+    try:
+        yield url
     finally:
         server.terminate()
         try:
@@ -70,17 +75,18 @@ def _client(job: str, remote: str, *args: str) -> subprocess.CompletedProcess[st
 
 
 def test_sweep_and_scoring_through_spark_connect_equal_classic_mode(
-    connect_server: str, spark: SparkSession, demo_table: str, tmp_path: Path,
+    connect_server: Callable[[], str], spark: SparkSession, demo_table: str, tmp_path: Path,
 ) -> None:
     config = make_config(demo_table, tmp_path, [*SETTINGS, "sweep.id=classic"])
-    classic = run_tracked_sweep(spark, config, progress=None)
+    classic = run_tracked_sweep(spark, config, progress=None)  # while the Connect server starts
+    remote_url = connect_server()
 
     overrides = [arg for setting in [f"data.table={demo_table}", f"output.results_table={tmp_path / 'results'}",
                                      f"output.predictions_table={tmp_path / 'predictions'}",
                                      f"output.checkpoints={tmp_path / 'checkpoints'}",
                                      f"tracking.uri={config.tracking.uri}", *SETTINGS, "sweep.id=remote"]
                  for arg in ("--set", setting)]
-    swept = _client("train_sweep.py", connect_server, *overrides)
+    swept = _client("train_sweep.py", remote_url, *overrides)
     assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]
     assert "epoch 3/3: best lr=" in swept.stdout and "Traceback" not in swept.stderr
 
@@ -100,7 +106,7 @@ def test_sweep_and_scoring_through_spark_connect_equal_classic_mode(
     assert all(len(points) == 4 for points in remote.values())
     assert classic.run.outcome.best is not None
 
-    scored = _client("score.py", connect_server, *overrides)
+    scored = _client("score.py", remote_url, *overrides)
     assert scored.returncode == 0, scored.stdout[-3000:] + scored.stderr[-3000:]
     assert "scored" in scored.stdout and "with connect_churn version" in scored.stdout
     predictions = spark.read.format("delta").load(str(tmp_path / "predictions"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,30 @@ def _sweep(spark: SparkSession, config: Config) -> tuple[SweepRun, PreparedData]
 RATES = "sweep.learning_rates=[0.01, 0.1, 0.5, 2.0]"
 
 
+def _gd_config(synthetic_tables: dict[str, str], loss: str, workdir: Path, *settings: str) -> Config:
+    return _config(synthetic_tables[loss], loss, workdir, "train.algorithm=gd", "train.epochs=6",
+                   "train.num_partitions=3", RATES, *settings)
+
+
+def _preparation(config: Config) -> tuple[object, ...]:
+    """What :func:`prepare_data` reads of a configuration."""
+    return config.data, config.features, config.model.loss, config.train.seed, config.train.num_partitions
+
+
+@pytest.fixture(scope="module")
+def gd_prepared(spark: SparkSession, synthetic_tables: dict[str, str],
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Config, PreparedData]]]:
+    """Each synthetic table prepared once for :func:`test_gd_matches_numpy_reference`, whose cases change the
+    model, the schedule and the optimizer, never the split, the encoding or the partitioning."""
+    prepared = {}
+    for loss in ("logistic", "squared"):
+        config = _gd_config(synthetic_tables, loss, tmp_path_factory.mktemp(f"gd-{loss}"))
+        prepared[loss] = config, _prepare(spark, config)
+    yield prepared
+    for _, data in prepared.values():
+        data.blocks.release()
+
+
 @pytest.mark.parametrize("loss", ["logistic", "squared"])
 @pytest.mark.parametrize(
     "settings",
@@ -70,11 +95,14 @@ RATES = "sweep.learning_rates=[0.01, 0.1, 0.5, 2.0]"
     ids=["constant", "inv_sqrt-l2", "step-l1", "warmup_cosine-elasticnet", "invscaling-nointercept",
          "exponential-momentum", "one_cycle-adam"],
 )
-def test_gd_matches_numpy_reference(spark: SparkSession, synthetic_tables: dict[str, str], tmp_path: Path,
-                                    loss: str, settings: list[str]) -> None:
-    config = _config(synthetic_tables[loss], loss, tmp_path, "train.algorithm=gd", "train.epochs=6",
-                     "train.num_partitions=3", RATES, *settings)
-    run, prepared = _sweep(spark, config)
+def test_gd_matches_numpy_reference(gd_prepared: dict[str, tuple[Config, PreparedData]],
+                                    synthetic_tables: dict[str, str], tmp_path: Path, loss: str,
+                                    settings: list[str]) -> None:
+    config = _gd_config(synthetic_tables, loss, tmp_path, *settings)
+    prepared_for, prepared = gd_prepared[loss]
+    assert _preparation(config) == _preparation(prepared_for)
+    run = train_grid(prepared, config.problem, config.train, config.sweep,
+                     joint_grid(config.sweep.grid(), config.penalty_axis()))
     X, y = _train_arrays(prepared)
     problem = config.problem
     weights, intercepts, history = reference_gradient_descent(
