@@ -145,3 +145,21 @@ def test_a_resumed_joint_grid_equals_an_uninterrupted_one(spark: SparkSession, s
         for name, curve in mine.curves.items():
             assert curve.tobytes() == theirs.curves[name].tobytes(), (mine.point, name)
     assert np.array_equal(resumed.run.outcome.best.weights, report.run.outcome.best.weights)  # type: ignore
+
+
+def test_auto_grid_with_seeds_and_early_stopping_crosses_the_penalty_axis(
+        spark: SparkSession, synthetic_tables: dict[str, str], tmp_path: Path) -> None:
+    """``auto``: the range test (at model.reg_param) picks the rates, the reg axis is crossed in; every point
+    has its seeds' mean curves and its own child run; early stopping decides per point."""
+    config = make_config(synthetic_tables["logistic"], tmp_path, [
+        *COMMON, "sweep.learning_rates=auto", "sweep.auto_num=2", "sweep.reg_params=[0.0, 0.05]",
+        "sweep.seeds=[1, 2]", "sweep.early_stopping={enabled: true, patience: 1}", "range_test.num_steps=20",
+        "sweep.id=joint-auto"])
+    report = run_tracked_sweep(spark, config, progress=None)
+    rates = report.run.outcome.rates
+    assert len(rates) == 4 and {r.reg_param for r in rates} == {0.0, 0.05}
+    assert len({r.learning_rate for r in rates}) == 2 and report.suggested_learning_rate is not None
+    assert all(np.isfinite(r.curves_std["val_loss"][0]) for r in rates)  # two seeds per point
+    client = MlflowClient(tracking_uri=config.tracking.uri)
+    names = sorted(_children(client, "joint-auto"))
+    assert len(names) == 4 and all(" reg=" in name for name in names), names
