@@ -82,12 +82,13 @@ def _sklearn_optimum(X: np.ndarray, y: np.ndarray, loss: str) -> float:
 
     C = 1.0 / (REG * len(y))
     if loss in ("hinge", "squared_hinge"):
-        model = LinearSVC(loss=loss, C=C, intercept_scaling=100.0, tol=1e-8, max_iter=200_000, dual=True)
+        model = LinearSVC(loss=loss, C=C, intercept_scaling=100.0, tol=1e-8, max_iter=200_000, dual=True,
+                          random_state=0)
         model.fit(X, y)
         w, b = model.coef_.ravel(), float(model.intercept_[0])
     elif loss in ("epsilon_insensitive", "squared_epsilon_insensitive"):
         svr = LinearSVR(loss=loss, C=C, epsilon=EPSILON, intercept_scaling=100.0, tol=1e-8, max_iter=200_000,
-                        dual=True)
+                        dual=True, random_state=0)
         svr.fit(X, y)
         w, b = svr.coef_.ravel(), float(svr.intercept_[0])
     else:
@@ -129,7 +130,9 @@ def test_each_loss_reaches_an_independent_optimum_of_its_objective(
     theirs = optimum(X, y, loss)
     print(f"{loss}: objective {ours:.6f}, independent optimum {theirs:.6f} (ratio {ours / theirs:.5f})")
     assert ours <= theirs * (1 + tolerance), (ours, theirs)
-    assert ours >= theirs * (1 - 1e-6) - 1e-9  # nothing beats the optimum: the objectives are the same
+    # nothing beats the optimum (the objectives are the same): liblinear's dual coordinate descent stops at its
+    # tolerance (and warns when it did not converge), so its solution may be a little above the true optimum
+    assert ours >= theirs * (1 - 1e-4), (ours, theirs)
 
 
 def test_poisson_job_registers_a_poisson_regressor_that_predicts_means(
