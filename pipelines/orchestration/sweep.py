@@ -25,7 +25,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
 
@@ -46,6 +46,7 @@ from pipelines.orchestration.training import (
     batch_size,
     held_out_metrics,
     prepare_data,
+    problem_for,
     range_test,
     train_grid,
 )
@@ -473,8 +474,9 @@ class SweepJob:
             self.say(f"encoding: {len(encoding.columns)} columns -> {encoding.n_inputs} model inputs "
                      f"({encoding.sparse_width} sparse): {'; '.join(c.describe() for c in encoding.columns)}")
             train, blocks = self.config.train, self.prepared.blocks
-            if train.algorithm == "local_sgd" and batch_size(train, blocks) != train.batch_size:
-                self.effective_batch_size = batch_size(train, blocks)
+            effective = batch_size(train, blocks)
+            if train.algorithm == "local_sgd" and effective != train.batch_size:
+                self.effective_batch_size = effective
                 self.say(f"small table: train.batch_size={train.batch_size} gives "
                          f"{batches_per_epoch(max(blocks.train_rows), train.batch_size)} step(s) per epoch on the "
                          f"largest partition's {max(blocks.train_rows)} training rows; using batch size "
@@ -517,9 +519,7 @@ class SweepJob:
 
     def problem(self) -> TrainingProblem:
         """The configured problem on the pinned data (a multinomial model's number of classes)."""
-        classes = self.facts().classes
-        problem = self.config.problem
-        return problem if classes is None else replace(problem, n_classes=len(classes))
+        return problem_for(self.config.problem, self.facts().classes)
 
     def full_grid_row_passes(self, n_points: int) -> int:
         seeds = len(self.config.sweep.seeds or [self.config.train.seed])

@@ -58,8 +58,13 @@ class PreparedData:
     notes: tuple[str, ...] = ()  # what the job should say about the data (classes unseen in training)
 
     def problem(self, problem: TrainingProblem) -> TrainingProblem:
-        """``problem`` on these data: a multinomial model gets the training split's number of classes."""
-        return problem if self.classes is None else replace(problem, n_classes=len(self.classes))
+        """``problem`` on these data (:func:`problem_for`)."""
+        return problem_for(problem, self.classes)
+
+
+def problem_for(problem: TrainingProblem, classes: tuple[Any, ...] | None) -> TrainingProblem:
+    """``problem`` on data with these classes: a multinomial model gets the training split's number of classes."""
+    return problem if classes is None else replace(problem, n_classes=len(classes))
 
 
 @dataclass(frozen=True)
