@@ -250,6 +250,9 @@ class TrainConfig(_Section):
     )
     batch_fraction: float = Field(default=1.0, gt=0.0, le=1.0, description="gd: sampled fraction per step")
     num_partitions: int | None = Field(default=None, ge=1, description="partitions of the training data")
+    dtype: Literal["float64", "float32"] = Field(
+        default="float64", description="storage of the dense inputs in the cached blocks: float32 halves their "
+        "memory and the epoch's memory traffic; weights, sums and updates stay float64")
     checkpoint_every: int | Literal["auto"] = Field(
         default="auto", description="epochs between checkpoints and journal appends (also on signals and at the "
         "end); 'auto': as often as keeps their measured cost under 5% of the training time")

@@ -73,6 +73,7 @@ class BlockSet:
     val_rows: tuple[int, ...]
     dense_width: int = -1  # -1: every input is dense
     weighted: bool = False  # the blocks carry row weights
+    dtype: str = "float64"  # of the dense inputs (train.dtype)
     staging_dir: str = field(default_factory=lambda: os.path.join(tempfile.gettempdir(), "lrsweep-blocks",
                                                                   uuid.uuid4().hex))
 
@@ -108,11 +109,13 @@ def build_blocks(
     num_partitions: int,
     block_rows: int = DEFAULT_BLOCK_ROWS,
     weight: str | None = None,
+    dtype: str = "float64",
 ) -> BlockSet:
     """Repartition, encode and pack rows into cached numpy blocks; one Spark job materializes them.
 
     ``dataframe`` holds ``label`` (double, no nulls), the encoding's columns, :data:`VALIDATION_COLUMN` and, with
-    ``weight``, that column of row weights (double, normalized by the caller).
+    ``weight``, that column of row weights (double, normalized by the caller). ``dtype``: how the dense inputs
+    are stored (``float32`` rounds them once, here).
     """
     features = encoding.source_columns
     columns = [label, *features, VALIDATION_COLUMN, *([weight] if weight else [])]
@@ -141,7 +144,7 @@ def build_blocks(
                 "block": pa.array([block_index - 1], pa.int32()),
                 "is_validation": pa.array([is_validation]),
                 "rows": pa.array([y.shape[0]], pa.int32()),
-                "features": pa.array([encoded.dense.tobytes()], pa.binary()),
+                "features": pa.array([encoded.dense.astype(dtype, copy=False).tobytes()], pa.binary()),
                 "labels": pa.array([y.tobytes()], pa.binary()),
                 "sparse_indptr": pa.array([sparse.indptr.astype(np.int64).tobytes()], pa.binary())
                 if sparse is not None else empty,
@@ -187,15 +190,15 @@ def build_blocks(
         target = val_rows if row["is_validation"] else train_rows
         target[row["partition"]] = int(row["sum(rows)"])
     return BlockSet(blocks, encoding.n_inputs, tuple(train_rows), tuple(val_rows),
-                    dense_width=encoding.dense_width if has_sparse else -1, weighted=weight is not None)
+                    dense_width=encoding.dense_width if has_sparse else -1, weighted=weight is not None, dtype=dtype)
 
 
 def read_partition(batches: Iterator[pa.RecordBatch], n_features: int, dense_width: int = -1,
-                   weighted: bool = False) -> PartitionBlocks | None:
+                   weighted: bool = False, dtype: str = "float64") -> PartitionBlocks | None:
     """Inside a task: the partition's blocks as arrays, in block order (None for an empty partition).
 
     ``dense_width`` >= 0: the blocks have a sparse part (inputs ``dense_width..n_features-1``); ``weighted``:
-    they carry row weights.
+    they carry row weights; ``dtype``: of the dense inputs.
     """
     parts: dict[bool, list[tuple[int, Design, FloatArray, FloatArray | None]]] = {False: [], True: []}
     partition = -1
@@ -204,7 +207,7 @@ def read_partition(batches: Iterator[pa.RecordBatch], n_features: int, dense_wid
         for row in batch.to_pylist():
             partition = int(row["partition"])
             rows = int(row["rows"])
-            dense = np.frombuffer(row["features"], dtype=np.float64).reshape(rows, width)
+            dense = np.frombuffer(row["features"], dtype=dtype).reshape(rows, width)
             X: Design = dense
             if dense_width >= 0:
                 X = SplitDesign(dense, sp.csr_matrix((np.frombuffer(row["sparse_values"], dtype=np.float64),
@@ -220,7 +223,7 @@ def read_partition(batches: Iterator[pa.RecordBatch], n_features: int, dense_wid
     def stack(is_validation: bool) -> tuple[Design, FloatArray, FloatArray | None]:
         ordered = sorted(parts[is_validation], key=lambda item: item[0])
         if not ordered:
-            return _empty_design(n_features, dense_width), np.zeros(0), np.zeros(0) if weighted else None
+            return _empty_design(n_features, dense_width, dtype), np.zeros(0), np.zeros(0) if weighted else None
         if len(ordered) == 1:
             return ordered[0][1], ordered[0][2], ordered[0][3]
         weights = np.concatenate([w for *_, w in ordered if w is not None]) if weighted else None
@@ -231,10 +234,10 @@ def read_partition(batches: Iterator[pa.RecordBatch], n_features: int, dense_wid
     return PartitionBlocks(partition, X_train, y_train, X_val, y_val, w_train, w_val)
 
 
-def _empty_design(n_features: int, dense_width: int) -> Design:
+def _empty_design(n_features: int, dense_width: int, dtype: str) -> Design:
     if dense_width < 0:
-        return np.zeros((0, n_features))
-    return SplitDesign(np.zeros((0, dense_width)), sp.csr_matrix((0, n_features - dense_width)))
+        return np.zeros((0, n_features), dtype=dtype)
+    return SplitDesign(np.zeros((0, dense_width), dtype=dtype), sp.csr_matrix((0, n_features - dense_width)))
 
 
 def _concatenate(parts: list[Design]) -> Design:
@@ -257,8 +260,8 @@ def map_partitions(blocks: BlockSet, compute: Callable[[PartitionBlocks], Result
     whose executor had none run again on the cached blocks (which stages them for next time).
     """
     spark = blocks.dataframe.sparkSession  # works for classic and Spark Connect sessions alike
-    staging, n_features, dense_width, weighted = (blocks.staging_dir, blocks.n_features, blocks.dense_width,
-                                                  blocks.weighted)
+    staging, n_features, dense_width, weighted, dtype = (blocks.staging_dir, blocks.n_features, blocks.dense_width,
+                                                         blocks.weighted, blocks.dtype)
 
     def from_staged(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -268,7 +271,7 @@ def map_partitions(blocks: BlockSet, compute: Callable[[PartitionBlocks], Result
                 yield _result(int(partition), payload)
 
     def from_cache(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        arrays = read_partition(batches, n_features, dense_width, weighted)
+        arrays = read_partition(batches, n_features, dense_width, weighted, dtype)
         if arrays is None:
             return
         stage(staging, arrays)
@@ -354,7 +357,7 @@ def collect_arrays(blocks: BlockSet) -> list[PartitionBlocks]:
     result = []
     for partition in range(blocks.num_partitions):
         parts = read_partition(iter(by_partition.get(partition, [])), blocks.n_features, blocks.dense_width,
-                               blocks.weighted)
+                               blocks.weighted, blocks.dtype)
         if parts is not None:
             result.append(parts)
     return result

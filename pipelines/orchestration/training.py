@@ -127,7 +127,7 @@ def prepare_data(spark: SparkSession, table: FeatureTable, data: DataConfig, fea
         modeled = modeled.withColumn(WEIGHT_COLUMN, weight)
     partitions = num_partitions or train.num_partitions or default_parallelism(spark)
     blocks = build_blocks(modeled, table.label, encoding, partitions,
-                          weight=WEIGHT_COLUMN if weight is not None else None)
+                          weight=WEIGHT_COLUMN if weight is not None else None, dtype=train.dtype)
     if blocks.total_train_rows == 0:
         blocks.release()
         raise DataError(f"{where}: no training rows after the {data.split} split")

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.design import Design, SplitDesign, sparse_gradient, sparse_margins_by_row, take_rows
 from pipelines.sgd.losses import Loss, get_loss
-from pipelines.sgd.optimizers import OptimizerSpec, OptimizerState, apply_update
+from pipelines.sgd.optimizers import SLOT_NAMES, OptimizerSpec, OptimizerState, apply_update
 from pipelines.sgd.regularization import Penalties, Regularization, as_penalties
 from pipelines.sgd.schedules import StepSchedule, multiplier
 
@@ -213,6 +213,7 @@ def minibatch_epoch(
     fit_intercept: bool = True,
     batch_range: tuple[int, int] | None = None,
     sample_weight: FloatArray | None = None,
+    compiled: bool = True,
 ) -> tuple[FloatArray, FloatArray, OptimizerState, int]:
     """One shuffled pass of mini-batch updates over the block's rows, for all K models.
 
@@ -256,6 +257,10 @@ def minibatch_epoch(
         default: all of them. Running the ranges of one epoch back to back equals one full call.
     sample_weight : ndarray of shape (n,), optional
         Per-row weights ``s_i`` (see above).
+    compiled : bool
+        Dense inputs and a one-margin loss run :func:`pipelines.sgd.fused.fused_epoch` (no Python per batch);
+        False runs the numpy loop, the definition the compiled one is tested against (equal to ~1e-12: the
+        sums' orders differ). Sparse inputs and multinomial models always run the numpy loop.
 
     Returns
     -------
@@ -288,11 +293,14 @@ def minibatch_epoch(
     step_sizes_per_batch = learning_rates * np.asarray(multiplier(schedule, steps, total_steps))
 
     order = epoch_permutation(n_rows, seed, epoch)
+    penalties = as_penalties(regularization, n_models)
+    if compiled and isinstance(X, np.ndarray) and loss_function.outputs == 1:
+        return _fused(X, y, sample_weight, order, first_batch, n_batches, batch_size, weights, intercepts, state,
+                      step_sizes_per_batch, penalties, loss_function, optimizer, fit_intercept)
     zero_intercepts = np.zeros(n_models)
     # Plain SGD without a penalty leaves the weights of inputs absent from a batch untouched (their gradient is
     # 0): on a split design only the touched columns are updated, so a step costs in the batch's non-zeros
     # rather than the width, with the same bits as the full update.
-    penalties = as_penalties(regularization, n_models)
     sparse_steps = isinstance(X, SplitDesign) and optimizer.name == "sgd" and penalties.is_zero
     if sparse_steps:
         weights = weights.copy()
@@ -331,6 +339,32 @@ def minibatch_epoch(
         if fit_intercept:
             intercepts = new_intercepts
     return weights.copy(), intercepts.copy(), state, n_batches
+
+
+def _fused(X: FloatArray, y: FloatArray, sample_weight: FloatArray | None, order: np.ndarray, first_batch: int,
+           n_batches: int, batch_size: int, weights: FloatArray, intercepts: FloatArray, state: OptimizerState,
+           step_sizes: FloatArray, penalties: Penalties, loss: Loss, optimizer: OptimizerSpec,
+           fit_intercept: bool) -> tuple[FloatArray, FloatArray, OptimizerState, int]:
+    """:func:`minibatch_epoch`'s batches in :func:`pipelines.sgd.fused.fused_epoch` (imported here: numba is
+    loaded by the processes that train only); ``state`` is the caller's copy and is advanced."""
+    from pipelines.sgd.fused import LOSS_CODES, OPTIMIZER_CODES, fused_epoch
+
+    names = SLOT_NAMES[optimizer.name]
+    n_models, width = weights.shape
+    weight_slots = np.stack([state.weight_slots[name] for name in names]) if names else np.zeros((0, n_models, width))
+    intercept_slots = np.stack([state.intercept_slots[name] for name in names]) if names else np.zeros((0, n_models))
+    new_weights, new_intercepts, steps = weights.copy(), intercepts.copy(), state.step.copy()
+    fused_epoch(np.ascontiguousarray(X), np.ascontiguousarray(y, dtype=np.float64),
+                np.zeros(0) if sample_weight is None else np.ascontiguousarray(sample_weight, dtype=np.float64),
+                order, first_batch, n_batches, batch_size, new_weights, new_intercepts, weight_slots,
+                intercept_slots, steps, np.ascontiguousarray(step_sizes, dtype=np.float64), penalties.l1,
+                penalties.l2, LOSS_CODES[loss.name], float(getattr(loss, "epsilon", 0.0)),
+                OPTIMIZER_CODES[optimizer.name], optimizer.momentum, optimizer.beta1, optimizer.beta2,
+                optimizer.alpha, optimizer.resolved_eps, fit_intercept)
+    state.step = steps
+    for index, name in enumerate(names):
+        state.weight_slots[name], state.intercept_slots[name] = weight_slots[index], intercept_slots[index]
+    return new_weights, new_intercepts, state, n_batches
 
 
 def _sparse_sgd_step(X: SplitDesign, derivatives: FloatArray, inverse_rows: float, grad_b: FloatArray,

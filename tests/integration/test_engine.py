@@ -288,3 +288,27 @@ def test_gd_does_not_depend_on_partition_count(spark: SparkSession, synthetic_ta
         np.testing.assert_allclose(a.weights, b.weights, rtol=1e-12)
         np.testing.assert_allclose(a.curves["train_loss"], b.curves["train_loss"], rtol=1e-12)
         np.testing.assert_allclose(a.curves["val_auc"], b.curves["val_auc"], rtol=1e-12)
+
+
+def test_float32_blocks_train_like_float64_with_half_the_input_bytes(spark: SparkSession,
+                                                                     synthetic_tables: dict[str, str],
+                                                                     tmp_path: Path) -> None:
+    """train.dtype=float32 stores the dense inputs rounded to float32 (half the bytes); the sweep's curves stay
+    within float32's rounding of the float64 sweep's, and two float32 sweeps are bit-identical."""
+    settings = ("train.epochs=3", "train.num_partitions=2", "sweep.learning_rates=[0.01, 0.3]")
+    wide_config = _config(synthetic_tables["logistic"], "logistic", tmp_path / "wide", *settings)
+    narrow_config = _config(synthetic_tables["logistic"], "logistic", tmp_path / "narrow", *settings,
+                            "train.dtype=float32")
+    wide, wide_prepared = _sweep(spark, wide_config)
+    narrow, narrow_prepared = _sweep(spark, narrow_config)
+    again, _ = _sweep(spark, narrow_config)
+    assert narrow_prepared.blocks.dtype == "float32"
+    X_wide, _ = _train_arrays(wide_prepared)
+    X_narrow, _ = _train_arrays(narrow_prepared)
+    assert X_narrow.dtype == np.float32 and X_narrow.nbytes * 2 == X_wide.nbytes
+    np.testing.assert_array_equal(X_narrow, X_wide.astype(np.float32))
+    for a, b, c in zip(wide.outcome.rates, narrow.outcome.rates, again.outcome.rates, strict=True):
+        np.testing.assert_allclose(b.curves["train_loss"], a.curves["train_loss"], rtol=1e-5)
+        np.testing.assert_allclose(b.curves["val_loss"], a.curves["val_loss"], rtol=1e-5)
+        assert not np.array_equal(b.weights, a.weights)  # the inputs were rounded
+        np.testing.assert_array_equal(b.weights, c.weights)
