@@ -14,7 +14,8 @@ data.
 Moving every block from the JVM cache to Python each epoch costs more than the epoch's arithmetic (about
 70 MB/s measured here), so each executor also keeps the partitions it has worked on as ``.npy`` files in
 an executor-local staging folder, memory-mapped by the tasks (the OS page cache holds them in memory).
-:func:`map_partitions` runs a job over a tiny manifest (one row per partition); a task whose executor has
+:func:`map_partitions` runs a job over a tiny manifest (one element per partition: an RDD job on a classic session, a
+DataFrame job over Spark Connect); a task whose executor has
 no staged copy of its partition reports a miss, and the driver reruns just those partitions on the cached
 blocks themselves, which stages them there. Spark's cache stays the source of truth: losing an executor,
 its files or a Python worker only costs a rerun of the affected partitions, with identical results.
@@ -277,16 +278,36 @@ def map_partitions(blocks: BlockSet, compute: Callable[[PartitionBlocks], Result
         stage(staging, arrays)
         yield _result(arrays.partition, pickle.dumps(compute(arrays), protocol=5))
 
+    def staged_rdd(partitions: Iterator[int]) -> Iterator[tuple[int, bytes]]:
+        for partition in partitions:
+            arrays = load_staged(staging, partition)
+            yield partition, _MISS if arrays is None else pickle.dumps(compute(arrays), protocol=5)
+
     non_empty = [p for p in range(blocks.num_partitions) if blocks.train_rows[p] + blocks.val_rows[p]]
-    manifest = spark.range(blocks.num_partitions, numPartitions=blocks.num_partitions).where(
-        F.col("id").isin(non_empty))
-    rows = manifest.mapInArrow(from_staged, RESULT_SCHEMA).collect()
-    results = {int(r["partition"]): r["payload"] for r in rows}
+    if not non_empty:
+        return []
+    context = _spark_context(spark)
+    if context is not None:
+        # a classic session runs the manifest as an RDD job: no SQL planning (measured here: 0.12 s a job against
+        # 0.26 s for the DataFrame job, whose closure makes every plan new)
+        results = dict(context.parallelize(non_empty, len(non_empty)).mapPartitions(staged_rdd).collect())
+    else:
+        manifest = spark.range(blocks.num_partitions, numPartitions=blocks.num_partitions).where(
+            F.col("id").isin(non_empty))
+        results = {int(r["partition"]): r["payload"] for r in manifest.mapInArrow(from_staged, RESULT_SCHEMA).collect()}
     missed = [p for p in non_empty if results.get(p, _MISS) == _MISS]
     if missed:
         rerun = blocks.dataframe.where(F.col("partition").isin(missed)).mapInArrow(from_cache, RESULT_SCHEMA)
         results.update({int(r["partition"]): r["payload"] for r in rerun.collect()})
     return [pickle.loads(results[p]) for p in sorted(results)]
+
+
+def _spark_context(spark: Any) -> Any:
+    """The session's SparkContext, or None for a Spark Connect session (which has none)."""
+    try:
+        return spark.sparkContext
+    except Exception:
+        return None
 
 
 def _result(partition: int, payload: bytes) -> pa.RecordBatch:

@@ -131,6 +131,8 @@ class StopRequest:
             return
         with contextlib.suppress(Exception):  # the JVM may already be gone; the sweep notices its own way
             spark.interruptAll()
+        with contextlib.suppress(Exception):  # classic sessions: the engine's RDD jobs carry no session tag
+            spark.sparkContext.cancelAllJobs()
 
     def _watchdog(self) -> None:
         if not self._done.wait(self.grace_seconds):

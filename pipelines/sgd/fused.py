@@ -67,6 +67,82 @@ def _derivative(code: int, m: float, y: float, eps: float) -> float:  # pragma: 
 
 
 @njit(cache=True, nogil=True)
+def _value(code: int, m: float, y: float, eps: float) -> float:  # pragma: no cover - compiled
+    """The loss of :mod:`pipelines.sgd.losses` at one margin (codes of :data:`LOSS_CODES`)."""
+    if code == 0:
+        r = m - y
+        return 0.5 * r * r
+    if code == 1:  # log(1 + e^m) - y m, as max(m, 0) + log1p(e^-|m|) - y m
+        return (m if m > 0.0 else 0.0) + np.log1p(np.exp(-abs(m))) - y * m
+    if code <= 4:
+        z = (2.0 * y - 1.0) * m
+        gap = max(0.0, 1.0 - z)
+        if code == 2:
+            return gap
+        if code == 3 or z >= -1.0:
+            return gap * gap
+        return -4.0 * z
+    if code == 8:
+        constant = y * np.log(y) if y > 0.0 else 0.0
+        return np.exp(m) - y * m + (constant - y)
+    r = abs(m - y)
+    if code == 5:
+        return 0.5 * r * r if r <= eps else eps * r - 0.5 * eps * eps
+    gap = max(0.0, r - eps)
+    return gap if code == 6 else gap * gap
+
+
+@njit(cache=True, nogil=True)
+def _margin(X: FloatArray, row: int, w: FloatArray) -> float:  # pragma: no cover - compiled
+    """``x_row . w``, summed in input order (the same arithmetic as :func:`fused_epoch`'s margins)."""
+    total = X[row, 0] * w[0]
+    for j in range(1, X.shape[1]):
+        total += X[row, j] * w[j]
+    return total
+
+
+@njit(cache=True, nogil=True)
+def fused_loss_sums(X: FloatArray, y: FloatArray, sample_weight: FloatArray, weights: FloatArray,
+                    intercepts: FloatArray, loss_code: int, epsilon: float) -> FloatArray:  # pragma: no cover
+    """``sum_i s_i loss(x_i . w_k + b_k, y_i)`` per model row (``sample_weight`` empty: ``s_i = 1``); each margin
+    is summed in input order and each model row's total runs over the data rows in order. Four data rows go
+    through the inner loop together (independent sums, so the adds overlap; no reassociation)."""
+    n_rows, d = X.shape
+    n_models = weights.shape[0]
+    weighted = sample_weight.shape[0] > 0
+    totals = np.zeros(n_models)
+    if d == 0:
+        return totals
+    values = np.empty(4)
+    for k in range(n_models):
+        w = weights[k]
+        bias = intercepts[k]
+        total = 0.0
+        i = 0
+        while i < n_rows:
+            if i + 4 <= n_rows:
+                w0 = w[0]
+                a0, a1, a2, a3 = X[i, 0] * w0, X[i + 1, 0] * w0, X[i + 2, 0] * w0, X[i + 3, 0] * w0
+                for j in range(1, d):
+                    wj = w[j]
+                    a0 += X[i, j] * wj
+                    a1 += X[i + 1, j] * wj
+                    a2 += X[i + 2, j] * wj
+                    a3 += X[i + 3, j] * wj
+                values[0], values[1], values[2], values[3] = a0, a1, a2, a3
+                block = 4
+            else:
+                values[0] = _margin(X, i, w)
+                block = 1
+            for r in range(block):
+                value = _value(loss_code, values[r] + bias, y[i + r], epsilon)
+                total += value * sample_weight[i + r] if weighted else value
+            i += block
+        totals[k] = total
+    return totals
+
+
+@njit(cache=True, nogil=True)
 def _descend(code: int, param: float, grad: float, step_size: float, step: float, slots: FloatArray,
              index: tuple[int, int], momentum: float, beta1: float, beta2: float, alpha: float,
              eps: float) -> float:  # pragma: no cover - compiled

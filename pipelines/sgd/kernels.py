@@ -152,10 +152,24 @@ def loss_sums(
     intercepts: FloatArray,
     loss: Loss | str,
     sample_weight: FloatArray | None = None,
+    compiled: bool = True,
 ) -> FloatArray:
     """``sum_i s_i loss(x_i . w_k + b_k, y_i)`` per model row, shape ``(K,)`` (no penalty; ``s_i = 1`` when
-    ``sample_weight`` is None)."""
+    ``sample_weight`` is None).
+
+    Dense inputs and a one-margin loss run :func:`pipelines.sgd.fused.fused_loss_sums` (``compiled=False``: the
+    numpy definition, which it equals to ~1e-13).
+    """
     loss_function = _resolve_loss(loss)
+    if compiled and isinstance(X, np.ndarray) and loss_function.outputs == 1 and X.shape[0]:
+        from pipelines.sgd.fused import LOSS_CODES, fused_loss_sums
+
+        return fused_loss_sums(np.ascontiguousarray(X), np.ascontiguousarray(y, dtype=np.float64),
+                               np.zeros(0) if sample_weight is None else np.ascontiguousarray(sample_weight,
+                                                                                               dtype=np.float64),
+                               np.ascontiguousarray(weights, dtype=np.float64),
+                               np.ascontiguousarray(intercepts, dtype=np.float64), LOSS_CODES[loss_function.name],
+                               float(getattr(loss_function, "epsilon", 0.0)))
     values = loss_function.value(compute_margins(X, weights, intercepts), y)
     result: FloatArray = _weighted(values, sample_weight).sum(axis=0)
     return result

@@ -102,3 +102,23 @@ def test_float32_inputs_train_within_their_rounding_of_float64(classification_da
     wide = _epochs(X, y, optimizer, "logistic", True)
     np.testing.assert_array_equal(narrow[0], rounded[0])
     np.testing.assert_allclose(narrow[0], wide[0], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("loss_name", SCALAR_LOSSES)
+def test_compiled_loss_sums_equal_the_numpy_definition(loss_name: str, regression_data: Data,
+                                                       classification_data: Data) -> None:
+    from pipelines.sgd.kernels import loss_sums
+
+    X, y = _data(loss_name, regression_data, classification_data)
+    rng = np.random.default_rng(9)
+    weights, intercepts = rng.standard_normal((5, X.shape[1])) * 0.7, rng.standard_normal(5)
+    weights[4] *= 400.0  # saturated margins: the logistic and exponential tails
+    loss = get_loss(loss_name, 0.3)
+    sample_weight = rng.uniform(0.0, 2.0, y.size)
+    for row_weights in (None, sample_weight):
+        compiled = loss_sums(X, y, weights, intercepts, loss, row_weights)
+        numpy_sums = loss_sums(X, y, weights, intercepts, loss, row_weights, compiled=False)
+        np.testing.assert_allclose(compiled, numpy_sums, rtol=1e-12)
+    # a row's sum does not depend on the rows evaluated with it
+    alone = [loss_sums(X, y, weights[k : k + 1], intercepts[k : k + 1], loss)[0] for k in range(5)]
+    np.testing.assert_array_equal(loss_sums(X, y, weights, intercepts, loss), alone)
