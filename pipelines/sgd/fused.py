@@ -1,5 +1,6 @@
 """A compiled (numba) mini-batch epoch for dense inputs: margins, derivatives, gradients and the optimizer
-update of every model row, batch after batch, without returning to Python between batches.
+update of every model row, batch after batch, without returning to Python between batches; and the compiled
+full passes of the evaluation (:func:`fused_loss_sums`) and of ``gd`` (:func:`fused_gradient_sums`).
 
 :func:`pipelines.sgd.kernels.minibatch_epoch` runs it for a dense design and a loss with one margin per model
 (every loss but ``multinomial``); its numpy loop stays the definition for sparse inputs and multinomial models,
@@ -24,10 +25,22 @@ memory traffic halves; weights, state and every sum stay float64.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 from numba import njit
 
 from pipelines.sgd._types import FloatArray, IntArray
+
+
+def _compiled(function: Callable[..., Any]) -> Any:
+    """``function`` compiled by numba, its machine code cached on disk for the next processes (Spark's Python
+    workers) where a cache location is writable, else compiled once per process."""
+    try:
+        return njit(cache=True, nogil=True)(function)
+    except RuntimeError:  # numba found no writable cache location (a read-only install)
+        return njit(nogil=True)(function)
 
 #: Loss codes of the compiled derivative (scalar-margin losses only).
 LOSS_CODES: dict[str, int] = {
@@ -40,7 +53,7 @@ OPTIMIZER_CODES: dict[str, int] = {
 }
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def _derivative(code: int, m: float, y: float, eps: float) -> float:  # pragma: no cover - compiled
     if code == 0:
         return m - y
@@ -66,7 +79,7 @@ def _derivative(code: int, m: float, y: float, eps: float) -> float:  # pragma: 
     return 2.0 * sign * max(0.0, abs(r) - eps)
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def _value(code: int, m: float, y: float, eps: float) -> float:  # pragma: no cover - compiled
     """The loss of :mod:`pipelines.sgd.losses` at one margin (codes of :data:`LOSS_CODES`)."""
     if code == 0:
@@ -92,57 +105,88 @@ def _value(code: int, m: float, y: float, eps: float) -> float:  # pragma: no co
     return gap if code == 6 else gap * gap
 
 
-@njit(cache=True, nogil=True)
-def _margin(X: FloatArray, row: int, w: FloatArray) -> float:  # pragma: no cover - compiled
-    """``x_row . w``, summed in input order (the same arithmetic as :func:`fused_epoch`'s margins)."""
+@_compiled
+def _margins(X: FloatArray, row: int, w: FloatArray, out: FloatArray) -> int:  # pragma: no cover - compiled
+    """``x_i . w`` for the four rows from ``row`` into ``out`` (fewer at the end; returns how many), each summed
+    in input order (the same arithmetic as :func:`fused_epoch`'s margins). The four sums are independent, so
+    their adds overlap; nothing is reassociated."""
+    d = X.shape[1]
+    if row + 4 <= X.shape[0]:
+        w0 = w[0]
+        a0, a1, a2, a3 = X[row, 0] * w0, X[row + 1, 0] * w0, X[row + 2, 0] * w0, X[row + 3, 0] * w0
+        for j in range(1, d):
+            wj = w[j]
+            a0 += X[row, j] * wj
+            a1 += X[row + 1, j] * wj
+            a2 += X[row + 2, j] * wj
+            a3 += X[row + 3, j] * wj
+        out[0], out[1], out[2], out[3] = a0, a1, a2, a3
+        return 4
     total = X[row, 0] * w[0]
-    for j in range(1, X.shape[1]):
+    for j in range(1, d):
         total += X[row, j] * w[j]
-    return total
+    out[0] = total
+    return 1
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def fused_loss_sums(X: FloatArray, y: FloatArray, sample_weight: FloatArray, weights: FloatArray,
                     intercepts: FloatArray, loss_code: int, epsilon: float) -> FloatArray:  # pragma: no cover
-    """``sum_i s_i loss(x_i . w_k + b_k, y_i)`` per model row (``sample_weight`` empty: ``s_i = 1``); each margin
-    is summed in input order and each model row's total runs over the data rows in order. Four data rows go
-    through the inner loop together (independent sums, so the adds overlap; no reassociation)."""
+    """``sum_i s_i loss(x_i . w_k + b_k, y_i)`` per model row (``sample_weight`` empty: ``s_i = 1``); each model
+    row's total runs over the data rows in order."""
     n_rows, d = X.shape
-    n_models = weights.shape[0]
     weighted = sample_weight.shape[0] > 0
-    totals = np.zeros(n_models)
+    totals = np.zeros(weights.shape[0])
     if d == 0:
         return totals
-    values = np.empty(4)
-    for k in range(n_models):
-        w = weights[k]
-        bias = intercepts[k]
-        total = 0.0
-        i = 0
+    margins = np.empty(4)
+    for k in range(weights.shape[0]):
+        bias, total, i = intercepts[k], 0.0, 0
         while i < n_rows:
-            if i + 4 <= n_rows:
-                w0 = w[0]
-                a0, a1, a2, a3 = X[i, 0] * w0, X[i + 1, 0] * w0, X[i + 2, 0] * w0, X[i + 3, 0] * w0
-                for j in range(1, d):
-                    wj = w[j]
-                    a0 += X[i, j] * wj
-                    a1 += X[i + 1, j] * wj
-                    a2 += X[i + 2, j] * wj
-                    a3 += X[i + 3, j] * wj
-                values[0], values[1], values[2], values[3] = a0, a1, a2, a3
-                block = 4
-            else:
-                values[0] = _margin(X, i, w)
-                block = 1
+            block = _margins(X, i, weights[k], margins)
             for r in range(block):
-                value = _value(loss_code, values[r] + bias, y[i + r], epsilon)
+                value = _value(loss_code, margins[r] + bias, y[i + r], epsilon)
                 total += value * sample_weight[i + r] if weighted else value
             i += block
         totals[k] = total
     return totals
 
 
-@njit(cache=True, nogil=True)
+@_compiled
+def fused_gradient_sums(X: FloatArray, y: FloatArray, sample_weight: FloatArray, weights: FloatArray,
+                        intercepts: FloatArray, loss_code: int,
+                        epsilon: float) -> tuple[FloatArray, FloatArray, FloatArray]:  # pragma: no cover
+    """:func:`pipelines.sgd.kernels.batch_gradients` in one pass per model row: ``sum_i s_i loss'(m_ik) x_i``,
+    ``sum_i s_i loss'(m_ik)`` and ``sum_i s_i loss(m_ik)``, every sum over the data rows in order."""
+    n_rows, d = X.shape
+    n_models = weights.shape[0]
+    weighted = sample_weight.shape[0] > 0
+    grad_w, grad_b, losses = np.zeros((n_models, d)), np.zeros(n_models), np.zeros(n_models)
+    if d == 0:
+        return grad_w, grad_b, losses
+    margins = np.empty(4)
+    for k in range(n_models):
+        gradient = grad_w[k]
+        bias, bias_total, total, i = intercepts[k], 0.0, 0.0, 0
+        while i < n_rows:
+            block = _margins(X, i, weights[k], margins)
+            for r in range(block):
+                margin, label = margins[r] + bias, y[i + r]
+                derivative = _derivative(loss_code, margin, label, epsilon)
+                value = _value(loss_code, margin, label, epsilon)
+                if weighted:
+                    derivative *= sample_weight[i + r]
+                    value *= sample_weight[i + r]
+                bias_total += derivative
+                total += value
+                for j in range(d):
+                    gradient[j] += derivative * X[i + r, j]
+            i += block
+        grad_b[k], losses[k] = bias_total, total
+    return grad_w, grad_b, losses
+
+
+@_compiled
 def _descend(code: int, param: float, grad: float, step_size: float, step: float, slots: FloatArray,
              index: tuple[int, int], momentum: float, beta1: float, beta2: float, alpha: float,
              eps: float) -> float:  # pragma: no cover - compiled
@@ -173,7 +217,7 @@ def _descend(code: int, param: float, grad: float, step_size: float, step: float
     return param - (step_size / bias_correction1) * exp_avg / denominator
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def fused_epoch(X: FloatArray, y: FloatArray, sample_weight: FloatArray, order: IntArray, first_batch: int,
                 n_batches: int, batch_size: int, weights: FloatArray, intercepts: FloatArray,
                 weight_slots: FloatArray, intercept_slots: FloatArray, steps: IntArray, step_sizes: FloatArray,

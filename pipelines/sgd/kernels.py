@@ -16,6 +16,7 @@ which other rows share the pass; see :func:`compute_margins`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, TypeGuard
 
 import numpy as np
 import scipy.sparse as sp
@@ -105,6 +106,7 @@ def batch_gradients(
     intercepts: FloatArray,
     loss: Loss | str,
     sample_weight: FloatArray | None = None,
+    compiled: bool = True,
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Gradient and loss *sums* over the rows of one block, for all K models.
 
@@ -121,6 +123,9 @@ def batch_gradients(
     intercepts : ndarray of shape (K,)
     loss : Loss or str
     sample_weight : ndarray of shape (n,), optional
+    compiled : bool
+        Dense inputs and a one-margin loss run :func:`pipelines.sgd.fused.fused_gradient_sums` (every sum over
+        the rows in order); False: the numpy definition below (equal to ~1e-12).
 
     Returns
     -------
@@ -129,6 +134,10 @@ def batch_gradients(
     loss_sum : ndarray of shape (K,)
     """
     loss_function = _resolve_loss(loss)
+    if compiled and _compilable(X, loss_function):
+        from pipelines.sgd.fused import fused_gradient_sums
+
+        return fused_gradient_sums(*_compiled_arguments(X, y, weights, intercepts, loss_function, sample_weight))
     margins = compute_margins(X, weights, intercepts)
     derivatives = _weighted(loss_function.derivative(margins, y), sample_weight)
     grad_w_sum = rowwise_gradient(derivatives, X)
@@ -161,18 +170,29 @@ def loss_sums(
     numpy definition, which it equals to ~1e-13).
     """
     loss_function = _resolve_loss(loss)
-    if compiled and isinstance(X, np.ndarray) and loss_function.outputs == 1 and X.shape[0]:
-        from pipelines.sgd.fused import LOSS_CODES, fused_loss_sums
+    if compiled and _compilable(X, loss_function):
+        from pipelines.sgd.fused import fused_loss_sums
 
-        return fused_loss_sums(np.ascontiguousarray(X), np.ascontiguousarray(y, dtype=np.float64),
-                               np.zeros(0) if sample_weight is None else np.ascontiguousarray(sample_weight,
-                                                                                               dtype=np.float64),
-                               np.ascontiguousarray(weights, dtype=np.float64),
-                               np.ascontiguousarray(intercepts, dtype=np.float64), LOSS_CODES[loss_function.name],
-                               float(getattr(loss_function, "epsilon", 0.0)))
+        return fused_loss_sums(*_compiled_arguments(X, y, weights, intercepts, loss_function, sample_weight))
     values = loss_function.value(compute_margins(X, weights, intercepts), y)
     result: FloatArray = _weighted(values, sample_weight).sum(axis=0)
     return result
+
+
+def _compilable(X: Design, loss: Loss) -> TypeGuard[FloatArray]:
+    """The compiled kernels take dense inputs (with rows) and one margin per model."""
+    return isinstance(X, np.ndarray) and loss.outputs == 1 and X.shape[0] > 0
+
+
+def _compiled_arguments(X: FloatArray, y: FloatArray, weights: FloatArray, intercepts: FloatArray, loss: Loss,
+                        sample_weight: FloatArray | None) -> tuple[Any, ...]:
+    """The arguments :mod:`pipelines.sgd.fused`'s full passes share: contiguous arrays, the loss's code."""
+    from pipelines.sgd.fused import LOSS_CODES
+
+    weights_array = np.zeros(0) if sample_weight is None else np.ascontiguousarray(sample_weight, dtype=np.float64)
+    return (np.ascontiguousarray(X), np.ascontiguousarray(y, dtype=np.float64), weights_array,
+            np.ascontiguousarray(weights, dtype=np.float64), np.ascontiguousarray(intercepts, dtype=np.float64),
+            LOSS_CODES[loss.name], float(getattr(loss, "epsilon", 0.0)))
 
 
 def batches_per_epoch(n_rows: int, batch_size: int) -> int:

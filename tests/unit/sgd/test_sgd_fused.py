@@ -122,3 +122,21 @@ def test_compiled_loss_sums_equal_the_numpy_definition(loss_name: str, regressio
     # a row's sum does not depend on the rows evaluated with it
     alone = [loss_sums(X, y, weights[k : k + 1], intercepts[k : k + 1], loss)[0] for k in range(5)]
     np.testing.assert_array_equal(loss_sums(X, y, weights, intercepts, loss), alone)
+
+
+@pytest.mark.parametrize("loss_name", SCALAR_LOSSES)
+def test_compiled_gradient_sums_equal_the_numpy_definition(loss_name: str, regression_data: Data,
+                                                           classification_data: Data) -> None:
+    from pipelines.sgd.kernels import batch_gradients
+
+    X, y = _data(loss_name, regression_data, classification_data)
+    rng = np.random.default_rng(10)
+    weights, intercepts = rng.standard_normal((4, X.shape[1])) * 0.7, rng.standard_normal(4)
+    loss = get_loss(loss_name, 0.3)
+    for row_weights in (None, rng.uniform(0.0, 2.0, y.size)):
+        compiled = batch_gradients(X, y, weights, intercepts, loss, row_weights)
+        numpy_sums = batch_gradients(X, y, weights, intercepts, loss, row_weights, compiled=False)
+        for ours, definition in zip(compiled, numpy_sums, strict=True):
+            np.testing.assert_allclose(ours, definition, rtol=1e-11, atol=1e-11)
+    alone = [batch_gradients(X, y, weights[k : k + 1], intercepts[k : k + 1], loss)[0][0] for k in range(4)]
+    np.testing.assert_array_equal(batch_gradients(X, y, weights, intercepts, loss)[0], np.vstack(alone))
