@@ -259,6 +259,8 @@ def run_main(args: argparse.Namespace) -> dict[str, Any]:
                              "train.schedule=inv_sqrt", "model.fit_intercept=false", "features.standardize=false")
     raw = read_feature_table(spark, gd_config.data, "logistic")
     raw_prepared = prepare_data(spark, raw, gd_config.data, gd_config.features, gd_config.train)
+    sweep(raw_prepared, gd_config.model_copy(update={"train": gd_config.train.model_copy(update={"epochs": 1})}),
+          rates[:1])  # warm up as for the sweep (the workers load or compile the gradient kernel)
     gd_run, gd_seconds = timed(lambda: sweep(raw_prepared, gd_config, rates))
     mllib_seconds, mllib_weights = bench_mllib(spark, raw_prepared, rates, args.epochs)
     ours = np.array([rate.weights for rate in gd_run.outcome.rates])
@@ -305,7 +307,7 @@ def numpy_anchor_epoch(X: np.ndarray, y: np.ndarray, rates: list[float], batch_s
 
 def local_rows(prepared: PreparedData) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Training and validation rows in this process (local mode: the executors' staged copies on this host's
-    disk rather than gigabytes collected through Spark)."""
+    disk, written by the first training job, rather than gigabytes collected through Spark)."""
     parts = [load_staged(prepared.blocks.staging_dir, p) or collect_arrays(prepared.blocks)[p]
              for p in range(prepared.blocks.num_partitions)]
     return (np.concatenate([p.X_train for p in parts]).astype(np.float64, copy=False),
@@ -398,31 +400,38 @@ def run_scaling(args: argparse.Namespace) -> dict[str, Any]:
         "grid points": [(args.rows, points, args.features) for points in (1, 8, 64)],
         "features": [(args.scaling_feature_rows, 8, features) for features in (32, 128, 512)],
     }
-    measured: dict[tuple[int, int, int], dict[str, float]] = {}
+    # every measured point is kept in scaling_points.json, so an interrupted run goes on where it stopped
+    # (--scaling-fresh measures everything again)
+    points_file = BENCH_DIR / "scaling_points.json"
+    saved = [] if args.scaling_fresh or not points_file.exists() else json.loads(points_file.read_text())
+    measured = {(p["rows"], p["points"], p["features"]): {"ours": p["ours"], "numpy": p["numpy"]} for p in saved}
     by_table: dict[tuple[int, int], list[int]] = {}
     for points in axes.values():
         for rows, grid, features in points:
-            by_table.setdefault((rows, features), []).append(grid)
+            if (rows, grid, features) not in measured:
+                by_table.setdefault((rows, features), []).append(grid)
     for (rows, features), grids in sorted(by_table.items()):
         table = BENCH_DIR / f"table_{rows}x{features}"
         make_table(spark, table, rows, features, args.partitions)
         config = bench_config(table, [1.0], args.scaling_epochs, args.partitions, f"train.batch_size={args.batch_size}")
         prepared = prepare_data(spark, read_feature_table(spark, config.data, "logistic"), config.data,
                                 config.features, config.train)
-        X, y, _, _ = local_rows(prepared)
         for grid in sorted(set(grids)):
             rates = [float(r) for r in np.geomspace(args.min_rate, args.max_rate, grid)]
             grid_config = bench_config(table, rates, args.scaling_epochs, args.partitions,
                                        f"train.batch_size={args.batch_size}")
             sweep(prepared, grid_config.model_copy(update={"train": grid_config.train.model_copy(
-                update={"epochs": 1})}), rates[:1])
+                update={"epochs": 1})}), rates[:1])  # also stages the partitions local_rows reads
             run = sweep(prepared, grid_config, rates)
             ours = float(np.median(run.outcome.epoch_seconds))
+            X, y, _, _ = local_rows(prepared)
             anchor = numpy_anchor_epoch(X, y, rates, args.batch_size)
+            del X, y
             measured[(rows, grid, features)] = {"ours": ours, "numpy": anchor}
+            points_file.write_text(json.dumps([{"rows": r, "points": g, "features": f, **v}
+                                               for (r, g, f), v in sorted(measured.items())], indent=1))
             print(f"scaling: {rows} rows x {features} features, {grid} points: epoch {ours:.3f} s, numpy anchor "
                   f"{anchor:.3f} s", flush=True)
-        del X, y
         prepared.blocks.release()
     figures = {axis: [{"rows": r, "points": g, "features": f, **measured[(r, g, f)]} for r, g, f in points]
                for axis, points in axes.items()}
@@ -449,6 +458,8 @@ def plot_scaling(figures: dict[str, list[dict[str, float]]], path: Path) -> None
         fixed = {k: v for k, v in points[0].items() if k not in (keys[axis], "ours", "numpy")}
         panel.set(xscale="log", yscale="log", xlabel=axis, ylabel="seconds per epoch",
                   title=f"{axis} ({', '.join(f'{k} {v:g}' for k, v in fixed.items())})")
+        panel.set_xticks(x, [f"{v:g}" for v in x], minor=False)
+        panel.set_xticks([], minor=True)
         panel.grid(True, which="both", alpha=0.3)
         panel.legend(fontsize=8)
     fig.suptitle("Time per epoch as the work grows: mini-batch SGD, logistic loss, batch 256")
@@ -496,6 +507,7 @@ def main() -> None:
                         default=[1_000_000, 2_000_000, 4_000_000, 8_000_000])
     parser.add_argument("--scaling-feature-rows", type=int, default=250_000)
     parser.add_argument("--scaling-epochs", type=int, default=3)
+    parser.add_argument("--scaling-fresh", action="store_true", help="measure every scaling point again")
     parser.add_argument("--hashed-only", action="store_true", help="only the hashed vs dense figures")
     args = parser.parse_args()
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
