@@ -3,6 +3,7 @@
     make bench                                   # 1M x 32, 8 rates, 10 epochs, local[2]; then 8M rows
     make bench BENCH_ARGS="--rows 200000 --large-rows 0 --hashed-rows 0"   # a quick run
     make bench BENCH_ARGS="--scaling"            # bench/results/scaling.png (rows, grid, features)
+    make bench BENCH_ARGS="--breakdown"          # where an epoch's time goes (fixed cost, training, evaluation)
 
 Peers, all on the same training rows (already in memory for every contender):
 
@@ -440,6 +441,74 @@ def run_scaling(args: argparse.Namespace) -> dict[str, Any]:
     return {"scaling": figures}
 
 
+def run_breakdown(args: argparse.Namespace) -> dict[str, Any]:
+    """Where an epoch's time goes on ``--rows`` x ``--features`` (local[2]): a job that does nothing (RDD manifest,
+    and the DataFrame manifest Spark Connect uses), opening the staged arrays, and for 1 and 8 rates the epoch
+    (training and evaluation), training alone, evaluation alone, the closure and result sizes and the driver's
+    merge; medians of 7."""
+    import pipelines.distributed.blocks as blocks_module
+    from pipelines.distributed.blocks import map_partitions
+
+    spark = get_spark(load_config(overrides=["spark.master=local[2]"]).spark)
+    spark.sparkContext.setLogLevel("ERROR")
+    table = BENCH_DIR / f"table_{args.rows}x{args.features}"
+    make_table(spark, table, args.rows, args.features, args.partitions)
+    config = bench_config(table, [1.0], 1, args.partitions, f"train.batch_size={args.batch_size}")
+    prepared = prepare_data(spark, read_feature_table(spark, config.data, "logistic"), config.data, config.features,
+                            config.train)
+    blocks = prepared.blocks
+
+    def median(function: Any) -> float:
+        times = [timed(function)[1] for _ in range(7)]
+        return float(np.median(times))
+
+    figures: dict[str, Any] = {}
+    map_partitions(blocks, lambda part: part.partition)  # stages the partitions
+    figures["empty_job_rdd_seconds"] = median(lambda: map_partitions(blocks, lambda part: part.partition))
+    classic_context = blocks_module._spark_context
+    blocks_module._spark_context = lambda session: None  # type: ignore[assignment]
+    try:
+        figures["empty_job_dataframe_seconds"] = median(lambda: map_partitions(blocks, lambda part: part.partition))
+    finally:
+        blocks_module._spark_context = classic_context
+    figures["open_staged_seconds"] = median(lambda: [load_staged(blocks.staging_dir, p)
+                                                     for p in range(blocks.num_partitions)])
+    problem = prepared.problem(config.problem)
+    for K in (1, 8):
+        figures.update({f"k{K}_{key}": value for key, value in breakdown_of_rows(blocks, problem, K, args).items()})
+    prepared.blocks.release()
+    for key, value in figures.items():
+        print(f"{key:34s} {value:12.4g}", flush=True)
+    return figures
+
+
+def breakdown_of_rows(blocks: BlockSet, problem: Any, K: int, args: argparse.Namespace) -> dict[str, float]:
+    """:func:`run_breakdown`'s figures of ``K`` rates."""
+    from pyspark import cloudpickle
+
+    from pipelines.distributed.strategies import LocalSGD
+
+    def median(function: Any) -> float:
+        return float(np.median([timed(function)[1] for _ in range(7)]))
+
+    rates = [float(r) for r in np.geomspace(args.min_rate, args.max_rate, K)]
+    models = ModelRows.zeros(rates, [0] * K, problem.regularization.rows(K), blocks.n_features, problem.optimizer)
+    trainer = GridTrainer(blocks, problem, LocalSGD(args.batch_size), models, epochs=100)
+    epoch = iter(range(1, 100))
+    rows = list(range(K))
+    trainer.run_epoch(next(epoch), rows, rows)  # warm-up
+    figures = {"epoch_seconds": median(lambda: trainer.run_epoch(next(epoch), rows, rows)),
+               "train_only_seconds": median(lambda: trainer.run_epoch(next(epoch), rows, [])),
+               "eval_only_seconds": median(lambda: trainer.evaluate(rows))}
+    job = trainer._train_job(trainer.models, 1, np.arange(K), None)
+    results = trainer._run(trainer.models, job, np.arange(K), np.arange(K))
+    parts = [(result.train_rows, result.training) for result in results if result.training is not None]
+    figures["closure_bytes"] = len(cloudpickle.dumps(job))
+    figures["result_bytes"] = sum(len(cloudpickle.dumps(result)) for result in results)
+    figures["combine_seconds"] = median(lambda: trainer.strategy.combine(job, parts))
+    return figures
+
+
 def plot_scaling(figures: dict[str, list[dict[str, float]]], path: Path) -> None:
     """One log-log panel per axis: seconds per epoch of ours and of the numpy anchor, and a line of slope 1."""
     import matplotlib
@@ -508,6 +577,7 @@ def main() -> None:
     parser.add_argument("--scaling-feature-rows", type=int, default=250_000)
     parser.add_argument("--scaling-epochs", type=int, default=3)
     parser.add_argument("--scaling-fresh", action="store_true", help="measure every scaling point again")
+    parser.add_argument("--breakdown", action="store_true", help="only where an epoch's time goes (--rows)")
     parser.add_argument("--hashed-only", action="store_true", help="only the hashed vs dense figures")
     args = parser.parse_args()
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
@@ -516,6 +586,9 @@ def main() -> None:
         return
     if args.scaling:
         print(json.dumps(run_scaling(args)), flush=True)
+        return
+    if args.breakdown:
+        print(json.dumps(run_breakdown(args)), flush=True)
         return
     results = run_main(args)
     if args.epoch_only:
