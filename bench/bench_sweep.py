@@ -317,12 +317,8 @@ def local_rows(prepared: PreparedData) -> tuple[np.ndarray, np.ndarray, np.ndarr
             np.concatenate([p.y_val for p in parts]))
 
 
-def bench_lbfgs(spark: Any, prepared: PreparedData, X_val: np.ndarray, y_val: np.ndarray) -> tuple[float, float]:
-    """Spark ML's LogisticRegression (L-BFGS to convergence) on the same cached training rows: (fit seconds,
-    validation log-loss of its model)."""
-    from pyspark.ml.classification import LogisticRegression
-    from pyspark.ml.linalg import Vectors
-
+def training_points(prepared: PreparedData, point: Any) -> Any:
+    """An RDD of ``point(label, features)`` for every training row of the cached (float64) blocks."""
     n_features = prepared.blocks.n_features
 
     def points(row: Any) -> list[Any]:
@@ -330,9 +326,19 @@ def bench_lbfgs(spark: Any, prepared: PreparedData, X_val: np.ndarray, y_val: np
             return []
         X = np.frombuffer(row["features"], dtype=np.float64).reshape(int(row["rows"]), n_features)
         y = np.frombuffer(row["labels"], dtype=np.float64)
-        return [(float(label), Vectors.dense(features)) for label, features in zip(y, X, strict=True)]
+        return [point(label, features) for label, features in zip(y, X, strict=True)]
 
-    frame = prepared.blocks.dataframe.rdd.flatMap(points).toDF(["label", "features"]).cache()
+    return prepared.blocks.dataframe.rdd.flatMap(points)
+
+
+def bench_lbfgs(spark: Any, prepared: PreparedData, X_val: np.ndarray, y_val: np.ndarray) -> tuple[float, float]:
+    """Spark ML's LogisticRegression (L-BFGS to convergence) on the same cached training rows: (fit seconds,
+    validation log-loss of its model)."""
+    from pyspark.ml.classification import LogisticRegression
+    from pyspark.ml.linalg import Vectors
+
+    points = training_points(prepared, lambda label, features: (float(label), Vectors.dense(features)))
+    frame = points.toDF(["label", "features"]).cache()
     frame.count()
     estimator = LogisticRegression(maxIter=100, tol=1e-6, regParam=0.0, standardization=False, fitIntercept=True)
     model, seconds = timed(lambda: estimator.fit(frame))
@@ -347,16 +353,7 @@ def bench_mllib(spark: Any, prepared: PreparedData, rates: list[float], iteratio
     from pyspark.mllib.classification import LogisticRegressionWithSGD
     from pyspark.mllib.regression import LabeledPoint
 
-    n_features = prepared.blocks.n_features
-
-    def points(row: Any) -> list[Any]:
-        if row["is_validation"]:
-            return []
-        X = np.frombuffer(row["features"], dtype=np.float64).reshape(int(row["rows"]), n_features)
-        y = np.frombuffer(row["labels"], dtype=np.float64)
-        return [LabeledPoint(label, features) for label, features in zip(y, X, strict=True)]
-
-    rdd = prepared.blocks.dataframe.rdd.flatMap(points).cache()
+    rdd = training_points(prepared, LabeledPoint).cache()
     rdd.count()
     weights = []
     start = time.perf_counter()
