@@ -25,6 +25,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from mlflow.entities import DatasetInput, Metric, Param, Run, RunTag
 from mlflow.entities.run_status import RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from pipelines.errors import ConfigError, TrackingError, TrackingUnavailableError
@@ -49,6 +50,27 @@ RUNNING_RUN = RunStatus.to_string(RunStatus.RUNNING)
 KILLED = RunStatus.to_string(RunStatus.KILLED)
 FAILED = RunStatus.to_string(RunStatus.FAILED)
 SYSTEM_PREFIX = "system/lrsweep_"
+DATASET_LOG_ATTEMPTS = 5
+# how SQLAlchemy's drivers word a unique-key violation (sqlite, PostgreSQL, MySQL)
+_UNIQUE_KEY_MARKERS = ("integrityerror", "unique constraint", "duplicate key", "duplicate entry")
+
+
+def log_dataset(client: mlflow.MlflowClient, run_id: str, dataset: DatasetInput) -> None:
+    """Link ``dataset`` (the pinned table version) to the run, through a lost race in the store.
+
+    MLflow's SQL store looks the dataset up in the experiment and inserts it when missing, in one
+    transaction: two runs logging the same new dataset at once (two sweeps of one table started side by
+    side) can both miss it, and the second insert fails on the unique key with the whole request rolled back.
+    Another attempt finds the dataset the winner inserted and only links it.
+    """
+    for attempt in range(1, DATASET_LOG_ATTEMPTS + 1):
+        try:
+            client.log_inputs(run_id, [dataset])
+            return
+        except MlflowException as error:
+            if attempt == DATASET_LOG_ATTEMPTS or not any(m in str(error).lower() for m in _UNIQUE_KEY_MARKERS):
+                raise
+            time.sleep(0.05 * attempt)
 
 
 def metric_history(name: str, curve: Sequence[float], timestamp_ms: int | Sequence[int], first_step: int = 1,
@@ -166,7 +188,7 @@ class SweepTracker:
                 self.client.log_batch(run_id, params=list(batch))
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             if dataset is not None and self.existing_parent is None:
-                self.client.log_inputs(run_id, [dataset])
+                log_dataset(self.client, run_id, dataset)
             return run_id
 
         self.parent_run_id = self.store.call("runs", start)
@@ -292,7 +314,7 @@ class SweepTracker:
                                               Param("reg_param", repr(point.reg_param)),
                                               Param("l1_ratio", repr(point.l1_ratio))])
         if dataset is not None:
-            self.client.log_inputs(run_id, [dataset])
+            log_dataset(self.client, run_id, dataset)
         return ChildRun(run_id, RUNNING_RUN, RUNNING)
 
     def _logged_steps(self, run: Run) -> dict[str, int]:

@@ -1,14 +1,21 @@
-"""The tracking store's own logic, without a server: redaction, outage budgets, what counts as an outage."""
+"""The tracking store's own logic, without a server: redaction, outage budgets, what counts as an outage,
+a lost race in a SQL store (on a real sqlite store)."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Dataset, DatasetInput
 from mlflow.exceptions import MlflowException
 from mlflow.protos import databricks_pb2
 
 from pipelines.errors import TrackingError, TrackingUnavailableError
+from pipelines.tracking.runs import log_dataset
 from pipelines.tracking.store import Availability, is_unavailable, local_artifact_location, redact
 
 
@@ -58,3 +65,33 @@ def test_refused_credentials_are_a_user_error() -> None:
 def test_local_stores_keep_artifacts_next_to_the_store(tmp_path: object) -> None:
     assert local_artifact_location("sqlite:////data/x/mlflow.db", "my exp") == "file:///data/x/mlartifacts/my_exp"
     assert local_artifact_location("http://host:5000", "e") is None
+
+
+def test_runs_logging_the_same_new_dataset_at_once_all_get_it(tmp_path: Path) -> None:
+    # MLflow's SQL store checks for the dataset, then inserts it: runs racing on a new dataset collide on its
+    # unique key (about half of them on this store without the retry); every run must still be linked to it
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("race")
+    for version in range(4):
+        dataset = DatasetInput(Dataset(name=f"features@v{version}", digest=f"d{version}", source_type="delta_table",
+                                       source=json.dumps({"path": "/lake/features", "delta_table_version": version})))
+        runs = [client.create_run(experiment).info.run_id for _ in range(6)]
+        together = threading.Barrier(len(runs))
+        failures: list[BaseException] = []
+
+        def link(run_id: str, dataset: DatasetInput = dataset, together: threading.Barrier = together,
+                 failures: list[BaseException] = failures) -> None:
+            together.wait()
+            try:
+                log_dataset(client, run_id, dataset)
+            except Exception as error:
+                failures.append(error)
+
+        threads = [threading.Thread(target=link, args=(run_id,)) for run_id in runs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not failures, failures[0]
+        for run_id in runs:
+            assert [i.dataset.name for i in client.get_run(run_id).inputs.dataset_inputs] == [f"features@v{version}"]
