@@ -402,6 +402,9 @@ class TrackingConfig(_Section):
     experiment: str = Field(default="lrsweep", min_length=1)
     registered_model: str = Field(default="lrsweep_model", min_length=1)
     register_when: Literal["always", "if_better", "never"] = "if_better"
+    min_improvement: float = Field(
+        default=0.001, ge=0.0, lt=1.0, description="if_better: the relative margin by which the challenger's "
+        "validation loss must beat the champion's, both measured on this sweep's validation rows")
     retry_seconds: float = Field(
         default=60.0, ge=0.0, description="per outage: how long MLflow calls are retried before the job goes on "
         "without it (live logging) or gives up (the end of the job, exit 4)")

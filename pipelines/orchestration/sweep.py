@@ -26,14 +26,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pyspark.sql import SparkSession
 
 from pipelines.config import Config
-from pipelines.errors import ConfigError, TerminatedError, TrackingUnavailableError
+from pipelines.errors import ConfigError, TerminatedError, TrackingError, TrackingUnavailableError
 from pipelines.features.columns import model_input
+from pipelines.features.split import TEST, VALIDATION
 from pipelines.lakehouse.checkpoints import CheckpointStore
-from pipelines.lakehouse.reader import read_feature_table
+from pipelines.lakehouse.reader import FeatureTable, read_feature_table
 from pipelines.lakehouse.writer import check_output_table, finalize_results, journaled_epochs
 from pipelines.orchestration.journal import Journal
 from pipelines.orchestration.params import auto_params, sweep_params, sweep_settings
@@ -44,10 +46,10 @@ from pipelines.orchestration.training import (
     PreparedData,
     SweepRun,
     batch_size,
-    held_out_metrics,
     prepare_data,
     problem_for,
     range_test,
+    split_metrics,
     train_grid,
 )
 from pipelines.reporting.figures import (
@@ -66,10 +68,21 @@ from pipelines.sweep.checkpoint import RoundCheckpoint, SweepCheckpoint, setting
 from pipelines.sweep.grid import GridPoint, joint_grid, point_label
 from pipelines.sweep.loop import Boundary
 from pipelines.sweep.lr_finder import RangeTestResult, auto_grid, refine_span
-from pipelines.sweep.outcome import GridOutcome
+from pipelines.sweep.outcome import GridOutcome, RateResult
 from pipelines.tracking.datasets import TrainingData, dataset_input
 from pipelines.tracking.live import LiveView
-from pipelines.tracking.models import Registration, linear_pipeline, log_model, register_model
+from pipelines.tracking.models import (
+    TAG_CHAMPION_VERSION,
+    ChampionCheck,
+    LinearModel,
+    Registration,
+    champion_version,
+    linear_pipeline,
+    load_linear_model,
+    log_model,
+    register_model,
+    registration_decided,
+)
 from pipelines.tracking.runs import FAILED, FINISHED, KILLED, SweepTracker
 from pipelines.tracking.store import TrackingStore, code_version, connect, redact, tracking_uri
 
@@ -395,16 +408,53 @@ class SweepJob:
                    "data_table": table.ref.identifier, "data_version": table.ref.version,
                    "lrsweep_columns": json.dumps(table.columns.used), "lrsweep_classes": json.dumps(list(classes))}
         model_uri = log_model(self.tracker, pipeline, example, loss, lineage)
+        tracking = self.config.tracking
+        check = None if tracking.register_when == "never" or registration_decided(self.tracker) \
+            else self.challenge_champion(best, classes)
         registration = register_model(
-            self.tracker, model_uri, self.config.tracking.registered_model, self.config.tracking.register_when,
+            self.tracker, model_uri, tracking.registered_model, tracking.register_when,
             best.final_metrics()["val_loss"], loss,
             {"lrsweep.sweep_id": self.sweep_id, "lrsweep.learning_rate": repr(best.learning_rate),
              "lrsweep.reg_param": repr(best.reg_param), "lrsweep.l1_ratio": repr(best.l1_ratio),
              "lrsweep.data_table": table.ref.identifier, "lrsweep.data_version": str(table.ref.version),
              **{f"lrsweep.test_{name}": repr(value) for name, value in (self.test_metrics or {}).items()},
              **{f"lrsweep.{name}": repr(float(value)) for name, value in best.final_metrics().items()
-                if name.startswith("val_") and name != "val_loss"}})
+                if name.startswith("val_") and name != "val_loss"}},
+            check=check, min_improvement=tracking.min_improvement)
         return model_uri, registration
+
+    def challenge_champion(self, best: RateResult, classes: tuple[Any, ...]) -> ChampionCheck | None:
+        """The current champion measured on this sweep's validation rows, with the sweep's metrics, logged on
+        the parent (``champion_val_*``, ``challenger_val_loss``) and printed; None without a champion."""
+        name = self.config.tracking.registered_model
+        version = champion_version(self.tracker, name)
+        if version is None:
+            return None
+        self.tracker.set_parent_tags({TAG_CHAMPION_VERSION: version})
+        try:
+            champion = load_linear_model(self.tracker, f"models:/{name}/{version}")
+        except TrackingError as error:
+            check = ChampionCheck(version, None, str(error))
+        else:
+            why_not = champion_mismatch(champion, self.table, self.config.model.loss, classes)
+            metrics = None if why_not else split_metrics(
+                VALIDATION, self.table, self.config.data, self.config.train.seed, self.config.model.class_weight,
+                champion.encoding, champion.weights, champion.intercept, self.problem().loss_function,
+                self.facts().classes)
+            check = ChampionCheck(version, metrics, why_not or "")
+        challenger = best.final_metrics()["val_loss"]
+        if check.metrics is None:
+            self.say(f"champion: {name} version {version} cannot be measured on this sweep's rows: {check.why_not}")
+            return check
+        self.tracker.log_parent_metrics({"challenger_val_loss": challenger, **{
+            f"champion_val_{metric}": value for metric, value in check.metrics.items() if metric != "count"}})
+        trained_on = champion.info.data_version
+        self.say(f"champion: {name} version {version}"
+                 + (f" (trained on version {trained_on})" if trained_on is not None else "")
+                 + f" on this sweep's {int(check.metrics['count'])} validation rows of version "
+                 f"{self.table.ref.version}: val_loss {check.metrics['loss']:.6g}; challenger "
+                 f"{point_label(best.point)}: {challenger:.6g}")
+        return check
 
     def held_out(self) -> dict[str, float] | None:
         """The champion's metrics on the held-out test rows (None without any): measured once, after the choice
@@ -415,9 +465,9 @@ class SweepJob:
         recorded = self.tracker.parent_tags().get(TAG_TEST_METRICS)
         if recorded:
             return dict(json.loads(recorded))
-        metrics = held_out_metrics(self.table, data, self.config.train.seed, self.config.model.class_weight,
-                                   self.final_run().encoding, best.weights, best.intercept,
-                                   self.problem().loss_function, self.facts().classes)
+        metrics = split_metrics(TEST, self.table, data, self.config.train.seed, self.config.model.class_weight,
+                                self.final_run().encoding, best.weights, best.intercept,
+                                self.problem().loss_function, self.facts().classes)
         if metrics is None:
             self.say("test: the test split is empty; no held-out metrics")
             return None
@@ -584,3 +634,22 @@ def _spark_master(spark: SparkSession) -> str:
         return str(spark.sparkContext.master)
     except Exception:  # Spark Connect sessions have no SparkContext
         return str(spark.conf.get("spark.master", "unknown"))
+
+
+def champion_mismatch(champion: LinearModel, table: FeatureTable, loss: str, classes: tuple[Any, ...]) -> str | None:
+    """Why ``champion`` cannot be applied to this sweep's rows of ``table`` (None: it can)."""
+    info = champion.info
+    if info.loss != loss:
+        return f"it was trained with model.loss={info.loss!r}, this sweep uses {loss!r}"
+    missing = [column for column in info.features if column not in table.columns.used]
+    if missing:
+        return (f"it uses column(s) {', '.join(map(repr, missing))} that this sweep's rows of "
+                f"{table.ref.identifier} at version {table.ref.version} do not have (gone from the table, or "
+                "left out of the features)")
+    changed = [f"{column!r} ({info.families[column]} then, {table.columns.used[column]} now)"
+               for column in info.features if info.families.get(column, "number") != table.columns.used[column]]
+    if changed:
+        return f"column(s) {', '.join(changed)} changed type"
+    if [str(c) for c in info.classes] != [str(c) for c in classes]:
+        return f"its classes {list(info.classes)} are not this sweep's {list(classes)}"
+    return None

@@ -173,19 +173,25 @@ def training_classes(table: FeatureTable, split: DataFrame,
     return classes, notes, remapped.where(F.col(table.label).isNotNull())
 
 
-def held_out_metrics(table: FeatureTable, data: DataConfig, seed: int, class_weight: str | Mapping[str, float] | None,
-                     encoding: TableEncoding, weights: FloatArray, intercept: float | FloatArray, loss: Loss,
-                     classes: tuple[Any, ...] | None = None) -> dict[str, float] | None:
-    """The model's metrics on the held-out test rows (weighted like training), or None when there are none;
-    ``classes``: a multinomial model's (its test rows re-indexed into them)."""
+def split_metrics(part: int, table: FeatureTable, data: DataConfig, seed: int,
+                  class_weight: str | Mapping[str, float] | None, encoding: TableEncoding, weights: FloatArray,
+                  intercept: float | FloatArray, loss: Loss, classes: tuple[Any, ...] | None = None,
+                  ) -> dict[str, float] | None:
+    """A model's metrics on one part of the split (``VALIDATION`` or ``TEST``: the same rows, weighted like
+    training, that the sweep's own figures for that part come from), or None when the part is empty.
+
+    The model may be another run's (the champion): ``encoding`` is its own, applied to this table's rows.
+    ``classes``: a multinomial model's (the rows re-indexed into them, rows of other classes left out as in
+    training).
+    """
     split = split_table(table, data, seed)
     if table.label_is_index:
         _, _, split = training_classes(table, split, classes)
     weight = weight_column(table, split.filter(F.col(SPLIT_COLUMN) == F.lit(TRAIN)), class_weight)
-    test_rows = split.filter(F.col(SPLIT_COLUMN) == F.lit(TEST))
+    rows = split.filter(F.col(SPLIT_COLUMN) == F.lit(part))
     if weight is not None:
-        test_rows = test_rows.withColumn(WEIGHT_COLUMN, weight)
-    return evaluate_rows(test_rows, table.label, encoding, weights, intercept, loss,
+        rows = rows.withColumn(WEIGHT_COLUMN, weight)
+    return evaluate_rows(rows, table.label, encoding, weights, intercept, loss,
                          weight=WEIGHT_COLUMN if weight is not None else None)
 
 

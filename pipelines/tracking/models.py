@@ -52,6 +52,10 @@ TAG_VAL_LOSS = "lrsweep.val_loss"
 TAG_LOSS = "lrsweep.loss"
 TAG_MODEL_URI = "lrsweep.model_uri"
 TAG_REGISTRATION = "lrsweep.registration"
+TAG_CHAMPION_VERSION = "lrsweep.champion_version"  # the parent's: the champion its best model was measured against
+TAG_CHAMPION_VAL_LOSS = "lrsweep.champion_val_loss"
+TAG_CHALLENGER_VAL_LOSS = "lrsweep.challenger_val_loss"
+TAG_REPLACED_VERSION = "lrsweep.replaced_version"
 MODEL_NAME = "model"
 #: lrsweep's own classes in a logged model, for MLflow's safe (skops) loading.
 TRUSTED_TYPES = [f"{TableEncoding.__module__}.{name}" for name in ("TableEncoding", "ColumnEncoding")]
@@ -167,13 +171,65 @@ class Registration:
         return f"model registry: {self.decision} ({where}): {self.reason}"
 
 
+@dataclass(frozen=True)
+class ChampionCheck:
+    """The champion measured on the challenger's own validation rows, or why it could not be.
+
+    ``metrics``: the champion's validation metrics (``loss``, ``auc``, ..., ``count``) computed like the
+    sweep's own on the same rows; None when the champion cannot be applied to them (``why_not`` says why).
+    """
+
+    version: str
+    metrics: dict[str, float] | None
+    why_not: str = ""
+
+    @property
+    def val_loss(self) -> float | None:
+        return None if self.metrics is None else self.metrics["loss"]
+
+
+def challenge(register_when: str, challenger_loss: float, check: ChampionCheck | None,
+              min_improvement: float) -> tuple[bool, str]:
+    """Whether the challenger becomes champion, and why (``register_when`` is ``always`` or ``if_better``).
+
+    ``if_better``: the challenger must beat the champion's validation loss *on the same rows* by at least
+    ``min_improvement`` (relative to the champion's loss, and strictly). A champion that cannot be measured on
+    this sweep's rows (its columns are gone, another loss or other classes) cannot serve this table: it is
+    replaced, and the reason says so.
+    """
+    if register_when == "always":
+        return True, "tracking.register_when is 'always'"
+    if check is None:
+        return True, "no champion yet"
+    if check.metrics is None:
+        return True, f"champion version {check.version} cannot be measured on this sweep's rows ({check.why_not})"
+    champion, rows = check.metrics["loss"], int(check.metrics.get("count", 0))
+    on = f"on the same {rows} validation rows"
+    if not math.isfinite(champion):
+        return True, f"champion version {check.version}'s val_loss {on} is {champion}"
+    gain = champion - challenger_loss
+    relative = gain / abs(champion) if champion else math.copysign(math.inf, gain) if gain else 0.0
+    compared = (f"challenger val_loss {challenger_loss:.6g} vs champion version {check.version}'s "
+                f"{champion:.6g} {on} ({relative:+.3%}; tracking.min_improvement {min_improvement:.3%})")
+    if gain > 0 and gain >= min_improvement * abs(champion):
+        return True, f"{compared}: the challenger wins"
+    return False, f"{compared}: the champion stays"
+
+
+def registration_decided(tracker: SweepTracker) -> bool:
+    """Whether an attempt of this sweep already took its registry decision (a rerun repeats nothing)."""
+    return bool(tracker.parent_tags().get(TAG_REGISTRATION))
+
+
 def register_model(tracker: SweepTracker, model_uri: str, name: str, register_when: str, val_loss: float,
-                   loss: str, tags: dict[str, str]) -> Registration:
+                   loss: str, tags: dict[str, str], check: ChampionCheck | None = None,
+                   min_improvement: float = 0.0) -> Registration:
     """Register ``model_uri`` under ``name`` and move the ``champion`` alias as ``register_when`` says.
 
-    ``always``: register and make champion. ``if_better``: only when ``val_loss`` is lower than the current
-    champion's (its ``lrsweep.val_loss`` tag) or there is no comparable champion. ``never``: nothing.
-    The decision is recorded in the parent's ``lrsweep.registration`` tag; a rerun repeats nothing.
+    ``always``: register and make champion. ``if_better``: see :func:`challenge` (``check`` is the current
+    champion measured on this sweep's validation rows; None when there is no champion). ``never``: nothing.
+    The decision is recorded in the parent's ``lrsweep.registration`` tag; a rerun repeats nothing. A new
+    version carries both validation losses and the version it replaced.
     """
     recorded = tracker.parent_tags().get(TAG_REGISTRATION)
     if recorded:
@@ -184,19 +240,21 @@ def register_model(tracker: SweepTracker, model_uri: str, name: str, register_wh
     if register_when == "never":
         result = Registration("skipped", "tracking.register_when is 'never'")
     else:
-        champion = tracker.store.call("registry", lambda: _champion(client, name))
-        reason = "tracking.register_when is 'always'"
-        if register_when == "if_better":
-            reason, better = _compare(champion, val_loss, loss)
-            if not better:
-                assert champion is not None
-                result = Registration("kept_champion", reason, str(champion.version))
-                tracker.set_parent_tags({TAG_REGISTRATION: f"{result.decision}:"})
-                return result
+        wins, reason = challenge(register_when, val_loss, check, min_improvement)
+        if not wins:
+            assert check is not None
+            result = Registration("kept_champion", reason, check.version)
+            tracker.set_parent_tags({TAG_REGISTRATION: f"{result.decision}:"})
+            return result
+        compared: dict[str, str] = {}
+        if check is not None:
+            compared[TAG_REPLACED_VERSION] = check.version
+            if check.val_loss is not None:
+                compared |= {TAG_CHAMPION_VAL_LOSS: repr(check.val_loss), TAG_CHALLENGER_VAL_LOSS: repr(val_loss)}
 
         def register() -> Any:
             registered = mlflow.register_model(model_uri, name, tags={
-                TAG_VAL_LOSS: repr(float(val_loss)), TAG_LOSS: loss, **tags})
+                TAG_VAL_LOSS: repr(float(val_loss)), TAG_LOSS: loss, **compared, **tags})
             client.set_registered_model_alias(name, CHAMPION, registered.version)
             return registered
 
@@ -206,26 +264,56 @@ def register_model(tracker: SweepTracker, model_uri: str, name: str, register_wh
     return result
 
 
-def _champion(client: MlflowClient, name: str) -> Any:
+def champion_version(tracker: SweepTracker, name: str) -> str | None:
+    """The version the ``champion`` alias of ``name`` points at (None: no such model or alias)."""
+    client = tracker.client
+
+    def find() -> str | None:
+        try:
+            return str(client.get_model_version_by_alias(name, CHAMPION).version)
+        except MlflowException as error:
+            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                return None
+            raise TrackingError(f"model registry: cannot read {name}@{CHAMPION}: {error.message}") from error
+
+    return tracker.store.call("registry", find)
+
+
+@dataclass(frozen=True)
+class LinearModel:
+    """A logged lrsweep model taken apart again: what :func:`linear_pipeline` put together."""
+
+    info: ScoringModel
+    encoding: TableEncoding
+    weights: FloatArray  # (d,), or (C, d) for multinomial
+    intercept: float | FloatArray
+
+
+def load_linear_model(tracker: SweepTracker, model_uri: str) -> LinearModel:
+    """Load ``model_uri`` and take it apart into its encoding and coefficients.
+
+    Raises :class:`TrackingError` naming the URI when it is not an lrsweep model.
+    """
+    info = resolve_scoring_model(tracker.client, model_uri)
+    pipeline = tracker.store.call("registry", lambda: mlflow.sklearn.load_model(info.uri))
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException as error:
-        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise TrackingError(f"model registry: cannot read {name}@{CHAMPION}: {error.message}") from error
+        encoding, weights, intercept = linear_parts(pipeline, info.loss)
+    except ValueError as error:
+        raise TrackingError(f"{model_uri}: {error}") from None
+    return LinearModel(info, encoding, weights, intercept)
 
 
-def _compare(champion: Any, val_loss: float, loss: str) -> tuple[str, bool]:
-    if champion is None:
-        return "no champion yet", True
-    recorded = champion.tags.get(TAG_VAL_LOSS)
-    if recorded is None or champion.tags.get(TAG_LOSS) != loss:
-        return f"champion version {champion.version} has no comparable {TAG_VAL_LOSS} tag", True
-    champion_loss = float(recorded)
-    if math.isfinite(champion_loss) and val_loss >= champion_loss:
-        return (f"val_loss {val_loss:.6g} is not better than champion version {champion.version}'s "
-                f"{champion_loss:.6g}"), False
-    return f"val_loss {val_loss:.6g} beats champion version {champion.version}'s {champion_loss:.6g}", True
+def linear_parts(pipeline: Any, loss: str) -> tuple[TableEncoding, FloatArray, float | FloatArray]:
+    """The encoding, weights and intercept of a :func:`linear_pipeline` (its inverse)."""
+    steps = getattr(pipeline, "named_steps", {})
+    encoding, estimator = steps.get("encode"), steps.get("model")
+    if not isinstance(encoding, TableEncoding) or estimator is None or not hasattr(estimator, "coef_"):
+        raise ValueError("not an lrsweep pipeline (an encoding, then a linear model)")
+    weights = np.asarray(estimator.coef_, dtype=np.float64)
+    intercepts = np.atleast_1d(np.asarray(estimator.intercept_, dtype=np.float64))
+    if task_of(loss) == "multiclass":
+        return encoding, weights, intercepts
+    return encoding, weights.reshape(-1), float(intercepts[0])
 
 
 # ----------------------------------------------------------------------------------------------- scoring
@@ -244,6 +332,7 @@ class ScoringModel:
     families: dict[str, str] = field(default_factory=dict)  # feature -> column family (number when not recorded)
     positive_class: str = "1"  # label models: the class scored 1.0
     classes: tuple[Any, ...] = (0, 1)  # the model's classes (multinomial: in the order of its probabilities)
+    data_version: str | None = None  # the table version it was trained on (lrsweep's lineage metadata)
 
 
 def resolve_scoring_model(client: MlflowClient, model_uri: str) -> ScoringModel:
@@ -270,15 +359,17 @@ def resolve_scoring_model(client: MlflowClient, model_uri: str) -> ScoringModel:
         raise TrackingError(f"scoring.model_uri {model_uri}: {error.message}") from error
     if info.signature is None or info.signature.inputs is None:
         raise TrackingError(f"scoring.model_uri {model_uri}: the model has no input signature")
-    loss = (info.metadata or {}).get("lrsweep_loss")
+    metadata = info.metadata or {}
+    loss = metadata.get("lrsweep_loss")
     if loss not in LOSS_NAMES:
         raise TrackingError(f"scoring.model_uri {model_uri}: not an lrsweep model (no lrsweep_loss metadata)")
     features = tuple(info.signature.inputs.input_names())
-    recorded = json.loads((info.metadata or {}).get("lrsweep_columns") or "{}")
-    classes = json.loads((info.metadata or {}).get("lrsweep_classes") or "[0, 1]")
+    recorded = json.loads(metadata.get("lrsweep_columns") or "{}")
+    classes = json.loads(metadata.get("lrsweep_classes") or "[0, 1]")
     return ScoringModel(uri=pinned, name=name, version=version, run_id=info.run_id, features=features, loss=loss,
                         families={name: recorded.get(name, "number") for name in features},
-                        positive_class=str(classes[-1]), classes=tuple(classes))
+                        positive_class=str(classes[-1]), classes=tuple(classes),
+                        data_version=None if metadata.get("data_version") is None else str(metadata["data_version"]))
 
 
 def scoring_udf(spark: SparkSession, model: ScoringModel) -> Callable[..., Column]:

@@ -11,8 +11,9 @@ from pipelines.features.encoding import ColumnEncoding, TableEncoding
 from pipelines.features.scaling import FeatureScaling
 from pipelines.reporting.figures import loss_curves_figure, val_loss_vs_rate_figure
 from pipelines.reporting.tables import format_summary, rate_summary, results_rows
+from pipelines.sgd.losses import LOSS_NAMES, task_of
 from pipelines.sweep.outcome import GridOutcome, RateResult
-from pipelines.tracking.models import linear_pipeline
+from pipelines.tracking.models import ChampionCheck, challenge, linear_parts, linear_pipeline
 from pipelines.tracking.runs import MAX_METRICS_PER_BATCH, chunks, metric_history, rate_metrics
 
 NAN, INF = float("nan"), float("inf")
@@ -98,3 +99,36 @@ def test_sklearn_pipeline_matches_the_raw_coefficients(loss: str) -> None:
         np.testing.assert_allclose(pipeline.predict(X), margin, atol=1e-9)
     with pytest.raises(ValueError, match="column 'a' is missing"):
         pipeline.predict(X.rename(columns={"a": "z"}))
+
+
+def test_the_challenger_must_beat_the_champion_on_the_same_rows_by_the_margin() -> None:
+    measured = ChampionCheck("4", {"loss": 0.5, "count": 800.0})
+    assert challenge("if_better", 0.49, measured, 0.01)[0]  # 2% better than 0.5
+    wins, reason = challenge("if_better", 0.4975, measured, 0.01)  # 0.5% better: not by 1%
+    assert not wins and "on the same 800 validation rows" in reason and "+0.500%" in reason
+    assert not challenge("if_better", 0.5, measured, 0.0)[0]  # a tie keeps the champion
+    assert challenge("if_better", 0.4999, measured, 0.0)[0]
+    assert not challenge("if_better", 0.6, measured, 0.0)[0]
+    assert challenge("always", 0.6, measured, 0.5) == (True, "tracking.register_when is 'always'")
+    assert challenge("if_better", 0.6, None, 0.01) == (True, "no champion yet")
+    gone = ChampionCheck("4", None, "it uses column(s) 'x' that this sweep's rows ... do not have")
+    wins, reason = challenge("if_better", 0.9, gone, 0.01)
+    assert wins and reason.startswith("champion version 4 cannot be measured on this sweep's rows (it uses")
+    assert challenge("if_better", 0.9, ChampionCheck("4", {"loss": float("nan"), "count": 8.0}), 0.01)[0]
+
+
+@pytest.mark.parametrize("loss", LOSS_NAMES)
+def test_a_pipeline_comes_apart_into_the_coefficients_it_was_built_from(loss: str) -> None:
+    rng = np.random.default_rng(3)
+    encoding = TableEncoding([ColumnEncoding(c, "number", 1, means=(0.0,), scales=(1.0,)) for c in "abc"])
+    classes = ("x", "y", "z") if task_of(loss) == "multiclass" else (0, 1)
+    shape = (3, 3) if task_of(loss) == "multiclass" else (3,)
+    weights = rng.normal(size=shape)
+    intercept = rng.normal(size=3) if task_of(loss) == "multiclass" else 0.25
+    parts = linear_parts(linear_pipeline(encoding, weights, intercept, loss, classes=classes), loss)
+    assert parts[0] is encoding
+    np.testing.assert_array_equal(parts[1], weights)
+    np.testing.assert_array_equal(parts[2], intercept)
+    assert type(parts[2]) is type(intercept)
+    with pytest.raises(ValueError, match="not an lrsweep pipeline"):
+        linear_parts(object(), loss)
