@@ -250,6 +250,9 @@ class TrainConfig(_Section):
     )
     batch_fraction: float = Field(default=1.0, gt=0.0, le=1.0, description="gd: sampled fraction per step")
     num_partitions: int | None = Field(default=None, ge=1, description="partitions of the training data")
+    warm_start: Literal["none", "champion"] = Field(
+        default="none", description="champion: every grid point (and the range test) starts from the registered "
+        "champion's model, carried onto this sweep's encoding; without a champion, a cold start (said)")
     dtype: Literal["float64", "float32"] = Field(
         default="float64", description="storage of the dense inputs in the cached blocks: float32 halves their "
         "memory and the epoch's memory traffic; weights, sums and updates stay float64")

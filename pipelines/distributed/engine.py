@@ -76,6 +76,15 @@ class ModelRows:
                    np.zeros((K * outputs, n_features)), np.zeros(K * outputs),
                    init_state(optimizer, K * outputs, n_features), np.ones(K), outputs)
 
+    def started_at(self, weights: FloatArray, intercepts: FloatArray) -> ModelRows:
+        """Every model row at the same start (a warm start): ``weights`` ``(outputs, d)``, ``intercepts``
+        ``(outputs,)``; the optimizer state stays fresh."""
+        if weights.shape != (self.outputs, self.weights.shape[1]) or intercepts.shape != (self.outputs,):
+            raise ValueError(f"a start of shape {weights.shape}, {intercepts.shape} for models of "
+                             f"{self.outputs} x {self.weights.shape[1]}")
+        return replace(self, weights=np.tile(weights, (self.n_rows, 1)),
+                       intercepts=np.tile(intercepts, self.n_rows))
+
     @property
     def n_rows(self) -> int:
         return int(self.learning_rates.shape[0])

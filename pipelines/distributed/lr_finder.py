@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pipelines.distributed.blocks import BlockSet, PartitionBlocks, map_partitions
+from pipelines.sgd._types import FloatArray
 from pipelines.sgd.gradient_step import GradientSums, gradient_step
 from pipelines.sgd.optimizers import init_state
 from pipelines.sgd.problem import TrainingProblem
@@ -54,16 +55,19 @@ class RangeTestStepper:
         Rows of the global mini-batch.
     seed : int
         Seeds the mini-batch samples.
+    start : (weights, intercepts), optional
+        The model's start (a warm start), ``(outputs, d)`` and ``(outputs,)``; zeros by default.
     """
 
-    def __init__(self, blocks: BlockSet, problem: TrainingProblem, batch_size: int, seed: int) -> None:
+    def __init__(self, blocks: BlockSet, problem: TrainingProblem, batch_size: int, seed: int,
+                 start: tuple[FloatArray, FloatArray] | None = None) -> None:
         self.blocks = blocks
         self.problem = problem
         self.seed = seed
         self.batch_rows = partition_batch_rows(blocks.train_rows, batch_size)
         outputs = problem.outputs  # one model: its weight rows (a multinomial model's classes)
-        self.weights = np.zeros((outputs, blocks.n_features))
-        self.intercepts = np.zeros(outputs)
+        self.weights = np.zeros((outputs, blocks.n_features)) if start is None else start[0].copy()
+        self.intercepts = np.zeros(outputs) if start is None else start[1].copy()
         self.state = init_state(problem.optimizer, outputs, blocks.n_features)
         self.steps = 0
         self.jobs = 0

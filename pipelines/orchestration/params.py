@@ -31,6 +31,7 @@ def sweep_params(config: Config, table: FeatureTable, learning_rates: list[float
         "schedule": train.schedule.name,
         "optimizer": train.optimizer.name,
         "epochs": str(train.epochs),
+        "warm_start": train.warm_start,
         "seed": str(train.seed),
         "seeds": ",".join(map(str, sweep.seeds or [train.seed])),
         "learning_rates": ",".join(repr(rate) for rate in learning_rates) if learning_rates else "auto",

@@ -28,12 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from pyspark.sql import SparkSession
 
 from pipelines.config import Config
 from pipelines.errors import ConfigError, TerminatedError, TrackingError, TrackingUnavailableError
 from pipelines.features.columns import model_input
 from pipelines.features.split import TEST, VALIDATION
+from pipelines.features.transfer import carry_over
 from pipelines.lakehouse.checkpoints import CheckpointStore
 from pipelines.lakehouse.reader import FeatureTable, read_feature_table
 from pipelines.lakehouse.writer import check_output_table, finalize_results, journaled_epochs
@@ -44,6 +46,7 @@ from pipelines.orchestration.report import SweepReport
 from pipelines.orchestration.signals import StopRequest
 from pipelines.orchestration.training import (
     PreparedData,
+    Start,
     SweepRun,
     batch_size,
     prepare_data,
@@ -72,6 +75,7 @@ from pipelines.sweep.outcome import GridOutcome, RateResult
 from pipelines.tracking.datasets import TrainingData, dataset_input
 from pipelines.tracking.live import LiveView
 from pipelines.tracking.models import (
+    CHAMPION,
     TAG_CHAMPION_VERSION,
     ChampionCheck,
     LinearModel,
@@ -149,6 +153,8 @@ class SweepJob:
         self.tracking_problem: str | None = None
         self.test_metrics: dict[str, float] | None = None
         self.effective_batch_size: int | None = None  # local_sgd's batch on a small table (train.min_steps_per_epoch)
+        self.start: Start | None = None  # train.warm_start: champion, once resolved (warm_start_version)
+        self.warm_start_version: str | None = None  # the champion version started from, or "none"
 
     # ----------------------------------------------------------------------------------------- steps
 
@@ -267,6 +273,9 @@ class SweepJob:
         params = sweep_params(self.config, table, grid)
         if self.effective_batch_size is not None:
             params["effective_batch_size"] = str(self.effective_batch_size)
+        if self.config.train.warm_start == "champion":
+            self.resolve_warm_start()
+            params["warm_start_version"] = str(self.warm_start_version)
         self.parent_run_id = self.tracker.start_parent(params, tags, self.dataset)
         if table.rows_dropped_null or table.rows_dropped_invalid:
             self.tracker.log_parent_metrics({"rows_dropped_null": float(table.rows_dropped_null),
@@ -296,7 +305,8 @@ class SweepJob:
             self.say(f"range test: suggestion lr={self.range_test.suggestion:.4g} from the checkpoint")
             return self.range_test.suggestion
         self.require_training("the range test")
-        self.range_test = range_test(self.prepare(), self.config.problem, self.config.train, self.config.range_test)
+        self.range_test = range_test(self.prepare(), self.config.problem, self.config.train, self.config.range_test,
+                                     start=self.start)
         self.range_test_ran = True
         result = self.range_test
         self.say(f"range test: {result.steps} steps{' (stopped early)' if result.stopped_early else ''}, minimum "
@@ -322,7 +332,7 @@ class SweepJob:
             try:
                 run = train_grid(self.prepare(), self.config.problem, self.config.train, self.config.sweep,
                                  points, resume=None if restored is None else restored.snapshot,
-                                 on_boundary=watcher)
+                                 on_boundary=watcher, start=self.start)
             finally:
                 watcher.close()
         self.rounds.append(RoundResult(number, run, child_ids))
@@ -422,6 +432,38 @@ class SweepJob:
                 if name.startswith("val_") and name != "val_loss"}},
             check=check, min_improvement=tracking.min_improvement)
         return model_uri, registration
+
+    def resolve_warm_start(self) -> None:
+        """``train.warm_start: champion``: the champion's model carried onto this sweep's encoding
+        (:func:`~pipelines.features.transfer.carry_over`), the start of every grid point and of the range test.
+
+        A rerun starts from the version its first attempt recorded (``warm_start_version``), wherever the alias
+        points now. Without a champion, or with one of another loss or other classes, the sweep starts at 0 and
+        says why.
+        """
+        name = self.config.tracking.registered_model
+        recorded = self.tracker.recorded_param("warm_start_version")
+        version = recorded if recorded is not None else champion_version(self.tracker, name)
+        self.warm_start_version = version or "none"
+        if version in (None, "none"):
+            self.say(f"warm start: no champion ({name}@{CHAMPION}) yet; every grid point starts at 0")
+            return
+        champion = load_linear_model(self.tracker, f"models:/{name}/{version}")
+        facts = self.facts()
+        classes = facts.classes or self.table.label_classes or (0, 1)
+        info = champion.info
+        if info.loss != self.config.model.loss or [str(c) for c in info.classes] != [str(c) for c in classes]:
+            self.warm_start_version = "none"
+            self.say(f"warm start: {name} version {version} is a {info.loss} model of classes {list(info.classes)}"
+                     f", this sweep trains {self.config.model.loss} on {list(classes)}; every grid point starts at 0")
+            return
+        carried = carry_over(champion.encoding, np.atleast_2d(champion.weights),
+                             np.atleast_1d(np.asarray(champion.intercept, dtype=np.float64)), facts.encoding)
+        self.start = (carried.weights, carried.intercepts)
+        trained_on = f" (trained on version {info.data_version})" if info.data_version is not None else ""
+        notes = "; ".join(carried.notes())
+        self.say(f"warm start: every grid point starts from {name} version {version}{trained_on}, carried onto "
+                 f"this sweep's encoding{': ' + notes if notes else ' exactly'}")
 
     def challenge_champion(self, best: RateResult, classes: tuple[Any, ...]) -> ChampionCheck | None:
         """The current champion measured on this sweep's validation rows, with the sweep's metrics, logged on

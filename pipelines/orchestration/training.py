@@ -47,6 +47,9 @@ from pipelines.sweep.policies import (
 from pipelines.sweep.snapshot import GridSnapshot
 from pipelines.sweep.state import grid_state
 
+#: A warm start: every model's weights ``(outputs, d)`` and intercepts ``(outputs,)``.
+Start = tuple[FloatArray, FloatArray]
+
 
 @dataclass(frozen=True)
 class PreparedData:
@@ -226,12 +229,12 @@ def make_policies(sweep: SweepConfig, schedule: ScheduleSpec, n_rates: int, n_ro
 
 def train_grid(prepared: PreparedData, problem: TrainingProblem, train: TrainConfig, sweep: SweepConfig,
                points: Sequence[GridPoint], *, resume: GridSnapshot | None = None,
-               on_boundary: BoundaryHook | None = None) -> SweepRun:
+               on_boundary: BoundaryHook | None = None, start: Start | None = None) -> SweepRun:
     """Train the grid's ``points`` (every seed of ``sweep.seeds``) on prepared blocks for ``train.epochs``.
 
     Each point's model rows get its learning rate and penalty (``problem.regularization`` is the range test's;
     the grid's points carry their own). With ``resume``, training continues from that epoch boundary (same
-    bits as never stopping).
+    bits as never stopping); else every model starts at ``start`` (a warm start; zeros by default).
     """
     blocks, problem = prepared.blocks, prepared.problem(problem)
     seeds = sweep.seeds or [train.seed]
@@ -239,6 +242,8 @@ def train_grid(prepared: PreparedData, problem: TrainingProblem, train: TrainCon
     rows_seeds = [seed for _ in points for seed in seeds]
     models = ModelRows.zeros(rows_rates, rows_seeds, row_penalties(points, len(seeds)), blocks.n_features,
                              problem.optimizer, problem.outputs)
+    if start is not None:
+        models = models.started_at(*start)
     trainer = GridTrainer(blocks, problem, make_strategy(train, blocks), models, train.epochs)
     state = grid_state(points, seeds, train.epochs, problem.loss, blocks.n_features, problem.outputs)
     policies = make_policies(sweep, problem.schedule, len(points), len(rows_rates))
@@ -250,12 +255,12 @@ def train_grid(prepared: PreparedData, problem: TrainingProblem, train: TrainCon
 
 
 def range_test(prepared: PreparedData, problem: TrainingProblem, train: TrainConfig,
-               settings: RangeTestConfig) -> RangeTestResult:
+               settings: RangeTestConfig, start: Start | None = None) -> RangeTestResult:
     """Smith's range test on prepared blocks with the configured model and optimizer.
 
     Mini-batches of ``train.batch_size`` rows, seeded by ``train.seed``; ``train.schedule`` and
     ``train.algorithm`` do not apply (the rate schedule is the test's own exponential ramp).
     """
-    stepper = RangeTestStepper(prepared.blocks, prepared.problem(problem), train.batch_size, train.seed)
+    stepper = RangeTestStepper(prepared.blocks, prepared.problem(problem), train.batch_size, train.seed, start)
     rates = range_test_rates(settings.min_lr, settings.max_lr, settings.num_steps)
     return run_range_test(stepper, rates, settings.smoothing, settings.stop_factor)

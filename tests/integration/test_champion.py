@@ -131,3 +131,35 @@ def test_a_champion_whose_column_is_gone_is_reported_and_replaced(spark: SparkSe
     assert "champion_val_loss" not in client.get_run(report.parent_run_id).data.metrics
     assert client.get_model_version_by_alias(model, CHAMPION).tags["lrsweep.replaced_version"] == "1"
     assert np.isfinite(float(client.get_model_version_by_alias(model, CHAMPION).tags["lrsweep.val_loss"]))
+
+
+def test_a_warm_started_sweep_starts_every_point_at_the_champions_loss_on_its_rows(spark: SparkSession,
+                                                                                  tmp_path: Path) -> None:
+    model = "nightly_warm"
+    table = str(tmp_path / "churn")
+    # every region kept (one-hot): no category the champion kept falls into today's 'other', so the carried
+    # model is the champion's function exactly
+    common = ["demo.rows=3000", "demo.append_rows=300", "demo.partitions=2", f"tracking.registered_model={model}",
+              "tracking.experiment=warm", "features.max_categories=200"]
+    first = make_config(table, tmp_path, [*common, "sweep.id=warm-1", "train.warm_start=champion",
+                                          "sweep.learning_rates=[0.1]", "train.epochs=2"])
+    write_demo_table(spark, first.demo, table)
+    report, lines = sweep(spark, first)  # no champion yet: a cold start, said
+    assert any(line.startswith("warm start: no champion") for line in lines), lines
+    churn_features(spark, 800, seed=12, partitions=1, first_id=3300).write.format("delta").mode("append") \
+        .save(table)
+    warm = make_config(table, tmp_path, [*common, "sweep.id=warm-2", "train.warm_start=champion",
+                                         "sweep.learning_rates=[0.001, 0.01, 0.1]", "train.epochs=1"])
+    report, lines = sweep(spark, warm)
+    [said] = [line for line in lines if line.startswith("warm start: ")]
+    assert f"starts from {model} version 1 (trained on version 1)" in said and said.endswith("exactly"), said
+    client = MlflowClient(tracking_uri=warm.tracking.uri)
+    parent = client.get_run(report.parent_run_id).data
+    assert parent.params["warm_start_version"] == "1"
+    champion_loss = parent.metrics["champion_val_loss"]  # version 1 measured on this sweep's validation rows
+    starts = {rate.point.learning_rate: rate.curves["val_loss"] for rate in report.run.outcome.rates}
+    for child_id in report.child_run_ids:
+        assert child_id is not None
+        [step0] = [m.value for m in client.get_metric_history(child_id, "val_loss") if m.step == 0]
+        assert step0 == pytest.approx(champion_loss, rel=1e-9)
+    assert len(starts) == 3 and abs(champion_loss - np.log(2)) > 0.05  # not the cold start's log 2
