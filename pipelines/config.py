@@ -76,6 +76,9 @@ class DataConfig(_Section):
     version: int | str | None = Field(
         default=None, description="Delta version number or timestamp; latest at job start when omitted"
     )
+    since_version: int | Literal["champion"] | None = Field(
+        default=None, description="train on the rows added after this version (up to the pinned one): a "
+        "number, or champion (the version the champion was trained on); change data feed when the table has it")
     label: str = Field(min_length=1)
     features: list[str] | None = Field(
         default=None, description="feature columns; every usable column but the label and exclusions when omitted"
@@ -102,6 +105,13 @@ class DataConfig(_Section):
         if isinstance(version, int) and version < 0:
             raise ValueError("must be a version number >= 0 or a timestamp such as '2026-11-29 10:00:00'")
         return version
+
+    @field_validator("since_version")
+    @classmethod
+    def _since_non_negative(cls, since: int | str | None) -> int | str | None:
+        if isinstance(since, int) and since < 0:
+            raise ValueError("must be a version number >= 0 or 'champion'")
+        return since
 
     @model_validator(mode="after")
     def _split_settings(self) -> DataConfig:

@@ -161,7 +161,7 @@ class Profile:
 def apply_policies(stats: Stats, config: DataConfig, where: str) -> None:
     """``data.on_null`` / ``data.on_invalid``: fail naming the columns, or check something is left."""
     if stats.rows == 0:
-        raise DataError(f"{where}: the table is empty")
+        raise DataError(f"{where}: no rows to read")
     if stats.rows_with_null and config.on_null == "fail":
         detail = ", ".join(f"{c}: {n}" for c, n in sorted(stats.null_counts.items()))
         raise DataError(f"{where}: {stats.rows_with_null} rows have nulls ({detail}) and data.on_null is 'fail'; "

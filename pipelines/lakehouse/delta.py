@@ -58,6 +58,13 @@ def history(spark: SparkSession, identifier: str) -> list[tuple[int, datetime]]:
     return sorted((int(row["version"]), row["timestamp"]) for row in rows)
 
 
+def operations(spark: SparkSession, identifier: str) -> dict[int, tuple[str, dict[str, str]]]:
+    """Each version's operation and its parameters (``WRITE``, ``{"mode": "Append", ...}``)."""
+    rows = spark.sql(f"DESCRIBE HISTORY {sql_name(identifier)}") \
+        .select("version", "operation", "operationParameters").collect()
+    return {int(row["version"]): (str(row["operation"]), dict(row["operationParameters"] or {})) for row in rows}
+
+
 def latest_version(spark: SparkSession, identifier: str) -> int:
     rows = spark.sql(f"DESCRIBE HISTORY {sql_name(identifier)} LIMIT 1").select("version").collect()
     return int(rows[0][0])

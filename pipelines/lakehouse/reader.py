@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -35,7 +35,7 @@ from pipelines.lakehouse.checks import (
     select_features,
     string_classes,
 )
-from pipelines.lakehouse.delta import history, is_delta_table, table_format
+from pipelines.lakehouse.delta import history, is_delta_table, operations, table_format
 from pipelines.sgd.losses import task_of
 
 
@@ -46,6 +46,15 @@ class TableRef:
     identifier: str  # the path or catalog name as configured (paths made absolute)
     version: int
     timestamp: datetime | None = None
+    since_version: int | None = None  # an incremental read: the rows added after this version, up to ``version``
+    changes: str = ""  # how they were found: "change data feed" or "appends"
+
+    def describe(self) -> str:
+        """``version 7``, or ``versions 5..7 (rows added after version 4, change data feed)``."""
+        if self.since_version is None:
+            return f"version {self.version}"
+        return (f"versions {self.since_version + 1}..{self.version} (rows added after version "
+                f"{self.since_version}, {self.changes})")
 
     @property
     def is_path(self) -> bool:
@@ -141,10 +150,72 @@ def resolve_version(spark: SparkSession, identifier: str, requested: int | str |
 
 
 def read_version(spark: SparkSession, ref: TableRef) -> DataFrame:
-    """The table's content at ``ref.version``."""
-    if ref.is_path:
-        return spark.read.format("delta").option("versionAsOf", ref.version).load(ref.identifier)
-    return spark.sql(f"SELECT * FROM {ref.identifier} VERSION AS OF {ref.version}")
+    """The table's content at ``ref.version`` (an incremental ``ref``: the rows added since, see
+    :func:`read_added`)."""
+    if ref.since_version is not None:
+        return read_added(spark, ref)[0]
+    return _at(spark, ref.identifier, ref.version)
+
+
+def _at(spark: SparkSession, identifier: str, version: int) -> DataFrame:
+    if is_path(identifier):
+        return spark.read.format("delta").option("versionAsOf", version).load(identifier)
+    return spark.sql(f"SELECT * FROM {identifier} VERSION AS OF {version}")
+
+
+#: Operations that add no row and change none (an incremental read over them needs no change data feed).
+ROW_NEUTRAL = frozenset({"OPTIMIZE", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES", "VACUUM START", "VACUUM END",
+                         "ADD CONSTRAINT", "DROP CONSTRAINT", "UPGRADE PROTOCOL", "ADD COLUMNS", "CREATE TABLE"})
+CDF_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
+
+
+def read_added(spark: SparkSession, ref: TableRef) -> tuple[DataFrame, str]:
+    """The rows added after ``ref.since_version`` up to ``ref.version``, and how they were found.
+
+    With Delta's change data feed over those versions: the inserts and the post-images of updates. Without
+    it, when every version in between only appended (or only rewrote files without changing rows): the
+    table at ``version`` minus the table at ``since_version`` (as multisets).
+
+    Raises :class:`DataError` naming the versions when neither applies.
+    """
+    assert ref.since_version is not None
+    since, version, where = ref.since_version, ref.version, f"table {ref.identifier}"
+    reader = spark.read.format("delta").option("readChangeFeed", "true") \
+        .option("startingVersion", since + 1).option("endingVersion", version)
+    try:
+        changes = reader.load(ref.identifier) if ref.is_path else reader.table(ref.identifier)
+        changes.select(F.lit(1)).limit(1).collect()  # plans the change feed now, where its absence is reported
+    except Exception as error:
+        if "change" not in str(error).lower() or "feed" not in str(error).lower():
+            raise
+        unavailable = _first_line(error)
+    else:
+        rows = changes.where(F.col("_change_type").isin("insert", "update_postimage")).drop(*CDF_COLUMNS)
+        return rows, "change data feed"
+    history = operations(spark, ref.identifier)
+    rewrites = [f"{v} ({history[v][0]})" for v in range(since + 1, version + 1)
+                if v in history and not _appends_only(*history[v])]
+    if rewrites:
+        raise DataError(f"{where}: data.since_version={since}: the change data feed is unavailable for versions "
+                        f"{since + 1}..{version} ({unavailable}) and version(s) {', '.join(rewrites)} changed or "
+                        "removed rows, not only appended; set delta.enableChangeDataFeed=true on the table "
+                        "before the versions to read incrementally, or train on a whole version")
+    now, before = _at(spark, ref.identifier, version), _at(spark, ref.identifier, since)
+    aligned = before.select(*[F.col(f.name) if f.name in before.columns else F.lit(None).cast(f.dataType).alias(f.name)
+                              for f in now.schema.fields])  # columns added since: null in the older rows
+    return now.exceptAll(aligned), "appends"
+
+
+def _appends_only(operation: str, parameters: dict[str, str]) -> bool:
+    if operation in ROW_NEUTRAL:
+        return True
+    mode = (parameters.get("mode") or parameters.get("outputMode") or "").strip('"').lower()
+    return operation in ("WRITE", "STREAMING UPDATE") and mode == "append"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
 
 
 def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> FeatureTable:
@@ -162,9 +233,15 @@ def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> Fe
     """
     with readable_files(f"table {config.table}"):
         ref = resolve_version(spark, config.table, config.version)
-    where = f"table {ref.identifier} (version {ref.version})"
+    where = f"table {ref.identifier} ({ref.describe()})"
     with readable_files(where):
-        raw = read_version(spark, ref)
+        if isinstance(config.since_version, int):
+            ref = incremental(ref, config.since_version)
+            raw, changes = read_added(spark, ref)
+            ref = replace(ref, changes=changes)
+            where = f"table {ref.identifier} ({ref.describe()})"
+        else:
+            raw = read_version(spark, ref)
         columns = {f.name: f.dataType for f in raw.schema.fields}
     if config.label not in columns:
         raise DataError(f"{where}: label column {config.label!r} not found; available columns: "
@@ -211,6 +288,17 @@ def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> Fe
                         label_is_index=multiclass,
                         weight=config.weight, time_column=config.time_column if config.split == "time" else None,
                         split_column=config.split_column if config.split == "column" else None)
+
+
+def incremental(ref: TableRef, since: int) -> TableRef:
+    """``ref`` narrowed to the rows added after version ``since`` (``data.since_version``).
+
+    Raises :class:`DataError` when ``since`` is not older than the pinned version.
+    """
+    if since >= ref.version:
+        raise DataError(f"table {ref.identifier}: data.since_version={since} is not older than the pinned "
+                        f"version {ref.version}: no rows were added after it")
+    return replace(ref, since_version=since)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ def sweep_params(config: Config, table: FeatureTable, learning_rates: list[float
     return {
         "table": table.ref.identifier,
         "table_version": str(table.ref.version),
+        "since_version": "none" if table.ref.since_version is None else str(table.ref.since_version),
         "label": table.label,
         "num_features": str(len(table.features)),
         "features": ",".join(table.features),

@@ -86,6 +86,7 @@ from pipelines.tracking.models import (
     log_model,
     register_model,
     registration_decided,
+    resolve_scoring_model,
 )
 from pipelines.tracking.runs import FAILED, FINISHED, KILLED, SweepTracker
 from pipelines.tracking.store import TrackingStore, code_version, connect, redact, tracking_uri
@@ -246,13 +247,15 @@ class SweepJob:
                     else _int_or_none(self.tracker.recorded_param("table_version")))
         if recorded is not None and data.version is None:
             data = data.model_copy(update={"version": recorded})
+        if data.since_version is not None:
+            data = data.model_copy(update={"since_version": self.since_version(data.since_version)})
         self.table = read_feature_table(self.spark, data, self.config.model.loss)
         check_output_table(self.spark, self.config.output.results_table, "output.results_table")
         penalties = len(self.config.penalty_axis())
         rates = ("auto rates" if self.auto else f"{len(self.config.sweep.grid())} rates") + \
             (f" x {penalties} penalties" if penalties > 1 else "")
         resumed = f" (resumed from epoch {self.resumed_from_epoch})" if self.checkpoint is not None else ""
-        self.say(f"sweep {self.sweep_id}{resumed}: {self.table.ref.identifier} at version {self.table.ref.version}, "
+        self.say(f"sweep {self.sweep_id}{resumed}: {self.table.ref.identifier} at {self.table.ref.describe()}, "
                  f"{self.table.rows} rows, {len(self.table.features)} features, {rates}")
         if self.table.dropped_summary():
             self.say(f"data: {self.table.dropped_summary()} (data.on_null / data.on_invalid)")
@@ -261,11 +264,29 @@ class SweepJob:
         if self.table.columns.left_out:
             self.say(f"left out: {'; '.join(self.table.columns.describe_left_out())}")
 
+    def since_version(self, configured: int | str) -> int | None:
+        """``data.since_version`` as a number: ``champion`` is the version the champion was trained on (None
+        without a champion: the whole version is read, and said). A rerun uses what its first attempt resolved."""
+        recorded = self.tracker.recorded_param("since_version")
+        if recorded is not None:
+            return _int_or_none(recorded)
+        if isinstance(configured, int):
+            return configured
+        name = self.config.tracking.registered_model
+        version = champion_version(self.tracker, name)
+        trained_on = None if version is None else \
+            resolve_scoring_model(self.tracker.client, f"models:/{name}/{version}").data_version
+        if trained_on is None:
+            self.say(f"data.since_version=champion: no champion ({name}@{CHAMPION}) with a recorded table version "
+                     "yet; reading the whole version")
+            return None
+        return int(trained_on)
+
     def start_runs(self) -> None:
         """The parent run (created, or an earlier attempt's put back to RUNNING) with params and lineage."""
         table = self.table
         self.data = TrainingData(table.dataframe, table.ref.identifier, table.ref.version, table.label,
-                                 table.ref.is_path, table.rows)
+                                 table.ref.is_path, table.rows, since_version=table.ref.since_version)
         self.dataset = dataset_input(self.data)
         tags = {"lrsweep.code_version": code_version(), "lrsweep.spark_master": _spark_master(self.spark),
                 "lrsweep.tracking_uri": redact(tracking_uri(self.config.tracking))}
@@ -416,6 +437,7 @@ class SweepJob:
         lineage = {"sweep_id": self.sweep_id, "learning_rate": best.learning_rate, "reg_param": best.reg_param,
                    "l1_ratio": best.l1_ratio,
                    "data_table": table.ref.identifier, "data_version": table.ref.version,
+                   "data_since_version": table.ref.since_version,
                    "lrsweep_columns": json.dumps(table.columns.used), "lrsweep_classes": json.dumps(list(classes))}
         model_uri = log_model(self.tracker, pipeline, example, loss, lineage)
         tracking = self.config.tracking
@@ -427,6 +449,8 @@ class SweepJob:
             {"lrsweep.sweep_id": self.sweep_id, "lrsweep.learning_rate": repr(best.learning_rate),
              "lrsweep.reg_param": repr(best.reg_param), "lrsweep.l1_ratio": repr(best.l1_ratio),
              "lrsweep.data_table": table.ref.identifier, "lrsweep.data_version": str(table.ref.version),
+             **({"lrsweep.data_since_version": str(table.ref.since_version)}
+                if table.ref.since_version is not None else {}),
              **{f"lrsweep.test_{name}": repr(value) for name, value in (self.test_metrics or {}).items()},
              **{f"lrsweep.{name}": repr(float(value)) for name, value in best.final_metrics().items()
                 if name.startswith("val_") and name != "val_loss"}},

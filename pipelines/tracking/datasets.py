@@ -24,12 +24,15 @@ class TrainingData:
     label: str
     is_path: bool
     rows: int
+    since_version: int | None = None  # an incremental read: the rows added after this version
 
 
 class _LakehouseDeltaSource(DeltaDatasetSource):
     """A Delta source that records what the table is: version 0 included (MLflow's own drops a falsy
     version), and a catalog name flagged as a Unity Catalog table only on Databricks (MLflow flags any name
     and then calls Databricks' REST API for its id)."""
+
+    since_version: int | None = None
 
     def _is_databricks_uc_table(self) -> bool:
         name = self._delta_table_name
@@ -40,6 +43,8 @@ class _LakehouseDeltaSource(DeltaDatasetSource):
         info: dict[Any, Any] = super().to_dict()
         if self._delta_table_version is not None:
             info["delta_table_version"] = self._delta_table_version
+        if getattr(self, "since_version", None) is not None:
+            info["since_version"] = self.since_version  # the rows added after it, up to delta_table_version
         return info
 
 
@@ -64,7 +69,9 @@ def dataset_input(data: TrainingData) -> DatasetInput:
     source = _LakehouseDeltaSource(path=data.identifier if data.is_path else None,
                                    delta_table_name=None if data.is_path else data.identifier,
                                    delta_table_version=data.version)
+    source.since_version = data.since_version
+    versions = f"v{data.version}" if data.since_version is None else f"v{data.since_version + 1}-v{data.version}"
     dataset = _PinnedSparkDataset(
-        rows=data.rows, df=data.dataframe, source=source, targets=data.label, name=f"{name}@v{data.version}",
-        digest=hashlib.md5(f"{data.identifier}@{data.version}".encode()).hexdigest()[:8])
+        rows=data.rows, df=data.dataframe, source=source, targets=data.label, name=f"{name}@{versions}",
+        digest=hashlib.md5(f"{data.identifier}@{versions}".encode()).hexdigest()[:8])
     return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])

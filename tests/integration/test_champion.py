@@ -163,3 +163,31 @@ def test_a_warm_started_sweep_starts_every_point_at_the_champions_loss_on_its_ro
         [step0] = [m.value for m in client.get_metric_history(child_id, "val_loss") if m.step == 0]
         assert step0 == pytest.approx(champion_loss, rel=1e-9)
     assert len(starts) == 3 and abs(champion_loss - np.log(2)) > 0.05  # not the cold start's log 2
+
+
+def test_since_the_champion_reads_only_the_rows_appended_after_its_version(spark: SparkSession,
+                                                                          tmp_path: Path) -> None:
+    model = "nightly_incremental"
+    table = str(tmp_path / "churn")
+    common = ["demo.rows=3000", "demo.append_rows=300", "demo.partitions=2", f"tracking.registered_model={model}",
+              "tracking.experiment=incremental", "tracking.register_when=always", *WEAK]
+    first = make_config(table, tmp_path, [*common, "sweep.id=inc-1", "data.since_version=champion"])
+    write_demo_table(spark, first.demo, table)
+    report, lines = sweep(spark, first)  # no champion yet: the whole of version 1
+    assert report.table.rows_read == 3300 and report.table.ref.since_version is None
+    assert any(line.startswith("data.since_version=champion: no champion") for line in lines), lines
+    churn_features(spark, 900, seed=13, partitions=1, first_id=3300, null_fraction=0.0).write.format("delta") \
+        .mode("append").save(table)  # version 2
+    second = make_config(table, tmp_path, [*common, "sweep.id=inc-2", "data.since_version=champion"])
+    report, lines = sweep(spark, second)
+    assert report.table.rows_read == 900 and report.table.rows == 900
+    [said] = [line for line in lines if line.startswith("sweep inc-2: ")]
+    assert "at versions 2..2 (rows added after version 1, appends), 900 rows" in said, said
+    client = MlflowClient(tracking_uri=second.tracking.uri)
+    parent = client.get_run(report.parent_run_id)
+    assert parent.data.params["since_version"] == "1" and parent.data.params["table_version"] == "2"
+    [dataset] = parent.inputs.dataset_inputs
+    assert dataset.dataset.name == "churn@v2-v2" and '"since_version": 1' in dataset.dataset.source
+    assert '"num_rows": 900' in dataset.dataset.profile
+    version = client.get_model_version_by_alias(model, CHAMPION)
+    assert version.tags["lrsweep.data_version"] == "2" and version.tags["lrsweep.data_since_version"] == "1"
