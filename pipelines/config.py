@@ -418,6 +418,9 @@ class TrackingConfig(_Section):
     min_improvement: float = Field(
         default=0.001, ge=0.0, lt=1.0, description="if_better: the relative margin by which the challenger's "
         "validation loss must beat the champion's, both measured on this sweep's validation rows")
+    drift_threshold: float = Field(
+        default=0.25, gt=0.0, description="a feature whose population stability index against the champion's "
+        "training rows is above this is warned about")
     retry_seconds: float = Field(
         default=60.0, ge=0.0, description="per outage: how long MLflow calls are retried before the job goes on "
         "without it (live logging) or gives up (the end of the job, exit 4)")

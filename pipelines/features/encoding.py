@@ -54,7 +54,9 @@ class ColumnEncoding:
 
     ``categories`` (onehot): the kept categories in slot order (``None`` is the null category); slot
     ``len(categories)`` is "other" (rarer and unseen values). ``buckets`` (hashed): the number of slots.
-    ``means``/``scales`` (dense kinds): standardization, one per input.
+    ``means``/``scales`` (dense kinds): standardization, one per input. ``shares`` (onehot): each kept
+    category's share of the training rows, then the "other" slot's (drift is measured against them; empty in
+    encodings made before they were recorded).
     """
 
     column: str
@@ -64,6 +66,7 @@ class ColumnEncoding:
     buckets: int = 0
     means: tuple[float, ...] = ()
     scales: tuple[float, ...] = ()
+    shares: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -209,8 +212,9 @@ class TableEncoding(TransformerMixin, BaseEstimator):
     def from_json(cls, text: str) -> TableEncoding:
         columns = []
         for item in json.loads(text):
-            for key in ("categories", "means", "scales"):
-                item[key] = tuple(item[key])
+            for key in ("categories", "means", "scales", "shares"):
+                if key in item:
+                    item[key] = tuple(item[key])
             columns.append(ColumnEncoding(**item))
         return cls(columns)
 

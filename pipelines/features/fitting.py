@@ -69,7 +69,10 @@ def _string_encodings(train: DataFrame, columns: list[str], settings: FeaturesCo
         ranked = sorted(((int(r["count"]), r[column]) for r in counts),
                         key=lambda item: (-item[0], item[1] is not None, "" if item[1] is None else str(item[1])))
         kept = tuple(None if value is None else str(value) for _, value in ranked[: settings.max_categories])
-        encodings[column] = ColumnEncoding(column, "onehot", len(kept) + 1, categories=kept)
+        total = sum(count for count, _ in ranked) or 1
+        shares = [count / total for count, _ in ranked[: settings.max_categories]]
+        encodings[column] = ColumnEncoding(column, "onehot", len(kept) + 1, categories=kept,
+                                           shares=(*shares, max(0.0, 1.0 - sum(shares))))
     return encodings
 
 

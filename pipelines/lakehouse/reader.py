@@ -236,7 +236,7 @@ def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> Fe
     where = f"table {ref.identifier} ({ref.describe()})"
     with readable_files(where):
         if isinstance(config.since_version, int):
-            ref = incremental(ref, config.since_version)
+            ref = incremental(ref, config.since_version, [v for v, _ in table_versions(spark, ref.identifier)])
             raw, changes = read_added(spark, ref)
             ref = replace(ref, changes=changes)
             where = f"table {ref.identifier} ({ref.describe()})"
@@ -290,14 +290,17 @@ def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> Fe
                         split_column=config.split_column if config.split == "column" else None)
 
 
-def incremental(ref: TableRef, since: int) -> TableRef:
+def incremental(ref: TableRef, since: int, available: list[int]) -> TableRef:
     """``ref`` narrowed to the rows added after version ``since`` (``data.since_version``).
 
-    Raises :class:`DataError` when ``since`` is not older than the pinned version.
+    Raises :class:`DataError` when ``since`` is not older than the pinned version or no longer available.
     """
     if since >= ref.version:
         raise DataError(f"table {ref.identifier}: data.since_version={since} is not older than the pinned "
                         f"version {ref.version}: no rows were added after it")
+    if since not in available:
+        raise DataError(f"table {ref.identifier}: data.since_version={since} is not available (the table's log "
+                        f"keeps versions {_ranges(available)}); read a whole version instead")
     return replace(ref, since_version=since)
 
 

@@ -22,6 +22,7 @@ child runs of the one parent; the final round feeds the registry and the summary
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from pyspark.sql import SparkSession
 from pipelines.config import Config
 from pipelines.errors import ConfigError, TerminatedError, TrackingError, TrackingUnavailableError
 from pipelines.features.columns import model_input
+from pipelines.features.drift import feature_drift
 from pipelines.features.split import TEST, VALIDATION
 from pipelines.features.transfer import carry_over
 from pipelines.lakehouse.checkpoints import CheckpointStore
@@ -154,6 +156,7 @@ class SweepJob:
         self.tracking_problem: str | None = None
         self.test_metrics: dict[str, float] | None = None
         self.effective_batch_size: int | None = None  # local_sgd's batch on a small table (train.min_steps_per_epoch)
+        self.loaded: dict[str, LinearModel | TrackingError] = {}  # registered versions loaded, by version
         self.start: Start | None = None  # train.warm_start: champion, once resolved (warm_start_version)
         self.warm_start_version: str | None = None  # the champion version started from, or "none"
 
@@ -396,6 +399,7 @@ class SweepJob:
         tracker.log_table_once(self.summary, "results/rates.json")
         tracker.log_table_once(feature_rows(self.table.columns, final.encoding), "features.json")
         self.test_metrics = self.held_out()
+        self.report_drift()
         if self.test_metrics is not None:
             tracker.log_parent_metrics({f"test_{name}": value for name, value in self.test_metrics.items()})
         self.model_uri, self.registration = self.log_and_register(outcome)
@@ -457,6 +461,45 @@ class SweepJob:
             check=check, min_improvement=tracking.min_improvement)
         return model_uri, registration
 
+    def registered(self, version: str) -> LinearModel | TrackingError:
+        """Version ``version`` of the registered model, loaded once (or why it cannot be used)."""
+        if version not in self.loaded:
+            name = self.config.tracking.registered_model
+            try:
+                self.loaded[version] = load_linear_model(self.tracker, f"models:/{name}/{version}")
+            except TrackingError as error:
+                self.loaded[version] = error
+        return self.loaded[version]
+
+    def report_drift(self) -> None:
+        """Each feature's drift (PSI) from the champion's training rows to this sweep's, on the parent
+        (``drift_psi/<column>``, ``drift.json``) and printed; a warning names the features above
+        ``tracking.drift_threshold``."""
+        name, threshold = self.config.tracking.registered_model, self.config.tracking.drift_threshold
+        version = champion_version(self.tracker, name)
+        champion = None if version is None else self.registered(version)
+        if version is None or not isinstance(champion, LinearModel):
+            return
+        drifts, skipped = feature_drift(champion.encoding, self.final_run().encoding)
+        if not drifts:
+            return
+        self.tracker.log_parent_metrics({f"drift_psi/{_metric_name(d.column)}": d.psi for d in drifts},
+                                        replace=True)
+        self.tracker.log_table_once([{"column": d.column, "kind": d.kind, "psi": d.psi, "detail": d.detail,
+                                      "champion_version": version} for d in drifts], "drift.json")
+        above = [d for d in drifts if d.psi > threshold]
+        against = f"drift against {name} version {version}'s training rows"
+        if above:
+            listed = "; ".join(f"{d.column} {d.psi:.3g} ({d.detail})" for d in above[:8])
+            self.say(f"warning: {against}: {len(above)} of {len(drifts)} features above tracking.drift_threshold="
+                     f"{threshold:g}: {listed}")
+        else:
+            top = drifts[0]
+            self.say(f"{against}: none of {len(drifts)} features above {threshold:g} (largest {top.column} "
+                     f"{top.psi:.3g}: {top.detail})")
+        if skipped:
+            self.say(f"drift not scored: {', '.join(skipped)}")
+
     def resolve_warm_start(self) -> None:
         """``train.warm_start: champion``: the champion's model carried onto this sweep's encoding
         (:func:`~pipelines.features.transfer.carry_over`), the start of every grid point and of the range test.
@@ -472,7 +515,9 @@ class SweepJob:
         if version in (None, "none"):
             self.say(f"warm start: no champion ({name}@{CHAMPION}) yet; every grid point starts at 0")
             return
-        champion = load_linear_model(self.tracker, f"models:/{name}/{version}")
+        champion = self.registered(version)
+        if isinstance(champion, TrackingError):
+            raise champion
         facts = self.facts()
         classes = facts.classes or self.table.label_classes or (0, 1)
         info = champion.info
@@ -497,10 +542,9 @@ class SweepJob:
         if version is None:
             return None
         self.tracker.set_parent_tags({TAG_CHAMPION_VERSION: version})
-        try:
-            champion = load_linear_model(self.tracker, f"models:/{name}/{version}")
-        except TrackingError as error:
-            check = ChampionCheck(version, None, str(error))
+        champion = self.registered(version)
+        if isinstance(champion, TrackingError):
+            check = ChampionCheck(version, None, str(champion))
         else:
             why_not = champion_mismatch(champion, self.table, self.config.model.loss, classes)
             metrics = None if why_not else split_metrics(
@@ -509,7 +553,7 @@ class SweepJob:
                 self.facts().classes)
             check = ChampionCheck(version, metrics, why_not or "")
         challenger = best.final_metrics()["val_loss"]
-        if check.metrics is None:
+        if check.metrics is None or isinstance(champion, TrackingError):
             self.say(f"champion: {name} version {version} cannot be measured on this sweep's rows: {check.why_not}")
             return check
         self.tracker.log_parent_metrics({"challenger_val_loss": challenger, **{
@@ -700,6 +744,11 @@ def _spark_master(spark: SparkSession) -> str:
         return str(spark.sparkContext.master)
     except Exception:  # Spark Connect sessions have no SparkContext
         return str(spark.conf.get("spark.master", "unknown"))
+
+
+def _metric_name(column: str) -> str:
+    """``column`` as an MLflow metric name (letters, digits, ``_-. /``)."""
+    return re.sub(r"[^\w\-. /]", "_", column)
 
 
 def champion_mismatch(champion: LinearModel, table: FeatureTable, loss: str, classes: tuple[Any, ...]) -> str | None:

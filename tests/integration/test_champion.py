@@ -73,7 +73,7 @@ def test_each_night_measures_the_champion_on_its_own_validation_rows(spark: Spar
 
     churn_features(spark, 1500, seed=11, partitions=1, first_id=4400).write.format("delta").mode("append") \
         .save(first.data.table)  # the nightly append: version 2
-    second = night(lake, "night-2", *STRONG)
+    second = night(lake, "night-2", *STRONG, "tracking.drift_threshold=1e-6")  # every moved feature is named
     report, lines = sweep(spark, second)
     assert report.table.ref.version == 2
     parent = client.get_run(report.parent_run_id).data
@@ -84,6 +84,12 @@ def test_each_night_measures_the_champion_on_its_own_validation_rows(spark: Spar
     assert champion_loss == pytest.approx(expected, rel=1e-9)
     assert {"champion_val_auc", "champion_val_accuracy"} <= set(parent.metrics)
     assert parent.tags["lrsweep.champion_version"] == "1"
+    # drift from version 1's training rows: every scored feature on the parent; above the threshold, a warning
+    drift = {key.removeprefix("drift_psi/"): value for key, value in parent.metrics.items()
+             if key.startswith("drift_psi/")}
+    assert {"tenure_months", "plan", "region"} <= set(drift) and all(v >= 0 for v in drift.values())
+    [warned] = [line for line in lines if line.startswith("warning: drift against")]
+    assert f"{MODEL} version 1's training rows" in warned and "tracking.drift_threshold=1e-06" in warned
     [said] = [line for line in lines if line.startswith("champion: ")]
     assert f"on this sweep's {rows} validation rows of version 2" in said and "(trained on version 1)" in said
     measured = ChampionCheck("1", {"loss": champion_loss, "count": float(rows)})

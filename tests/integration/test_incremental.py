@@ -42,6 +42,8 @@ def test_rows_appended_after_a_version_are_read_without_a_change_feed(spark: Spa
         read_feature_table(spark, data(table, since=1, version=2), "logistic")  # OPTIMIZE added no row
     with pytest.raises(DataError, match=r"data.since_version=3 is not older than the pinned version 3"):
         read_feature_table(spark, data(table, since=3), "logistic")
+    with pytest.raises(DataError, match=r"data.since_version=2 is not older than the pinned version 1"):
+        read_feature_table(spark, data(table, since=2, version=1), "logistic")
 
     spark.sql(f"UPDATE delta.`{table}` SET x = x + 1000 WHERE id < 3")  # 4: rows changed, no change feed
     with pytest.raises(DataError) as error:
