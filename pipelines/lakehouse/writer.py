@@ -38,9 +38,10 @@ RESULTS_SCHEMA = ", ".join([
     *(f"{name} DOUBLE" for name in ALL_CURVES), "train_loss_std DOUBLE", "val_loss_std DOUBLE",
     "status STRING", "kept_epoch INT", "is_best BOOLEAN", "loss STRING", "parent_run_id STRING",
     "child_run_id STRING", "data_table STRING", "data_version BIGINT", "written_at TIMESTAMP",
+    "data_since_version BIGINT", "registration STRING",
 ])
 #: Columns a sweep's end sets on all of a rate's rows.
-FINAL_COLUMNS = ("status", "kept_epoch", "is_best", "parent_run_id", "child_run_id")
+FINAL_COLUMNS = ("status", "kept_epoch", "is_best", "parent_run_id", "child_run_id", "registration")
 EPOCHS_PER_ROUND = 1_000_000
 COMMIT_ATTEMPTS = 6
 CREATION_WAIT_SECONDS = 20.0
@@ -195,7 +196,7 @@ def finalize_results(spark: SparkSession, finals: Sequence[dict[str, Any]], iden
 
     schema = StructType.fromDDL("sweep_id STRING, round INT, learning_rate DOUBLE, reg_param DOUBLE, l1_ratio DOUBLE, "
                                 "status STRING, kept_epoch INT, is_best BOOLEAN, parent_run_id STRING, "
-                                "child_run_id STRING")
+                                "child_run_id STRING, registration STRING")
     assert isinstance(schema, StructType)
     source = spark.createDataFrame([tuple(row.get(name) for name in schema.names) for row in finals], schema)
     view = f"lrsweep_finals_{abs(hash(sweep_id)) % 10**9}"

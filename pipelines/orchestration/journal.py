@@ -58,7 +58,8 @@ class Journal:
         rows = results_rows(outcome, loss, sweep_id=self.sweep_id, parent_run_id=parent_run_id,
                             child_run_ids=child_run_ids, data_table=table.ref.identifier,
                             data_version=table.ref.version, round_number=round_number, first_epoch=first,
-                            last_epoch=last_epoch, final=final, best=last_round) if last_epoch >= first else []
+                            last_epoch=last_epoch, final=final, best=last_round,
+                            data_since_version=table.ref.since_version) if last_epoch >= first else []
         if rows:
             self.journaled[round_number] = last_epoch
             self.provisional = self.provisional or not final or any(row["child_run_id"] is None for row in rows)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from pyspark.sql import SparkSession
 
 from pipelines.config import Config
@@ -39,6 +40,7 @@ from pipelines.features.drift import feature_drift
 from pipelines.features.split import TEST, VALIDATION
 from pipelines.features.transfer import carry_over
 from pipelines.lakehouse.checkpoints import CheckpointStore
+from pipelines.lakehouse.history import learning_rate_history
 from pipelines.lakehouse.reader import FeatureTable, read_feature_table
 from pipelines.lakehouse.writer import check_output_table, finalize_results, journaled_epochs
 from pipelines.orchestration.journal import Journal
@@ -58,6 +60,7 @@ from pipelines.orchestration.training import (
     train_grid,
 )
 from pipelines.reporting.figures import (
+    learning_rate_history_figure,
     loss_curves_figure,
     penalty_heatmap_figure,
     range_test_figure,
@@ -79,6 +82,7 @@ from pipelines.tracking.live import LiveView
 from pipelines.tracking.models import (
     CHAMPION,
     TAG_CHAMPION_VERSION,
+    TAG_REGISTRATION,
     ChampionCheck,
     LinearModel,
     Registration,
@@ -403,6 +407,7 @@ class SweepJob:
         if self.test_metrics is not None:
             tracker.log_parent_metrics({f"test_{name}": value for name, value in self.test_metrics.items()})
         self.model_uri, self.registration = self.log_and_register(outcome)
+        self.log_history()
         metrics = summary_metrics(outcome, train_rows=final.train_rows, validation_rows=final.validation_rows,
                                   suggested_learning_rate=self.range_test.suggestion if self.range_test else None,
                                   rounds=len(self.rounds))
@@ -587,16 +592,43 @@ class SweepJob:
         return metrics
 
     def finalize_results(self) -> None:
-        """Each rate's final status, kept epoch, best flag and run ids on its rows (one MERGE), unless every
-        row was appended with them already."""
-        if not self.journal.provisional:
+        """Each rate's final status, kept epoch, best flag and run ids, and the registry's decision on the best
+        point, on its rows (one MERGE), unless every row holds them already."""
+        decision = self.registration_decision()
+        if not self.journal.provisional and decision is None:
             return
         rows = []
         for result in self.rounds:
             rows += final_rows(result.run.outcome, sweep_id=self.sweep_id, round_number=result.number,
                                parent_run_id=self.parent_run_id, child_run_ids=result.child_run_ids,
-                               is_final_round=result is self.rounds[-1])
+                               is_final_round=result is self.rounds[-1], registration=decision)
         finalize_results(self.spark, rows, self.config.output.results_table, self.sweep_id)
+
+    def log_history(self) -> None:
+        """``figures/learning_rate_history.png`` on the parent: this table's earlier sweeps (from the results
+        table) and this one."""
+        best, table = self.final_run().outcome.best, self.table
+        if best is None:
+            return
+        earlier = learning_rate_history(self.spark, self.config.output.results_table, table.ref.identifier)
+        now = pd.DataFrame([{
+            "sweep_id": self.sweep_id, "data_version": table.ref.version, "data_since_version": table.ref.since_version,
+            "best_learning_rate": best.learning_rate, "best_reg_param": best.reg_param,
+            "best_val_loss": best.final_metrics()["val_loss"], "registration": self.registration_decision(),
+            "finished": pd.Timestamp.now(tz="UTC").tz_localize(None)}])
+        earlier = earlier[earlier["sweep_id"] != self.sweep_id]
+        history = now if earlier.empty else pd.concat([earlier, now], ignore_index=True)
+        history = history.sort_values(["data_version", "finished"], kind="stable", ignore_index=True)
+        self.tracker.log_figure(learning_rate_history_figure(history), "figures/learning_rate_history.png")
+
+    def registration_decision(self) -> str | None:
+        """The registry's decision as the parent records it (``registered:7``, ``kept_champion:``), if taken."""
+        if getattr(self, "registration", None) is None or self.tracking_problem is not None:
+            return None
+        try:
+            return self.tracker.parent_tags().get(TAG_REGISTRATION)
+        except TrackingUnavailableError:
+            return None
 
     def report(self) -> SweepReport:
         final = self.final_run()

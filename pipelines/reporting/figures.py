@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
@@ -146,4 +147,34 @@ def penalty_heatmap_figure(outcome: GridOutcome) -> Figure | None:
     axes.set_xlabel("learning rate")
     axes.set_ylabel("reg_param")
     axes.set_title("Best validation loss over (learning rate, reg_param)")
+    return figure
+
+
+def learning_rate_history_figure(history: pd.DataFrame) -> Figure:
+    """The best learning rate and its validation loss per sweep of a table, oldest table version first
+    (rows of :func:`~pipelines.lakehouse.history.history_sql`); a filled marker where the best point became the
+    champion, a hollow one where the champion stayed (or nothing was registered)."""
+    figure = Figure(figsize=(8, 5.5))
+    rate_axes, loss_axes = figure.subplots(2, 1, sharex=True)
+    x = np.arange(len(history))
+    registered = np.array([str(decision or "").startswith("registered") for decision in history["registration"]],
+                          dtype=bool)
+    for axes, column, label in ((rate_axes, "best_learning_rate", "best learning rate"),
+                                (loss_axes, "best_val_loss", "its validation loss")):
+        values = history[column].to_numpy(dtype=float)
+        axes.plot(x, values, color="0.6", linewidth=1, zorder=1)
+        axes.scatter(x[registered], values[registered], color="C0", zorder=2, label="became champion")
+        axes.scatter(x[~registered], values[~registered], facecolors="none", edgecolors="C0", zorder=2,
+                     label="champion stayed / not registered")
+        axes.set_ylabel(label)
+        axes.grid(alpha=0.3)
+    rate_axes.set_yscale("log")
+    rate_axes.legend(loc="best", fontsize="small")
+    ranges = [f"v{int(v)}" if s is None or pd.isna(s) else f"v{int(s) + 1}-{int(v)}"
+              for v, s in zip(history["data_version"], history["data_since_version"], strict=True)]
+    loss_axes.set_xticks(x, [f"{r}\n{str(sweep)[:10]}" for r, sweep in zip(ranges, history["sweep_id"], strict=True)],
+                         fontsize="small")
+    loss_axes.set_xlabel("table version and sweep")
+    rate_axes.set_title("The learning rate's history across table versions")
+    figure.tight_layout()
     return figure

@@ -101,7 +101,7 @@ def epoch_rows(rate: RateResult, first: int = 1, last: int | None = None) -> lis
 def results_rows(outcome: GridOutcome, loss: str, *, sweep_id: str, parent_run_id: str | None,
                  child_run_ids: Sequence[str | None], data_table: str, data_version: int, round_number: int = 1,
                  first_epoch: int = 1, last_epoch: int | None = None, final: bool = True,
-                 best: bool = True) -> list[dict[str, Any]]:
+                 best: bool = True, data_since_version: int | None = None) -> list[dict[str, Any]]:
     """The results table's rows: one per ``(sweep_id, round, learning_rate, epoch)`` an epoch was run.
 
     ``child_run_ids`` are aligned with ``outcome.rates`` (None where unknown). Only epochs
@@ -130,18 +130,26 @@ def results_rows(outcome: GridOutcome, loss: str, *, sweep_id: str, parent_run_i
                 "child_run_id": child_run_id,
                 "data_table": data_table,
                 "data_version": data_version,
+                "data_since_version": data_since_version,
+                "registration": None,  # the best row's, set by the sweep's end (final_rows)
             })
     return rows
 
 
 def final_rows(outcome: GridOutcome, *, sweep_id: str, round_number: int, parent_run_id: str | None,
-               child_run_ids: Sequence[str | None], is_final_round: bool) -> list[dict[str, Any]]:
-    """Per rate of a finished round: the columns the sweep's end sets on all its result rows."""
+               child_run_ids: Sequence[str | None], is_final_round: bool,
+               registration: str | None = None) -> list[dict[str, Any]]:
+    """Per rate of a finished round: the columns the sweep's end sets on all its result rows.
+
+    ``registration``: the registry's decision on the best point (``registered:7``, ``kept_champion:``,
+    ``skipped:``), set on the best point's rows.
+    """
     best = outcome.best_index if is_final_round else None
     return [{"sweep_id": sweep_id, "round": round_number, "learning_rate": rate.learning_rate,
              "reg_param": rate.reg_param, "l1_ratio": rate.l1_ratio, "status": rate.status,
              "kept_epoch": rate.kept_epoch, "is_best": index == best,
-             "parent_run_id": parent_run_id, "child_run_id": child_run_id}
+             "parent_run_id": parent_run_id, "child_run_id": child_run_id,
+             "registration": registration if index == best else None}
             for index, (rate, child_run_id) in enumerate(zip(outcome.rates, child_run_ids, strict=True))]
 
 

@@ -123,5 +123,10 @@ def test_notebooks_explore_run_and_compare_a_sweep(demo_table: str, tmp_path: Pa
     assert agreement, cell_text(compare, "agreement")
     assert int(agreement.group(1)) == len(LEARNING_RATES) * EPOCHS and float(agreement.group(2)) < 1e-9
     assert has_image(compare, "curves") and has_image(compare, "final-by-rate")
+
+    history = run_notebook("04_history.ipynb", values, executed)
+    assert "1 sweeps of table" in cell_text(history, "query") and SWEEP_ID in cell_text(history, "query")
+    assert "skipped:" in cell_text(history, "query")  # tracking.register_when=never
+    assert has_image(history, "figure")
     # Relative outputs went to the working folder, not into the checkout.
     assert (workdir / "mlartifacts").is_dir() and not (workdir / "mlruns").exists()  # next to the store

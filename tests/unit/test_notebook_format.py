@@ -14,7 +14,7 @@ import pytest
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-EXPECTED = ["01_explore_feature_table.ipynb", "02_run_sweep.ipynb", "03_compare_runs.ipynb"]
+EXPECTED = ["01_explore_feature_table.ipynb", "02_run_sweep.ipynb", "03_compare_runs.ipynb", "04_history.ipynb"]
 
 
 def parameter_names(source: str) -> list[str]:
