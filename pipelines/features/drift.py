@@ -10,7 +10,8 @@ data is needed:
 * a dense input (number, boolean, date, array element): its mean and standard deviation, through the normal
   approximation ``((s0^2 - s1^2)^2 + (m0 - m1)^2 (s0^2 + s1^2)) / (2 s0^2 s1^2)`` (the same divergence for
   two normal distributions); an array column takes its largest element's;
-* hashed and vector columns keep no statistics and are not scored.
+* hashed and vector columns keep no statistics, nor do dense inputs under ``features.standardize: false``
+  (mean 0, scale 1 recorded): those are not scored.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def feature_drift(before: TableEncoding, now: TableEncoding) -> tuple[list[Colum
             skipped.append(f"{column.column} ({column.kind}: no statistics)")
         elif previous.width != column.width:
             skipped.append(f"{column.column} (another width)")
+        elif _unstandardized(previous) or _unstandardized(column):
+            skipped.append(f"{column.column} (not standardized: no moments recorded)")
         else:
             scored.append(_moments(previous, column))
     return sorted(scored, key=lambda d: (-d.psi, d.column)), skipped
@@ -62,6 +65,11 @@ def _moments(before: ColumnEncoding, now: ColumnEncoding) -> ColumnDrift:
             element = f"[{index}] " if now.width > 1 else ""
             worst, detail = psi, f"{element}mean {m0:.4g} -> {m1:.4g}, std {s0:.4g} -> {s1:.4g}"
     return ColumnDrift(now.column, now.kind, worst, detail)
+
+
+def _unstandardized(column: ColumnEncoding) -> bool:
+    """``features.standardize: false`` records mean 0 and scale 1 for every dense input."""
+    return all(m == 0.0 for m in column.means) and all(s == 1.0 for s in column.scales)
 
 
 def _normal_psi(m0: float, s0: float, m1: float, s1: float) -> float:

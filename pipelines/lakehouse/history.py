@@ -19,12 +19,11 @@ HISTORY_COLUMNS = ("sweep_id", "data_version", "data_since_version", "best_learn
 
 def history_sql(results_table: str, data_table: str) -> str:
     """The query: the best point of every finished sweep of ``data_table``, oldest table version first."""
-    table = data_table.replace("'", "''")
     return f"""SELECT sweep_id, data_version, data_since_version,
        learning_rate AS best_learning_rate, reg_param AS best_reg_param, val_loss AS best_val_loss,
        registration, written_at AS finished
 FROM {sql_name(results_table)}
-WHERE data_table = '{table}' AND is_best AND epoch = kept_epoch
+WHERE data_table = {sql_string(data_table)} AND is_best AND epoch = kept_epoch
 ORDER BY data_version, finished"""
 
 
@@ -33,3 +32,8 @@ def learning_rate_history(spark: SparkSession, results_table: str, data_table: s
     if not table_exists(spark, results_table):
         return pd.DataFrame(columns=list(HISTORY_COLUMNS))
     return spark.sql(history_sql(results_table, data_table)).toPandas()
+
+
+def sql_string(value: str) -> str:
+    """``value`` as a Spark SQL string literal (backslash escapes, Spark's default)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines.config import DataConfig, is_path
-from pipelines.errors import DataError
+from pipelines.errors import DataError, first_line
 from pipelines.features.columns import ColumnChoice
 from pipelines.lakehouse.checks import (
     Profile,
@@ -172,7 +172,9 @@ CDF_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 def read_added(spark: SparkSession, ref: TableRef) -> tuple[DataFrame, str]:
     """The rows added after ``ref.since_version`` up to ``ref.version``, and how they were found.
 
-    With Delta's change data feed over those versions: the inserts and the post-images of updates. Without
+    With Delta's change data feed over those versions: the inserts and the post-images of updates, net of the
+    range (a row inserted and then updated counts once, as updated; one inserted and then deleted not at all;
+    the pre-images and deletions are subtracted as a multiset, since a table has no row key). Without
     it, when every version in between only appended (or only rewrote files without changing rows): the
     table at ``version`` minus the table at ``since_version`` (as multisets).
 
@@ -188,10 +190,13 @@ def read_added(spark: SparkSession, ref: TableRef) -> tuple[DataFrame, str]:
     except Exception as error:
         if "change" not in str(error).lower() or "feed" not in str(error).lower():
             raise
-        unavailable = _first_line(error)
+        unavailable = first_line(error, 200)
     else:
-        rows = changes.where(F.col("_change_type").isin("insert", "update_postimage")).drop(*CDF_COLUMNS)
-        return rows, "change data feed"
+        # net of the range: a row inserted (or updated) and then updated or deleted again in it leaves only its
+        # newest image (its earlier image is an update's pre-image or a deletion, subtracted as a multiset)
+        added = changes.where(F.col("_change_type").isin("insert", "update_postimage")).drop(*CDF_COLUMNS)
+        removed = changes.where(F.col("_change_type").isin("update_preimage", "delete")).drop(*CDF_COLUMNS)
+        return added.exceptAll(removed), "change data feed"
     history = operations(spark, ref.identifier)
     rewrites = [f"{v} ({history[v][0]})" for v in range(since + 1, version + 1)
                 if v in history and not _appends_only(*history[v])]
@@ -211,11 +216,6 @@ def _appends_only(operation: str, parameters: dict[str, str]) -> bool:
         return True
     mode = (parameters.get("mode") or parameters.get("outputMode") or "").strip('"').lower()
     return operation in ("WRITE", "STREAMING UPDATE") and mode == "append"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
 
 
 def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> FeatureTable:

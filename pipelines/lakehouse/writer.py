@@ -198,6 +198,10 @@ def finalize_results(spark: SparkSession, finals: Sequence[dict[str, Any]], iden
                                 "status STRING, kept_epoch INT, is_best BOOLEAN, parent_run_id STRING, "
                                 "child_run_id STRING, registration STRING")
     assert isinstance(schema, StructType)
+    present = set(spark.sql(f"SELECT * FROM {sql_name(identifier)} LIMIT 0").columns)
+    missing = [f"{field.name} {field.dataType.simpleString()}" for field in schema.fields if field.name not in present]
+    if missing:  # a table written before these columns existed, which this sweep appended nothing to
+        spark.sql(f"ALTER TABLE {sql_name(identifier)} ADD COLUMNS ({', '.join(missing)})")
     source = spark.createDataFrame([tuple(row.get(name) for name in schema.names) for row in finals], schema)
     view = f"lrsweep_finals_{abs(hash(sweep_id)) % 10**9}"
     source.createOrReplaceTempView(view)

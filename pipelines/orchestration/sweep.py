@@ -21,28 +21,26 @@ child runs of the one parent; the final round feeds the registry and the summary
 
 from __future__ import annotations
 
+import contextlib
 import json
-import re
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from pyspark.sql import SparkSession
 
 from pipelines.config import Config
 from pipelines.errors import ConfigError, TerminatedError, TrackingError, TrackingUnavailableError
 from pipelines.features.columns import model_input
-from pipelines.features.drift import feature_drift
 from pipelines.features.split import TEST, VALIDATION
-from pipelines.features.transfer import carry_over
 from pipelines.lakehouse.checkpoints import CheckpointStore
 from pipelines.lakehouse.history import learning_rate_history
-from pipelines.lakehouse.reader import FeatureTable, read_feature_table
+from pipelines.lakehouse.reader import read_feature_table
 from pipelines.lakehouse.writer import check_output_table, finalize_results, journaled_epochs
+from pipelines.orchestration.champion import Champion, metric_name
 from pipelines.orchestration.journal import Journal
 from pipelines.orchestration.params import auto_params, sweep_params, sweep_settings
 from pipelines.orchestration.recorder import DataFacts, SweepRecorder
@@ -80,19 +78,14 @@ from pipelines.sweep.outcome import GridOutcome, RateResult
 from pipelines.tracking.datasets import TrainingData, dataset_input
 from pipelines.tracking.live import LiveView
 from pipelines.tracking.models import (
-    CHAMPION,
-    TAG_CHAMPION_VERSION,
     TAG_REGISTRATION,
     ChampionCheck,
     LinearModel,
     Registration,
-    champion_version,
     linear_pipeline,
-    load_linear_model,
     log_model,
     register_model,
     registration_decided,
-    resolve_scoring_model,
 )
 from pipelines.tracking.runs import FAILED, FINISHED, KILLED, SweepTracker
 from pipelines.tracking.store import TrackingStore, code_version, connect, redact, tracking_uri
@@ -160,7 +153,6 @@ class SweepJob:
         self.tracking_problem: str | None = None
         self.test_metrics: dict[str, float] | None = None
         self.effective_batch_size: int | None = None  # local_sgd's batch on a small table (train.min_steps_per_epoch)
-        self.loaded: dict[str, LinearModel | TrackingError] = {}  # registered versions loaded, by version
         self.start: Start | None = None  # train.warm_start: champion, once resolved (warm_start_version)
         self.warm_start_version: str | None = None  # the champion version started from, or "none"
 
@@ -219,6 +211,7 @@ class SweepJob:
         """Reach MLflow (within ``tracking.connect_timeout_seconds``) and find an earlier attempt's runs."""
         self.store: TrackingStore = store or connect(self.config.tracking)
         self.tracker = SweepTracker(self.store, self.sweep_id)
+        self.champion = Champion(self.tracker, self.config, self.say)
 
     def restore(self) -> None:
         """The newest readable checkpoint of this sweep id, after checking it was made with these settings."""
@@ -272,22 +265,14 @@ class SweepJob:
             self.say(f"left out: {'; '.join(self.table.columns.describe_left_out())}")
 
     def since_version(self, configured: int | str) -> int | None:
-        """``data.since_version`` as a number: ``champion`` is the version the champion was trained on (None
-        without a champion: the whole version is read, and said). A rerun uses what its first attempt resolved."""
+        """``data.since_version`` as a number (None: the whole version); ``champion`` is the version the pinned
+        champion was trained on. A rerun reads the range its first attempt pinned."""
         recorded = self.tracker.recorded_param("since_version")
         if recorded is not None:
-            return _int_or_none(recorded)
+            return None if recorded == "none" else int(recorded)
         if isinstance(configured, int):
             return configured
-        name = self.config.tracking.registered_model
-        version = champion_version(self.tracker, name)
-        trained_on = None if version is None else \
-            resolve_scoring_model(self.tracker.client, f"models:/{name}/{version}").data_version
-        if trained_on is None:
-            self.say(f"data.since_version=champion: no champion ({name}@{CHAMPION}) with a recorded table version "
-                     "yet; reading the whole version")
-            return None
-        return int(trained_on)
+        return self.champion.since_version(self.config.data.table)
 
     def start_runs(self) -> None:
         """The parent run (created, or an earlier attempt's put back to RUNNING) with params and lineage."""
@@ -296,7 +281,7 @@ class SweepJob:
                                  table.ref.is_path, table.rows, since_version=table.ref.since_version)
         self.dataset = dataset_input(self.data)
         tags = {"lrsweep.code_version": code_version(), "lrsweep.spark_master": _spark_master(self.spark),
-                "lrsweep.tracking_uri": redact(tracking_uri(self.config.tracking))}
+                "lrsweep.tracking_uri": redact(tracking_uri(self.config.tracking)), **self.champion.tag()}
         grid = [] if self.auto else self.config.sweep.grid()
         params = sweep_params(self.config, table, grid)
         if self.effective_batch_size is not None:
@@ -383,6 +368,10 @@ class SweepJob:
             self.tracking_problem = str(error)
             self.tracker.end(KILLED)  # if MLflow is back for a moment; a rerun (or sync) completes them
             self.say(f"warning: {error}; MLflow is incomplete")
+        except Exception:
+            with contextlib.suppress(TrackingUnavailableError, TrackingError):
+                self.tracker.end(FAILED)  # no run is left RUNNING; a rerun completes what is missing
+            raise
 
     def _complete_tracking(self) -> None:
         tracker, final = self.tracker, self.final_run()
@@ -466,34 +455,20 @@ class SweepJob:
             check=check, min_improvement=tracking.min_improvement)
         return model_uri, registration
 
-    def registered(self, version: str) -> LinearModel | TrackingError:
-        """Version ``version`` of the registered model, loaded once (or why it cannot be used)."""
-        if version not in self.loaded:
-            name = self.config.tracking.registered_model
-            try:
-                self.loaded[version] = load_linear_model(self.tracker, f"models:/{name}/{version}")
-            except TrackingError as error:
-                self.loaded[version] = error
-        return self.loaded[version]
-
     def report_drift(self) -> None:
         """Each feature's drift (PSI) from the champion's training rows to this sweep's, on the parent
         (``drift_psi/<column>``, ``drift.json``) and printed; a warning names the features above
         ``tracking.drift_threshold``."""
-        name, threshold = self.config.tracking.registered_model, self.config.tracking.drift_threshold
-        version = champion_version(self.tracker, name)
-        champion = None if version is None else self.registered(version)
-        if version is None or not isinstance(champion, LinearModel):
+        found = self.champion.drift(self.final_run().encoding)
+        if not found or not found[0]:
             return
-        drifts, skipped = feature_drift(champion.encoding, self.final_run().encoding)
-        if not drifts:
-            return
-        self.tracker.log_parent_metrics({f"drift_psi/{_metric_name(d.column)}": d.psi for d in drifts},
-                                        replace=True)
+        drifts, skipped = found
+        threshold = self.config.tracking.drift_threshold
+        self.tracker.log_parent_metrics({f"drift_psi/{metric_name(d.column)}": d.psi for d in drifts}, replace=True)
         self.tracker.log_table_once([{"column": d.column, "kind": d.kind, "psi": d.psi, "detail": d.detail,
-                                      "champion_version": version} for d in drifts], "drift.json")
+                                      "champion_version": self.champion.version} for d in drifts], "drift.json")
         above = [d for d in drifts if d.psi > threshold]
-        against = f"drift against {name} version {version}'s training rows"
+        against = f"drift against {self.champion.name} version {self.champion.version}'s training rows"
         if above:
             listed = "; ".join(f"{d.column} {d.psi:.3g} ({d.detail})" for d in above[:8])
             self.say(f"warning: {against}: {len(above)} of {len(drifts)} features above tracking.drift_threshold="
@@ -506,68 +481,34 @@ class SweepJob:
             self.say(f"drift not scored: {', '.join(skipped)}")
 
     def resolve_warm_start(self) -> None:
-        """``train.warm_start: champion``: the champion's model carried onto this sweep's encoding
-        (:func:`~pipelines.features.transfer.carry_over`), the start of every grid point and of the range test.
-
-        A rerun starts from the version its first attempt recorded (``warm_start_version``), wherever the alias
-        points now. Without a champion, or with one of another loss or other classes, the sweep starts at 0 and
-        says why.
-        """
-        name = self.config.tracking.registered_model
-        recorded = self.tracker.recorded_param("warm_start_version")
-        version = recorded if recorded is not None else champion_version(self.tracker, name)
-        self.warm_start_version = version or "none"
-        if version in (None, "none"):
-            self.say(f"warm start: no champion ({name}@{CHAMPION}) yet; every grid point starts at 0")
-            return
-        champion = self.registered(version)
-        if isinstance(champion, TrackingError):
-            raise champion
+        """``train.warm_start: champion``: every grid point and the range test start from the pinned champion
+        carried onto this sweep's encoding (:meth:`Champion.warm_start`); ``warm_start_version`` on the parent."""
         facts = self.facts()
         classes = facts.classes or self.table.label_classes or (0, 1)
-        info = champion.info
-        if info.loss != self.config.model.loss or [str(c) for c in info.classes] != [str(c) for c in classes]:
-            self.warm_start_version = "none"
-            self.say(f"warm start: {name} version {version} is a {info.loss} model of classes {list(info.classes)}"
-                     f", this sweep trains {self.config.model.loss} on {list(classes)}; every grid point starts at 0")
-            return
-        carried = carry_over(champion.encoding, np.atleast_2d(champion.weights),
-                             np.atleast_1d(np.asarray(champion.intercept, dtype=np.float64)), facts.encoding)
-        self.start = (carried.weights, carried.intercepts)
-        trained_on = f" (trained on version {info.data_version})" if info.data_version is not None else ""
-        notes = "; ".join(carried.notes())
-        self.say(f"warm start: every grid point starts from {name} version {version}{trained_on}, carried onto "
-                 f"this sweep's encoding{': ' + notes if notes else ' exactly'}")
+        carried = self.champion.warm_start(facts.encoding, self.config.model.loss, classes)
+        self.start = None if carried is None else (carried.weights, carried.intercepts)
+        self.warm_start_version = "none" if carried is None else self.champion.version
 
     def challenge_champion(self, best: RateResult, classes: tuple[Any, ...]) -> ChampionCheck | None:
-        """The current champion measured on this sweep's validation rows, with the sweep's metrics, logged on
-        the parent (``champion_val_*``, ``challenger_val_loss``) and printed; None without a champion."""
-        name = self.config.tracking.registered_model
-        version = champion_version(self.tracker, name)
-        if version is None:
+        """The pinned champion measured on this sweep's validation rows, with the sweep's metrics, logged on the
+        parent (``champion_val_*``, ``challenger_val_loss``) and printed; None without a champion."""
+        def measure(model: LinearModel) -> dict[str, float] | None:
+            return split_metrics(VALIDATION, self.table, self.config.data, self.config.train.seed,
+                                 self.config.model.class_weight, model.encoding, model.weights, model.intercept,
+                                 self.problem().loss_function, self.facts().classes)
+
+        check = self.champion.check(self.table, self.config.model.loss, classes, measure)
+        if check is None:
             return None
-        self.tracker.set_parent_tags({TAG_CHAMPION_VERSION: version})
-        champion = self.registered(version)
-        if isinstance(champion, TrackingError):
-            check = ChampionCheck(version, None, str(champion))
-        else:
-            why_not = champion_mismatch(champion, self.table, self.config.model.loss, classes)
-            metrics = None if why_not else split_metrics(
-                VALIDATION, self.table, self.config.data, self.config.train.seed, self.config.model.class_weight,
-                champion.encoding, champion.weights, champion.intercept, self.problem().loss_function,
-                self.facts().classes)
-            check = ChampionCheck(version, metrics, why_not or "")
-        challenger = best.final_metrics()["val_loss"]
-        if check.metrics is None or isinstance(champion, TrackingError):
-            self.say(f"champion: {name} version {version} cannot be measured on this sweep's rows: {check.why_not}")
+        if check.metrics is None:
+            verb = "cannot be measured on this sweep's rows" if check.replaceable else "could not be loaded"
+            self.say(f"champion: {self.champion.describe()} {verb}: {check.why_not}")
             return check
+        challenger = best.final_metrics()["val_loss"]
         self.tracker.log_parent_metrics({"challenger_val_loss": challenger, **{
             f"champion_val_{metric}": value for metric, value in check.metrics.items() if metric != "count"}})
-        trained_on = champion.info.data_version
-        self.say(f"champion: {name} version {version}"
-                 + (f" (trained on version {trained_on})" if trained_on is not None else "")
-                 + f" on this sweep's {int(check.metrics['count'])} validation rows of version "
-                 f"{self.table.ref.version}: val_loss {check.metrics['loss']:.6g}; challenger "
+        self.say(f"champion: {self.champion.describe()} on this sweep's {int(check.metrics['count'])} validation "
+                 f"rows of {self.table.ref.describe()}: val_loss {check.metrics['loss']:.6g}; challenger "
                  f"{point_label(best.point)}: {challenger:.6g}")
         return check
 
@@ -776,27 +717,3 @@ def _spark_master(spark: SparkSession) -> str:
         return str(spark.sparkContext.master)
     except Exception:  # Spark Connect sessions have no SparkContext
         return str(spark.conf.get("spark.master", "unknown"))
-
-
-def _metric_name(column: str) -> str:
-    """``column`` as an MLflow metric name (letters, digits, ``_-. /``)."""
-    return re.sub(r"[^\w\-. /]", "_", column)
-
-
-def champion_mismatch(champion: LinearModel, table: FeatureTable, loss: str, classes: tuple[Any, ...]) -> str | None:
-    """Why ``champion`` cannot be applied to this sweep's rows of ``table`` (None: it can)."""
-    info = champion.info
-    if info.loss != loss:
-        return f"it was trained with model.loss={info.loss!r}, this sweep uses {loss!r}"
-    missing = [column for column in info.features if column not in table.columns.used]
-    if missing:
-        return (f"it uses column(s) {', '.join(map(repr, missing))} that this sweep's rows of "
-                f"{table.ref.identifier} at version {table.ref.version} do not have (gone from the table, or "
-                "left out of the features)")
-    changed = [f"{column!r} ({info.families[column]} then, {table.columns.used[column]} now)"
-               for column in info.features if info.families.get(column, "number") != table.columns.used[column]]
-    if changed:
-        return f"column(s) {', '.join(changed)} changed type"
-    if [str(c) for c in info.classes] != [str(c) for c in classes]:
-        return f"its classes {list(info.classes)} are not this sweep's {list(classes)}"
-    return None

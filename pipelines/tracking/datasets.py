@@ -73,5 +73,7 @@ def dataset_input(data: TrainingData) -> DatasetInput:
     versions = f"v{data.version}" if data.since_version is None else f"v{data.since_version + 1}-v{data.version}"
     dataset = _PinnedSparkDataset(
         rows=data.rows, df=data.dataframe, source=source, targets=data.label, name=f"{name}@{versions}",
-        digest=hashlib.md5(f"{data.identifier}@{versions}".encode()).hexdigest()[:8])
+        # a whole version's digest is the one earlier releases logged (``path@7``), so its reruns find it
+        digest=hashlib.md5(f"{data.identifier}@{data.version if data.since_version is None else versions}"
+                           .encode()).hexdigest()[:8])
     return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])

@@ -182,6 +182,7 @@ class ChampionCheck:
     version: str
     metrics: dict[str, float] | None
     why_not: str = ""
+    replaceable: bool = True  # False: the champion could not be loaded (its artifacts); it is not replaced
 
     @property
     def val_loss(self) -> float | None:
@@ -201,6 +202,9 @@ def challenge(register_when: str, challenger_loss: float, check: ChampionCheck |
         return True, "tracking.register_when is 'always'"
     if check is None:
         return True, "no champion yet"
+    if check.metrics is None and not check.replaceable:
+        return False, (f"champion version {check.version} could not be loaded ({check.why_not}); it stays: "
+                       "repair its artifacts or move the alias")
     if check.metrics is None:
         return True, f"champion version {check.version} cannot be measured on this sweep's rows ({check.why_not})"
     champion, rows = check.metrics["loss"], int(check.metrics.get("count", 0))
@@ -292,10 +296,15 @@ class LinearModel:
 def load_linear_model(tracker: SweepTracker, model_uri: str) -> LinearModel:
     """Load ``model_uri`` and take it apart into its encoding and coefficients.
 
-    Raises :class:`TrackingError` naming the URI when it is not an lrsweep model.
+    Raises :class:`TrackingError` naming the URI when it is not an lrsweep model (or the registry refuses it),
+    :class:`TrackingUnavailableError` when the store is unreachable, MLflow's own error when its artifacts
+    cannot be loaded.
     """
-    info = resolve_scoring_model(tracker.client, model_uri)
-    pipeline = tracker.store.call("registry", lambda: mlflow.sklearn.load_model(info.uri))
+    def load() -> tuple[ScoringModel, Any]:
+        info = resolve_scoring_model(tracker.client, model_uri)
+        return info, mlflow.sklearn.load_model(info.uri)
+
+    info, pipeline = tracker.store.call("registry", load)
     try:
         encoding, weights, intercept = linear_parts(pipeline, info.loss)
     except ValueError as error:
@@ -333,6 +342,7 @@ class ScoringModel:
     positive_class: str = "1"  # label models: the class scored 1.0
     classes: tuple[Any, ...] = (0, 1)  # the model's classes (multinomial: in the order of its probabilities)
     data_version: str | None = None  # the table version it was trained on (lrsweep's lineage metadata)
+    data_table: str | None = None  # the table it was trained on
 
 
 def resolve_scoring_model(client: MlflowClient, model_uri: str) -> ScoringModel:
@@ -369,7 +379,8 @@ def resolve_scoring_model(client: MlflowClient, model_uri: str) -> ScoringModel:
     return ScoringModel(uri=pinned, name=name, version=version, run_id=info.run_id, features=features, loss=loss,
                         families={name: recorded.get(name, "number") for name in features},
                         positive_class=str(classes[-1]), classes=tuple(classes),
-                        data_version=None if metadata.get("data_version") is None else str(metadata["data_version"]))
+                        data_version=None if metadata.get("data_version") is None else str(metadata["data_version"]),
+                        data_table=metadata.get("data_table"))
 
 
 def scoring_udf(spark: SparkSession, model: ScoringModel) -> Callable[..., Column]:

@@ -155,6 +155,10 @@ class SweepTracker:
         """A parameter an earlier attempt of this sweep logged on the parent run, if any."""
         return None if self.existing_parent is None else self.existing_parent.data.params.get(name)
 
+    def recorded_tag(self, name: str) -> str | None:
+        """A tag an earlier attempt of this sweep set on the parent run, if any."""
+        return None if self.existing_parent is None else self.existing_parent.data.tags.get(name)
+
     def _search(self, condition: str) -> list[Run]:
         runs: list[Run] = self.client.search_runs(
             [self.store.experiment_id], filter_string=f"tags.`{TAG_SWEEP_ID}` = '{self.sweep_id}' AND {condition}",

@@ -32,7 +32,7 @@ from mlflow.exceptions import MlflowException
 
 from pipelines import __version__
 from pipelines.config import TrackingConfig, resolve_tracking_uri
-from pipelines.errors import TrackingError, TrackingUnavailableError
+from pipelines.errors import TrackingError, TrackingUnavailableError, first_line
 from pipelines.stopwatch import Stopwatch
 
 Value = TypeVar("Value")
@@ -272,5 +272,4 @@ def _store_creation_lock(uri: str) -> Iterator[None]:
 
 
 def _first_line(error: BaseException) -> str:
-    text = redact(str(error).strip())
-    return text.splitlines()[0][:300] if text else type(error).__name__
+    return redact(first_line(error))

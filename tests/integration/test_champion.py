@@ -103,7 +103,7 @@ def test_three_nights_on_a_growing_table(spark: SparkSession, tmp_path: Path) ->
     assert {"champion_val_auc", "champion_val_accuracy"} <= set(metrics)
     assert parent.data.tags["lrsweep.champion_version"] == "1"
     [said] = [line for line in lines if line.startswith("champion: ")]
-    assert f"on this sweep's {rows} validation rows of version 2" in said and "(trained on version 1)" in said
+    assert f"on this sweep's {rows} validation rows of versions 2..2" in said and "(trained on version 1)" in said
 
     # warm start: every grid point's step 0 is the champion's loss on these rows
     assert params["warm_start_version"] == "1"

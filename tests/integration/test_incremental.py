@@ -53,7 +53,8 @@ def test_rows_appended_after_a_version_are_read_without_a_change_feed(spark: Spa
     assert "delta.enableChangeDataFeed=true" in message and "\n" not in message
 
 
-def test_the_change_data_feed_gives_inserts_and_updated_rows(spark: SparkSession, tmp_path: Path) -> None:
+def test_the_change_data_feed_gives_the_rows_added_or_changed_net_of_the_range(spark: SparkSession,
+                                                                                tmp_path: Path) -> None:
     table = str(tmp_path / "with_cdf")
     rows(spark, 0, 50).write.format("delta").option("delta.enableChangeDataFeed", "true").save(table)  # 0
     rows(spark, 50, 20).write.format("delta").mode("append").save(table)  # 1
@@ -62,3 +63,9 @@ def test_the_change_data_feed_gives_inserts_and_updated_rows(spark: SparkSession
     read, described = ids(spark, data(table, since=0))
     assert read == sorted([*range(50, 70), *(2000 + i for i in range(4))])  # x + 1000 read back as id + 2000
     assert described == "versions 1..3 (rows added after version 0, change data feed)"
+    # within the range, a row inserted and then updated counts once (as updated), one inserted and then
+    # deleted not at all
+    spark.sql(f"UPDATE delta.`{table}` SET x = x + 1000 WHERE id IN (50, 51)")  # 4
+    spark.sql(f"DELETE FROM delta.`{table}` WHERE id = 52")  # 5
+    read, _ = ids(spark, data(table, since=0))
+    assert read == sorted([2050, 2051, *range(53, 70), *(2000 + i for i in range(4))])

@@ -132,7 +132,8 @@ def test_child_histories_are_finite_per_epoch_with_statuses(swept: tuple[Config,
     assert parent.data.metrics["system/lrsweep_training_seconds"] > 0
     assert not any("seconds" in name for name in parent.data.metrics if not name.startswith("system/"))
     artifacts = {a.path for a in client.list_artifacts(report.parent_run_id, "figures")}
-    assert artifacts == {"figures/loss_curves.png", "figures/val_loss_vs_learning_rate.png"}
+    assert artifacts == {"figures/loss_curves.png", "figures/val_loss_vs_learning_rate.png",
+                         "figures/learning_rate_history.png"}
     logged = mlflow.artifacts.load_dict(f"runs:/{report.parent_run_id}/results/rates.json")
     table = pd.DataFrame(logged["data"], columns=logged["columns"])
     assert sorted(table["learning_rate"]) == [0.01, 0.1, 1000.0] and int(table["best"].sum()) == 1

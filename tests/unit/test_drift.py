@@ -39,6 +39,13 @@ def test_a_category_kept_on_one_side_only_counts_as_other_on_both() -> None:
 
 
 def test_the_normal_approximation_grows_with_the_spread_change() -> None:
-    psis = [feature_drift(encoding(0, 1, (1.0, 0.0, 0.0)), encoding(0, s, (1.0, 0.0, 0.0)))[0] for s in (1, 1.5, 3)]
+    psis = [feature_drift(encoding(3, 1, (1.0, 0.0, 0.0)), encoding(3, s, (1.0, 0.0, 0.0)))[0] for s in (1, 1.5, 3)]
     values = [next(d.psi for d in found if d.column == "x") for found in psis]
     assert values[0] == 0.0 and np.all(np.diff(values) > 0)
+
+
+def test_unstandardized_inputs_record_no_moments_and_are_not_scored() -> None:
+    plain = TableEncoding([ColumnEncoding("x", "number", 1, means=(0.0,), scales=(1.0,))])
+    standardized = TableEncoding([ColumnEncoding("x", "number", 1, means=(5.0,), scales=(2.0,))])
+    scored, skipped = feature_drift(plain, standardized)
+    assert scored == [] and skipped == ["x (not standardized: no moments recorded)"]

@@ -115,6 +115,9 @@ def test_the_challenger_must_beat_the_champion_on_the_same_rows_by_the_margin() 
     wins, reason = challenge("if_better", 0.9, gone, 0.01)
     assert wins and reason.startswith("champion version 4 cannot be measured on this sweep's rows (it uses")
     assert challenge("if_better", 0.9, ChampionCheck("4", {"loss": float("nan"), "count": 8.0}), 0.01)[0]
+    broken = ChampionCheck("4", None, "MlflowException: artifact not found", replaceable=False)
+    wins, reason = challenge("if_better", 0.1, broken, 0.01)  # a champion that cannot be loaded is not replaced
+    assert not wins and "could not be loaded" in reason and "move the alias" in reason
 
 
 @pytest.mark.parametrize("loss", LOSS_NAMES)
