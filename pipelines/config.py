@@ -49,6 +49,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from pipelines.errors import ConfigError
+from pipelines.identifiers import MAX_NAME_PARTS, table_name_parts
 from pipelines.sgd._validation import OneOf, SpecError, build_spec
 from pipelines.sgd.losses import CLASSIFICATION_LOSSES, DEFAULT_EPSILON, LOSS_NAMES, task_of
 from pipelines.sgd.optimizers import OptimizerSpec
@@ -67,6 +68,15 @@ class _Section(BaseModel):
     """A configuration section: unknown keys are errors, values are checked on assignment too."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _table_identifier(value: str | None) -> str | None:
+    """A table path (any character) or a catalog name Spark SQL can take quoted; anything else is refused here,
+    so no other text ever reaches SQL in a table's place."""
+    if value is None or is_path(value) or table_name_parts(value) is not None:
+        return value
+    raise ValueError(f"must be a table path (containing '/') or a catalog name of 1 to {MAX_NAME_PARTS} "
+                     "dot-separated parts, each of letters, digits and _ or in backticks")
 
 
 class DataConfig(_Section):
@@ -98,6 +108,11 @@ class DataConfig(_Section):
                                  description="held-out rows, never used for selection (hash, stratified, time)")
     min_validation_rows: int = Field(
         default=30, ge=1, description="fewer validation rows than this fail the job: too few to judge a model")
+
+    @field_validator("table")
+    @classmethod
+    def _table_name(cls, table: str) -> str | None:
+        return _table_identifier(table)
 
     @field_validator("version")
     @classmethod
@@ -437,12 +452,22 @@ class OutputConfig(_Section):
         default="data/checkpoints", min_length=1,
         description="folder or URI (file:, s3://, gs://, hdfs://, abfs://) of the sweeps' checkpoints")
 
+    @field_validator("results_table", "predictions_table")
+    @classmethod
+    def _table_name(cls, table: str) -> str | None:
+        return _table_identifier(table)
+
 
 class ScoringConfig(_Section):
     """Batch scoring (``scoring.*``); the input defaults to ``data.table`` at its latest version."""
 
     model_uri: str | None = Field(default=None, description="default: models:/<registered_model>@champion")
     input_table: str | None = None
+
+    @field_validator("input_table")
+    @classmethod
+    def _table_name(cls, table: str | None) -> str | None:
+        return _table_identifier(table)
 
 
 class SparkConfig(_Section):
@@ -575,23 +600,29 @@ def validate_config(raw: Mapping[str, Any]) -> Config:
 
 
 def format_validation_error(error: ValidationError) -> str:
-    """One line per offending key: ``conf: <dotted.key> = <value>: <rule>``.
+    """One line per offending key: ``conf: <dotted.key> = <value>: <rule>``, named at the deepest key that
+    breaks a rule (``conf: sweep.learning_rates.min = -1: must be > 0``).
 
     For a key that accepts several shapes (a list or a range, say), a broken rule of the shape the user
-    wrote wins over "is not the other shape".
+    wrote wins over "is not the other shape": the shapes the value is not are dropped whenever an error
+    deeper inside the value (a field of the mapping given) says what is wrong with it.
     """
     by_key: dict[str, list[Any]] = {}
     for problem in error.errors():
         key = ".".join(str(part) for part in problem["loc"] if not _is_union_tag(part))
         by_key.setdefault(key, []).append(problem)
+    for key in [k for k, problems in by_key.items()
+                if all(p["type"] in _SHAPE_ERRORS for p in problems)
+                and any(other.startswith(f"{k}.") for other in by_key if k)]:
+        del by_key[key]
     lines = []
     for key, problems in by_key.items():
         value_errors = [p for p in problems if p["type"] in ("value_error", "assertion_error")]
         if value_errors or len(problems) == 1:
             chosen = value_errors or problems
-            rule = "; ".join(dict.fromkeys(p["msg"].removeprefix("Value error, ") for p in chosen))
+            rule = "; ".join(dict.fromkeys(_rule(p) for p in chosen))
         else:
-            rule = "expected one of: " + " | ".join(dict.fromkeys(p["msg"] for p in problems))
+            rule = "expected one of: " + " | ".join(dict.fromkeys(_rule(p) for p in problems))
         first = problems[0]
         if first["type"] == "spec":
             context = first.get("ctx", {})
@@ -607,6 +638,26 @@ def format_validation_error(error: ValidationError) -> str:
         else:
             lines.append(f"conf: {key} = {first.get('input')!r}: {rule}")
     return "\n".join(lines)
+
+
+#: pydantic's errors that say a value has another shape than one the key takes (not that it breaks a rule).
+_SHAPE_ERRORS = frozenset({"list_type", "dict_type", "model_type", "model_attributes_type", "literal_error",
+                           "float_type", "float_parsing", "int_type", "int_parsing", "string_type", "bool_type",
+                           "bool_parsing", "is_instance_of", "union_tag_invalid"})
+
+#: pydantic's bounds as the rule a user reads (``must be > 0``), the same words as the engine's specs use.
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
+           "less_than_equal": ("le", "<=")}
+
+
+def _rule(problem: Mapping[str, Any]) -> str:
+    """The rule a validation problem states: a bound as ``must be > 0``, any other in pydantic's words."""
+    if problem["type"] in _BOUNDS:
+        name, symbol = _BOUNDS[problem["type"]]
+        bound = problem.get("ctx", {}).get(name)
+        shown = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
+        return f"must be {symbol} {shown}"
+    return str(problem["msg"]).removeprefix("Value error, ")
 
 
 def _is_union_tag(part: int | str) -> bool:
@@ -626,7 +677,7 @@ def parse_override(override: str) -> dict[str, Any]:
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as error:
-        raise ConfigError(f"--set {override!r}: value is not valid YAML ({error})") from None
+        raise ConfigError(f"--set {override!r}: value is not valid YAML ({_yaml_problem(error)})") from None
     value = _yaml_float(value)
     nested: dict[str, Any] = {}
     cursor = nested
@@ -669,13 +720,27 @@ def _yaml_files(folder: Traversable) -> list[Traversable]:
     return sorted(files, key=lambda entry: (not entry.name.endswith(".yml"), entry.name))
 
 
+def _yaml_position(error: yaml.YAMLError) -> str:
+    """``:<line>:<column>`` (1-based, as editors count) where the parser stopped, or ``""`` when unknown."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """What the YAML parser found wrong, on one line (``mapping values are not allowed here``)."""
+    problem = getattr(error, "problem", None)
+    context = getattr(error, "context", None)
+    text = "; ".join(str(part) for part in (context, problem) if part) or str(error)
+    return " ".join(text.split())
+
+
 def _read_folder(folder: Traversable) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for path in _yaml_files(folder):
         try:
             content = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+            raise ConfigError(f"{path}{_yaml_position(error)}: not valid YAML: {_yaml_problem(error)}") from None
         if not isinstance(content, Mapping):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
         merged = deep_merge(merged, _yaml_float(content))

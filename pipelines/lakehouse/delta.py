@@ -2,7 +2,8 @@
 
 The Python ``DeltaTable`` API needs Delta's Connect plugin on a Connect server; ``DESCRIBE HISTORY``,
 ``DESCRIBE DETAIL`` and ``VERSION AS OF`` need only Delta's SQL extension, which every Delta-enabled session
-has. A table is named by a path (``delta.`/path```) or by a catalog name.
+has. A table is named by a path (``delta.`/path```) or by a catalog name; both reach SQL quoted
+(:func:`sql_name`), so a path may hold any character and a name only what the configuration let through.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from pipelines.config import is_path
+from pipelines.identifiers import quote_identifier, quote_table_name
 
 _NOT_DELTA = ("DELTA_MISSING_DELTA_TABLE", "is not a Delta table", "DELTA_TABLE_NOT_FOUND", "PATH_NOT_FOUND",
               "Path does not exist", "TABLE_OR_VIEW_NOT_FOUND", "DELTA_PATH_DOES_NOT_EXIST")
 
 
 def sql_name(identifier: str) -> str:
-    """``delta.`<path>``` for a path, the catalog name otherwise."""
-    return f"delta.`{identifier}`" if is_path(identifier) else identifier
+    """``delta.`<path>``` for a path, the catalog name with each part quoted otherwise (backticks doubled)."""
+    return f"delta.{quote_identifier(identifier)}" if is_path(identifier) else quote_table_name(identifier)
 
 
 def is_delta_table(spark: SparkSession, identifier: str) -> bool:
@@ -43,7 +45,7 @@ def table_format(spark: SparkSession, identifier: str) -> str | None:
     """A catalog table's format (``delta``, ``parquet``, ...), or None when the catalog does not know it."""
     if not spark.catalog.tableExists(identifier):
         return None
-    return _format(spark, identifier)
+    return _format(spark, sql_name(identifier))
 
 
 def _format(spark: SparkSession, name: str) -> str | None:

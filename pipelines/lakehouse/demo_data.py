@@ -28,6 +28,7 @@ from pyspark.sql import Column, DataFrame, DataFrameWriter, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.config import DemoConfig, is_path
+from pipelines.identifiers import quote_identifier, table_name_parts
 from pipelines.lakehouse.delta import history
 
 NOISE_COLUMNS = 8
@@ -151,8 +152,9 @@ def write_demo_table(spark: SparkSession, config: DemoConfig, table: str) -> Dem
 
     Re-running replaces the content (new versions are added on top, as Delta keeps history).
     """
-    if not is_path(table) and "." in table:  # a catalog name: its database may be new
-        spark.sql(f"CREATE DATABASE IF NOT EXISTS {table.rsplit('.', 1)[0]}")
+    parts = [] if is_path(table) else table_name_parts(table) or []
+    if len(parts) > 1:  # a catalog name: its database may be new
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS {'.'.join(map(quote_identifier, parts[:-1]))}")
     initial = churn_features(spark, config.rows, config.seed, config.partitions,
                              null_fraction=config.null_fraction)
     _write(initial.write.format("delta").mode("overwrite").option("overwriteSchema", "true"), table)

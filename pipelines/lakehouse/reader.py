@@ -35,7 +35,7 @@ from pipelines.lakehouse.checks import (
     select_features,
     string_classes,
 )
-from pipelines.lakehouse.delta import history, is_delta_table, operations, table_format
+from pipelines.lakehouse.delta import history, is_delta_table, operations, sql_name, table_format
 from pipelines.sgd.losses import task_of
 
 
@@ -160,7 +160,7 @@ def read_version(spark: SparkSession, ref: TableRef) -> DataFrame:
 def _at(spark: SparkSession, identifier: str, version: int) -> DataFrame:
     if is_path(identifier):
         return spark.read.format("delta").option("versionAsOf", version).load(identifier)
-    return spark.sql(f"SELECT * FROM {identifier} VERSION AS OF {version}")
+    return spark.sql(f"SELECT * FROM {sql_name(identifier)} VERSION AS OF {int(version)}")
 
 
 #: Operations that add no row and change none (an incremental read over them needs no change data feed).

@@ -51,7 +51,7 @@ def test_bad_configuration_exits_non_zero_with_one_line(tmp_path: Path) -> None:
     result = spark_submit("make_demo_table.py", "--set", "demo.rows=-5")
     assert result.returncode == 2
     # spark-submit merges the Python driver's stderr into its stdout
-    assert "error: conf: demo.rows = -5: Input should be greater than or equal to 10" in result.stdout
+    assert "error: conf: demo.rows = -5: must be >= 10" in result.stdout
 
 
 def test_a_value_the_engine_refuses_fails_at_load_before_any_store_exists(tmp_path: Path) -> None:

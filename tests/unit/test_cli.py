@@ -29,7 +29,7 @@ def test_the_command_has_every_job_and_prints_the_resolved_configuration(
 def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["config", "--set", "train.epochs=0"]) == 2
     assert capsys.readouterr().err.strip() == \
-        "error: conf: train.epochs = 0: Input should be greater than or equal to 1"
+        "error: conf: train.epochs = 0: must be >= 1"
     assert main(["sync", "--set", "train.epochs=2"]) == 2  # sync needs the sweep's id
     assert "sweep.id: required to sync a sweep" in capsys.readouterr().err
 

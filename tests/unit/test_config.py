@@ -76,7 +76,7 @@ def test_relative_paths_and_the_default_store_are_the_working_directorys(
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("train.epochs=0", "conf: train.epochs = 0: Input should be greater than or equal to 1"),
+        ("train.epochs=0", "conf: train.epochs = 0: must be >= 1"),
         ("model.loss=tweedie", "conf: model.loss = 'tweedie': must be one of logistic, hinge, squared_hinge,"),
         ("model.epsilon=-1", "conf: model.epsilon = -1.0: must be a number >= 0"),
         ("sweep.reg_params=[]", "conf: sweep.reg_params = []: must be a non-empty list of distinct numbers"),
@@ -85,7 +85,7 @@ def test_relative_paths_and_the_default_store_are_the_working_directorys(
         ("sweep.learning_rates=[0.1, -1]",
          "conf: sweep.learning_rates = [0.1, -1]: every learning rate must be finite and > 0"),
         ("sweep.learning_rates={min: 1, max: 0.1, num: 3}", "max (0.1) must be >= min (1.0)"),
-        ("data.validation_fraction=1.5", "conf: data.validation_fraction = 1.5: Input should be less than 1"),
+        ("data.validation_fraction=1.5", "conf: data.validation_fraction = 1.5: must be < 1"),
         ("data.on_null=ignore", "conf: data.on_null = 'ignore': Input should be 'drop' or 'fail'"),
         ("train.algorithm=adam", "conf: train.algorithm = 'adam'"),
         ("data.version=-1", "conf: data.version = -1"),
@@ -152,5 +152,75 @@ def test_malformed_override_and_missing_env_are_clear() -> None:
 def test_invalid_yaml_file_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "broken.yml").write_text("data: [unclosed\n")
-    with pytest.raises(ConfigError, match=r"broken.yml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"broken.yml:2:1: not valid YAML"):
         load_config(conf_dir=tmp_path)
+
+
+@pytest.mark.parametrize(("text", "position", "problem"), [
+    ("train:\n  epochs: 3\n   seed: 4\n", ":3:8:", "mapping values are not allowed here"),
+    ("train:\n  epochs: [3\n  seed: 4\n", ":3:7:", "expected ',' or ']'"),
+    ("train:\n\tepochs: 3\n", ":2:1:", "found character '\\t' that cannot start any token"),
+])
+def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path: Path, text: str, position: str,
+                                                                   problem: str) -> None:
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "train.yml").write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(conf_dir=tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path / 'base' / 'train.yml'}{position} not valid YAML: ")
+    assert problem in message
+    with pytest.raises(ConfigError) as override:
+        load_config(overrides=["train.epochs=[3"])
+    assert "\n" not in str(override.value) and "expected ',' or ']'" in str(override.value)
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("sweep.learning_rates={min: -1, max: 1, num: 3}", "conf: sweep.learning_rates.min = -1: must be > 0"),
+    ("sweep.learning_rates={min: 1e-3, max: 0, num: 3}", "conf: sweep.learning_rates.max = 0: must be > 0"),
+    ("sweep.learning_rates={min: 1e-3, max: 1, num: 0}", "conf: sweep.learning_rates.num = 0: must be >= 1"),
+    ("sweep.learning_rates={min: 1e-3, max: 1, num: 2000}",
+     "conf: sweep.learning_rates.num = 2000: must be <= 1024"),
+    ("sweep.learning_rates={min: 1e-3, max: 1, count: 3}", "conf: sweep.learning_rates.count: unknown key"),
+    ("sweep.learning_rates={min: 1, max: 0.1, num: 3}",
+     "conf: sweep.learning_rates = {'min': 1, 'max': 0.1, 'num': 3}: max (0.1) must be >= min (1.0)"),
+    ("data.validation_fraction=0", "conf: data.validation_fraction = 0: must be > 0"),
+])
+def test_a_range_bound_is_named_at_its_own_key_with_the_rule(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(overrides=[override])
+    assert str(caught.value) == expected
+
+
+@pytest.mark.parametrize("key", ["data.table", "output.results_table", "output.predictions_table",
+                                 "scoring.input_table"])
+@pytest.mark.parametrize("name", ["x; DROP TABLE y", "a.b.c.d", "sales.churn features", "`unclosed", "a..b",
+                                  "sales.`x` y", ""])
+def test_a_name_that_cannot_be_a_table_is_refused_at_load_naming_the_key(key: str, name: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(overrides=[f"{key}={name!r}" if name else f"{key}=''"])
+    message = str(caught.value)
+    assert message.startswith(f"conf: {key} = {name!r}: ") and "\n" not in message
+
+
+@pytest.mark.parametrize(("name", "parts"), [
+    ("churn", ["churn"]), ("sales.churn_2026", ["sales", "churn_2026"]), ("cat.db.t", ["cat", "db", "t"]),
+    ("sales.`churn features`", ["sales", "churn features"]), ("`we``ird`.`a.b`", ["we`ird", "a.b"]),
+])
+def test_catalog_names_and_paths_with_any_character_are_taken(name: str, parts: list[str]) -> None:
+    from pipelines.identifiers import quote_table_name, table_name_parts
+
+    assert table_name_parts(name) == parts
+    assert quote_table_name(name) == ".".join("`" + part.replace("`", "``") + "`" for part in parts)
+    config = load_config(overrides=[f"data.table={name!r}", "output.results_table='/tmp/we`ird; DROP/results'"])
+    assert config.data.table == name
+    assert config.output.results_table == "/tmp/we`ird; DROP/results"
+
+
+def test_sql_names_quote_paths_and_catalog_names() -> None:
+    from pipelines.lakehouse.delta import sql_name
+
+    assert sql_name("/tmp/we`ird/t") == "delta.`/tmp/we``ird/t`"
+    assert sql_name("s3://bucket/a b/t") == "delta.`s3://bucket/a b/t`"
+    assert sql_name("sales.churn") == "`sales`.`churn`"

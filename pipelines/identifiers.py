@@ -1,0 +1,73 @@
+"""Names as Spark SQL takes them: column and table identifiers quoted once, here, and table names checked.
+
+A column may be named with dots, spaces, unicode or backticks (``monthly.charges``, ``plan type``, ``we`ird``).
+Spark parses a bare name given to ``F.col`` or to a string-taking DataFrame method: ``a.b`` is field ``b`` of
+struct ``a``. Every user-named column therefore reaches Spark through :func:`column` (a backquoted name, its
+backticks doubled), and every name put into SQL text through :func:`quote_identifier`.
+
+A catalog table name is one to three dot-separated parts, each plain (letters, digits, ``_``) or backquoted;
+anything else (``x; DROP TABLE y``) is refused when the configuration is loaded (:func:`table_name_parts`).
+A path may hold any character: it is passed to ``DataFrameReader.load`` or quoted as ``delta.`<path>```.
+
+This module imports nothing of lrsweep, so the configuration can use it before Spark starts.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column
+
+_PLAIN_PART = re.compile(r"[A-Za-z0-9_]+")
+_PART = re.compile(r"`(?:[^`]|``)+`|[A-Za-z0-9_]+")
+MAX_NAME_PARTS = 3  # catalog.schema.table
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as one Spark SQL identifier: in backticks, its own backticks doubled (```we``ird```)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def column(name: str) -> Column:
+    """The top-level column called exactly ``name`` (never a struct field, whatever characters it holds)."""
+    from pyspark.sql import functions as F
+
+    return F.col(quote_identifier(name))
+
+
+def table_name_parts(name: str) -> list[str] | None:
+    """The parts of a catalog table name (backquoted parts unquoted), or None when ``name`` is not one.
+
+    >>> table_name_parts("sales.`churn features`")
+    ['sales', 'churn features']
+    >>> table_name_parts("x; DROP TABLE y") is None
+    True
+    """
+    parts: list[str] = []
+    position = 0
+    while True:
+        match = _PART.match(name, position)
+        if match is None:
+            return None
+        text = match.group(0)
+        parts.append(text if _PLAIN_PART.fullmatch(text) else text[1:-1].replace("``", "`"))
+        position = match.end()
+        if position == len(name):
+            return parts if len(parts) <= MAX_NAME_PARTS else None
+        if name[position] != ".":
+            return None
+        position += 1
+
+
+def quote_table_name(name: str) -> str:
+    """A valid catalog table name with every part quoted (``sales.churn`` -> ```sales`.`churn```).
+
+    Raises :class:`ValueError` for a name that :func:`table_name_parts` refuses (the configuration refuses it
+    first; this guards names that come from elsewhere).
+    """
+    parts = table_name_parts(name)
+    if parts is None:
+        raise ValueError(f"{name!r} is not a table name")
+    return ".".join(quote_identifier(part) for part in parts)
