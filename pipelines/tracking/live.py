@@ -5,6 +5,10 @@ waits); a background thread syncs it to the child runs (:meth:`SweepTracker.sync
 points). While MLflow is unreachable the thread keeps the latest snapshot and tries again every few
 seconds; nothing is lost, because each sync sends everything MLflow does not have yet. :meth:`close`
 stops the thread after one last sync attempt.
+
+What is an outage is decided by :func:`~pipelines.tracking.store.is_unavailable`, the one classifier: a
+failure it names (a connection cut in the middle of an answer included) is retried, never reported as a
+bug; anything else stops the thread and :attr:`LiveView.error` hands it to the caller.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ from __future__ import annotations
 import threading
 import time
 
-from pipelines.errors import TrackingError, TrackingUnavailableError
+from pipelines.errors import TrackingError
 from pipelines.sweep.outcome import GridOutcome
 from pipelines.tracking.runs import SweepTracker
+from pipelines.tracking.store import is_unavailable
 
 RETRY_SECONDS = 5.0
 INTERVAL_SECONDS = 1.0  # at most one sync a second: fast epochs are sent together
@@ -62,7 +67,10 @@ class LiveView:
                 synced_at = time.monotonic()
             try:
                 self.tracker.sync(self.round_number, outcome, wait=False)
-            except (TrackingUnavailableError, TrackingError):
+            except Exception as error:
+                if not isinstance(error, TrackingError) and not is_unavailable(error):
+                    self.error = error  # a bug, not an outage: stop syncing, reported by the caller
+                    return
                 self.failures += 1
                 if closing:
                     return
@@ -70,9 +78,6 @@ class LiveView:
                     self._pending = True  # try again: this snapshot or a newer one
                     self._condition.wait(RETRY_SECONDS)  # a new epoch or close() wakes it earlier
                 continue
-            except Exception as error:  # a bug, not an outage: stop syncing, reported by the caller
-                self.error = error
-                return
             self.synced_epochs = max(self.synced_epochs, epoch)
             with self._condition:  # let the next epochs gather (close() wakes it at once)
                 while not self._closing and (remaining := INTERVAL_SECONDS - (time.monotonic() - synced_at)) > 0:

@@ -46,6 +46,7 @@ from pipelines.features.encoding import TableEncoding
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.losses import DEFAULT_EPSILON, LOSS_NAMES, task_of
 from pipelines.tracking.runs import SweepTracker
+from pipelines.tracking.store import is_unavailable, unavailable
 
 CHAMPION = "champion"
 TAG_VAL_LOSS = "lrsweep.val_loss"
@@ -278,6 +279,8 @@ def champion_version(tracker: SweepTracker, name: str) -> str | None:
         except MlflowException as error:
             if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
                 return None
+            if is_unavailable(error):
+                raise  # an outage, not the registry's answer: store.call retries it
             raise TrackingError(f"model registry: cannot read {name}@{CHAMPION}: {error.message}") from error
 
     return tracker.store.call("registry", find)
@@ -348,7 +351,8 @@ class ScoringModel:
 def resolve_scoring_model(client: MlflowClient, model_uri: str) -> ScoringModel:
     """Pin ``model_uri`` (``models:/name@alias``, ``models:/name/3``, ``runs:/...``, ``models:/m-...``).
 
-    Raises :class:`TrackingError` naming the URI when it cannot be resolved.
+    Raises :class:`TrackingError` naming the URI when it cannot be resolved, :class:`TrackingUnavailableError`
+    when the store cannot be reached.
     """
     name: str | None = None
     version: str | None = None
@@ -366,6 +370,8 @@ def resolve_scoring_model(client: MlflowClient, model_uri: str) -> ScoringModel:
             pinned = f"models:/{name}/{version}"
         info = mlflow.models.get_model_info(pinned)
     except MlflowException as error:
+        if is_unavailable(error):  # an outage, not a bad URI (a store.call around this retries it)
+            raise unavailable(mlflow.get_registry_uri(), error) from None
         raise TrackingError(f"scoring.model_uri {model_uri}: {error.message}") from error
     if info.signature is None or info.signature.inputs is None:
         raise TrackingError(f"scoring.model_uri {model_uri}: the model has no input signature")

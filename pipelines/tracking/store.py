@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.client
 import os
 import re
 import subprocess
@@ -27,12 +28,14 @@ from typing import TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import mlflow
+import requests
+import urllib3
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
+from mlflow.exceptions import MlflowException, RestException
 
 from pipelines import __version__
 from pipelines.config import TrackingConfig, resolve_tracking_uri
-from pipelines.errors import TrackingError, TrackingUnavailableError, first_line
+from pipelines.errors import LrsweepError, TrackingError, TrackingUnavailableError, first_line
 from pipelines.stopwatch import Stopwatch
 
 Value = TypeVar("Value")
@@ -43,10 +46,31 @@ _CLIENT_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST
                     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
                     # MLflow prints a "View run ... at <uri>" line per ended run: noise in a job's output
                     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
-_UNAVAILABLE_MARKERS = ("Max retries exceeded", "Connection refused", "ConnectionError", "Read timed out",
-                        "timed out", "Connection aborted", "RemoteDisconnected", "database is locked",
-                        "unable to open database", "Temporary failure", "Name or service not known",
-                        "503", "502", "504", "TEMPORARILY_UNAVAILABLE")
+#: Transport failures: the request or its answer did not get through (refused, reset, cut mid-body, timed out).
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # sockets (refused, reset, broken pipe, timeouts, name resolution) and a local store's files
+    http.client.HTTPException,  # IncompleteRead, RemoteDisconnected, BadStatusLine: an answer cut short
+    urllib3.exceptions.ProtocolError,  # "Connection broken: IncompleteRead(...)", "Connection aborted."
+    urllib3.exceptions.TimeoutError,  # connect and read timeouts (NewConnectionError too)
+    urllib3.exceptions.MaxRetryError,
+    urllib3.exceptions.ResponseError,  # "too many 503 error responses"
+    urllib3.exceptions.DecodeError,  # a compressed body cut short
+)
+#: requests' errors about the request itself (a bad URL or header): the caller's mistake, never an outage.
+_REQUEST_MISTAKES = (requests.exceptions.URLRequired, requests.exceptions.MissingSchema,
+                     requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL,
+                     requests.exceptions.InvalidHeader, requests.exceptions.InvalidJSONError)
+#: HTTP answers that mean "not now": 408 (request timeout), 429 (too many requests) and every 5xx.
+_RETRYABLE_STATUSES = (408, 429)
+_UNAVAILABLE_CODES = ("TEMPORARILY_UNAVAILABLE", "DEADLINE_EXCEEDED", "REQUEST_LIMIT_EXCEEDED")
+#: MLflow words a non-JSON error answer "API request to endpoint X failed with error code 503 != 200".
+_STATUS_IN_MESSAGE = re.compile(r"failed with error code (\d{3})")
+#: Where MLflow flattens a failure to text (an artifact transfer's per-file failures, some store errors),
+#: what the text of a transport failure or a busy local store says.
+_UNAVAILABLE_MARKERS = ("Connection broken", "IncompleteRead", "RemoteDisconnected", "ChunkedEncodingError",
+                        "ProtocolError", "Connection refused", "Connection reset", "Connection aborted",
+                        "Max retries exceeded", "Read timed out", "ConnectTimeout", "database is locked",
+                        "unable to open database")
 _AUTH_CODES = ("UNAUTHENTICATED", "PERMISSION_DENIED")
 
 
@@ -93,13 +117,64 @@ def code_version() -> str:
 
 
 def is_unavailable(error: BaseException) -> bool:
-    """True when ``error`` means the store cannot be reached right now (not that the request was wrong)."""
-    if isinstance(error, MlflowException) and error.error_code in _AUTH_CODES:
+    """True when ``error`` means the store cannot serve right now, not that the request or our code is wrong.
+
+    The one classifier of outages, for every thread and call site: a transport failure (connection refused
+    or reset, an answer cut mid-body, a timeout), an HTTP 408, 429 or 5xx answer, a busy local store. It
+    looks through the wrappers MLflow and lrsweep put around such a failure (an ``MlflowException`` or a
+    :class:`~pipelines.errors.TrackingError` caused by it); any other error, a ``TypeError`` raised while one
+    was handled included, is not an outage. Refused credentials never are (see :func:`credentials_refused`).
+    """
+    links = list(_wrapped(error))
+    if any(credentials_refused(link) for link in links):
         return False
-    if isinstance(error, OSError | TimeoutError):
+    return any(_outage(link) for link in links)
+
+
+def _wrapped(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and, when it is a wrapper (MLflow's or lrsweep's), the errors it wraps.
+
+    MLflow's REST client raises its ``MlflowException`` inside the ``except`` that caught the transport
+    error, without ``from``: the cause is in ``__context__``.
+    """
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        if not isinstance(link, MlflowException | LrsweepError):
+            return
+        link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
+
+
+def _outage(error: BaseException) -> bool:
+    if isinstance(error, TrackingUnavailableError):
         return True
-    text = f"{type(error).__name__}: {error}"
-    return any(marker in text for marker in _UNAVAILABLE_MARKERS)
+    if isinstance(error, requests.exceptions.HTTPError):  # an answer: an outage only when it says "not now"
+        status = error.response.status_code if error.response is not None else None
+        return status is not None and (status >= 500 or status in _RETRYABLE_STATUSES)
+    if isinstance(error, _REQUEST_MISTAKES):
+        return False
+    if isinstance(error, _TRANSPORT_ERRORS):
+        return True
+    if not isinstance(error, MlflowException):
+        return False
+    if error.error_code in _UNAVAILABLE_CODES:  # a server's 503/504/429, a locked sqlite store
+        return True
+    if isinstance(error, RestException) and error.get_http_status_code() >= 500:  # the server answered 5xx
+        return True
+    answered = _STATUS_IN_MESSAGE.search(str(error))
+    if answered is not None:
+        code = int(answered.group(1))
+        return code >= 500 or code in _RETRYABLE_STATUSES
+    return any(marker in str(error) for marker in _UNAVAILABLE_MARKERS)
+
+
+def unavailable(uri: str, error: BaseException) -> TrackingUnavailableError:
+    """The outage ``error`` (see :func:`is_unavailable`) as the error a job reports (exit 4), in one line."""
+    if isinstance(error, TrackingUnavailableError):
+        return error
+    return TrackingUnavailableError(f"MLflow tracking store {redact(uri)} is unavailable ({_first_line(error)})")
 
 
 def credentials_refused(error: BaseException) -> bool:
@@ -139,8 +214,7 @@ class Availability:
                     raise
                 remaining = self._note_failure()
                 if not wait or remaining <= 0:
-                    raise TrackingUnavailableError(
-                        f"MLflow tracking store {redact(self.uri)} is unavailable ({_first_line(error)})") from None
+                    raise unavailable(self.uri, error) from None
                 time.sleep(min(2.0, remaining))
                 continue
             self._note_success()
