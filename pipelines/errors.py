@@ -42,6 +42,15 @@ class OutputError(LrsweepError):
     """An output location (results or predictions table) cannot be written as configured."""
 
 
+class SweepLockedError(LrsweepError):
+    """Another job holds the lease on this sweep id (:mod:`pipelines.lakehouse.lease`): one live job per sweep."""
+
+
+class LeaseLostError(SweepLockedError):
+    """This job's lease on its sweep id was taken over (it stopped renewing for longer than the lease lasts); it
+    stops at the next safe point, writing nothing more, so that one job writes the sweep."""
+
+
 class TrackingError(LrsweepError):
     """The MLflow tracking store, experiment, run or model cannot be used as asked (e.g. credentials refused)."""
 
