@@ -100,6 +100,26 @@ class CheckpointStore:
             raise OutputError(f"output.checkpoints {self.root}: cannot write {target} ({error})") from None
         return StoredCheckpoint(sequence, target, arrays)
 
+    def check_writable(self, sweep_id: str) -> None:
+        """Write and delete a small file in the sweep's folder: a sweep learns that its checkpoints cannot be
+        written before it trains, not after.
+
+        Raises
+        ------
+        OutputError
+            The location cannot be written (or the probe cannot be removed).
+        """
+        folder = self._folder(sweep_id)
+        probe = f"{folder}/.write-probe-{uuid.uuid4().hex}"
+        try:
+            self._fs.create_dir(folder, recursive=True)
+            with self._fs.open_output_stream(probe) as stream:
+                stream.write(b"lrsweep write probe\n")
+            self._fs.delete_file(probe)
+        except OSError as error:
+            raise OutputError(f"output.checkpoints {self.root}: cannot write in {folder} ({error}); point "
+                              "output.checkpoints at a folder or URI this job can write") from None
+
     def latest(self, sweep_id: str) -> Iterator[StoredCheckpoint | str]:
         """The sweep's checkpoints newest first; a file that cannot be read yields its path instead."""
         for sequence, path in self.sequences(sweep_id):

@@ -15,6 +15,7 @@ race with another writer (Delta's concurrent-modification errors) is retried.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 from pyspark.sql import DataFrame, SparkSession
 
 from pipelines.config import is_path
-from pipelines.errors import OutputError
+from pipelines.errors import OutputError, first_line
 from pipelines.lakehouse.delta import is_delta_table, latest_version, sql_name, table_format
 from pipelines.sgd.metrics import ALL_CURVES
 
@@ -41,6 +42,8 @@ RESULTS_SCHEMA = ", ".join([
     "data_since_version BIGINT", "registration STRING",
 ])
 #: Columns a sweep's end sets on all of a rate's rows.
+#: The columns an existing table must have to take a sweep's rows (what the first results tables had).
+RESULTS_KEY_COLUMNS = ("sweep_id", "learning_rate", "epoch")
 FINAL_COLUMNS = ("status", "kept_epoch", "is_best", "parent_run_id", "child_run_id", "registration")
 EPOCHS_PER_ROUND = 1_000_000
 COMMIT_ATTEMPTS = 6
@@ -66,7 +69,7 @@ def check_output_table(spark: SparkSession, identifier: str, key: str) -> None:
                                   "table or at a path that does not exist yet")
             if not os.path.isdir(local) or not os.listdir(local):
                 return
-        if not _becomes_delta_table(spark, identifier):
+        if not _becomes_delta_table(spark, identifier, local):
             raise OutputError(f"{key} {identifier} exists and is not a Delta table (no _delta_log); point {key} "
                               "at a Delta table or at a path that does not exist yet")
         return
@@ -75,16 +78,78 @@ def check_output_table(spark: SparkSession, identifier: str, key: str) -> None:
         raise OutputError(f"{key} {identifier} is a {provider} table, not a Delta table")
 
 
-def _becomes_delta_table(spark: SparkSession, identifier: str) -> bool:
-    """Whether ``identifier`` is a Delta table, waiting a little for one that another writer is creating
-    (Delta writes the first data files before the log)."""
+def check_results_table(spark: SparkSession, identifier: str, key: str = "output.results_table") -> None:
+    """Fail before training, in one line naming ``key``, when ``identifier`` cannot take a sweep's rows.
+
+    An absent location is created by the first append. An existing Delta table must be a results table: it
+    has :data:`RESULTS_KEY_COLUMNS`, every column of :data:`RESULTS_SCHEMA` it has is of that type, and any other
+    column it has is nullable (the appended rows leave it empty). Columns of :data:`RESULTS_SCHEMA` it lacks are
+    added by the appends (schema evolution): tables written by earlier releases of lrsweep.
+    """
+    from pyspark.sql.types import StructType
+
+    check_output_table(spark, identifier, key)
+    if not table_exists(spark, identifier):
+        return
+    try:
+        reader = spark.read.format("delta")
+        present = (reader.load(identifier) if is_path(identifier) else spark.table(identifier)).schema
+    except Exception as error:
+        raise OutputError(f"{key} {identifier}: the Delta table cannot be read ({first_line(error)})") from None
+    expected = StructType.fromDDL(RESULTS_SCHEMA)
+    assert isinstance(expected, StructType)
+    have = {field.name.lower(): field for field in present.fields}
+    wanted = {field.name.lower(): field for field in expected.fields}
+    problems = [f"no column {name}" for name in RESULTS_KEY_COLUMNS if name not in have]
+    problems += [f"column {field.name} is {have[name].dataType.simpleString()} (expected "
+                 f"{field.dataType.simpleString()})" for name, field in wanted.items()
+                 if name in have and have[name].dataType != field.dataType]
+    problems += [f"column {field.name} is NOT NULL" for name, field in have.items()
+                 if name not in wanted and not field.nullable]
+    if problems:
+        raise OutputError(f"{key} {identifier} is a Delta table but not a sweep results table: "
+                          f"{'; '.join(problems)}; point {key} at a results table or at a path that does not exist "
+                          "yet")
+
+
+def _becomes_delta_table(spark: SparkSession, identifier: str, local: str | None) -> bool:
+    """Whether ``identifier`` is (or may become) a Delta table, waiting a little for one that another writer is
+    creating (Delta writes the first data files before the log).
+
+    A local folder whose ``_delta_log`` holds no commit is a table whose creation was interrupted (a writer
+    killed before its first commit leaves data files and an empty ``_delta_log/_staged_commits``): Delta
+    ignores files no commit names, so the first append creates the table there. Such a folder is waited for
+    only while something in it changed in the last :data:`CREATION_WAIT_SECONDS` (another writer may be
+    committing now).
+    """
     deadline = time.monotonic() + CREATION_WAIT_SECONDS
     while True:
         if is_delta_table(spark, identifier):
             return True
+        if local is not None and uncommitted_delta_folder(local) and (
+                time.monotonic() >= deadline or time.time() - _newest_change(local) >= CREATION_WAIT_SECONDS):
+            return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(1.0)
+
+
+def uncommitted_delta_folder(local: str) -> bool:
+    """Whether the local folder has a ``_delta_log`` without any commit or checkpoint file in it."""
+    log = os.path.join(local, "_delta_log")
+    if not os.path.isdir(log):
+        return False
+    return not any(name.endswith(".json") or ".checkpoint" in name for name in os.listdir(log))
+
+
+def _newest_change(local: str) -> float:
+    """The newest modification time of anything under ``local`` (seconds since the epoch)."""
+    newest = os.path.getmtime(local)
+    for folder, folders, files in os.walk(local):
+        for name in (*folders, *files):
+            with contextlib.suppress(OSError):
+                newest = max(newest, os.path.getmtime(os.path.join(folder, name)))
+    return newest
 
 
 def table_exists(spark: SparkSession, identifier: str) -> bool:
@@ -112,8 +177,7 @@ def retry_conflicts(action: Callable[[], Value], key: str, identifier: str) -> V
             if attempt + 1 < COMMIT_ATTEMPTS and any(marker in text for marker in _CONFLICTS):
                 time.sleep(0.2 * 2**attempt)
                 continue
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise OutputError(f"{key} {identifier}: the write failed: {first_line}") from error
+            raise OutputError(f"{key} {identifier}: the write failed: {first_line(error)}") from error
     raise AssertionError("unreachable")
 
 

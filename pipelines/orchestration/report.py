@@ -67,7 +67,7 @@ class SweepReport:
         lines = [format_summary(self.summary, self.loss),
                  f"sweep {self.sweep_id}: parent run {self.parent_run_id}{resumed}",
                  f"results: {self.results_rows} rows {'appended to' if self.results_written else 'already in'} "
-                 f"{self.results_table}"]
+                 f"{self.results_table}" if self.results_rows else f"results: no rows in {self.results_table}"]
         if self.registration is not None:
             lines.append(self.registration.describe(self.registered_model))
         elif outcome.best is None:

@@ -87,7 +87,8 @@ def _number(value: float | None) -> str:
 def epoch_rows(rate: RateResult, first: int = 1, last: int | None = None) -> list[dict[str, Any]]:
     """``{"epoch": e, <curve>: value or None, "<curve>_std": ...}`` for every epoch in ``first..last`` the rate ran."""
     rows = []
-    for epoch in range(first, min(rate.epochs_run, last if last is not None else rate.epochs_run) + 1):
+    ran = max(rate.epochs_run, rate.stopped_epoch or 0)  # a rate that diverged in its first epoch has a row for it
+    for epoch in range(first, min(ran, last if last is not None else ran) + 1):
         row: dict[str, Any] = {"epoch": epoch}
         for name in ALL_CURVES:
             curve = rate.curves.get(name)
