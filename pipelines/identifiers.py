@@ -15,10 +15,14 @@ This module imports nothing of lrsweep, so the configuration can use it before S
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column
+    import pyarrow as pa
+    from pyspark.sql import Column, DataFrame
+
+ArrowFunction = Callable[["Iterator[pa.RecordBatch]"], "Iterator[pa.RecordBatch]"]
 
 _PLAIN_PART = re.compile(r"[A-Za-z0-9_]+")
 _PART = re.compile(r"`(?:[^`]|``)+`|[A-Za-z0-9_]+")
@@ -35,6 +39,23 @@ def column(name: str) -> Column:
     from pyspark.sql import functions as F
 
     return F.col(quote_identifier(name))
+
+
+def map_in_arrow(dataframe: DataFrame, names: Sequence[str], function: ArrowFunction, schema: str) -> DataFrame:
+    """``dataframe.select(names).mapInArrow(function, schema)`` for columns of any name.
+
+    PySpark's ``mapInArrow`` looks each column up by a name it parses (``we`ird`` fails to parse), so the
+    columns travel under positional names and ``function`` receives batches under their own names again.
+    """
+    import pyarrow as pa
+
+    own = list(names)
+
+    def renamed(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return function(pa.RecordBatch.from_arrays(batch.columns, names=own) for batch in batches)
+
+    positional = dataframe.select(*[column(name).alias(f"_{index}") for index, name in enumerate(own)])
+    return positional.mapInArrow(renamed, schema)
 
 
 def table_name_parts(name: str) -> list[str] | None:

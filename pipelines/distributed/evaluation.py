@@ -15,6 +15,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 
 from pipelines.features.encoding import TableEncoding
+from pipelines.identifiers import map_in_arrow
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.design import SplitDesign
 from pipelines.sgd.losses import Loss
@@ -52,7 +53,7 @@ def evaluate_rows(rows: DataFrame, label: str, encoding: TableEncoding, weights:
                 "partition": pa.array([context.partitionId() if context else 0], pa.int32()),
                 "payload": pa.array([pickle.dumps(total.to_arrays(), protocol=5)], pa.binary())})
 
-    parts = rows.select(*columns).mapInArrow(evaluate, "partition INT, payload BINARY").collect()
+    parts = map_in_arrow(rows, columns, evaluate, "partition INT, payload BINARY").collect()
     if not parts:
         return None
     merged: MetricAccumulator | None = None

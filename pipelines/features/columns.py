@@ -9,11 +9,14 @@ when listed.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+
+from pipelines.identifiers import column
 
 FAMILIES = ("number", "boolean", "date", "timestamp", "string", "array", "vector")
 
@@ -83,11 +86,35 @@ def model_input(name: str, family: str) -> Column:
     """A column as the logged model takes it: numbers and booleans as double, arrays as array<double>,
     vectors as dense array<double> (what a Spark UDF and an MLflow signature accept), the rest as read."""
     if family in ("number", "boolean"):
-        return F.col(name).cast("double").alias(name)
+        return column(name).cast("double").alias(name)
     if family == "array":
-        return F.col(name).cast("array<double>").alias(name)
+        return column(name).cast("array<double>").alias(name)
     if family == "vector":
         from pyspark.ml.functions import vector_to_array
 
-        return vector_to_array(F.col(name)).alias(name)
-    return F.col(name)
+        return vector_to_array(column(name)).alias(name)
+    return column(name)
+
+
+def any_of(conditions: Sequence[Column]) -> Column:
+    """Whether any of ``conditions`` holds, as one flat expression (``greatest`` of the booleans; False when
+    empty, nulls ignored).
+
+    Never a chain ``c1 | c2 | ... | cn``: Spark analyses expressions recursively, and a chain as deep as a
+    2,000-column table overflows the JVM's stack (``StackOverflowError``). A balanced tree is not enough either:
+    the optimizer splits a filter's conjunctions and disjunctions and joins them back as a chain.
+    """
+    return _flat(list(conditions), F.greatest, False)
+
+
+def all_of(conditions: Sequence[Column]) -> Column:
+    """Whether every one of ``conditions`` holds, as one flat expression (``least``; True when empty, nulls
+    ignored); see :func:`any_of`."""
+    return _flat(list(conditions), F.least, True)
+
+
+def _flat(conditions: list[Column], combine: Callable[..., Column], empty: bool) -> Column:
+    if not conditions:
+        return F.lit(empty)
+    joined = conditions[0] if len(conditions) == 1 else combine(*conditions)  # greatest/least take 2 or more
+    return F.coalesce(joined, F.lit(empty))

@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 from pipelines.config import FeaturesConfig
 from pipelines.features.encoding import ColumnEncoding, TableEncoding
 from pipelines.features.scaling import fit_scaling
+from pipelines.identifiers import column, map_in_arrow, quote_identifier
 
 _SCALAR_FAMILIES = ("number", "boolean", "date", "timestamp")
 
@@ -49,30 +50,29 @@ def fit_encoding(train: DataFrame, families: Mapping[str, str], array_lengths: M
         return unscaled
     names = [n for c in dense for n in c.input_names()]
     only_dense = TableEncoding(dense)
-    scaling = fit_scaling(train.select(*[c.column for c in dense]), names, settings.standardize, where=where,
+    scaling = fit_scaling(train.select(*[column(c.column) for c in dense]), names, settings.standardize, where=where,
                           encode=lambda batch: only_dense.encode(batch, standardize=False).dense)
     return unscaled.with_scaling(scaling.means, scaling.scales)
 
 
 def _string_encodings(train: DataFrame, columns: list[str], settings: FeaturesConfig) -> dict[str, ColumnEncoding]:
     """One-hot or hashed, per string column, from the training rows' distinct counts and frequencies."""
-    row = train.agg(*[(F.count_distinct(c) + F.max(F.col(c).isNull().cast("int"))).alias(c)
+    row = train.agg(*[(F.count_distinct(column(c)) + F.max(column(c).isNull().cast("int"))).alias(c)
                       for c in columns]).collect()[0]
     encodings = {}
-    for column in columns:
-        distinct = int(row[column] or 0)
+    for name in columns:
+        distinct = int(row[name] or 0)
         if distinct > settings.hash_threshold:
-            encodings[column] = ColumnEncoding(column, "hashed", settings.hash_buckets,
-                                               buckets=settings.hash_buckets)
+            encodings[name] = ColumnEncoding(name, "hashed", settings.hash_buckets, buckets=settings.hash_buckets)
             continue
-        counts = train.groupBy(column).count().collect()
-        ranked = sorted(((int(r["count"]), r[column]) for r in counts),
+        counts = train.groupBy(column(name)).count().collect()
+        ranked = sorted(((int(r["count"]), r[0]) for r in counts),
                         key=lambda item: (-item[0], item[1] is not None, "" if item[1] is None else str(item[1])))
         kept = tuple(None if value is None else str(value) for _, value in ranked[: settings.max_categories])
         total = sum(count for count, _ in ranked) or 1
         shares = [count / total for count, _ in ranked[: settings.max_categories]]
-        encodings[column] = ColumnEncoding(column, "onehot", len(kept) + 1, categories=kept,
-                                           shares=(*shares, max(0.0, 1.0 - sum(shares))))
+        encodings[name] = ColumnEncoding(name, "onehot", len(kept) + 1, categories=kept,
+                                         shares=(*shares, max(0.0, 1.0 - sum(shares))))
     return encodings
 
 
@@ -95,6 +95,6 @@ def _vector_widths(train: DataFrame, columns: list[str]) -> dict[str, int]:
         yield pa.RecordBatch.from_pydict({name: pa.array([int(w)], pa.int64()) for name, w in zip(columns, widest,
                                                                                                  strict=True)})
 
-    schema = ", ".join(f"`{name}` LONG" for name in columns)
-    rows = train.select(*columns).mapInArrow(sizes, schema).collect()
+    schema = ", ".join(f"{quote_identifier(name)} LONG" for name in columns)
+    rows = map_in_arrow(train, columns, sizes, schema).collect()
     return {name: max([int(r[name]) for r in rows] + [0]) for name in columns}

@@ -15,6 +15,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 
 from pipelines.errors import DataError
+from pipelines.identifiers import map_in_arrow
 from pipelines.sgd._types import FloatArray
 
 
@@ -91,8 +92,8 @@ def fit_scaling(dataframe: DataFrame, columns: Sequence[str], standardize: bool 
             "count": pa.array([count], pa.int64()),
             "mean": pa.array([mean.tobytes()], pa.binary()), "m2": pa.array([m2.tobytes()], pa.binary())})
 
-    rows = (dataframe if encode is not None else dataframe.select(*names)).mapInArrow(
-        moments, "partition INT, count LONG, mean BINARY, m2 BINARY").collect()
+    rows = map_in_arrow(dataframe, dataframe.columns if encode is not None else names, moments,
+                        "partition INT, count LONG, mean BINARY, m2 BINARY").collect()
     count, mean, m2 = 0, np.zeros(len(names)), np.zeros(len(names))
     for row in sorted(rows, key=lambda r: int(r["partition"])):
         if row["count"]:

@@ -26,6 +26,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines.errors import DataError
+from pipelines.identifiers import column
 
 VALIDATION_COLUMN = "__is_validation"
 SPLIT_COLUMN = "__split"
@@ -51,7 +52,7 @@ def with_split(dataframe: DataFrame, method: str, columns: Sequence[str], valida
         raise ValueError(f"fractions must satisfy 0 < validation ({validation_fraction}) and 0 <= test "
                          f"({test_fraction}) and validation + test < 1")
     if method == "hash":
-        bucket = F.pmod(F.xxhash64(F.lit(seed), *[F.col(c) for c in columns]), F.lit(_BUCKETS))
+        bucket = F.pmod(F.xxhash64(F.lit(seed), *[column(c) for c in columns]), F.lit(_BUCKETS))
         first, second = round(validation_fraction * _BUCKETS), round((validation_fraction + test_fraction) * _BUCKETS)
         split = F.when(bucket < F.lit(first), VALIDATION).when(bucket < F.lit(second), TEST).otherwise(TRAIN)
     elif method == "stratified":
@@ -72,17 +73,17 @@ def with_split(dataframe: DataFrame, method: str, columns: Sequence[str], valida
 def _stratified(dataframe: DataFrame, columns: Sequence[str], label: str, validation_fraction: float,
                 test_fraction: float, seed: int) -> tuple[Column, DataFrame]:
     key_name = "__split_key"
-    keyed = dataframe.withColumn(key_name, F.pmod(F.xxhash64(F.lit(seed), *[F.col(c) for c in columns]),
+    keyed = dataframe.withColumn(key_name, F.pmod(F.xxhash64(F.lit(seed), *[column(c) for c in columns]),
                                                   F.lit(_KEY_RANGE)).cast("double"))
-    rows = keyed.groupBy(label).agg(F.percentile(key_name, F.array(F.lit(validation_fraction),
+    rows = keyed.groupBy(column(label)).agg(F.percentile(key_name, F.array(F.lit(validation_fraction),
                                                                  F.lit(validation_fraction + test_fraction)))
                                     .alias("bounds")).collect()
-    bounds = {float(r[label]): [float(b) for b in r["bounds"]] for r in rows}
+    bounds = {float(r[0]): [float(b) for b in r["bounds"]] for r in rows}
     first = F.lit(None).cast("double")
     second = F.lit(None).cast("double")
     for value, (low, high) in sorted(bounds.items()):
-        first = F.when(F.col(label) == F.lit(value), F.lit(low)).otherwise(first)
-        second = F.when(F.col(label) == F.lit(value), F.lit(high)).otherwise(second)
+        first = F.when(column(label) == F.lit(value), F.lit(low)).otherwise(first)
+        second = F.when(column(label) == F.lit(value), F.lit(high)).otherwise(second)
     key = F.col(key_name)
     split = F.when(key < first, VALIDATION)
     split = split.when(key < second, TEST) if test_fraction > 0 else split
@@ -108,17 +109,17 @@ def _by_time(dataframe: DataFrame, time_column: str, validation_fraction: float,
 def _as_number(dataframe: DataFrame, name: str) -> Column:
     """A date, timestamp or number as a double that orders like it (seconds for dates and timestamps)."""
     if isinstance(dataframe.schema[name].dataType, T.DateType | T.TimestampType | T.TimestampNTZType):
-        return F.col(name).cast("timestamp").cast("double")
-    return F.col(name).cast("double")
+        return column(name).cast("timestamp").cast("double")
+    return column(name).cast("double")
 
 
 def _by_column(dataframe: DataFrame, split_column: str, where: str) -> Column:
-    named = F.lower(F.trim(F.col(split_column)))
+    named = F.lower(F.trim(column(split_column)))
     known = list(SPLIT_NAMES)
-    unknown = dataframe.where(named.isNull() | ~named.isin(known)).groupBy(F.col(split_column)).count() \
+    unknown = dataframe.where(named.isNull() | ~named.isin(known)).groupBy(column(split_column)).count() \
         .orderBy(F.desc("count")).limit(5).collect()
     if unknown:
-        shown = ", ".join(f"{r[split_column]!r}: {r['count']}" for r in unknown)
+        shown = ", ".join(f"{r[0]!r}: {r['count']}" for r in unknown)
         raise DataError(f"{where}: data.split_column {split_column!r} must hold train, validation or test; found "
                         f"{shown}")
     split = F.when(named == "validation", VALIDATION).when(named == "test", TEST)

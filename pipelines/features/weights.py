@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 
 from pipelines.errors import DataError
 from pipelines.features.scaling import fit_scaling
+from pipelines.identifiers import column
 
 WEIGHT_COLUMN = "__row_weight"
 
@@ -37,12 +38,12 @@ def row_weights(train: DataFrame, label: str, sample_weight: str | None,
     """
     if sample_weight is None and class_weight is None:
         return None
-    raw = F.col(sample_weight).cast("double") if sample_weight is not None else F.lit(1.0)
+    raw = column(sample_weight).cast("double") if sample_weight is not None else F.lit(1.0)
     if class_weight is not None:
         per_class = _class_weights(train, label, class_weight, label_classes, where)
         factor = F.lit(1.0)
         for value, weight in sorted(per_class.items()):
-            factor = F.when(F.col(label) == F.lit(value), F.lit(weight)).otherwise(factor)
+            factor = F.when(column(label) == F.lit(value), F.lit(weight)).otherwise(factor)
         raw = raw * factor
     mean = float(fit_scaling(train.select(raw.alias(WEIGHT_COLUMN)), [WEIGHT_COLUMN], where=where).means[0])
     if not mean > 0.0:
@@ -55,7 +56,7 @@ def _class_weights(train: DataFrame, label: str, class_weight: str | Mapping[str
                    label_classes: tuple[str, str] | None, where: str) -> dict[float, float]:
     """``{label value (0.0 / 1.0): weight}``."""
     if class_weight == "balanced":
-        counts = {float(r[label]): int(r["count"]) for r in train.groupBy(label).count().collect()}
+        counts = {float(r[0]): int(r["count"]) for r in train.groupBy(column(label)).count().collect()}
         total = sum(counts.values())
         return {value: total / (len(counts) * count) for value, count in counts.items()}
     assert isinstance(class_weight, Mapping)

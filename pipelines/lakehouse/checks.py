@@ -4,10 +4,8 @@ and the null / invalid-value policies, each failing with one line naming the tab
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import reduce
 from typing import Any
 
 from pyspark.sql import Column, DataFrame
@@ -16,13 +14,25 @@ from pyspark.sql import types as T
 
 from pipelines.config import DataConfig
 from pipelines.errors import DataError
-from pipelines.features.columns import ColumnChoice, choose_columns, model_input
+from pipelines.features.columns import ColumnChoice, any_of, choose_columns, model_input
+from pipelines.identifiers import column
 from pipelines.sgd.losses import task_of
 
 
 def feature_column(name: str, family: str) -> Column:
     """A feature as the encodings read it: vectors as read (sparse stays sparse), the rest as the model takes it."""
-    return F.col(name) if family == "vector" else model_input(name, family)
+    return column(name) if family == "vector" else model_input(name, family)
+
+
+def distinct_up_to_case(names: Sequence[str], where: str) -> None:
+    """Refuse columns whose names differ only in case (``x1`` and ``X1``): Spark resolves names
+    case-insensitively, so neither could be used (``AMBIGUOUS_REFERENCE``)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(name.casefold(), name)
+        if other != name:
+            raise DataError(f"{where}: columns {other!r} and {name!r} differ only in case, and Spark resolves "
+                            "column names case-insensitively; rename one of them in the table")
 
 
 def role_columns(config: DataConfig, columns: dict[str, T.DataType], where: str) -> dict[str, str]:
@@ -50,7 +60,7 @@ def role_columns(config: DataConfig, columns: dict[str, T.DataType], where: str)
 
 def check_weights(raw: DataFrame, weight: str, where: str) -> None:
     """Weights must be finite, non-negative, present and not all zero: fail naming the column and the counts."""
-    value = F.col(weight).cast("double")
+    value = column(weight).cast("double")
     row = raw.agg(F.sum(value.isNull().cast("long")).alias("null"),
                   F.sum((value < 0).cast("long")).alias("negative"),
                   F.sum((F.isnan(value) | (F.abs(value) == float("inf"))).cast("long")).alias("invalid"),
@@ -71,7 +81,7 @@ MAX_CLASSES = 1000
 def label_values(rows: DataFrame, label: str, where: str) -> tuple[Any, ...]:
     """A multinomial label's distinct values, sorted (numbers numerically, strings lexicographically): the
     classes' stable order."""
-    values = [r[0] for r in rows.where(F.col(label).isNotNull()).select(label).distinct().collect()]
+    values = [r[0] for r in rows.where(column(label).isNotNull()).select(column(label)).distinct().collect()]
     try:
         return tuple(sorted(values))
     except TypeError as error:  # mixed types cannot happen in one column; kept as a clear failure
@@ -81,12 +91,12 @@ def label_values(rows: DataFrame, label: str, where: str) -> tuple[Any, ...]:
 def class_index(label: str, classes: Sequence[Any]) -> Column:
     """Each row's index into ``classes`` as a double (null for a value not among them)."""
     pairs = [item for index, value in enumerate(classes) for item in (F.lit(value), F.lit(float(index)))]
-    return F.create_map(*pairs)[F.col(label)]
+    return F.create_map(*pairs)[column(label)]
 
 
-def common_length(raw: DataFrame, column: str) -> int:
+def common_length(raw: DataFrame, name: str) -> int:
     """The most common length of an array column (ties: the shorter); rows of another length are invalid."""
-    rows = raw.where(F.col(column).isNotNull()).groupBy(F.size(column).alias("length")).count().collect()
+    rows = raw.where(column(name).isNotNull()).groupBy(F.size(column(name)).alias("length")).count().collect()
     if not rows:
         return 0
     return int(min(rows, key=lambda r: (-int(r["count"]), int(r["length"])))["length"])
@@ -94,8 +104,8 @@ def common_length(raw: DataFrame, column: str) -> int:
 
 def string_classes(raw: DataFrame, label: str, where: str, loss: str = "logistic") -> tuple[str, str]:
     """The two values of a string label for a binary loss, sorted (the second is the positive class)."""
-    values = sorted(str(r[0]) for r in raw.where(F.col(label).isNotNull()).select(label).distinct().limit(21)
-                    .collect())
+    values = sorted(str(r[0]) for r in raw.where(column(label).isNotNull()).select(column(label)).distinct()
+                    .limit(21).collect())
     if len(values) != 2:
         shown = ", ".join(repr(v) for v in values[:20]) + (", ..." if len(values) > 20 else "")
         raise DataError(f"{where}: string label {label!r} has {len(values) if len(values) <= 20 else 'more than 20'}"
@@ -127,13 +137,14 @@ class Profile:
         self.used = [label, *families, *required]
         checked_for_null = [label, *[c for c, family in families.items() if family != "string"], *required]
         self.floating = [c for c in self.used if isinstance(types[c], T.FloatType | T.DoubleType)]
-        self.is_null = {c: F.col(c).isNull() for c in checked_for_null}
-        self.is_invalid = {c: F.isnan(F.col(c)) | (F.abs(F.col(c)) == float("inf")) for c in self.floating}
-        for column, length in array_lengths.items():
-            self.is_invalid[column] = (F.size(column) != F.lit(length)) | F.exists(
-                column, lambda x: F.isnan(x.cast("double")) | (F.abs(x.cast("double")) == float("inf")))
-        self.any_null = reduce(operator.or_, self.is_null.values())
-        self.any_invalid = reduce(operator.or_, self.is_invalid.values()) if self.is_invalid else F.lit(False)
+        self.is_null = {c: column(c).isNull() for c in checked_for_null}
+        self.is_invalid = {c: F.isnan(column(c)) | (F.abs(column(c)) == float("inf")) for c in self.floating}
+        for name, length in array_lengths.items():
+            self.is_invalid[name] = (F.size(column(name)) != F.lit(length)) | F.exists(
+                column(name), lambda x: F.isnan(x.cast("double")) | (F.abs(x.cast("double")) == float("inf")))
+        # flat, never a chain as deep as the column count (a 2,000-column chain overflows the JVM's stack)
+        self.any_null = any_of(list(self.is_null.values()))
+        self.any_invalid = any_of(list(self.is_invalid.values()))
         self.unusable = self.any_null | self.any_invalid
         self.clean_label = F.when(self.unusable, None).otherwise(label_value)
         self.binary_label = binary_label  # a label of numbers: count the values other than 0 and 1

@@ -22,6 +22,7 @@ from pyspark.sql import types as T
 from pipelines.config import DataConfig, is_path
 from pipelines.errors import DataError, first_line
 from pipelines.features.columns import ColumnChoice
+from pipelines.identifiers import column
 from pipelines.lakehouse.checks import (
     Profile,
     apply_policies,
@@ -29,6 +30,7 @@ from pipelines.lakehouse.checks import (
     check_weights,
     class_index,
     common_length,
+    distinct_up_to_case,
     feature_column,
     label_values,
     role_columns,
@@ -206,8 +208,9 @@ def read_added(spark: SparkSession, ref: TableRef) -> tuple[DataFrame, str]:
                         "removed rows, not only appended; set delta.enableChangeDataFeed=true on the table "
                         "before the versions to read incrementally, or train on a whole version")
     now, before = _at(spark, ref.identifier, version), _at(spark, ref.identifier, since)
-    aligned = before.select(*[F.col(f.name) if f.name in before.columns else F.lit(None).cast(f.dataType).alias(f.name)
-                              for f in now.schema.fields])  # columns added since: null in the older rows
+    # columns added since: null in the older rows
+    aligned = before.select(*[column(f.name) if f.name in before.columns
+                              else F.lit(None).cast(f.dataType).alias(f.name) for f in now.schema.fields])
     return now.exceptAll(aligned), "appends"
 
 
@@ -234,7 +237,7 @@ def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> Fe
     with readable_files(f"table {config.table}"):
         ref = resolve_version(spark, config.table, config.version)
     where = f"table {ref.identifier} ({ref.describe()})"
-    with readable_files(where):
+    with readable_files(where), case_twins_named(spark, ref, where):
         if isinstance(config.since_version, int):
             ref = incremental(ref, config.since_version, [v for v, _ in table_versions(spark, ref.identifier)])
             raw, changes = read_added(spark, ref)
@@ -243,6 +246,7 @@ def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> Fe
         else:
             raw = read_version(spark, ref)
         columns = {f.name: f.dataType for f in raw.schema.fields}
+    distinct_up_to_case(list(columns), where)
     if config.label not in columns:
         raise DataError(f"{where}: label column {config.label!r} not found; available columns: "
                         f"{sorted(columns)}")
@@ -259,8 +263,8 @@ def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> Fe
     with readable_files(where):
         array_lengths = {c: common_length(raw, c) for c, family in choice.used.items() if family == "array"}
         label_classes = string_classes(raw, config.label, where, loss) if label_is_string and binary else None
-    label_value = (F.col(config.label) == F.lit(label_classes[1])).cast("double") if label_classes \
-        else F.col(config.label) if multiclass else F.col(config.label).cast("double")
+    label_value = (column(config.label) == F.lit(label_classes[1])).cast("double") if label_classes \
+        else column(config.label) if multiclass else column(config.label).cast("double")
     if config.weight is not None:
         with readable_files(where):
             check_weights(raw, config.weight, where)
@@ -276,8 +280,8 @@ def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> Fe
         with readable_files(where):
             label_classes = label_values(kept, config.label, where)
         label_value = class_index(config.label, label_classes)
-    extra = [F.col(config.weight).cast("double").alias(config.weight)] if config.weight else []
-    extra += [F.col(name) for name in (config.time_column, config.split_column)
+    extra = [column(config.weight).cast("double").alias(config.weight)] if config.weight else []
+    extra += [column(name) for name in (config.time_column, config.split_column)
               if name is not None and name in roles and name != config.weight]
     dataframe = kept.select(label_value.alias(config.label), *[feature_column(c, choice.used[c]) for c in features],
                             *extra)
@@ -302,6 +306,25 @@ def incremental(ref: TableRef, since: int, available: list[int]) -> TableRef:
         raise DataError(f"table {ref.identifier}: data.since_version={since} is not available (the table's log "
                         f"keeps versions {_ranges(available)}); read a whole version instead")
     return replace(ref, since_version=since)
+
+
+@contextmanager
+def case_twins_named(spark: SparkSession, ref: TableRef, where: str) -> Iterator[None]:
+    """Turn Delta's refusal to read a table with columns equal up to case (``COLUMN_ALREADY_EXISTS``, naming
+    one of them) into one :class:`DataError` naming both: the schema is read once more, case-sensitively."""
+    try:
+        yield
+    except Exception as error:
+        if "COLUMN_ALREADY_EXISTS" not in str(error):
+            raise
+        previous = spark.conf.get("spark.sql.caseSensitive", "false")
+        spark.conf.set("spark.sql.caseSensitive", "true")  # only to list the names; restored at once
+        try:
+            names = _at(spark, ref.identifier, ref.version).columns
+        finally:
+            spark.conf.set("spark.sql.caseSensitive", previous or "false")
+        distinct_up_to_case(names, where)
+        raise
 
 
 @contextmanager

@@ -19,15 +19,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import reduce
 
 from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.config import Config
 from pipelines.errors import DataError
-from pipelines.features.columns import model_input
-from pipelines.lakehouse.reader import TableRef, read_version, resolve_version
+from pipelines.features.columns import all_of, model_input
+from pipelines.identifiers import column
+from pipelines.lakehouse.checks import distinct_up_to_case
+from pipelines.lakehouse.reader import TableRef, case_twins_named, read_version, resolve_version
 from pipelines.lakehouse.writer import append_idempotent, check_output_table
 from pipelines.tracking.models import CHAMPION, ScoringModel, resolve_scoring_model, score_kind, scoring_udf
 from pipelines.tracking.store import connect
@@ -74,15 +75,18 @@ def score_table(spark: SparkSession, config: Config) -> ScoringReport:
     requested = config.data.version if config.scoring.input_table is None else None
     ref = resolve_version(spark, identifier, requested)
     check_output_table(spark, config.output.predictions_table, "output.predictions_table")
-    source = read_version(spark, ref)
+    where = f"table {ref.identifier} (version {ref.version})"
+    with case_twins_named(spark, ref, where):
+        source = read_version(spark, ref)
+    distinct_up_to_case(source.columns, where)
     missing = [name for name in model.features if name not in source.columns]
     if missing:
         raise DataError(f"table {ref.identifier} (version {ref.version}): feature column(s) {missing} of model "
                         f"{model.uri} not found; available columns: {sorted(source.columns)}")
 
     required = [name for name in model.features if model.families[name] != "string"]
-    complete: Column = reduce(lambda a, b: a & b, [F.col(name).isNotNull() for name in required], F.lit(True))
-    passthrough = [F.col(name) for name in source.columns if name not in model.features]
+    complete: Column = all_of([column(name).isNotNull() for name in required])
+    passthrough = [column(name) for name in source.columns if name not in model.features]
     score = scoring_udf(spark, model)
     features = [model_input(name, model.families[name]) for name in model.features]
     if score_kind(model.loss) == "classes":  # the most probable class and its probability
