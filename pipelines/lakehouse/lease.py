@@ -5,8 +5,8 @@ every ``ttl / 3`` seconds, and releases it when it ends (normally, on an error o
 the same id finds the lease live and is refused (:class:`~pipelines.errors.SweepLockedError`, exit 2) with the
 holder named; a lease whose holder stopped renewing (killed, its machine gone) is taken over once it expired
 (``renewed + ttl``), with a line saying so. A holder whose lease was taken over (it was paused longer than the
-ttl) learns it at its next renewal and stops at its next check (:class:`~pipelines.errors.LeaseLostError`), so
-two jobs never go on writing the same sweep.
+ttl) learns it at its next renewal, or at its next check (each epoch boundary asks the store), and stops there
+(:class:`~pipelines.errors.LeaseLostError`) without writing again, so two jobs never go on writing one sweep.
 
 The lease is a sequence of generation files in the sweep's checkpoint folder::
 
@@ -261,7 +261,7 @@ class LeaseStore:
                 # another job created this generation first: read what it wrote and decide again
         except OSError as error:
             raise OutputError(f"output.checkpoints {self.root}: cannot take the lease of sweep {sweep_id} "
-                              f"({error})") from None
+                              f"({error}); point output.checkpoints at a folder or URI this job can write") from None
         raise SweepLockedError(f"sweep.id {sweep_id!r}: other jobs took its lease first {ACQUIRE_ATTEMPTS} times "
                                f"in a row under {self.root}; is a scheduler starting it in a loop?")
 
@@ -293,30 +293,41 @@ class SweepLease:
         Raises ``OSError`` when the store cannot be reached; the lease then stays valid until it expires.
         """
         with self._lock:
-            if self.lost is not None or self._stopped.is_set():
+            if self.lost is not None or self._stopped.is_set() or self._taken_over():
                 return
-            store, record = self.store, self.record
-            successor = store.read(self.sweep_id, record.generation + 1, record.ttl)
-            if successor is not None:
-                self.lost = f"taken over by {successor.holder()}"
-                return
-            mine = store.read(self.sweep_id, record.generation, record.ttl)
-            if mine is None or mine.token != record.token:
-                taker = store.current(self.sweep_id, record.ttl)
-                self.lost = f"taken over by {taker.holder()}" if taker is not None else "its file was deleted"
-                return
-            renewed = replace(record, renewed=self.clock())
-            store.overwrite(self.sweep_id, renewed)
+            renewed = replace(self.record, renewed=self.clock())
+            self.store.overwrite(self.sweep_id, renewed)
             self.record = renewed
+
+    def _taken_over(self) -> bool:
+        """Whether another job holds the lease now (a higher generation, or another token in this one's file);
+        sets :attr:`lost` saying who. Reads only."""
+        store, record = self.store, self.record
+        successor = store.read(self.sweep_id, record.generation + 1, record.ttl)
+        if successor is not None:
+            self.lost = f"taken over by {successor.holder()}"
+            return True
+        mine = store.read(self.sweep_id, record.generation, record.ttl)
+        if mine is None or mine.token != record.token:
+            taker = store.current(self.sweep_id, record.ttl)
+            self.lost = f"taken over by {taker.holder()}" if taker is not None else "its file was deleted"
+            return True
+        return False
 
     def check(self) -> None:
         """Raise :class:`LeaseLostError` if this job no longer holds the lease; called at safe points (epoch
-        boundaries, before MLflow is completed and the results are finalized). A lease past its expiry (the
-        renewer could not reach the store, or the process was paused) is renewed first if no one took it."""
-        if self.lost is None and self.clock() >= self.record.expires:
-            try:
+        boundaries, before MLflow is completed and the results are finalized), so it asks the store (two small
+        reads) rather than wait for the renewer's next round. A lease past its expiry (the renewer could not
+        reach the store, or the process was paused) is renewed first if no one took it; one that cannot be read
+        is held until it expires."""
+        try:
+            with self._lock:
+                if self.lost is None and not self._stopped.is_set():
+                    self._taken_over()
+            if self.lost is None and self.clock() >= self.record.expires:
                 self.renew()
-            except OSError as error:
+        except OSError as error:
+            if self.clock() >= self.record.expires:
                 self.lost = f"not renewed before it expired ({error})"
         if self.lost is not None:
             raise LeaseLostError(

@@ -42,10 +42,11 @@ from sklearn.pipeline import Pipeline
 
 from pipelines import __version__
 from pipelines.errors import TrackingError
+from pipelines.faults import kill_point
 from pipelines.features.encoding import TableEncoding
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.losses import DEFAULT_EPSILON, LOSS_NAMES, task_of
-from pipelines.tracking.runs import SweepTracker
+from pipelines.tracking.runs import TAG_SWEEP_ID, SweepTracker
 from pipelines.tracking.store import is_unavailable, unavailable
 
 CHAMPION = "champion"
@@ -234,7 +235,10 @@ def register_model(tracker: SweepTracker, model_uri: str, name: str, register_wh
     ``always``: register and make champion. ``if_better``: see :func:`challenge` (``check`` is the current
     champion measured on this sweep's validation rows; None when there is no champion). ``never``: nothing.
     The decision is recorded in the parent's ``lrsweep.registration`` tag; a rerun repeats nothing. A new
-    version carries both validation losses and the version it replaced.
+    version carries both validation losses and the version it replaced. The registry is never asked twice for one
+    sweep's model: a version tagged with this sweep id (an attempt stopped between the registry's answer and the
+    parent's tag, or an answer lost to an outage and retried) is reused, and the alias moved to it unless a later
+    version holds it.
     """
     recorded = tracker.parent_tags().get(TAG_REGISTRATION)
     if recorded:
@@ -242,7 +246,14 @@ def register_model(tracker: SweepTracker, model_uri: str, name: str, register_wh
         return Registration("already_done", f"an earlier attempt of this sweep decided {decision!r}",
                             version or None)
     client = tracker.client
-    if register_when == "never":
+    earlier = None if register_when == "never" else \
+        tracker.store.call("registry", lambda: sweep_model_version(client, name, tracker.sweep_id))
+    if earlier is not None:  # that attempt decided to register: only what it left is done
+        moved = tracker.store.call("registry", lambda: _move_alias_unless_later(client, name, int(earlier.version)))
+        result = Registration("registered", f"version {earlier.version} was registered by an earlier attempt of "
+                              f"this sweep; alias '{CHAMPION}' " + ("set" if moved else "stays on a later version"),
+                              str(earlier.version))
+    elif register_when == "never":
         result = Registration("skipped", "tracking.register_when is 'never'")
     else:
         wins, reason = challenge(register_when, val_loss, check, min_improvement)
@@ -258,8 +269,11 @@ def register_model(tracker: SweepTracker, model_uri: str, name: str, register_wh
                 compared |= {TAG_CHAMPION_VAL_LOSS: repr(check.val_loss), TAG_CHALLENGER_VAL_LOSS: repr(val_loss)}
 
         def register() -> Any:
-            registered = mlflow.register_model(model_uri, name, tags={
-                TAG_VAL_LOSS: repr(float(val_loss)), TAG_LOSS: loss, **compared, **tags})
+            # retried after an outage, the registry may have registered the version without the answer arriving
+            registered = sweep_model_version(client, name, tracker.sweep_id) or mlflow.register_model(
+                model_uri, name, tags={TAG_VAL_LOSS: repr(float(val_loss)), TAG_LOSS: loss, **compared,
+                                       TAG_SWEEP_ID: tracker.sweep_id, **tags})
+            kill_point("register")
             client.set_registered_model_alias(name, CHAMPION, registered.version)
             return registered
 
@@ -267,6 +281,36 @@ def register_model(tracker: SweepTracker, model_uri: str, name: str, register_wh
         result = Registration("registered", f"{reason}; alias '{CHAMPION}' set", str(registered.version))
     tracker.set_parent_tags({TAG_REGISTRATION: f"{result.decision}:{result.version or ''}"})
     return result
+
+
+def sweep_model_version(client: MlflowClient, name: str, sweep_id: str) -> Any | None:
+    """The version of registered model ``name`` tagged with ``sweep_id`` (None: none, or no such model). The
+    tag is filtered here, not in the query: not every registry searches versions by tag."""
+    quote = '"' if "'" in name else "'"
+    token = None
+    while True:
+        page = client.search_model_versions(f"name = {quote}{name}{quote}", max_results=1000, page_token=token)
+        for version in page:
+            if version.tags.get(TAG_SWEEP_ID) == sweep_id:
+                return version
+        token = page.token
+        if not token:
+            return None
+
+
+def _move_alias_unless_later(client: MlflowClient, name: str, version: int) -> bool:
+    """Point the ``champion`` alias at ``version`` unless it points at a later one (a later sweep's champion
+    stays); True when it points at ``version`` now."""
+    try:
+        current = int(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException as error:
+        if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise
+        current = 0
+    if current > version:
+        return False
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    return True
 
 
 def champion_version(tracker: SweepTracker, name: str) -> str | None:

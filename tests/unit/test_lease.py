@@ -132,6 +132,18 @@ def test_the_renewer_thread_renews_and_notices_a_takeover(tmp_path: Path) -> Non
     assert _current(store, SWEEP).host == "other-host" and not _current(store, SWEEP).released
 
 
+def test_a_check_asks_the_store_without_waiting_for_the_renewer(tmp_path: Path) -> None:
+    clock = Clock()
+    store = LeaseStore(str(tmp_path))
+    lease = store.acquire(SWEEP, ttl=60, renew=False, clock=clock)
+    lease.check()
+    clock.now += 120  # this job was paused; another took over meanwhile; the lease's time alone cannot tell
+    store.acquire(SWEEP, ttl=60, say=lambda line: None, renew=False, clock=clock)
+    clock.now -= 119
+    with pytest.raises(LeaseLostError, match="taken over by"):
+        lease.check()
+
+
 def test_a_holder_whose_file_was_replaced_learns_it_at_renewal(tmp_path: Path) -> None:
     """The object-store race's other half: a later writer overwrote this job's generation."""
     store = LeaseStore(str(tmp_path), exclusive=False, settle_seconds=0.0)
