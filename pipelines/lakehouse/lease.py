@@ -4,7 +4,10 @@ A job takes the lease on its sweep id before it creates any MLflow run or trains
 every ``ttl / 3`` seconds, and releases it when it ends (normally, on an error or on a signal). A second job of
 the same id finds the lease live and is refused (:class:`~pipelines.errors.SweepLockedError`, exit 2) with the
 holder named; a lease whose holder stopped renewing (killed, its machine gone) is taken over once it expired
-(``renewed + ttl``), with a line saying so. A holder whose lease was taken over (it was paused longer than the
+(``renewed + ttl``), with a line saying so; on the holder's own host a holder whose process is gone (killed
+with SIGKILL, so that a scheduler's retry need not wait) is taken over at once. Hosts are told apart by their
+name: two containers sharing a hostname and a checkpoint folder but not a process namespace would take each
+other's lease; give them distinct hostnames. A holder whose lease was taken over (it was paused longer than the
 ttl) learns it at its next renewal, or at its next check (each epoch boundary asks the store), and stops there
 (:class:`~pipelines.errors.LeaseLostError`) without writing again, so two jobs never go on writing one sweep.
 
@@ -245,14 +248,17 @@ class LeaseStore:
             for _ in range(ACQUIRE_ATTEMPTS):
                 previous = self.current(sweep_id, ttl)
                 now = clock()
-                if previous is not None and previous.live(now):
+                gone = previous is not None and previous.host == host and not process_alive(previous.pid)
+                if previous is not None and previous.live(now) and not gone:
                     raise SweepLockedError(refusal(sweep_id, previous, now, self.root))
                 generation = 1 if previous is None else previous.generation + 1
                 record = LeaseRecord(generation, host, pid, started, token, now, ttl)
                 if self.create(sweep_id, record) and self.highest(sweep_id, record):
                     if previous is not None and not previous.released:
+                        why = "its process is gone" if previous.live(now) else \
+                            f"expired {now - previous.expires:.0f} s ago"
                         say(f"lease: sweep {sweep_id}: taking over from {previous.holder()}, last renewed "
-                            f"{now - previous.renewed:.0f} s ago (expired {now - previous.expires:.0f} s ago)")
+                            f"{now - previous.renewed:.0f} s ago ({why})")
                     self.delete_below(sweep_id, generation)
                     lease = SweepLease(self, sweep_id, record, clock)
                     if renew:
@@ -397,6 +403,20 @@ def _create_excl(path: str, payload: bytes) -> bool:
         return False
     with os.fdopen(descriptor, "wb") as handle:  # a reader meanwhile sees an empty file: held, by someone unknown
         handle.write(payload)
+    return True
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (a zombie, killed and not yet reaped, does not); True when it
+    cannot be told (another user's process)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    with contextlib.suppress(OSError, IndexError), open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     return True
 
 
