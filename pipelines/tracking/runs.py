@@ -5,7 +5,9 @@ checkpoints hold durably), not the record itself. Every update is a *sync*: for 
 each curve past the last step MLflow already has are logged (``step`` = epoch, step 0 = the initial
 models), so the same call serves the live view during training, the end of the sweep, and a rerun that
 rebuilds what an outage left out. Points carry the time their epoch was recorded, so a retried batch is an
-exact duplicate that the store ignores.
+exact duplicate that the store ignores. A request whose answer is lost (a server killed in the middle of it)
+may still have been carried out: a retried start finds the parent or child it may have created before
+creating one, and completes a child created without its parameters.
 
 Reruns with the same sweep id reuse the parent (found by its ``lrsweep.sweep_id`` tag) and every child
 (matched by round and learning rate, whatever its status), and log nothing twice. Timings are logged as
@@ -144,8 +146,7 @@ class SweepTracker:
         self.sweep_id = sweep_id
         self.parent_run_id: str | None = None
         self.rounds: dict[int, list[ChildRun | None]] = {}
-        parents = store.call("runs", lambda: self._search(f"tags.`{TAG_ROLE}` = 'parent'"))
-        self.existing_parent: Run | None = min(parents, key=lambda r: r.info.start_time) if parents else None
+        self.existing_parent: Run | None = store.call("runs", self._first_parent)
 
     @property
     def resumed(self) -> bool:
@@ -158,6 +159,10 @@ class SweepTracker:
     def recorded_tag(self, name: str) -> str | None:
         """A tag an earlier attempt of this sweep set on the parent run, if any."""
         return None if self.existing_parent is None else self.existing_parent.data.tags.get(name)
+
+    def _first_parent(self) -> Run | None:
+        parents = self._search(f"tags.`{TAG_ROLE}` = 'parent'")
+        return min(parents, key=lambda r: r.info.start_time) if parents else None
 
     def _search(self, condition: str) -> list[Run]:
         runs: list[Run] = self.client.search_runs(
@@ -178,12 +183,18 @@ class SweepTracker:
         """
         params = {key: value[:MAX_PARAM_LENGTH] for key, value in params.items()}
         self._check_resumable(params)
+        attempts = 0
 
         def start() -> str:
-            if self.existing_parent is not None:
-                run_id = self.existing_parent.info.run_id
+            nonlocal attempts
+            attempts += 1
+            parent = self.existing_parent
+            if parent is None and attempts > 1:  # the store may have created it and the answer been lost
+                parent = self._first_parent()
+            if parent is not None:
+                run_id = parent.info.run_id
                 self.client.update_run(run_id, status=RUNNING_RUN)
-                present = self.existing_parent.data.params
+                present = parent.data.params
             else:
                 run_id = self.client.create_run(self.store.experiment_id, run_name=f"sweep {self.sweep_id}",
                                                 tags={TAG_SWEEP_ID: self.sweep_id, TAG_ROLE: "parent"}).info.run_id
@@ -192,7 +203,7 @@ class SweepTracker:
                 self.client.log_batch(run_id, params=list(batch))
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             if dataset is not None and self.existing_parent is None:
-                log_dataset(self.client, run_id, dataset)
+                log_dataset(self.client, run_id, dataset)  # linking it again is harmless: the store keeps one
             return run_id
 
         self.parent_run_id = self.store.call("runs", start)
@@ -296,6 +307,8 @@ class SweepTracker:
                     continue
                 child = ChildRun(found.info.run_id, found.info.status, found.data.tags.get(TAG_STATUS, RUNNING),
                                  logged=self._logged_steps(found), summarized=found.info.status == FINISHED)
+                if "learning_rate" not in found.data.params:  # created, then cut off before its parameters
+                    self._describe_child(child.run_id, point, dataset)
                 if child.status != FINISHED and child.status != RUNNING_RUN:
                     self.client.update_run(child.run_id, status=RUNNING_RUN)
                     child.status = RUNNING_RUN
@@ -314,12 +327,16 @@ class SweepTracker:
             name = f"round {round_number} {name}"
             tags[TAG_ROUND] = str(round_number)
         run_id = self.client.create_run(self.store.experiment_id, run_name=name, tags=tags).info.run_id
+        self._describe_child(run_id, point, dataset)
+        return ChildRun(run_id, RUNNING_RUN, RUNNING)
+
+    def _describe_child(self, run_id: str, point: GridPoint, dataset: DatasetInput | None) -> None:
+        """A child's parameters and dataset (logging them again is harmless: the same values, one link)."""
         self.client.log_batch(run_id, params=[Param("learning_rate", repr(point.learning_rate)),
                                               Param("reg_param", repr(point.reg_param)),
                                               Param("l1_ratio", repr(point.l1_ratio))])
         if dataset is not None:
             log_dataset(self.client, run_id, dataset)
-        return ChildRun(run_id, RUNNING_RUN, RUNNING)
 
     def _logged_steps(self, run: Run) -> dict[str, int]:
         """The last step of each metric the run holds (MLflow keeps the latest point per metric)."""
