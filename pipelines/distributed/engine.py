@@ -34,8 +34,8 @@ import numpy as np
 import numpy.typing as npt
 
 from pipelines.distributed.blocks import BlockSet, PartitionBlocks, map_partitions
-from pipelines.distributed.faults import maybe_inject_fault
 from pipelines.distributed.strategies import LocalModels, Strategy, TrainedRows, TrainJob
+from pipelines.faults import maybe_inject_fault
 from pipelines.sgd._types import FloatArray, IntArray
 from pipelines.sgd.gradient_step import GradientSums
 from pipelines.sgd.kernels import loss_sums

@@ -25,6 +25,7 @@ import numpy.typing as npt
 import pyarrow.fs as pafs
 
 from pipelines.errors import OutputError
+from pipelines.faults import kill_point
 
 Arrays = dict[str, npt.NDArray[np.generic]]
 _NAME = re.compile(r"^checkpoint-(\d{8})\.npz$")
@@ -95,6 +96,7 @@ class CheckpointStore:
             self._fs.create_dir(folder, recursive=True)
             with self._fs.open_output_stream(scratch) as stream:
                 stream.write(encode_arrays(arrays))
+            kill_point("checkpoint")
             self._fs.move(scratch, target)
         except OSError as error:
             raise OutputError(f"output.checkpoints {self.root}: cannot write {target} ({error})") from None

@@ -26,6 +26,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from pipelines.config import is_path
 from pipelines.errors import OutputError, first_line
+from pipelines.faults import kill_point, kill_when
 from pipelines.lakehouse.delta import is_delta_table, latest_version, sql_name, table_format
 from pipelines.sgd.metrics import ALL_CURVES
 
@@ -246,7 +247,13 @@ def append_journal(spark: SparkSession, rows: Sequence[dict[str, Any]], identifi
         else:
             writer.saveAsTable(identifier)
 
+    created = table_exists(spark, identifier)
+    local = identifier.removeprefix("file:") if is_path(identifier) and "://" not in identifier else None
+    if not created and local is not None:  # a test's kill while the first commit is being made
+        kill_when("journal_create", lambda: any(name.endswith(".parquet") for name in os.listdir(local)))
     retry_conflicts(append, "output.results_table", identifier)
+    if created:
+        kill_point("journal_append")
 
 
 def finalize_results(spark: SparkSession, finals: Sequence[dict[str, Any]], identifier: str, sweep_id: str) -> bool:
@@ -279,6 +286,7 @@ def finalize_results(spark: SparkSession, finals: Sequence[dict[str, Any]], iden
     updates = ", ".join(f"t.{column} = s.{column}" for column in FINAL_COLUMNS)
 
     def merge() -> bool:
+        kill_point("merge")
         spark.sql(f"MERGE INTO {sql_name(identifier)} t USING {view} s ON {match} "
                   f"WHEN MATCHED AND ({differs}) THEN UPDATE SET {updates}")
         return True

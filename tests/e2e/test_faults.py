@@ -42,7 +42,7 @@ PASSWORD = "e2e-admin-password-7f3c"  # basic-auth requires at least 12 characte
 
 
 def slowed(seconds: float) -> dict[str, str]:
-    """Environment making every Spark task of the sweep sleep ``seconds`` (see pipelines.distributed.faults)."""
+    """Environment making every Spark task of the sweep sleep ``seconds`` (see pipelines.faults)."""
     return {"LRSWEEP_INJECT_FAULT": f"sleep:seconds={seconds}"}
 
 
@@ -422,3 +422,54 @@ def test_sigterm_to_spark_submit_or_the_driver_stops_at_an_epoch_boundary_and_ea
     # a stopped job prints one line, no traceback (checked last: everything above holds either way)
     printed = {name: found for name, found in printed_tracebacks.items() if found}
     assert not printed, f"tracebacks in the output of the stopped jobs: {printed}"
+
+
+#: The writing stages a driver is killed in, in the order one sweep reaches them (see pipelines.faults).
+WRITING_STAGES = ("checkpoint", "journal_create", "journal_append", "register", "merge")
+
+
+@pytest.mark.timeout(2700)
+def test_a_kill_in_every_writing_stage_then_a_rerun_each_time_ends_equal_to_the_uninterrupted_sweep(
+    server: MlflowServer, client: MlflowClient, demo_table: str, tmp_path: Path, reference: Reference,
+) -> None:
+    """One sweep id, SIGKILLed in the middle of each stage that writes (a checkpoint file before its rename, the
+    results table's first commit, an append, the model's registration, the final MERGE), each attempt by the
+    rerun of the one before; the last rerun completes. Nothing a kill leaves blocks the next attempt, the registry
+    holds one version, and rows and curves equal the uninterrupted sweep's."""
+    sweep_id = "kills"
+    model = "e2e_kills"
+    settings = sweep_settings(demo_table, tmp_path, server.uri, sweep_id,
+                              {"tracking.register_when": "always", "tracking.registered_model": model})
+    markers = {stage: tmp_path / f"killed-in-{stage}" for stage in WRITING_STAGES}
+    env = {"LRSWEEP_INJECT_FAULT": ",".join(f"driver_kill:stage={stage}:once={marker}"
+                                            for stage, marker in markers.items())}
+    left: dict[str, str] = {}
+    for stage in WRITING_STAGES:
+        with BackgroundJob("train_sweep.py", settings, job_log(tmp_path, f"killed-in-{stage}"), env=env) as job:
+            code = job.wait()
+        fired = [name for name, marker in markers.items() if marker.exists()]
+        assert fired == list(WRITING_STAGES[:WRITING_STAGES.index(stage) + 1]), f"{stage}: {fired}\n{job.tail()}"
+        assert code != 0, f"not killed in {stage}:\n{job.tail()}"
+        assert not job.matches(r"^results: "), job.tail()
+        if stage == "journal_create":  # what the kill left: a half-created table, or (rarely) a committed one
+            log = tmp_path / "results" / "_delta_log"
+            left[stage] = "committed" if log.is_dir() and any(log.glob("*.json")) else "no commit"
+
+    with BackgroundJob("train_sweep.py", settings, job_log(tmp_path, "kills-rerun"), env=env) as rerun:
+        code = rerun.wait()
+    assert code == 0, rerun.tail()
+    assert not tracebacks(rerun), rerun.tail()
+
+    runs = sweep_runs(client, sweep_id)
+    assert set(runs.children) == CHILDREN
+    assert set(runs.statuses().values()) == {"FINISHED"}, runs.statuses()
+    assert histories(client, runs) == reference.histories
+    versions = client.search_model_versions(f"name = '{model}'")
+    assert [v.tags.get("lrsweep.sweep_id") for v in versions] == [sweep_id], "the registry was asked twice"
+    rows = results(tmp_path / "results", sweep_id)
+    assert_every_epoch_once(rows)
+    pd.testing.assert_frame_equal(computed(rows).drop(columns=["registration"]),
+                                  computed(reference.results).drop(columns=["registration"]), check_exact=True)
+    best = rows[rows.is_best.astype(bool)]
+    assert set(best.registration) == {f"registered:{versions[0].version}"}, left
+    assert rows[~rows.is_best.astype(bool)].registration.isna().all()
