@@ -15,6 +15,7 @@ import re
 import socket
 import threading
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ import pytest
 from mlflow import MlflowClient
 from pyspark.sql import SparkSession
 
-from jobs import train_sweep
+from jobs import sync_sweep, train_sweep
 from pipelines.cli import run_job
 from pipelines.config import Config, TrackingConfig
 from pipelines.errors import LeaseLostError, SweepLockedError
@@ -55,14 +56,15 @@ def _parents(client: MlflowClient, sweep_id: str) -> list[str]:
     return [run.info.status for run in runs]
 
 
+@pytest.mark.parametrize("job", [train_sweep, sync_sweep], ids=["sweep", "sync"])
 def test_a_job_refused_by_a_live_lease_exits_2_with_one_line_before_any_run(
         spark: SparkSession, synthetic_tables: dict[str, str], tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], job: ModuleType) -> None:
     config = _config(synthetic_tables["logistic"], tmp_path, "held")
     holder = LeaseStore(config.output.checkpoints).acquire("held", ttl=300, renew=False)
     argv = [*table_overrides(synthetic_tables["logistic"], tmp_path), "--set", "data.label=label",
             "--set", "sweep.id=held", "--set", f"tracking.experiment={EXPERIMENT}"]
-    assert run_job(train_sweep.main, argv) == 2
+    assert run_job(job.main, argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert err[0].startswith(f"error: sweep.id 'held' is held by another job: {socket.gethostname()}/{os.getpid()} "
