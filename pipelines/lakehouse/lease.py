@@ -15,10 +15,12 @@ The lease is a sequence of generation files in the sweep's checkpoint folder::
 
     <output.checkpoints>/<sweep id>/lease-00000007.json   {"host", "pid", "started", "token", "renewed", ...}
 
-Only the highest generation counts, and it is never deleted (a release rewrites it as released), so generation
-numbers only grow. Taking the lease is creating the next generation's file *exclusively*: of two jobs that read
-the same expired (or released) generation ``n``, exactly one creates ``n + 1``; the other fails, reads the
-winner's live lease and is refused. That exclusive create is the one step that needs the store's help:
+Only the highest generation counts, and it is never deleted (a release rewrites it as released; a taker deletes
+the ones below its own), so generation numbers only grow (a job that recreated a deleted lower one from a stale
+listing finds the higher one right after and backs off). Taking the lease is creating the next generation's
+file *exclusively*: of two jobs that read the same expired (or released) generation ``n``, exactly one creates
+``n + 1``; the other fails, reads the winner's live lease and is refused. That exclusive create is the one step
+that needs the store's help:
 
 * On a local or mounted POSIX filesystem (``pyarrow.fs.LocalFileSystem``) the file is written under a temporary
   name and hard-linked to its name (``link`` fails when the target exists; a reader never sees half a lease).
@@ -27,9 +29,10 @@ winner's live lease and is refused. That exclusive create is the one step that n
   The file is written only if it does not exist yet, then, after :data:`OBJECT_STORE_SETTLE_SECONDS`, read back:
   the job holds the lease only if its own random token is there (the stores are read-after-write consistent, and
   the last writer wins). The residual race: two jobs whose existence check and write are more than the settle
-  time apart, and whose writes interleave, can both read back their own token. Renewals read the token back
-  too, so the earlier of the two learns within ``ttl / 3`` that it lost and stops; in the worst case both train
-  for that long. Start jobs of one sweep id from one scheduler if that matters.
+  time apart, and whose writes interleave, can both read back their own token. Renewals and epoch-boundary
+  checks read the token back too, so the overwritten one learns within ``ttl / 3`` (or at its next boundary)
+  that it lost, and stops; in the worst case both train for that long. Start jobs of one sweep id from one
+  scheduler if that matters.
 
 Times are wall-clock seconds since the epoch: jobs on different machines compare them, so their clocks must
 agree to well within the ttl (NTP does).
@@ -58,6 +61,8 @@ from pipelines.errors import LeaseLostError, OutputError, SweepLockedError
 DEFAULT_TTL_SECONDS = 60.0
 #: Object stores: the wait between writing a new generation and reading it back (see the module docstring).
 OBJECT_STORE_SETTLE_SECONDS = 1.0
+#: At most this long a release waits for a renewal in flight.
+RELEASE_WAIT_SECONDS = 5.0
 #: Tries at taking the lease when other jobs keep winning the race for the next generation.
 ACQUIRE_ATTEMPTS = 5
 
@@ -356,11 +361,12 @@ class SweepLease:
 
     def release(self) -> None:
         """Stop renewing and mark the lease released, unless another job holds it now (best effort: a lease
-        that cannot be released expires)."""
+        that cannot be released, its renewal stuck on an unreachable store, say, expires)."""
         self._stopped.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=self.record.ttl)
-        with self._lock:
+        # a job stopped by a signal has seconds to exit: never wait long for a renewal stuck in the store
+        if not self._lock.acquire(timeout=RELEASE_WAIT_SECONDS):
+            return
+        try:
             if self.lost is not None:
                 return
             with contextlib.suppress(OSError):
@@ -368,6 +374,8 @@ class SweepLease:
                 successor = self.store.read(self.sweep_id, self.record.generation + 1, self.record.ttl)
                 if mine is not None and mine.token == self.record.token and successor is None:
                     self.store.overwrite(self.sweep_id, replace(self.record, renewed=self.clock(), released=True))
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> SweepLease:
         return self
@@ -409,6 +417,8 @@ def _create_excl(path: str, payload: bytes) -> bool:
 def process_alive(pid: int) -> bool:
     """Whether process ``pid`` of this host runs (a zombie, killed and not yet reaped, does not); True when it
     cannot be told (another user's process)."""
+    if os.name != "posix":
+        return True  # signal 0 would end the process on Windows; wait for the expiry there
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
