@@ -202,18 +202,19 @@ def start(store: TrackingStore, sweep_id: str) -> SweepTracker:
     return tracker
 
 
-@pytest.mark.parametrize("body_bytes", [1, None], ids=["cut mid-body", "cut before the answer"])
 def test_a_server_killed_mid_request_is_an_outage_and_a_rerun_completes_the_runs(
-    server: MlflowServer, proxy: CuttingProxy, body_bytes: int | None,
+    server: MlflowServer, proxy: CuttingProxy,
 ) -> None:
-    sweep_id = f"killed-{body_bytes}"
+    # a hang-up before any answer is the same path (RemoteDisconnected): the unit tests classify it, and the
+    # lost-answer tests below retry it; a second kill here would cost another server start (~30 s)
+    sweep_id = "killed-mid-request"
     tracker = start(tracking(proxy, retry_seconds=2.0), sweep_id)
     live = LiveView(tracker, 0)
     for epoch in range(CUT_AT_EPOCH):
         live.publish(outcome_at(epoch), epoch)
     wait_for(lambda: live.synced_epochs >= CUT_AT_EPOCH - 1, 30, "the live view to sync the first epochs")
 
-    proxy.cut_next("/runs/log-batch", body_bytes)  # the live view's next sync is the request in flight
+    proxy.cut_next("/runs/log-batch", 1)  # the live view's next sync: its answer's head and one byte of body
     live.publish(outcome_at(CUT_AT_EPOCH), CUT_AT_EPOCH)
     wait_for(proxy.holding.is_set, 30, "the live view's log-batch to be in flight")
     server.kill()  # SIGKILL while the client waits for the rest of the answer
