@@ -445,7 +445,12 @@ def scoring_udf(spark: SparkSession, model: ScoringModel) -> Callable[..., Colum
     kind = score_kind(model.loss)
     result_type = {"probability": ArrayType(DoubleType()), "classes": ArrayType(DoubleType()),
                    "label": StringType()}.get(kind, DoubleType())
-    udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=result_type, env_manager="local")
+    try:  # the model's artifacts are downloaded here
+        udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=result_type, env_manager="local")
+    except Exception as error:
+        if is_unavailable(error):
+            raise unavailable(mlflow.get_registry_uri(), error) from None
+        raise
 
     def score(*columns: Column) -> Column:
         scored: Column = udf(F.struct(*columns))

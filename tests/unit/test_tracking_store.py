@@ -25,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos import databricks_pb2
 
 from pipelines.errors import TrackingError, TrackingUnavailableError
+from pipelines.tracking.models import resolve_scoring_model
 from pipelines.tracking.runs import log_dataset
 from pipelines.tracking.store import Availability, is_unavailable, local_artifact_location, redact
 
@@ -246,6 +247,15 @@ def test_a_cut_answer_in_a_store_call_is_retried_then_reported_as_an_outage() ->
             Availability(url, retry_seconds=0.5).call(lambda: client.get_experiment("0"))
         with pytest.raises(TypeError):  # a bug in the action is not retried, not renamed
             Availability(url, retry_seconds=5).call(lambda: client.get_experiment(len(None)))  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("fail_fast_mlflow")
+def test_a_scoring_model_that_cannot_be_fetched_is_an_outage_not_a_bad_uri() -> None:
+    cut, missing = http_server(cut_mid_body), http_server(mlflow_error(404, "RESOURCE_DOES_NOT_EXIST"))
+    with cut as url, pytest.raises(TrackingUnavailableError, match="IncompleteRead"):
+        resolve_scoring_model(MlflowClient(tracking_uri=url, registry_uri=url), "models:/churn@champion")
+    with missing as url, pytest.raises(TrackingError, match=r"scoring.model_uri models:/churn@champion"):
+        resolve_scoring_model(MlflowClient(tracking_uri=url, registry_uri=url), "models:/churn@champion")
 
 
 def test_connection_failures_are_outages_and_refused_credentials_are_not() -> None:
