@@ -13,14 +13,16 @@ Delta's jars come either from Spark's own package resolution (``spark.jars.packa
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipelines.config import SparkConfig
 from pipelines.errors import SparkSetupError
@@ -57,6 +59,64 @@ logger.repl.level = warn
 logger.ivy.name = org.apache.ivy
 logger.ivy.level = error
 """
+
+
+#: Loggers whose records repeat, with the whole Java stack, a failure that reaches the driver as an exception
+#: (which the job reports in one line, or as a traceback when it is a bug): a task's exception (Executor), the
+#: lost task (TaskSetManager) and, in Python, PySpark's log of every analysis error with its query context. They
+#: go to :func:`debug_log_path` only; every other logger stays on the console at ``spark.log_level``.
+TASK_FAILURE_LOGGERS = ("org.apache.spark.executor.Executor", "org.apache.spark.scheduler.TaskSetManager")
+QUERY_CONTEXT_LOGGERS = ("DataFrameQueryContextLogger", "SQLQueryContextLogger")
+DEBUG_LOG_APPENDER = "lrsweep-debug-log"
+
+
+def debug_log_path() -> str:
+    """Where the repeated Java stacks go: ``$LRSWEEP_DEBUG_LOG``, else ``<temp dir>/lrsweep-spark-debug.log``."""
+    return os.environ.get("LRSWEEP_DEBUG_LOG") or os.path.join(tempfile.gettempdir(), "lrsweep-spark-debug.log")
+
+
+def route_failure_stacks(spark: SparkSession | None = None) -> str:
+    """Send the loggers that repeat a failing job's Java stack (:data:`TASK_FAILURE_LOGGERS`,
+    :data:`QUERY_CONTEXT_LOGGERS`) to :func:`debug_log_path`, not the console; returns the path.
+
+    The JVM's loggers are reconfigured at run time (log4j2's API through the gateway), so it works the same
+    under ``spark-submit``, from ``python`` and whatever ``log4j2.properties`` the cluster ships; a Connect
+    client has no JVM and only its Python loggers are routed.
+    """
+    path = debug_log_path()
+    from pyspark.logger import PySparkLogger
+
+    for name in QUERY_CONTEXT_LOGGERS:
+        logger = PySparkLogger.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        file_handler = logging.FileHandler(path, delay=True)
+        logger.addHandler(file_handler)
+        logger.propagate = False
+    jvm = getattr(getattr(spark, "sparkContext", None), "_jvm", None) if spark is not None else None
+    if jvm is not None:
+        _route_jvm_loggers(jvm, path)
+    return path
+
+
+def _route_jvm_loggers(jvm: Any, path: str) -> None:
+    log4j = jvm.org.apache.logging.log4j
+    context = log4j.LogManager.getContext(False)
+    configuration = context.getConfiguration()
+    if configuration.getAppender(DEBUG_LOG_APPENDER) is None:
+        layout = log4j.core.layout.PatternLayout.newBuilder() \
+            .withPattern("%d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex").withConfiguration(configuration).build()
+        appender = log4j.core.appender.FileAppender.newBuilder().setName(DEBUG_LOG_APPENDER) \
+            .withFileName(path).withAppend(True).setLayout(layout).setConfiguration(configuration).build()
+        appender.start()
+        configuration.addAppender(appender)
+    appender = configuration.getAppender(DEBUG_LOG_APPENDER)
+    for name in TASK_FAILURE_LOGGERS:
+        logger = log4j.core.config.LoggerConfig.newBuilder().withLoggerName(name) \
+            .withLevel(log4j.Level.WARN).withAdditivity(False).withConfig(configuration).build()
+        logger.addAppender(appender, None, None)
+        configuration.addLogger(name, logger)
+    context.updateLoggers()
 
 
 def delta_maven_coordinates() -> str:
@@ -155,6 +215,7 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
             builder = builder.config(key, value)
     spark = _start(builder)
     spark.sparkContext.setLogLevel(config.log_level)
+    route_failure_stacks(spark)
     _check_delta_on_classpath(spark)
     _warn_unused_master(config, str(spark.sparkContext.master), given_keys)
     return spark
@@ -174,6 +235,7 @@ def _connect_session(remote: str, config: SparkConfig) -> SparkSession:
         for key in CONNECT_SQL_CONF:
             if key in settings:
                 spark.conf.set(key, settings[key])
+        route_failure_stacks()
     except Exception as error:
         text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise SparkSetupError(f"Spark Connect server {remote}: {text}") from None

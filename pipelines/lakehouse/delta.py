@@ -8,6 +8,7 @@ has. A table is named by a path (``delta.`/path```) or by a catalog name; both r
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 
@@ -31,14 +32,44 @@ def is_delta_table(spark: SparkSession, identifier: str) -> bool:
     A local path is answered from its ``_delta_log`` folder without a Spark job.
     """
     if is_path(identifier) and "://" not in identifier:
-        log = Path(identifier.removeprefix("file:")) / "_delta_log"
-        return log.is_dir() and any(log.glob("*.json"))
+        return bool(commit_files(identifier))
     try:
         return _format(spark, sql_name(identifier)) == "delta"
     except Exception as error:
         if any(marker in str(error) for marker in _NOT_DELTA):
             return False
         raise
+
+
+def local_log(identifier: str) -> Path | None:
+    """The ``_delta_log`` folder of a table on a local disk (None for a catalog name or a remote URI)."""
+    if not is_path(identifier) or "://" in identifier:
+        return None
+    return Path(identifier.removeprefix("file:")) / "_delta_log"
+
+
+def commit_files(identifier: str) -> list[Path]:
+    """A local table's commit files (``<version>.json``) and checkpoints, in version order; empty when it has
+    none (no ``_delta_log``, or one whose first commit was never written)."""
+    log = local_log(identifier)
+    if log is None or not log.is_dir():
+        return []
+    return sorted([*log.glob("[0-9]*.json"), *log.glob("[0-9]*.checkpoint*.parquet")])
+
+
+def damaged_commit(identifier: str) -> tuple[int, str] | None:
+    """The first commit of a local table whose file is not JSON lines: ``(version, what the parser says)``;
+    None when every commit parses (or the table is not local)."""
+    for file in commit_files(identifier):
+        if file.suffix != ".json":
+            continue
+        try:
+            for line in file.read_text().splitlines():
+                if line.strip():
+                    json.loads(line)
+        except (ValueError, UnicodeDecodeError) as error:
+            return int(file.name.split(".")[0]), f"{file.name}: {str(error).splitlines()[0][:120]}"
+    return None
 
 
 def table_format(spark: SparkSession, identifier: str) -> str | None:

@@ -37,7 +37,16 @@ from pipelines.lakehouse.checks import (
     select_features,
     string_classes,
 )
-from pipelines.lakehouse.delta import history, is_delta_table, operations, sql_name, table_format
+from pipelines.lakehouse.delta import (
+    commit_files,
+    damaged_commit,
+    history,
+    is_delta_table,
+    local_log,
+    operations,
+    sql_name,
+    table_format,
+)
 from pipelines.sgd.losses import task_of
 
 
@@ -234,10 +243,10 @@ def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> Fe
         column is missing or not numeric; the label cannot be used with ``loss``; nulls or invalid values
         under a ``fail`` policy; nothing left to train on.
     """
-    with readable_files(f"table {config.table}"):
+    with readable_files(f"table {config.table}", config.table):
         ref = resolve_version(spark, config.table, config.version)
     where = f"table {ref.identifier} ({ref.describe()})"
-    with readable_files(where), case_twins_named(spark, ref, where):
+    with readable_files(where, ref.identifier), case_twins_named(spark, ref, where):
         if isinstance(config.since_version, int):
             ref = incremental(ref, config.since_version, [v for v, _ in table_versions(spark, ref.identifier)])
             raw, changes = read_added(spark, ref)
@@ -260,24 +269,24 @@ def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> Fe
         also = " (or a string of two values)" if binary else f" for the {task_of(loss)} loss {loss!r}"
         raise DataError(f"{where}: label column {config.label!r} has type {label_type.simpleString()}; "
                         f"expected a numeric or boolean column{also}")
-    with readable_files(where):
+    with readable_files(where, ref.identifier):
         array_lengths = {c: common_length(raw, c) for c, family in choice.used.items() if family == "array"}
         label_classes = string_classes(raw, config.label, where, loss) if label_is_string and binary else None
     label_value = (column(config.label) == F.lit(label_classes[1])).cast("double") if label_classes \
         else column(config.label) if multiclass else column(config.label).cast("double")
     if config.weight is not None:
-        with readable_files(where):
+        with readable_files(where, ref.identifier):
             check_weights(raw, config.weight, where)
     required = [config.time_column] if config.split == "time" and config.time_column else []
     profile = Profile(config.label, label_value, choice.used, columns, array_lengths, required,
                       binary_label=not multiclass)
-    with readable_files(where):
+    with readable_files(where, ref.identifier):
         stats = profile.collect(raw)
     apply_policies(stats, config, where)
     check_label(stats.label, loss, config.label, where)
     kept = raw.where(~profile.unusable) if stats.rows_with_null or stats.rows_with_invalid else raw
     if multiclass:
-        with readable_files(where):
+        with readable_files(where, ref.identifier):
             label_classes = label_values(kept, config.label, where)
         label_value = class_index(config.label, label_classes)
     extra = [column(config.weight).cast("double").alias(config.weight)] if config.weight else []
@@ -328,12 +337,13 @@ def case_twins_named(spark: SparkSession, ref: TableRef, where: str) -> Iterator
 
 
 @contextmanager
-def readable_files(where: str) -> Iterator[None]:
-    """Turn Spark's failure to read a table's data file into one :class:`DataError` line naming the file.
+def readable_files(where: str, table: str | None = None) -> Iterator[None]:
+    """Turn Spark's failure to read a table's data file or log into one :class:`DataError` line naming the
+    file (the commit's version for a damaged log) and how to recover.
 
     A data file listed in the Delta log but missing (deleted by hand, a bad copy, an over-eager cleanup) or
-    unreadable (truncated, not Parquet) fails a job deep inside Spark; this names the table, the file and
-    how to recover.
+    unreadable (truncated, not Parquet), or a commit file that is corrupt (a checksum mismatch, not JSON), fails
+    a job deep inside Spark. ``table``: the table's identifier, to find which commit of a local log is damaged.
     """
     try:
         yield
@@ -345,8 +355,7 @@ def readable_files(where: str) -> Iterator[None]:
             raise
         kind, path = problem
         if kind == "log":
-            raise DataError(f"{where}: the Delta log is damaged ({path}); restore the missing or corrupt "
-                            "_delta_log file from a backup, or read the table from a copy") from None
+            raise DataError(damaged_log_message(where, table, path)) from None
         raise DataError(
             f"{where}: data file {path} is {kind}; read an earlier version (data.version=N) that does not "
             "use it, restore the file, or repair the table (FSCK REPAIR TABLE removes missing files from the "
@@ -355,6 +364,25 @@ def readable_files(where: str) -> Iterator[None]:
 
 _FILE_PATH = re.compile(r"((?:file|s3a?|s3n|gs|hdfs|abfss?|wasbs?|dbfs):/*[^\s'\"\]]+|/[^\s'\"\]]+)"
                         r"\.(?:parquet|snappy\.parquet|gz\.parquet)")
+
+
+_COMMIT_FILE = re.compile(r"_delta_log/(\d{20})\.json")
+_JSON_ERRORS = ("JsonParseException", "JsonMappingException", "JsonEOFException")
+
+
+def damaged_log_message(where: str, table: str | None, detail: str) -> str:
+    """What to do about a damaged Delta log, naming the commit's version when it can be found: in Spark's
+    message (a checksum error names the file) or by parsing a local log's commits."""
+    named = _COMMIT_FILE.search(detail)
+    found = (int(named.group(1)), detail) if named else damaged_commit(table) if table else None
+    if found is None:
+        return (f"{where}: the Delta log is damaged ({detail}); restore the missing or corrupt _delta_log file "
+                "from a backup, or read the table from a copy")
+    version, problem = found
+    earlier = (f"; if version {version} is the newest and its write never completed, delete its file (and its "
+               f".crc files) to go back to version {version - 1}") if version > 0 else ""
+    return (f"{where}: the Delta log is damaged at version {version} ({problem}); restore "
+            f"_delta_log/{version:020d}.json from a backup or a copy of the table{earlier}")
 
 
 def unreadable_file(error: BaseException) -> tuple[str, str] | None:
@@ -367,6 +395,13 @@ def unreadable_file(error: BaseException) -> tuple[str, str] | None:
     if "DELTA_VERSIONS_NOT_CONTIGUOUS" in text or ("_delta_log" in text and "FAILED_READ_FILE" in text):
         condition = re.search(r"\[(DELTA_[A-Z_]+|FAILED_READ_FILE[A-Z_.]*)\][^\n]*", text)
         return "log", condition.group(0)[:200] if condition else "unreadable log"
+    checksum = re.search(r"ChecksumException: ([^\n]*_delta_log/[^\n]*)", text)
+    if checksum:  # Hadoop's .crc of a commit file no longer matches it (truncated or edited)
+        return "log", checksum.group(1)[:200]
+    json_error = next((marker for marker in _JSON_ERRORS if marker in text), None)
+    if json_error and ("org.apache.spark.sql.delta" in text or "io.delta" in text):  # a commit that is not JSON
+        problem = re.search(rf"{json_error}: ([^\n]*)", text)
+        return "log", f"not JSON: {problem.group(1)[:150] if problem else json_error}"
     missing = any(marker in text for marker in ("FileNotFoundException", "FILE_NOT_EXIST", "DELTA_FILE_NOT_FOUND",
                                                 "does not exist"))
     unreadable = any(marker in text for marker in ("FAILED_READ_FILE", "CANNOT_READ_FILE_FOOTER",
@@ -384,6 +419,11 @@ def _require_delta_table(spark: SparkSession, identifier: str) -> None:
         local = identifier.removeprefix("file:") if "://" not in identifier else None
         if local is not None and not os.path.exists(local):
             raise DataError(f"table {identifier} not found: the path does not exist")
+        log = local_log(identifier)
+        if log is not None and log.is_dir() and not commit_files(identifier):
+            raise DataError(f"table {identifier}: its _delta_log holds no commit, not even version 0 (the write "
+                            "that created it did not finish); write the table again, or point data.table at "
+                            "a complete copy")
         if not is_delta_table(spark, identifier):
             raise DataError(f"table {identifier} is not a Delta table (no _delta_log); convert it with "
                             "CONVERT TO DELTA or point data.table at a Delta table")

@@ -28,7 +28,7 @@ from pipelines.errors import DataError
 from pipelines.features.columns import all_of, model_input
 from pipelines.identifiers import column
 from pipelines.lakehouse.checks import distinct_up_to_case
-from pipelines.lakehouse.reader import TableRef, case_twins_named, read_version, resolve_version
+from pipelines.lakehouse.reader import TableRef, case_twins_named, read_version, readable_files, resolve_version
 from pipelines.lakehouse.writer import append_idempotent, check_output_table
 from pipelines.tracking.models import CHAMPION, ScoringModel, resolve_scoring_model, score_kind, scoring_udf
 from pipelines.tracking.store import connect
@@ -73,10 +73,11 @@ def score_table(spark: SparkSession, config: Config) -> ScoringReport:
     model = resolve_scoring_model(client, default_model_uri(config))
     identifier = config.scoring.input_table or config.data.table
     requested = config.data.version if config.scoring.input_table is None else None
-    ref = resolve_version(spark, identifier, requested)
+    with readable_files(f"table {identifier}", identifier):
+        ref = resolve_version(spark, identifier, requested)
     check_output_table(spark, config.output.predictions_table, "output.predictions_table")
     where = f"table {ref.identifier} (version {ref.version})"
-    with case_twins_named(spark, ref, where):
+    with readable_files(where, identifier), case_twins_named(spark, ref, where):
         source = read_version(spark, ref)
     distinct_up_to_case(source.columns, where)
     missing = [name for name in model.features if name not in source.columns]
