@@ -33,13 +33,14 @@ import pandas as pd
 from pyspark.sql import SparkSession
 
 from pipelines.config import Config
-from pipelines.errors import ConfigError, TerminatedError, TrackingError, TrackingUnavailableError
+from pipelines.errors import ConfigError, LeaseLostError, TerminatedError, TrackingError, TrackingUnavailableError
 from pipelines.features.columns import model_input
 from pipelines.features.split import TEST, VALIDATION
 from pipelines.lakehouse.checkpoints import CheckpointStore
 from pipelines.lakehouse.history import learning_rate_history
+from pipelines.lakehouse.lease import LeaseStore, SweepLease, lease_seconds
 from pipelines.lakehouse.reader import read_feature_table
-from pipelines.lakehouse.writer import check_output_table, finalize_results, journaled_epochs
+from pipelines.lakehouse.writer import check_results_table, finalize_results, journaled_epochs
 from pipelines.orchestration.champion import Champion, metric_name
 from pipelines.orchestration.journal import Journal
 from pipelines.orchestration.params import auto_params, sweep_params, sweep_settings
@@ -144,6 +145,7 @@ class SweepJob:
         self.auto = config.sweep.learning_rates == "auto"
         self.settings = sweep_settings(config)
         self.checkpoints = CheckpointStore(config.output.checkpoints)
+        self.lease: SweepLease | None = None  # held while run() runs: one live job per sweep id
         self.checkpoint: SweepCheckpoint | None = None
         self.resumed_from_epoch: int | None = None
         self.prepared: PreparedData | None = None
@@ -159,6 +161,13 @@ class SweepJob:
     # ----------------------------------------------------------------------------------------- steps
 
     def run(self, store: TrackingStore | None = None) -> SweepReport:
+        """The attempt under the sweep id's lease (:mod:`pipelines.lakehouse.lease`), taken before MLflow or the
+        checkpoint is touched and released however the attempt ends: a second job of this id exits 2."""
+        leases = LeaseStore(self.config.output.checkpoints)
+        with leases.acquire(self.sweep_id, lease_seconds(self.config.output), self.say) as self.lease:
+            return self.run_leased(store, self.lease)
+
+    def run_leased(self, store: TrackingStore | None, lease: SweepLease) -> SweepReport:
         with self.phases.timed("connect"):
             self.connect(store)
         with self.phases.timed("read"):
@@ -173,8 +182,10 @@ class SweepJob:
         finally:
             if self.prepared is not None:
                 self.prepared.blocks.release()
+        lease.check()  # a job whose lease was taken over writes nothing more
         with self.phases.timed("tracking"):
             self.complete_tracking()
+        lease.check()
         with self.phases.timed("results_write"):
             self.finalize_results()
         self.checkpoints.prune(self.sweep_id)
@@ -194,6 +205,8 @@ class SweepJob:
                 self.train()
             with self.phases.timed("results_write"):
                 self.journal.flush()
+        except LeaseLostError:
+            raise  # another job writes this sweep now: no checkpoint, no run ended
         except TerminatedError:
             self.save_on_failure(KILLED)
             raise
@@ -214,7 +227,10 @@ class SweepJob:
         self.champion = Champion(self.tracker, self.config, self.say)
 
     def restore(self) -> None:
-        """The newest readable checkpoint of this sweep id, after checking it was made with these settings."""
+        """The newest readable checkpoint of this sweep id, after checking it was made with these settings (and
+        that the checkpoint location can be written: a sweep that trains must be able to save)."""
+        if self.may_train:
+            self.checkpoints.check_writable(self.sweep_id)
         for stored in self.checkpoints.latest(self.sweep_id):
             try:
                 if isinstance(stored, str):
@@ -250,7 +266,7 @@ class SweepJob:
         if data.since_version is not None:
             data = data.model_copy(update={"since_version": self.since_version(data.since_version)})
         self.table = read_feature_table(self.spark, data, self.config.model.loss)
-        check_output_table(self.spark, self.config.output.results_table, "output.results_table")
+        check_results_table(self.spark, self.config.output.results_table)
         penalties = len(self.config.penalty_axis())
         rates = ("auto rates" if self.auto else f"{len(self.config.sweep.grid())} rates") + \
             (f" x {penalties} penalties" if penalties > 1 else "")
@@ -686,6 +702,8 @@ class RoundWatcher:
 
     def __call__(self, boundary: Boundary) -> None:
         job, state = self.job, boundary.state
+        if job.lease is not None:
+            job.lease.check()  # before this boundary's checkpoint and rows
         epoch = state.recorded_epoch
         outcome = state.outcome(boundary.trainer.jobs, boundary.trainer.row_passes,
                                 job.full_grid_row_passes(state.n_rates), 0.0)
