@@ -441,8 +441,10 @@ def test_a_kill_in_every_writing_stage_then_a_rerun_each_time_ends_equal_to_the_
     settings = sweep_settings(demo_table, tmp_path, server.uri, sweep_id,
                               {"tracking.register_when": "always", "tracking.registered_model": model})
     markers = {stage: tmp_path / f"killed-in-{stage}" for stage in WRITING_STAGES}
-    env = {"LRSWEEP_INJECT_FAULT": ",".join(f"driver_kill:stage={stage}:once={marker}"
-                                            for stage, marker in markers.items())}
+    # epochs slowed so that training never outruns the journal: the results table's first commit (killed in the
+    # second attempt) and a later append (the third) happen while there are epochs left to train
+    env = {"LRSWEEP_INJECT_FAULT": ",".join([slowed(1.0)["LRSWEEP_INJECT_FAULT"], *(
+        f"driver_kill:stage={stage}:once={marker}" for stage, marker in markers.items())])}
     left: dict[str, str] = {}
     for stage in WRITING_STAGES:
         with BackgroundJob("train_sweep.py", settings, job_log(tmp_path, f"killed-in-{stage}"), env=env) as job:
