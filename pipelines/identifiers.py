@@ -45,17 +45,36 @@ def map_in_arrow(dataframe: DataFrame, names: Sequence[str], function: ArrowFunc
     """``dataframe.select(names).mapInArrow(function, schema)`` for columns of any name.
 
     PySpark's ``mapInArrow`` looks each column up by a name it parses (``we`ird`` fails to parse), so the
-    columns travel under positional names and ``function`` receives batches under their own names again.
+    columns travel under positional names (:func:`positional_columns`) and ``function`` receives batches
+    under their own names again (:func:`named_batches`).
     """
-    import pyarrow as pa
+    return positional_columns(dataframe, names).mapInArrow(named_batches(function, names), schema)
 
+
+def positional_name(index: int) -> str:
+    """The name the ``index``-th column travels under into ``mapInArrow``."""
+    return f"_{index}"
+
+
+def positional_columns(dataframe: DataFrame, names: Sequence[str]) -> DataFrame:
+    """The columns ``names`` of ``dataframe`` renamed ``_0, _1, ...``.
+
+    Rename before sorting, not after: a projection of thousands of aliases over a sort makes Spark's planner
+    recurse once per column (``StackOverflowError`` at 2,000 columns) when it carries the order through them.
+    """
+    return dataframe.select(*[column(name).alias(positional_name(index)) for index, name in enumerate(names)])
+
+
+def named_batches(function: ArrowFunction, names: Sequence[str]) -> ArrowFunction:
+    """``function`` over batches of :func:`positional_columns`, given them under their own ``names``."""
     own = list(names)
 
     def renamed(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow as pa
+
         return function(pa.RecordBatch.from_arrays(batch.columns, names=own) for batch in batches)
 
-    positional = dataframe.select(*[column(name).alias(f"_{index}") for index, name in enumerate(own)])
-    return positional.mapInArrow(renamed, schema)
+    return renamed
 
 
 def table_name_parts(name: str) -> list[str] | None:

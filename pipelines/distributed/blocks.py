@@ -41,7 +41,7 @@ from pyspark.storagelevel import StorageLevel
 
 from pipelines.features.encoding import TableEncoding
 from pipelines.features.split import VALIDATION_COLUMN
-from pipelines.identifiers import column, map_in_arrow
+from pipelines.identifiers import named_batches, positional_columns, positional_name
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.design import Design, SplitDesign
 
@@ -176,11 +176,13 @@ def build_blocks(
     # After the shuffle rows arrive in fetch order, which varies between runs on a cluster: sort each
     # partition by a content hash (ties by content) so its blocks, hence the SGD trajectory, are reproducible.
     # Vectors are in the hash but cannot be sorted on (two rows differing only there need a 64-bit collision).
-    order_key = F.xxhash64(F.lit(0x5EED), *[column(c) for c in columns])
-    sortable = [c for c in columns if c not in {v.column for v in encoding.columns if v.kind == "vector"}]
-    ordered = dataframe.select(*[column(c) for c in columns]).repartition(num_partitions) \
-        .sortWithinPartitions(order_key, *[column(c) for c in sortable])
-    blocks = map_in_arrow(ordered, columns, pack, BLOCK_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+    # Columns travel under positional names (PySpark's mapInArrow parses names), renamed before the sort.
+    position = {c: F.col(positional_name(index)) for index, c in enumerate(columns)}
+    order_key = F.xxhash64(F.lit(0x5EED), *position.values())
+    vectors = {v.column for v in encoding.columns if v.kind == "vector"}
+    ordered = positional_columns(dataframe, columns).repartition(num_partitions) \
+        .sortWithinPartitions(order_key, *[position[c] for c in columns if c not in vectors])
+    blocks = ordered.mapInArrow(named_batches(pack, columns), BLOCK_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
     summary = blocks.groupBy("partition", "is_validation").sum("rows").collect()
     train_rows = [0] * num_partitions
     val_rows = [0] * num_partitions

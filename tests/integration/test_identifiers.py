@@ -70,7 +70,8 @@ def test_the_model_scores_odd_columns_and_writes_them_back(
     config, report, frame = odd
     scored = score_table(spark, config)
     assert scored.rows == ROWS and scored.rows_without_prediction == 0
-    predictions = spark.read.format("delta").load(config.output.predictions_table).toPandas().sort_values(ROW_ID)
+    predictions: pd.DataFrame = spark.read.format("delta").load(config.output.predictions_table).toPandas()
+    predictions = predictions.sort_values(ROW_ID)
     assert {ROW_ID, LABEL, "prediction", "predicted_label"} <= set(predictions.columns)
     assert predictions[ROW_ID].tolist() == list(range(ROWS))
     model = mlflow.sklearn.load_model(f"models:/odd_model/{report.registration.version}")  # type: ignore[union-attr]

@@ -134,7 +134,7 @@ def test_engine_specs_are_built_at_load_with_one_default_each() -> None:
 def test_each_configuration_file_holds_one_section() -> None:
     import yaml
 
-    for path in sorted((PROJECT_ROOT / "conf").glob("*/*.yml")) + sorted(PACKAGED_DEFAULTS.glob("*.yml")):
+    for path in sorted((PROJECT_ROOT / "conf").glob("*/*.yml")) + sorted(Path(str(PACKAGED_DEFAULTS)).glob("*.yml")):
         sections = list(yaml.safe_load(path.read_text()) or {})
         assert sections == [path.stem], f"{path} holds {sections}"
 
