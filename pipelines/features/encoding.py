@@ -21,7 +21,12 @@ input vector is ``[dense inputs | sparse inputs]``, in the order of the columns.
 
 The same object encodes the training rows (Arrow batches inside Spark tasks, :meth:`TableEncoding.encode`) and
 raw rows given to the logged model (pandas, :meth:`TableEncoding.transform`): the encoding a model was trained
-on is, by construction, the one it scores with. This module imports no Spark and nothing else of lrsweep.
+on is, by construction, the one it scores with.
+
+This module is imported by every Python worker that builds blocks, so it needs numpy, scipy and pyarrow only:
+pandas is imported when pandas rows are given, and the scikit-learn transformer that carries the encoding
+in an exported model is :class:`pipelines.tracking.export.EncodingTransformer`. It imports no Spark and
+nothing else of lrsweep but the hash of the hashed kind.
 """
 
 from __future__ import annotations
@@ -29,15 +34,17 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
-from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils import murmurhash3_32
+
+from pipelines.features.hashing import murmurhash3_32
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DENSE_KINDS = ("number", "boolean", "date", "timestamp", "array")
 SPARSE_KINDS = ("onehot", "hashed", "vector")
@@ -106,15 +113,25 @@ class EncodedBlock:
     sparse: sp.csr_matrix | None  # (n, sparse_width) float64, None when the encoding has no sparse input
 
 
-class TableEncoding(TransformerMixin, BaseEstimator):
+class TableEncoding:
     """The encoding of a feature table: raw columns in, ``[dense | sparse]`` model inputs out.
 
-    Built from training statistics (:mod:`pipelines.features.fitting`), never fitted on rows here; ``fit``
-    returns it unchanged so it can sit in a scikit-learn :class:`~sklearn.pipeline.Pipeline`.
+    Built from training statistics (:mod:`pipelines.features.fitting`), never fitted on rows. Models exported
+    before the scikit-learn wrapper existed (:class:`pipelines.tracking.export.EncodingTransformer`) hold this
+    class itself as their pipeline's first step: it loads from them (:meth:`__setstate__`) and still answers
+    what a scikit-learn pipeline calls on a fitted step (:meth:`transform`, :meth:`fit`,
+    :meth:`get_feature_names_out`).
     """
 
     def __init__(self, columns: Sequence[ColumnEncoding] = ()) -> None:
         self.columns = tuple(columns)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # an exported model of lrsweep 0.1 pickled a scikit-learn estimator: its state also holds the version
+        self.columns = tuple(state["columns"])
+
+    def __repr__(self) -> str:
+        return f"TableEncoding({len(self.columns)} columns -> {self.n_inputs} inputs)"
 
     # ------------------------------------------------------------------ shape
     @property
@@ -192,6 +209,7 @@ class TableEncoding(TransformerMixin, BaseEstimator):
         return EncodedBlock(dense, sparse)
 
     def fit(self, X: Any = None, y: Any = None) -> TableEncoding:
+        """Itself: the encoding is built from statistics, not fitted here (what a pipeline's step answers)."""
         return self
 
     def transform(self, X: pd.DataFrame) -> np.ndarray | sp.csr_matrix:
@@ -233,13 +251,16 @@ def _arrow_column(table: pa.Table | pa.RecordBatch | pd.DataFrame, column: Colum
     if isinstance(table, pa.Table | pa.RecordBatch):
         values = table.column(column.column)
         return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    import pandas as pd  # raw rows given to a model: never in a worker's training tasks
+
     if column.column not in table.columns:
         raise ValueError(f"column {column.column!r} is missing from the input rows")
     series = table[column.column]
     if column.kind == "vector":
         return pa.array([_vector_struct(value, column) for value in series], type=_VECTOR_TYPE)
     if column.kind == "onehot" or column.kind == "hashed":
-        return pa.array([None if _is_missing(v) else str(v) for v in series], type=pa.string())
+        return pa.array([None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else str(v)
+                         for v in series], type=pa.string())
     if column.kind == "array":
         return pa.array([None if v is None else [float(x) for x in v] for v in series],
                         type=pa.list_(pa.float64()))
@@ -248,10 +269,6 @@ def _arrow_column(table: pa.Table | pa.RecordBatch | pd.DataFrame, column: Colum
         micros = stamps.to_numpy(dtype="datetime64[us]").astype(np.int64)
         return pa.array(micros, type=pa.timestamp("us", tz="UTC"))
     return pa.array(pd.to_numeric(series, errors="coerce").astype(np.float64).to_numpy())
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
 
 
 def _dense_values(column: ColumnEncoding, values: pa.Array) -> np.ndarray:
@@ -304,8 +321,7 @@ def _onehot_slots(column: ColumnEncoding, strings: pa.Array) -> np.ndarray:
 
 def _hashed_slots(column: ColumnEncoding, strings: pa.Array) -> np.ndarray:
     encoded = pc.dictionary_encode(strings.fill_null(_HASH_NULL))
-    bucket_of_value = np.array([murmurhash3_32(value, seed=0, positive=True) % column.buckets
-                                for value in encoded.dictionary.to_pylist()], dtype=np.int64)
+    bucket_of_value = murmurhash3_32(encoded.dictionary).astype(np.int64) % column.buckets
     return bucket_of_value[encoded.indices.to_numpy(zero_copy_only=False)]
 
 

@@ -1,10 +1,8 @@
 """The best model of a sweep as an MLflow sklearn model, its registration, and loading it for scoring.
 
-The model is a :class:`sklearn.pipeline.Pipeline` ``TableEncoding -> estimator`` built from the sweep's
-encoding and coefficients, nothing refitted; the estimator is the scikit-learn class that names the loss
-(:data:`ESTIMATORS`: ``LogisticRegression`` for logistic, ``SGDClassifier(loss=...)`` for the margin
-classifiers, ``LinearRegression`` for squared, ``SGDRegressor(loss=..., epsilon=...)`` for the robust
-regression losses, ``PoissonRegressor`` for poisson). The encoding turns
+The model is a :class:`sklearn.pipeline.Pipeline` ``encoding -> estimator`` built from the sweep's
+encoding and coefficients, nothing refitted (:func:`pipelines.tracking.export.linear_pipeline`; the
+estimator is the scikit-learn class that names the loss). The encoding turns
 raw table rows into the inputs the model was trained on (standardized numbers, one-hot and hashed strings,
 array and vector entries; :mod:`pipelines.features.encoding`), the estimator applies the coefficients learned
 on them. It loads and predicts without Spark (it needs this package, which its requirements name).
@@ -21,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,8 +34,6 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from pyspark.sql import Column, SparkSession
-from sklearn.base import BaseEstimator
-from sklearn.linear_model import LinearRegression, LogisticRegression, PoissonRegressor, SGDClassifier, SGDRegressor
 from sklearn.pipeline import Pipeline
 
 from pipelines import __version__
@@ -45,7 +41,9 @@ from pipelines.errors import TrackingError
 from pipelines.faults import kill_point
 from pipelines.features.encoding import TableEncoding
 from pipelines.sgd._types import FloatArray
-from pipelines.sgd.losses import DEFAULT_EPSILON, LOSS_NAMES, task_of
+from pipelines.sgd.losses import LOSS_NAMES, task_of
+from pipelines.tracking.export import TRUSTED_TYPES, linear_parts
+from pipelines.tracking.export import linear_pipeline as linear_pipeline  # re-exported: the sweep's import of it
 from pipelines.tracking.runs import TAG_SWEEP_ID, SweepTracker
 from pipelines.tracking.store import is_unavailable, unavailable
 
@@ -59,8 +57,6 @@ TAG_CHAMPION_VAL_LOSS = "lrsweep.champion_val_loss"
 TAG_CHALLENGER_VAL_LOSS = "lrsweep.challenger_val_loss"
 TAG_REPLACED_VERSION = "lrsweep.replaced_version"
 MODEL_NAME = "model"
-#: lrsweep's own classes in a logged model, for MLflow's safe (skops) loading.
-TRUSTED_TYPES = [f"{TableEncoding.__module__}.{name}" for name in ("TableEncoding", "ColumnEncoding")]
 
 
 PROBABILITY_LOSSES = ("logistic", "modified_huber")
@@ -74,53 +70,6 @@ def score_kind(loss: str) -> str:
     if task_of(loss) != "binary":
         return "value"
     return "probability" if loss in PROBABILITY_LOSSES else "label"
-
-
-def linear_pipeline(encoding: TableEncoding, weights: FloatArray, intercept: float | FloatArray, loss: str,
-                    classes: Sequence[Any] = (0, 1), epsilon: float = DEFAULT_EPSILON) -> Pipeline:
-    """A fitted-looking sklearn pipeline from the encoding and coefficients (``weights`` shape ``(d,)``; a
-    multinomial model's ``(C, d)`` with intercepts ``(C,)``).
-
-    ``classes``: a binary model's two labels, the positive one second (a string label's values); a multinomial
-    model's C classes in the order of its weight rows.
-    """
-    d = encoding.n_inputs
-    multiclass = task_of(loss) == "multiclass"
-    expected = (len(classes), d) if multiclass else (d,)
-    if weights.shape != expected:
-        raise ValueError(f"weights have shape {weights.shape}, expected {expected}")
-    coef = weights.astype(np.float64)
-    estimator: BaseEstimator
-    if multiclass:
-        multinomial = LogisticRegression()  # more than two classes: predict_proba is the softmax of the margins
-        multinomial.coef_ = coef
-        multinomial.intercept_ = np.asarray(intercept, dtype=np.float64).reshape(len(classes))
-        multinomial.classes_ = np.array(classes)
-        multinomial.n_iter_ = np.array([0], dtype=np.int32)
-        estimator = multinomial
-    elif task_of(loss) == "binary":
-        classifier = LogisticRegression() if loss == "logistic" else SGDClassifier(loss=loss)
-        classifier.coef_ = coef.reshape(1, d)
-        classifier.intercept_ = np.array([intercept], dtype=np.float64)
-        classifier.classes_ = np.array(classes)
-        classifier.n_iter_ = np.array([0], dtype=np.int32) if loss == "logistic" else 0
-        estimator = classifier
-    elif loss == "squared":
-        regression = LinearRegression()
-        regression.coef_, regression.intercept_ = coef, float(intercept)
-        regression.rank_, regression.singular_ = d, np.ones(d)
-        estimator = regression
-    elif loss == "poisson":
-        poisson = PoissonRegressor(alpha=0.0)
-        poisson.coef_, poisson.intercept_ = coef, float(intercept)
-        poisson._base_loss = poisson._get_loss()  # what fit() sets: the log link predict() inverts
-        estimator = poisson
-    else:
-        robust = SGDRegressor(loss=loss, epsilon=epsilon)
-        robust.coef_, robust.intercept_ = coef, np.array([intercept], dtype=np.float64)
-        estimator = robust
-    estimator.n_features_in_ = d
-    return Pipeline([("encode", encoding), ("model", estimator)])
 
 
 def predict_fn_name(loss: str) -> str:
@@ -357,19 +306,6 @@ def load_linear_model(tracker: SweepTracker, model_uri: str) -> LinearModel:
     except ValueError as error:
         raise TrackingError(f"{model_uri}: {error}") from None
     return LinearModel(info, encoding, weights, intercept)
-
-
-def linear_parts(pipeline: Any, loss: str) -> tuple[TableEncoding, FloatArray, float | FloatArray]:
-    """The encoding, weights and intercept of a :func:`linear_pipeline` (its inverse)."""
-    steps = getattr(pipeline, "named_steps", {})
-    encoding, estimator = steps.get("encode"), steps.get("model")
-    if not isinstance(encoding, TableEncoding) or estimator is None or not hasattr(estimator, "coef_"):
-        raise ValueError("not an lrsweep pipeline (an encoding, then a linear model)")
-    weights = np.asarray(estimator.coef_, dtype=np.float64)
-    intercepts = np.atleast_1d(np.asarray(estimator.intercept_, dtype=np.float64))
-    if task_of(loss) == "multiclass":
-        return encoding, weights, intercepts
-    return encoding, weights.reshape(-1), float(intercepts[0])
 
 
 # ----------------------------------------------------------------------------------------------- scoring

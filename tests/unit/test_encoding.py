@@ -1,15 +1,20 @@
-"""The table encoding (pure: Arrow and pandas in, dense + CSR out) and the sparse kernels."""
+"""The table encoding (pure: Arrow and pandas in, dense + CSR out), its export as a scikit-learn pipeline
+(models of lrsweep 0.1 included) and the sparse kernels."""
 
 from __future__ import annotations
 
 import datetime as dt
+import random
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
 from pipelines.features.encoding import ColumnEncoding, TableEncoding
+from pipelines.features.hashing import murmurhash3_32
 from pipelines.sgd.design import SplitDesign
 from pipelines.sgd.kernels import batch_gradients, compute_margins, minibatch_epoch
 from pipelines.sgd.optimizers import OptimizerSpec, init_state
@@ -110,6 +115,83 @@ def _split_problem(seed: int = 3) -> tuple[SplitDesign, np.ndarray]:
     sparse.sum_duplicates()
     y = (rng.random(n) < 0.4).astype(float)
     return SplitDesign(dense, sparse), y
+
+
+def test_the_numpy_hash_is_scikit_learns_murmurhash3_for_every_length_and_script() -> None:
+    """The hashed kind's buckets are those of scikit-learn's ``murmurhash3_32(value, positive=True)`` (the hash
+    models of lrsweep 0.1 were trained with): every tail length, multi-byte UTF-8, a long value among short
+    ones, a sliced array, large strings and another seed."""
+    from sklearn.utils import murmurhash3_32 as oracle
+
+    draw = random.Random(22)
+    values = ["", "a", "ab", "abc", "abcd", "abcde", "paris", "\x00null", "é", "日本語のテキスト", "x" * 1001] + [
+        "".join(chr(draw.randrange(32, 0x2FFF)) for _ in range(draw.randrange(0, 40))) for _ in range(2000)]
+    expected = np.array([oracle(v, seed=0, positive=True) for v in values], dtype=np.uint32)
+    np.testing.assert_array_equal(murmurhash3_32(pa.array(values)), expected)
+    np.testing.assert_array_equal(murmurhash3_32(pa.array(values).slice(5, 100)), expected[5:105])
+    np.testing.assert_array_equal(murmurhash3_32(pa.array(values, pa.large_string())), expected)
+    np.testing.assert_array_equal(murmurhash3_32(pa.array(values), seed=7),
+                                  [oracle(v, seed=7, positive=True) for v in values])
+    with pytest.raises(ValueError, match="null"):
+        murmurhash3_32(pa.array(["a", None]))
+
+
+#: The model of the fixtures (tests/fixtures/lrsweep_0_1_model_*: ``mlflow.sklearn.save_model`` of lrsweep 0.1's
+#: ``linear_pipeline``, whose first step was the TableEncoding itself) and its probabilities, as 0.1 computed them.
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+OLD_ENCODING = TableEncoding([
+    ColumnEncoding("age", "number", 1, means=(40.0,), scales=(12.0,)),
+    ColumnEncoding("emb", "array", 2, means=(0.5, -0.5), scales=(2.0, 4.0)),
+    ColumnEncoding("plan", "onehot", 3, categories=("basic", "gold"), shares=(0.5, 0.3, 0.2)),
+    ColumnEncoding("city", "hashed", 8, buckets=8),
+])
+OLD_WEIGHTS = np.array([0.8, -0.3, 0.2, 1.5, -1.0, 0.25, 0.1, -0.2, 0.3, -0.4, 0.5, -0.6, 0.7, -0.8])
+OLD_PROBABILITIES = [0.07822825945178397, 0.6224593312018545, 0.4174297935376853]
+
+
+def _raw_rows() -> pd.DataFrame:
+    return pd.DataFrame({"age": [30.0, 55.0, 41.0], "emb": [[1.0, 2.0], [0.0, 0.0], [-1.0, 3.0]],
+                         "plan": ["gold", "silver", None], "city": ["Paris", "Lyon", None]})
+
+
+@pytest.mark.parametrize("serialization", ["skops", "cloudpickle"])
+def test_a_model_exported_by_lrsweep_0_1_still_loads_predicts_and_comes_apart(serialization: str) -> None:
+    """Registered models of 0.1 name ``pipelines.features.encoding.TableEncoding`` (skops, the local default, with
+    it among the trusted types; cloudpickle on Databricks): MLflow still loads them, they predict what 0.1
+    predicted, and the champion's code takes them apart."""
+    import mlflow.pyfunc
+    import mlflow.sklearn
+
+    from pipelines.tracking.export import linear_parts
+
+    path = str(FIXTURES / f"lrsweep_0_1_model_{serialization}")
+    pipeline = mlflow.sklearn.load_model(path)
+    np.testing.assert_array_equal(pipeline.predict_proba(_raw_rows())[:, 1], OLD_PROBABILITIES)
+    np.testing.assert_array_equal(mlflow.pyfunc.load_model(path).predict(_raw_rows())[:, 1], OLD_PROBABILITIES)
+    encoding, weights, intercept = linear_parts(pipeline, "logistic")
+    assert encoding == OLD_ENCODING and vars(encoding).keys() == {"columns"}  # scikit-learn's version dropped
+    np.testing.assert_array_equal(weights, OLD_WEIGHTS)
+    assert intercept == -0.25
+
+
+def test_todays_export_wraps_the_encoding_and_round_trips_through_the_skops_flavor(tmp_path: Path) -> None:
+    """The exported pipeline's first step is the scikit-learn wrapper (the encoding itself is not an estimator);
+    it saves and loads with MLflow's safe format given :data:`TRUSTED_TYPES`, and predicts as 0.1's model did."""
+    import mlflow.sklearn
+    from sklearn.base import BaseEstimator
+
+    from pipelines.tracking.export import TRUSTED_TYPES, EncodingTransformer, linear_parts, linear_pipeline
+
+    assert not isinstance(OLD_ENCODING, BaseEstimator)
+    pipeline = linear_pipeline(OLD_ENCODING, OLD_WEIGHTS, -0.25, "logistic")
+    assert isinstance(pipeline.steps[0][1], EncodingTransformer)
+    np.testing.assert_array_equal(pipeline.predict_proba(_raw_rows())[:, 1], OLD_PROBABILITIES)
+    np.testing.assert_array_equal(pipeline[:-1].get_feature_names_out(), OLD_ENCODING.input_names())
+    mlflow.sklearn.save_model(pipeline, str(tmp_path / "model"), serialization_format="skops",
+                              skops_trusted_types=TRUSTED_TYPES, pip_requirements=["lrsweep"])
+    loaded = mlflow.sklearn.load_model(str(tmp_path / "model"))
+    np.testing.assert_array_equal(loaded.predict_proba(_raw_rows())[:, 1], OLD_PROBABILITIES)
+    assert linear_parts(loaded, "logistic")[0] == OLD_ENCODING
 
 
 def test_split_kernels_equal_the_dense_products_and_do_not_depend_on_the_grid() -> None:
