@@ -1,6 +1,6 @@
 # lrsweep: two commands set everything up.
 #   make demo   build .venv if missing, write the demo Delta table, run a sweep (MLflow store: mlflow.db)
-#   make test   build .venv if missing, run the test suite
+#   make test   build .venv if missing, run the test suite (make test-fast: the unit tests only)
 #   make score  score data.table with the champion model into output.predictions_table
 # Java 17+ is the only prerequisite.
 
@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: demo range-test score sync notebooks test test-fast lint typecheck bench ui check-java clean fetch-jars
+.PHONY: demo range-test score sync notebooks test test-fast test-spark test-e2e lint typecheck bench ui check-java clean fetch-jars
 
 $(VENV)/.installed: pyproject.toml | check-java
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,11 +53,25 @@ notebooks: $(VENV)/.installed
 sync: $(VENV)/.installed
 	$(SUBMIT) jobs/sync_sweep.py --env $(ENV) $(ARGS)
 
+# The pyramid: `unit` (tests/unit, no Spark), `spark` (tests/integration, one SparkSession per pytest process),
+# `e2e` (tests/e2e, processes of their own). `make test` runs all three on TEST_WORKERS pytest processes side by
+# side, each test module whole on one of them (its fixtures built once): the end-to-end modules mostly wait on
+# JVM and server start-ups and slowed epochs, which the Spark-heavy integration modules fill. Modules are handed
+# out in collection order (no reordering by size), so the long end-to-end ones start first.
+TEST_WORKERS ?= 3
+XDIST := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
 test: $(VENV)/.installed
-	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+test-spark: $(VENV)/.installed
+	$(PY) -m pytest -m spark $(XDIST) --durations=25 $(PYTEST_ARGS)
+
+test-e2e: $(VENV)/.installed
+	$(PY) -m pytest -m e2e $(XDIST) --durations=25 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check pipelines jobs tests bench

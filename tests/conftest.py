@@ -26,10 +26,35 @@ if TYPE_CHECKING:
 SHORT_JVM_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 os.environ.setdefault("SPARK_SUBMIT_OPTS", SHORT_JVM_OPTS)
 
+#: The level of the pyramid each test directory is, as a marker: ``-m unit`` runs in a few minutes without Spark.
+LEVELS = {"unit": "unit", "integration": "spark", "e2e": "e2e"}
+#: Modules that start the same session-scoped standalone cluster (tests/e2e/conftest.py): one xdist worker runs
+#: them all, so the cluster starts once per run, not once per worker.
+CLUSTER_MODULES = {"test_cluster.py", "test_install.py"}
+
 N_ROWS = 2400
 N_FEATURES = 5
 DEMO_ROWS = 4000
 DEMO_APPEND_ROWS = 400
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the ``xdist_group`` marks (--dist loadgroup)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its level (``unit``, ``spark``, ``e2e``; ``slow``, the old name, on ``e2e`` too) from
+    its directory, and put each module in an xdist group of its own: a module's fixtures (a Spark table, an
+    ``mlflow server``, a reference sweep) are built once, by the one worker that runs the whole module. A module
+    can name a group itself (``pytestmark = pytest.mark.xdist_group(...)``) to share a worker with others."""
+    tests_root = Path(__file__).parent
+    for item in items:
+        path = Path(str(item.path))
+        level = LEVELS.get(path.relative_to(tests_root).parts[0]) if path.is_relative_to(tests_root) else None
+        if level is not None:
+            item.add_marker(level)
+        if level == "e2e":
+            item.add_marker("slow")
+        if not any(item.iter_markers("xdist_group")):
+            group = "cluster" if path.name in CLUSTER_MODULES else str(path.relative_to(tests_root.parent))
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True, scope="module")
