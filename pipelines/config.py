@@ -281,6 +281,16 @@ class TrainConfig(_Section):
     dtype: Literal["float64", "float32"] = Field(
         default="float64", description="storage of the dense inputs in the cached blocks: float32 halves their "
         "memory and the epoch's memory traffic; weights, sums and updates stay float64")
+    executor: Literal["auto", "spark", "driver"] = Field(
+        default="auto", description="where the engine's tasks run: spark (a Spark job per synchronization), driver "
+        "(the same tasks in the driver process, on the blocks collected once: small tables) or auto (the driver "
+        "when training rows x model rows x inputs <= driver_max_cells and the blocks fit the driver)")
+    driver_max_cells: int = Field(
+        default=50_000_000, ge=0, description="auto: the largest training rows x model rows x inputs run in the "
+        "driver (measured: below it an epoch costs less than a Spark job's overhead)")
+    driver_max_bytes: int | None = Field(
+        default=None, ge=0, description="the most bytes of blocks the driver executor collects (default: a quarter "
+        "of spark.driver.memory); train.executor=driver above it exits 2 before the blocks are built")
     checkpoint_every: int | Literal["auto"] = Field(
         default="auto", description="epochs between checkpoints and journal appends (also on signals and at the "
         "end); 'auto': as often as keeps their measured cost under 5% of the training time")

@@ -1,11 +1,12 @@
-"""Spark execution of :mod:`pipelines.sgd` over the whole learning-rate grid at once.
+"""Execution of :mod:`pipelines.sgd` over the whole learning-rate grid at once, on the cached blocks.
 
 The K models of the grid are the rows of one matrix ``W`` of shape ``(K, d)`` (:class:`ModelRows`). One
-Spark job per synchronization runs on the cached blocks (:mod:`pipelines.distributed.blocks`); each task
-handles one partition for all K rows at once and returns one small typed :class:`TaskResult`, so the
-driver's memory does not grow with the data. What a task trains and how the driver combines the results is
-the :class:`~pipelines.distributed.strategies.Strategy` (``local_sgd`` or ``gd``); this module owns the
-jobs, the evaluation and the model rows.
+task function per synchronization runs on the cached blocks (:mod:`pipelines.distributed.blocks`) through an
+executor (:mod:`pipelines.distributed.executors`: a Spark job, or a loop in the driver on a small table); each
+task handles one partition for all K rows at once and returns one small typed :class:`TaskResult`, so the
+driver's memory does not grow with the data (under the Spark executor). What a task trains and how the
+driver combines the results is the :class:`~pipelines.distributed.strategies.Strategy` (``local_sgd`` or
+``gd``); this module owns the task function, the evaluation and the model rows.
 
 Evaluation is fused into training: the job that trains epoch ``e`` first evaluates the models it starts
 from (the result of epoch ``e - 1``) on the partition's training and validation rows, so an epoch costs
@@ -33,7 +34,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import numpy.typing as npt
 
-from pipelines.distributed.blocks import BlockSet, PartitionBlocks, map_partitions
+from pipelines.distributed.blocks import PartitionBlocks
+from pipelines.distributed.executors import PartitionExecutor
 from pipelines.distributed.strategies import LocalModels, Strategy, TrainedRows, TrainJob
 from pipelines.faults import maybe_inject_fault
 from pipelines.sgd._types import FloatArray, IntArray
@@ -179,7 +181,7 @@ class _Task:
 
 
 def _run_task(task: _Task, blocks: PartitionBlocks) -> TaskResult:
-    """Executed on the executors: train (if asked) and evaluate one partition."""
+    """The task function, wherever the executor runs it: train (if asked) and evaluate one partition."""
     maybe_inject_fault(task.train.epoch if task.train is not None else 0, blocks.partition)
     training: LocalModels | GradientSums | None = None
     if task.train is not None and blocks.y_train.shape[0]:
@@ -200,25 +202,27 @@ def _run_task(task: _Task, blocks: PartitionBlocks) -> TaskResult:
 
 
 class GridTrainer:
-    """Trains the K rows of a grid on cached blocks, one Spark job per synchronization.
+    """Trains the K rows of a grid on cached blocks, one executor call (a Spark job, or a loop in the driver) per
+    synchronization.
 
     The caller (the sweep loop) owns the epoch loop and decides, epoch by epoch, which rows keep
     training; see :meth:`run_epoch`. ``jobs`` and ``row_passes`` count the work done so far (a checkpoint
     saves and restores them with the models).
     """
 
-    def __init__(self, blocks: BlockSet, problem: TrainingProblem, strategy: Strategy, models: ModelRows,
+    def __init__(self, executor: PartitionExecutor, problem: TrainingProblem, strategy: Strategy, models: ModelRows,
                  epochs: int) -> None:
-        if blocks.total_train_rows == 0:
+        self.total_train_rows = sum(executor.train_rows)
+        if self.total_train_rows == 0:
             raise ValueError("no training rows in the blocks")
-        self.blocks = blocks
+        self.executor = executor
         self.problem = problem
         self.strategy = strategy
         self.models = models
         self.epochs = epochs
         self.jobs = 0
         self.row_passes = 0  # model rows x training rows processed by training steps
-        self.steps_per_epoch = strategy.steps_per_epoch(blocks.train_rows)
+        self.steps_per_epoch = strategy.steps_per_epoch(executor.train_rows)
         self.total_steps = epochs * self.steps_per_epoch
         self.schedule: StepSchedule = problem.schedule.per_step(self.steps_per_epoch)
 
@@ -240,7 +244,7 @@ class GridTrainer:
             if index == 0:
                 evaluation = self._evaluation(models, evaluate, results)
             if job is not None:
-                row_passes += round(self.strategy.row_passes(self.blocks.total_train_rows, self.blocks.num_partitions,
+                row_passes += round(self.strategy.row_passes(self.total_train_rows, len(self.executor.train_rows),
                                                              batch_range)) * int(train.size)
                 parts = [(r.train_rows, r.training) for r in results if r.train_rows > 0 and r.training is not None]
                 models = models.updated(train, self.strategy.combine(job, parts))
@@ -301,7 +305,7 @@ class GridTrainer:
         def run(blocks: PartitionBlocks) -> TaskResult:
             return _run_task(task, blocks)
 
-        return map_partitions(self.blocks, run)
+        return self.executor.map(run)
 
     def _evaluation(self, models: ModelRows, rows: IntArray, results: list[TaskResult]) -> Evaluation:
         if not rows.size:
@@ -313,7 +317,7 @@ class GridTrainer:
         penalty = models.penalties.select(rows).repeat(models.outputs).penalty(
             models.weights[models.weight_rows(rows)], models.outputs)
         with np.errstate(over="ignore", invalid="ignore"):
-            train_loss = loss_total / self.blocks.total_train_rows + penalty
+            train_loss = loss_total / self.total_train_rows + penalty
         accumulator = parts[0].validation
         for part in parts[1:]:
             accumulator = accumulator.merge(part.validation)

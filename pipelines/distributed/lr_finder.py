@@ -1,4 +1,5 @@
-"""Smith's learning-rate range test on Spark: one synchronous mini-batch step per Spark job.
+"""Smith's learning-rate range test on the cached blocks: one synchronous mini-batch step per executor call (a
+Spark job, or a loop in the driver on a small table: :mod:`pipelines.distributed.executors`).
 
 Step ``t`` (0-based) with rate ``rate_t``:
 
@@ -21,7 +22,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipelines.distributed.blocks import BlockSet, PartitionBlocks, map_partitions
+from pipelines.distributed.blocks import PartitionBlocks
+from pipelines.distributed.executors import PartitionExecutor
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.gradient_step import GradientSums, gradient_step
 from pipelines.sgd.optimizers import init_state
@@ -48,7 +50,8 @@ class RangeTestStepper:
 
     Parameters
     ----------
-    blocks : BlockSet
+    executor : PartitionExecutor
+        Runs the step's task over the cached blocks.
     problem : TrainingProblem
         The loss, penalty and optimizer (its schedule does not apply: the test's ramp is the schedule).
     batch_size : int
@@ -59,21 +62,21 @@ class RangeTestStepper:
         The model's start (a warm start), ``(outputs, d)`` and ``(outputs,)``; zeros by default.
     """
 
-    def __init__(self, blocks: BlockSet, problem: TrainingProblem, batch_size: int, seed: int,
+    def __init__(self, executor: PartitionExecutor, problem: TrainingProblem, batch_size: int, seed: int,
                  start: tuple[FloatArray, FloatArray] | None = None) -> None:
-        self.blocks = blocks
+        self.executor = executor
         self.problem = problem
         self.seed = seed
-        self.batch_rows = partition_batch_rows(blocks.train_rows, batch_size)
+        self.batch_rows = partition_batch_rows(executor.train_rows, batch_size)
         outputs = problem.outputs  # one model: its weight rows (a multinomial model's classes)
-        self.weights = np.zeros((outputs, blocks.n_features)) if start is None else start[0].copy()
+        self.weights = np.zeros((outputs, executor.n_features)) if start is None else start[0].copy()
         self.intercepts = np.zeros(outputs) if start is None else start[1].copy()
-        self.state = init_state(problem.optimizer, outputs, blocks.n_features)
+        self.state = init_state(problem.optimizer, outputs, executor.n_features)
         self.steps = 0
         self.jobs = 0
 
     def __call__(self, rate: float) -> float:
-        # the task closure captures plain values only (never `self`, which holds the DataFrame)
+        # the task closure captures plain values only (never `self`, whose executor holds the DataFrame)
         loss, seed, weights, intercepts = self.problem.loss_function, self.seed, self.weights, self.intercepts
         step, batch_rows = self.steps, self.batch_rows
 
@@ -86,7 +89,7 @@ class RangeTestStepper:
                 return GradientSums.of_block(blocks.X_train[rows], blocks.y_train[rows], weights, intercepts, loss,
                                              None if blocks.w_train is None else blocks.w_train[rows])
 
-        parts = [part for part in map_partitions(self.blocks, task) if part is not None]
+        parts = [part for part in self.executor.map(task) if part is not None]
         self.jobs += 1
         self.steps += 1
         with np.errstate(over="ignore", invalid="ignore"):

@@ -59,13 +59,14 @@ def auto_params(config: Config) -> dict[str, str]:
 def sweep_settings(config: Config) -> dict[str, Any]:
     """The configuration that decides a sweep's bits, as JSON values: what a resumed sweep must share.
 
-    Everything of ``data``, ``model``, ``features``, ``train`` (but ``checkpoint_every``), ``sweep`` (but
-    ``id``) and, for ``auto`` grids, ``range_test``. Tracking, output and Spark settings may change
-    between attempts.
+    Everything of ``data``, ``model``, ``features``, ``train`` (but ``checkpoint_every`` and where the tasks run,
+    ``executor``, ``driver_max_*``: the same bits either way), ``sweep`` (but ``id``) and, for ``auto``
+    grids, ``range_test``. Tracking, output and Spark settings may change between attempts.
     """
     dumped = config.model_dump(mode="json")
     settings = {section: dumped[section] for section in ("data", "model", "features", "train", "sweep")}
-    settings["train"].pop("checkpoint_every", None)
+    for key in ("checkpoint_every", "executor", "driver_max_cells", "driver_max_bytes"):
+        settings["train"].pop(key, None)
     settings["sweep"].pop("id", None)
     if config.sweep.learning_rates == "auto":
         settings["range_test"] = dumped["range_test"]

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -18,6 +19,18 @@ from pipelines.config import DataConfig, FeaturesConfig, RangeTestConfig, SweepC
 from pipelines.distributed.blocks import BlockSet, build_blocks
 from pipelines.distributed.engine import GridTrainer, ModelRows
 from pipelines.distributed.evaluation import evaluate_rows
+from pipelines.distributed.executors import (
+    DRIVER_MEMORY_SHARE,
+    DataSize,
+    DriverExecutor,
+    ExecutorChoice,
+    PartitionExecutor,
+    SparkExecutor,
+    block_bytes_estimate,
+    choose_executor,
+    driver_too_small,
+    jvm_bytes,
+)
 from pipelines.distributed.lr_finder import RangeTestStepper
 from pipelines.distributed.strategies import GradientDescent, LocalSGD, Strategy
 from pipelines.errors import DataError
@@ -53,10 +66,13 @@ Start = tuple[FloatArray, FloatArray]
 
 @dataclass(frozen=True)
 class PreparedData:
-    """Training data ready for the engine: cached encoded blocks and the encoding fitted on the training split."""
+    """Training data ready for the engine: cached encoded blocks, the encoding fitted on the training split and
+    the executor chosen for them (:mod:`pipelines.distributed.executors`)."""
 
     blocks: BlockSet
     encoding: TableEncoding
+    executor: PartitionExecutor  # where the engine's tasks run over ``blocks``
+    executor_choice: ExecutorChoice  # and why (the job prints it)
     classes: tuple[Any, ...] | None = None  # multinomial: the training split's classes (the model's outputs)
     notes: tuple[str, ...] = ()  # what the job should say about the data (classes unseen in training)
 
@@ -105,8 +121,10 @@ def weight_column(table: FeatureTable, train_rows: DataFrame,
 
 def prepare_data(spark: SparkSession, table: FeatureTable, data: DataConfig, features: FeaturesConfig,
                  train: TrainConfig, class_weight: str | Mapping[str, float] | None = None,
-                 num_partitions: int | None = None) -> PreparedData:
-    """Split, fit the encoding (and weights) on the training split, pack and cache the blocks (read once).
+                 num_partitions: int | None = None, model_rows: int = 1) -> PreparedData:
+    """Split, fit the encoding (and weights) on the training split, pack and cache the blocks (read once), and
+    choose where the engine's tasks run (``train.executor``; ``model_rows``: the most grid points x seeds the
+    sweep trains at once, which ``auto`` weighs; the driver executor collects the blocks here, once).
 
     Test rows are left out of the blocks. ``num_partitions`` (a resumed sweep's recorded partitioning) wins over
     ``train.num_partitions``.
@@ -114,7 +132,8 @@ def prepare_data(spark: SparkSession, table: FeatureTable, data: DataConfig, fea
     Raises
     ------
     DataError
-        No training rows, or fewer validation rows than ``data.min_validation_rows``.
+        No training rows, or fewer validation rows than ``data.min_validation_rows``; ``train.executor=driver``
+        on rows whose blocks would not fit the driver (before any block is built).
     """
     where = _where(table)
     split = split_table(table, data, train.seed)
@@ -129,6 +148,12 @@ def prepare_data(spark: SparkSession, table: FeatureTable, data: DataConfig, fea
     if weight is not None:
         modeled = modeled.withColumn(WEIGHT_COLUMN, weight)
     partitions = num_partitions or train.num_partitions or default_parallelism(spark)
+    driver_limit = driver_limit_bytes(spark, train)
+    estimate = block_bytes_estimate(table.rows, encoding.dense_width, len(encoding.sparse_columns),
+                                    np.dtype(train.dtype).itemsize, weight is not None)
+    too_large = driver_too_small(estimate, driver_limit) if train.executor == "driver" else None
+    if too_large is not None:
+        raise DataError(f"{where}: {table.rows:,} rows x {encoding.n_inputs:,} inputs: {too_large}")
     blocks = build_blocks(modeled, table.label, encoding, partitions,
                           weight=WEIGHT_COLUMN if weight is not None else None, dtype=train.dtype)
     if blocks.total_train_rows == 0:
@@ -140,7 +165,36 @@ def prepare_data(spark: SparkSession, table: FeatureTable, data: DataConfig, fea
             f"{where}: {table.rows} usable rows give {blocks.total_val_rows} validation rows, fewer than "
             f"data.min_validation_rows={data.min_validation_rows}: too few to judge a model; use a larger table, "
             f"raise data.validation_fraction (now {data.validation_fraction}) or lower data.min_validation_rows")
-    return PreparedData(blocks, encoding, classes, notes)
+    size = DataSize(blocks.total_train_rows, model_rows, encoding.n_inputs,
+                    block_bytes_estimate(blocks.total_train_rows + blocks.total_val_rows, encoding.dense_width,
+                                         len(encoding.sparse_columns), np.dtype(train.dtype).itemsize,
+                                         weight is not None), driver_limit)
+    choice = choose_executor(train.executor, size, train.driver_max_cells)
+    executor = DriverExecutor.collected(blocks) if choice.name == "driver" else SparkExecutor(blocks)
+    return PreparedData(blocks, encoding, executor, choice, classes, notes)
+
+
+def driver_limit_bytes(spark: SparkSession, train: TrainConfig) -> int:
+    """The most bytes of blocks the driver executor may hold: ``train.driver_max_bytes``, else
+    :data:`~pipelines.distributed.executors.DRIVER_MEMORY_SHARE` of ``spark.driver.memory`` (Spark's default,
+    1g, when unset or unreadable)."""
+    if train.driver_max_bytes is not None:
+        return train.driver_max_bytes
+    try:
+        memory = jvm_bytes(spark.conf.get("spark.driver.memory", "1g") or "1g")
+    except Exception:  # a Connect server may refuse to read it; a malformed size is Spark's to refuse
+        memory = jvm_bytes("1g")
+    return round(DRIVER_MEMORY_SHARE * memory)
+
+
+def model_rows(sweep: SweepConfig, penalties: int) -> int:
+    """The most model rows the sweep trains at once: its grid points (``auto``: ``sweep.auto_num`` rates, made odd
+    when it refines) x ``penalties`` x ``sweep.seeds`` (one seed, ``train.seed``, by default)."""
+    if sweep.learning_rates != "auto":
+        rates = len(sweep.grid())
+    else:
+        rates = sweep.auto_num + (1 - sweep.auto_num % 2) if sweep.refine else sweep.auto_num
+    return rates * penalties * len(sweep.seeds or [0])
 
 
 def training_classes(table: FeatureTable, split: DataFrame,
@@ -244,7 +298,7 @@ def train_grid(prepared: PreparedData, problem: TrainingProblem, train: TrainCon
                              problem.optimizer, problem.outputs)
     if start is not None:
         models = models.started_at(*start)
-    trainer = GridTrainer(blocks, problem, make_strategy(train, blocks), models, train.epochs)
+    trainer = GridTrainer(prepared.executor, problem, make_strategy(train, blocks), models, train.epochs)
     state = grid_state(points, seeds, train.epochs, problem.loss, blocks.n_features, problem.outputs)
     policies = make_policies(sweep, problem.schedule, len(points), len(rows_rates))
     if resume is not None:
@@ -261,6 +315,6 @@ def range_test(prepared: PreparedData, problem: TrainingProblem, train: TrainCon
     Mini-batches of ``train.batch_size`` rows, seeded by ``train.seed``; ``train.schedule`` and
     ``train.algorithm`` do not apply (the rate schedule is the test's own exponential ramp).
     """
-    stepper = RangeTestStepper(prepared.blocks, prepared.problem(problem), train.batch_size, train.seed, start)
+    stepper = RangeTestStepper(prepared.executor, prepared.problem(problem), train.batch_size, train.seed, start)
     rates = range_test_rates(settings.min_lr, settings.max_lr, settings.num_steps)
     return run_range_test(stepper, rates, settings.smoothing, settings.stop_factor)

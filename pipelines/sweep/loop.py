@@ -85,7 +85,7 @@ def run_grid(trainer: GridTrainer, state: GridState, policies: Policies,
         on_boundary(Boundary(state, trainer, policies))
     n_rows = state.n_rates * len(state.seeds)
     return state.outcome(trainer.jobs, trainer.row_passes,
-                         state.epochs * n_rows * trainer.blocks.total_train_rows, time.perf_counter() - started)
+                         state.epochs * n_rows * trainer.total_train_rows, time.perf_counter() - started)
 
 
 def _record(trainer: GridTrainer, state: GridState, policies: Policies, epoch: int, evaluation: Evaluation,

@@ -26,7 +26,10 @@ from tests.e2e.cluster_driver import sweep_rates
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-SETTINGS = ["train.epochs=4", "train.num_partitions=4", "sweep.learning_rates=[0.01, 0.1, 1.0, 300.0]"]
+# the Spark executor: the faults are lost Python workers and executors (auto would run this small table's tasks in
+# the driver)
+SETTINGS = ["train.epochs=4", "train.num_partitions=4", "sweep.learning_rates=[0.01, 0.1, 1.0, 300.0]",
+            "train.executor=spark"]
 
 
 @pytest.fixture(scope="module")

@@ -77,14 +77,17 @@ def _client(job: str, remote: str, *args: str) -> subprocess.CompletedProcess[st
 def test_sweep_and_scoring_through_spark_connect_equal_classic_mode(
     connect_server: Callable[[], str], spark: SparkSession, demo_table: str, tmp_path: Path,
 ) -> None:
-    config = make_config(demo_table, tmp_path, [*SETTINGS, "sweep.id=classic"])
+    # classic: the tasks in the driver; through Connect: Spark jobs (the DataFrame manifest, staging on the server's
+    # executors). The same bits either way.
+    config = make_config(demo_table, tmp_path, [*SETTINGS, "sweep.id=classic", "train.executor=driver"])
     classic = run_tracked_sweep(spark, config, progress=None)  # while the Connect server starts
     remote_url = connect_server()
 
     overrides = [arg for setting in [f"data.table={demo_table}", f"output.results_table={tmp_path / 'results'}",
                                      f"output.predictions_table={tmp_path / 'predictions'}",
                                      f"output.checkpoints={tmp_path / 'checkpoints'}",
-                                     f"tracking.uri={config.tracking.uri}", *SETTINGS, "sweep.id=remote"]
+                                     f"tracking.uri={config.tracking.uri}", *SETTINGS, "sweep.id=remote",
+                                     "train.executor=spark"]
                  for arg in ("--set", setting)]
     swept = _client("train_sweep.py", remote_url, *overrides)
     assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]

@@ -141,7 +141,9 @@ def test_results_and_mlflow_fill_up_while_the_sweep_trains(spark: SparkSession, 
             return
         deadline = time.monotonic() + 30  # the journal and the live view work in the background
         while time.monotonic() < deadline:
-            epochs = set(_rows(spark, config, "live").epoch) if (tmp_path / "results").exists() else set()
+            # the table exists once its first commit does (the folder comes first, while the journal writes it)
+            created = (tmp_path / "results" / "_delta_log" / f"{0:020d}.json").exists()
+            epochs = set(_rows(spark, config, "live").epoch) if created else set()
             experiment = client.get_experiment_by_name(EXPERIMENT)
             assert experiment is not None
             children = client.search_runs([experiment.experiment_id],

@@ -1,0 +1,122 @@
+"""The engine over blocks built in memory, its tasks run by the driver executor: no Spark at all.
+
+A :class:`~pipelines.distributed.blocks.PartitionBlocks` is plain numpy (the training and validation rows of one
+partition), so a test builds its partitions directly and hands them to
+:meth:`~pipelines.distributed.executors.DriverExecutor.in_memory`; the engine runs the same task function the
+Spark path runs. Also: how ``train.executor`` is decided from the data's size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.distributed.blocks import PartitionBlocks
+from pipelines.distributed.engine import GridTrainer, ModelRows
+from pipelines.distributed.executors import DataSize, DriverExecutor, choose_executor, driver_too_small, jvm_bytes
+from pipelines.distributed.strategies import GradientDescent, LocalSGD
+from pipelines.sgd.optimizers import OptimizerSpec
+from pipelines.sgd.problem import TrainingProblem
+from pipelines.sgd.reference import reference_gradient_descent, reference_minibatch_sgd
+from pipelines.sgd.regularization import Regularization
+from pipelines.sgd.schedules import ScheduleSpec
+
+RATES = np.array([0.01, 0.1, 0.5])
+
+
+def _partitions(n_rows: int, num_partitions: int, seed: int = 3) -> list[PartitionBlocks]:
+    """``num_partitions`` partitions of a logistic problem with 4 inputs, 80% training rows each."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for partition in range(num_partitions):
+        X = rng.normal(size=(n_rows, 4))
+        y = (rng.random(n_rows) < 1 / (1 + np.exp(-(X @ np.array([1.0, -2.0, 0.5, 0.0]))))).astype(np.float64)
+        cut = int(0.8 * n_rows)
+        parts.append(PartitionBlocks(partition, X[:cut], y[:cut], X[cut:], y[cut:]))
+    return parts
+
+
+def _problem(optimizer: str = "sgd") -> TrainingProblem:
+    return TrainingProblem("logistic", True, Regularization(), OptimizerSpec(optimizer), ScheduleSpec(), 0.0)
+
+
+def _train(executor: DriverExecutor, problem: TrainingProblem, strategy: LocalSGD | GradientDescent,
+           epochs: int) -> GridTrainer:
+    models = ModelRows.zeros(RATES, [42] * RATES.size, problem.regularization.rows(RATES.size),
+                             executor.n_features, problem.optimizer)
+    trainer = GridTrainer(executor, problem, strategy, models, epochs)
+    rows = list(range(RATES.size))
+    for epoch in range(1, epochs + 1):
+        trainer.run_epoch(epoch, rows, rows)
+    return trainer
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_local_sgd_on_one_in_memory_partition_is_the_reference_minibatch_sgd(optimizer: str) -> None:
+    (part,) = _partitions(500, 1)
+    problem = _problem(optimizer)
+    trainer = _train(DriverExecutor.in_memory([part], 1), problem, LocalSGD(batch_size=32), epochs=3)
+    weights, intercepts, _ = reference_minibatch_sgd(
+        part.X_train, part.y_train, RATES, loss="logistic", optimizer=problem.optimizer,
+        regularization=problem.regularization, schedule=problem.schedule, epochs=3, batch_size=32, seed=42)
+    np.testing.assert_allclose(trainer.models.weights, weights, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(trainer.models.intercepts, intercepts, rtol=1e-12, atol=1e-14)
+    assert trainer.jobs == 3 and trainer.row_passes == 3 * RATES.size * 400
+
+
+def test_gd_over_in_memory_partitions_is_the_reference_gradient_descent() -> None:
+    parts = _partitions(300, 3)
+    problem = _problem()
+    # partition 1 left out: an empty partition the executor skips, as the Spark path does
+    executor = DriverExecutor.in_memory([parts[2], parts[0]], 3)
+    assert executor.train_rows == (240, 0, 240) and [p.partition for p in executor.partitions] == [0, 2]
+    trainer = _train(executor, problem, GradientDescent(), epochs=5)
+    X = np.concatenate([parts[0].X_train, parts[2].X_train])
+    y = np.concatenate([parts[0].y_train, parts[2].y_train])
+    weights, intercepts, _ = reference_gradient_descent(
+        X, y, RATES, loss="logistic", optimizer=problem.optimizer, regularization=problem.regularization,
+        schedule=problem.schedule, iterations=5)
+    np.testing.assert_allclose(trainer.models.weights, weights, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(trainer.models.intercepts, intercepts, rtol=1e-9, atol=1e-12)
+
+
+def test_in_memory_partitions_must_be_distinct_in_range_and_of_one_width() -> None:
+    parts = _partitions(50, 2)
+    with pytest.raises(ValueError, match="partitions"):
+        DriverExecutor.in_memory([parts[0], parts[0]], 2)
+    with pytest.raises(ValueError, match="partitions"):
+        DriverExecutor.in_memory(parts, 1)
+    narrow = PartitionBlocks(1, parts[1].X_train[:, :3], parts[1].y_train, parts[1].X_val[:, :3], parts[1].y_val)
+    with pytest.raises(ValueError, match="widths"):
+        DriverExecutor.in_memory([parts[0], narrow], 2)
+
+
+def _size(train_rows: int, model_rows: int = 8, inputs: int = 30, block_bytes: int = 10**6,
+          limit: int = 10**9) -> DataSize:
+    return DataSize(train_rows, model_rows, inputs, block_bytes, limit)
+
+
+def test_auto_runs_in_the_driver_at_most_driver_max_cells_and_when_the_blocks_fit() -> None:
+    at_limit = choose_executor("auto", _size(1_000), max_cells=240_000)
+    assert at_limit.name == "driver"
+    assert at_limit.line() == ("executor: driver (auto: 1,000 training rows x 8 model rows x 30 inputs = 240,000 "
+                               "cells at most train.driver_max_cells=240,000; Spark jobs would cost more than the "
+                               "epochs)")
+    above = choose_executor("auto", _size(1_001), max_cells=240_000)
+    assert above.name == "spark" and "240,240 cells above train.driver_max_cells=240,000" in above.reason
+    too_big = choose_executor("auto", _size(1_000, block_bytes=3 * 2**20, limit=2**20), max_cells=10**9)
+    assert too_big.name == "spark" and too_big.reason == "auto: blocks of 3.0 MiB above the driver's 1.0 MiB"
+    # asked for: taken as asked (a driver too small for the blocks is refused before they are built)
+    assert choose_executor("spark", _size(10), max_cells=10**9).name == "spark"
+    assert choose_executor("driver", _size(10**9), max_cells=0).name == "driver"
+    with pytest.raises(ValueError, match="one of auto, spark, driver"):
+        choose_executor("cluster", _size(10), max_cells=0)
+
+
+def test_a_driver_too_small_for_the_blocks_is_said_with_both_sizes() -> None:
+    assert driver_too_small(2**20, 2**20) is None
+    message = driver_too_small(3 * 2**30, 512 * 2**20)
+    assert message is not None and message.startswith(
+        "train.executor=driver: the blocks would take about 3.0 GiB in the driver, above its limit of 512.0 MiB")
+    assert [jvm_bytes(size) for size in ("1g", "512m", "2048k", "1024", "4G", "1t")] == [
+        2**30, 2**29, 2**21, 2**30, 2**32, 2**40]
