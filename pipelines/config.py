@@ -461,6 +461,9 @@ class OutputConfig(_Section):
     checkpoints: str = Field(
         default="data/checkpoints", min_length=1,
         description="folder or URI (file:, s3://, gs://, hdfs://, abfs://) of the sweeps' checkpoints")
+    lease_seconds: float = Field(
+        default=60.0, gt=0,
+        description="how long a sweep id's lease (in output.checkpoints) lives without renewal; renewed every third")
 
     @field_validator("results_table", "predictions_table")
     @classmethod

@@ -57,7 +57,7 @@ import pyarrow.fs as pafs
 
 from pipelines.errors import LeaseLostError, OutputError, SweepLockedError
 
-#: How long a lease lives without renewal when ``output.lease_seconds`` is not configured.
+#: How long a lease lives without renewal (``output.lease_seconds``'s default).
 DEFAULT_TTL_SECONDS = 60.0
 #: Object stores: the wait between writing a new generation and reading it back (see the module docstring).
 OBJECT_STORE_SETTLE_SECONDS = 1.0
@@ -428,10 +428,3 @@ def process_alive(pid: int) -> bool:
     with contextlib.suppress(OSError, IndexError), open(f"/proc/{pid}/stat") as stat:
         return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     return True
-
-
-def lease_seconds(output: object) -> float:
-    """``output.lease_seconds`` when the configuration has it, else :data:`DEFAULT_TTL_SECONDS`."""
-    value = getattr(output, "lease_seconds", None)
-    return DEFAULT_TTL_SECONDS if value is None else float(value)
-

@@ -38,7 +38,7 @@ from pipelines.features.columns import model_input
 from pipelines.features.split import TEST, VALIDATION
 from pipelines.lakehouse.checkpoints import CheckpointStore
 from pipelines.lakehouse.history import learning_rate_history
-from pipelines.lakehouse.lease import LeaseStore, SweepLease, lease_seconds
+from pipelines.lakehouse.lease import LeaseStore, SweepLease
 from pipelines.lakehouse.reader import read_feature_table
 from pipelines.lakehouse.writer import check_results_table, finalize_results, journaled_epochs
 from pipelines.orchestration.champion import Champion, metric_name
@@ -52,6 +52,7 @@ from pipelines.orchestration.training import (
     Start,
     SweepRun,
     batch_size,
+    model_rows,
     prepare_data,
     problem_for,
     range_test,
@@ -164,7 +165,7 @@ class SweepJob:
         """The attempt under the sweep id's lease (:mod:`pipelines.lakehouse.lease`), taken before MLflow or the
         checkpoint is touched and released however the attempt ends: a second job of this id exits 2."""
         leases = LeaseStore(self.config.output.checkpoints)
-        with leases.acquire(self.sweep_id, lease_seconds(self.config.output), self.say) as self.lease:
+        with leases.acquire(self.sweep_id, self.config.output.lease_seconds, self.say) as self.lease:
             return self.run_leased(store, self.lease)
 
     def run_leased(self, store: TrackingStore | None, lease: SweepLease) -> SweepReport:
@@ -612,7 +613,8 @@ class SweepJob:
         if self.prepared is None:
             partitions = self.checkpoint.num_partitions if self.checkpoint is not None else None
             self.prepared = prepare_data(self.spark, self.table, self.config.data, self.config.features,
-                                         self.config.train, self.config.model.class_weight, num_partitions=partitions)
+                                         self.config.train, self.config.model.class_weight, num_partitions=partitions,
+                                         model_rows=model_rows(self.config.sweep, len(self.config.penalty_axis())))
             encoding = self.prepared.encoding
             for note in self.prepared.notes:
                 self.say(f"data: {note}")
@@ -622,6 +624,7 @@ class SweepJob:
                 self.say(f"classes: {len(classes)} ({', '.join(repr(c) for c in classes[:20])}{more})")
             self.say(f"encoding: {len(encoding.columns)} columns -> {encoding.n_inputs} model inputs "
                      f"({encoding.sparse_width} sparse): {'; '.join(c.describe() for c in encoding.columns)}")
+            self.say(self.prepared.executor_choice.line())
             train, blocks = self.config.train, self.prepared.blocks
             effective = batch_size(train, blocks)
             if train.algorithm == "local_sgd" and effective != train.batch_size:

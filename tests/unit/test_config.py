@@ -107,6 +107,7 @@ def test_relative_paths_and_the_default_store_are_the_working_directorys(
         ("data.on_invalid=keep", "conf: data.on_invalid = 'keep': Input should be 'drop' or 'fail'"),
         ("tracking.retry_seconds=-1", "conf: tracking.retry_seconds = -1"),
         ("train.checkpoint_every=0", "conf: train.checkpoint_every = 0"),
+        ("output.lease_seconds=0", "conf: output.lease_seconds = 0: must be > 0"),
     ],
 )
 def test_invalid_values_name_key_value_and_rule(override: str, expected: str) -> None:

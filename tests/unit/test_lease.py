@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.errors import LeaseLostError, OutputError, SweepLockedError
-from pipelines.lakehouse.lease import LeaseRecord, LeaseStore, SweepLease, lease_seconds
+from pipelines.lakehouse.lease import LeaseRecord, LeaseStore, SweepLease
 
 SWEEP = "nightly"
 
@@ -183,13 +183,6 @@ def test_an_unusable_location_is_an_output_error(tmp_path: Path) -> None:
         LeaseStore(str(blocker)).acquire(SWEEP, ttl=60, renew=False)
     with pytest.raises(OutputError, match="not a usable folder or URI"):
         LeaseStore("nosuchscheme://bucket/x")
-
-
-def test_lease_seconds_reads_the_configured_value_or_the_default() -> None:
-    class Output:
-        lease_seconds = 15
-
-    assert lease_seconds(Output()) == 15.0 and lease_seconds(object()) == 60.0
 
 
 def _race(store: LeaseStore, sweep: str, barrier: threading.Barrier, winners: list[SweepLease],
