@@ -150,3 +150,22 @@ def test_checks_over_thousands_of_columns_are_flat_not_chained(spark: SparkSessi
     assert wide.where(~any_of([column(name).isNull() for name in names])).count() == 0
     assert wide.where(all_of([column(name).isNotNull() for name in names])).count() == 0
     assert spark.range(2).where(any_of([F.col("id") == 1])).count() == 1
+
+
+def test_a_wide_table_with_dotted_names_is_packed_into_blocks(spark: SparkSession) -> None:
+    """2,000 columns through the blocks' sort and Arrow packing: a projection of 2,000 aliases over the sort
+    made the planner recurse per column (StackOverflowError); the rows arrive whole under their own names."""
+    from pipelines.distributed.blocks import build_blocks
+    from pipelines.features.encoding import ColumnEncoding, TableEncoding
+    from pipelines.features.split import VALIDATION_COLUMN
+
+    names = [f"c.{i}" for i in range(2000)]
+    wide = spark.range(40).select(F.col("id").cast("double").alias("y.label"),
+                                  *[(F.col("id") * (i + 1)).cast("double").alias(name) for i, name in enumerate(names)],
+                                  (F.col("id") % 4 == 0).alias(VALIDATION_COLUMN))
+    encoding = TableEncoding([ColumnEncoding(name, "number", 1, means=(0.0,), scales=(1.0,)) for name in names])
+    blocks = build_blocks(wide, "y.label", encoding, num_partitions=2)
+    try:
+        assert sum(blocks.train_rows) == 30 and sum(blocks.val_rows) == 10 and blocks.n_features == 2000
+    finally:
+        blocks.release()
