@@ -59,7 +59,7 @@ sync: $(VENV)/.installed
 # JVM and server start-ups and slowed epochs, which the Spark-heavy integration modules fill. Modules are handed
 # out in collection order (no reordering by size), so the long end-to-end ones start first.
 TEST_WORKERS ?= 3
-XDIST := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(XDIST) --durations=25 $(PYTEST_ARGS)

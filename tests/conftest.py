@@ -5,11 +5,14 @@ Spark starts once (about 10 s); tests that need it take the ``spark`` fixture, u
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,8 +31,11 @@ os.environ.setdefault("SPARK_SUBMIT_OPTS", SHORT_JVM_OPTS)
 
 #: The level of the pyramid each test directory is, as a marker: ``-m unit`` runs in a few minutes without Spark.
 LEVELS = {"unit": "unit", "integration": "spark", "e2e": "e2e"}
+#: The longest module (a third of the end-to-end time: a reference sweep and 12 spark-submits against it): first
+#: in the run, so that under xdist it does not end the run alone.
+FIRST_MODULES = ("test_faults.py",)
 #: Modules that start the same session-scoped standalone cluster (tests/e2e/conftest.py): one xdist worker runs
-#: them all, so the cluster starts once per run, not once per worker.
+#: them all, so the cluster starts once per run, not once per worker (see pytest_xdist_make_scheduler).
 CLUSTER_MODULES = {"test_cluster.py", "test_install.py"}
 
 N_ROWS = 2400
@@ -38,13 +44,11 @@ DEMO_ROWS = 4000
 DEMO_APPEND_ROWS = 400
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the ``xdist_group`` marks (--dist loadgroup)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test with its level (``unit``, ``spark``, ``e2e``; ``slow``, the old name, on ``e2e`` too) from
-    its directory, and put each module in an xdist group of its own: a module's fixtures (a Spark table, an
-    ``mlflow server``, a reference sweep) are built once, by the one worker that runs the whole module. A module
-    can name a group itself (``pytestmark = pytest.mark.xdist_group(...)``) to share a worker with others."""
+    its directory; :data:`FIRST_MODULES` first."""
     tests_root = Path(__file__).parent
+    items.sort(key=lambda item: Path(str(item.path)).name not in FIRST_MODULES)  # stable: modules stay whole
     for item in items:
         path = Path(str(item.path))
         level = LEVELS.get(path.relative_to(tests_root).parts[0]) if path.is_relative_to(tests_root) else None
@@ -52,9 +56,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(level)
         if level == "e2e":
             item.add_marker("slow")
-        if not any(item.iter_markers("xdist_group")):
-            group = "cluster" if path.name in CLUSTER_MODULES else str(path.relative_to(tests_root.parent))
-            item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, which may not be installed
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile`` (each module whole on one worker, so a module's fixtures, a Spark table, an ``mlflow
+    server``, a reference sweep, are built once), except that the modules of :data:`CLUSTER_MODULES` share one
+    worker and so one standalone cluster. (``--dist loadgroup`` would say the same with marks, but it cannot
+    rename test ids under pytest 9.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModulesAndTheCluster(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = str(super()._split_scope(nodeid))
+            return "the standalone cluster" if Path(module).name in CLUSTER_MODULES else module
+
+    return ModulesAndTheCluster(config, log)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -115,14 +134,40 @@ def demo_table(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) ->
     return path
 
 
+_empty_stores: list[Path] = []  # the empty MLflow store of this pytest process, once made
+
+
+def empty_store(workdir: Path) -> str:
+    """The sqlite URI of an MLflow store under ``workdir``, created empty if it is not there.
+
+    A new sqlite store runs MLflow's schema migrations: 2-3 s on an idle machine of this kind, 8-20 s on a
+    loaded one, once for every test that tracks a sweep. The store is instead a copy of one empty store migrated
+    once per pytest process (0.2 s): the same tables and rows a new store starts with, and still one store per
+    test, so no test sees another's runs, experiments or registered models. (Racing on a store that does not
+    exist yet is tested end to end: tests/e2e/test_faults.py.)"""
+    store = workdir / "mlflow.db"
+    if not store.exists():
+        if not _empty_stores:
+            from mlflow import MlflowClient
+
+            template = Path(tempfile.mkdtemp(prefix="lrsweep-empty-store-")) / "mlflow.db"
+            atexit.register(shutil.rmtree, template.parent, True)
+            MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()  # creates and migrates it
+            _empty_stores.append(template)
+        workdir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_empty_stores[0], store)
+    return f"sqlite:///{store}"
+
+
 def make_config(table: str, workdir: Path, overrides: list[str] | None = None) -> Config:
-    """The base configuration pointed at ``table``, with outputs and MLflow under ``workdir``."""
+    """The base configuration pointed at ``table``, with outputs and MLflow (:func:`empty_store`) under
+    ``workdir``."""
     return load_config(overrides=[
         f"data.table={table}",
         f"output.checkpoints={workdir / 'checkpoints'}",
         f"output.results_table={workdir / 'results'}",
         f"output.predictions_table={workdir / 'predictions'}",
-        f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
+        f"tracking.uri={empty_store(workdir)}",
         *(overrides or []),
     ])
 
@@ -133,7 +178,7 @@ def table_overrides(table: str, workdir: Path) -> list[str]:
         "--set", f"data.table={table}",
         "--set", f"output.results_table={workdir / 'results'}",
         "--set", f"output.predictions_table={workdir / 'predictions'}",
-        "--set", f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
+        "--set", f"tracking.uri={empty_store(workdir)}",
         "--set", f"output.checkpoints={workdir / 'checkpoints'}",
     ]
 
