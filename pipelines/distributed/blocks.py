@@ -39,6 +39,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.storagelevel import StorageLevel
 
+from pipelines.features.arrays import arrow_of, numpy_of
 from pipelines.features.encoding import TableEncoding
 from pipelines.features.split import VALIDATION_COLUMN
 from pipelines.identifiers import named_batches, positional_columns, positional_name
@@ -122,7 +123,7 @@ def build_blocks(
     features = encoding.source_columns
     columns = [label, *features, VALIDATION_COLUMN, *([weight] if weight else [])]
     has_sparse = bool(encoding.sparse_columns)
-    empty = pa.array([b""], pa.binary())
+    empty = arrow_of([b""], pa.binary())
 
     def pack(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
@@ -137,30 +138,30 @@ def build_blocks(
             nonlocal block_index
             table = pa.Table.from_batches(pending[is_validation])
             encoded = encoding.encode(table)
-            y = np.ascontiguousarray(table.column(label).to_numpy(), dtype=np.float64)
+            y = np.ascontiguousarray(numpy_of(table.column(label), np.float64))
             pending[is_validation], pending_rows[is_validation] = [], 0
             block_index += 1
             sparse = encoded.sparse
             return pa.RecordBatch.from_pydict({
-                "partition": pa.array([partition], pa.int32()),
-                "block": pa.array([block_index - 1], pa.int32()),
-                "is_validation": pa.array([is_validation]),
-                "rows": pa.array([y.shape[0]], pa.int32()),
-                "features": pa.array([encoded.dense.astype(dtype, copy=False).tobytes()], pa.binary()),
-                "labels": pa.array([y.tobytes()], pa.binary()),
-                "sparse_indptr": pa.array([sparse.indptr.astype(np.int64).tobytes()], pa.binary())
+                "partition": arrow_of([partition], pa.int32()),
+                "block": arrow_of([block_index - 1], pa.int32()),
+                "is_validation": arrow_of([is_validation], pa.bool_()),
+                "rows": arrow_of([y.shape[0]], pa.int32()),
+                "features": arrow_of([encoded.dense.astype(dtype, copy=False).tobytes()], pa.binary()),
+                "labels": arrow_of([y.tobytes()], pa.binary()),
+                "sparse_indptr": arrow_of([sparse.indptr.astype(np.int64).tobytes()], pa.binary())
                 if sparse is not None else empty,
-                "sparse_indices": pa.array([sparse.indices.astype(np.int32).tobytes()], pa.binary())
+                "sparse_indices": arrow_of([sparse.indices.astype(np.int32).tobytes()], pa.binary())
                 if sparse is not None else empty,
-                "sparse_values": pa.array([sparse.data.tobytes()], pa.binary()) if sparse is not None else empty,
-                "sample_weights": pa.array([np.ascontiguousarray(table.column(weight).to_numpy(), dtype=np.float64)
+                "sparse_values": arrow_of([sparse.data.tobytes()], pa.binary()) if sparse is not None else empty,
+                "sample_weights": arrow_of([np.ascontiguousarray(numpy_of(table.column(weight), np.float64))
                                             .tobytes()], pa.binary()) if weight else empty,
             })
 
         for batch in batches:
-            flags = batch.column(VALIDATION_COLUMN).to_numpy(zero_copy_only=False)
+            flags = numpy_of(batch.column(VALIDATION_COLUMN), np.bool_)
             for is_validation in (False, True):
-                selected = batch.filter(pa.array(flags == is_validation))
+                selected = batch.filter(arrow_of(flags == is_validation))
                 offset = 0
                 while offset < selected.num_rows:
                     take = min(block_rows - pending_rows[is_validation], selected.num_rows - offset)
@@ -310,8 +311,8 @@ def _spark_context(spark: Any) -> Any:
 
 
 def _result(partition: int, payload: bytes) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pydict({"partition": pa.array([partition], pa.int32()),
-                                       "payload": pa.array([payload], pa.binary())})
+    return pa.RecordBatch.from_pydict({"partition": arrow_of([partition], pa.int32()),
+                                       "payload": arrow_of([payload], pa.binary())})
 
 
 _STAGED_NAMES = ("X_train", "y_train", "X_val", "y_val", "w_train", "w_val")

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
 
+from pipelines.features.arrays import arrow_of, numpy_of
 from pipelines.features.encoding import TableEncoding
 from pipelines.identifiers import map_in_arrow
 from pipelines.sgd._types import FloatArray
@@ -40,9 +41,8 @@ def evaluate_rows(rows: DataFrame, label: str, encoding: TableEncoding, weights:
                 continue
             block = encoding.encode(batch)
             X = block.dense if block.sparse is None else SplitDesign(block.dense, block.sparse)
-            y = batch.column(label).to_numpy(zero_copy_only=False).astype(np.float64)
-            sample_weight = batch.column(weight).to_numpy(zero_copy_only=False).astype(np.float64) if weight \
-                else None
+            y = numpy_of(batch.column(label), np.float64)
+            sample_weight = numpy_of(batch.column(weight), np.float64) if weight else None
             with np.errstate(over="ignore", invalid="ignore"):
                 part = MetricAccumulator.from_block(X, y, model_weights, model_intercepts, loss,
                                                     sample_weight=sample_weight)
@@ -50,8 +50,8 @@ def evaluate_rows(rows: DataFrame, label: str, encoding: TableEncoding, weights:
         if total is not None:
             context = TaskContext.get()
             yield pa.RecordBatch.from_pydict({
-                "partition": pa.array([context.partitionId() if context else 0], pa.int32()),
-                "payload": pa.array([pickle.dumps(total.to_arrays(), protocol=5)], pa.binary())})
+                "partition": arrow_of([context.partitionId() if context else 0], pa.int32()),
+                "payload": arrow_of([pickle.dumps(total.to_arrays(), protocol=5)], pa.binary())})
 
     parts = map_in_arrow(rows, columns, evaluate, "partition INT, payload BINARY").collect()
     if not parts:

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from pipelines.features.arrays import arrow_of, numpy_of
 from pipelines.features.hashing import murmurhash3_32
 
 if TYPE_CHECKING:
@@ -275,26 +276,26 @@ def _dense_values(column: ColumnEncoding, values: pa.Array) -> np.ndarray:
     """``(n, width)`` float64 of a dense column (nulls as NaN)."""
     if column.kind == "array":
         if isinstance(values, pa.LargeListArray | pa.ListArray | pa.FixedSizeListArray):
-            lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
+            lengths = numpy_of(pc.list_value_length(values), np.float64)  # a null array's length is NaN
             if values.null_count or np.any(lengths != column.width):
                 raise ValueError(f"column {column.column!r}: arrays must have {column.width} elements; found "
                                  f"lengths {sorted(set(lengths[~np.isnan(lengths.astype(float))].tolist()))[:5]}"
                                  f"{' and nulls' if values.null_count else ''}")
-            flat = pc.cast(values.flatten(), pa.float64()).to_numpy(zero_copy_only=False)
+            flat = numpy_of(values.flatten(), np.float64)
             return flat.reshape(len(values), column.width)
         raise ValueError(f"column {column.column!r}: expected arrays, got {values.type}")
     if column.kind == "date":  # whole days (a timestamp given for a date column is floored)
         return np.floor(_days(values)).reshape(-1, 1)
     if column.kind == "timestamp":
         return _days(values).reshape(-1, 1)
-    return pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, 1)
+    return numpy_of(values, np.float64).reshape(-1, 1)
 
 
 def _days(values: pa.Array) -> np.ndarray:
     if pa.types.is_date(values.type):
-        return pc.cast(pc.cast(values, pa.date32()), pa.int32()).to_numpy(zero_copy_only=False).astype(np.float64)
-    micros = pc.cast(pc.cast(values, pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy(zero_copy_only=False)
-    return micros.astype(np.float64) / _MICROS_PER_DAY
+        return numpy_of(pc.cast(pc.cast(values, pa.date32()), pa.int32()), np.float64)
+    micros = pc.cast(pc.cast(values, pa.timestamp("us", tz="UTC")), pa.int64())
+    return numpy_of(pc.cast(micros, pa.float64(), safe=False), np.float64) / _MICROS_PER_DAY
 
 
 def _sparse_values(column: ColumnEncoding, values: pa.Array, n_rows: int) -> sp.csr_matrix:
@@ -309,20 +310,20 @@ def _onehot_slots(column: ColumnEncoding, strings: pa.Array) -> np.ndarray:
     other = len(column.categories)
     known = [c for c in column.categories if c is not None]
     positions = {c: i for i, c in enumerate(column.categories)}
-    index = pc.index_in(strings, value_set=pa.array(known, type=pa.string()))
-    found = index.to_numpy(zero_copy_only=False)
+    index = pc.index_in(strings, value_set=arrow_of(known, pa.string()))
+    found = numpy_of(index, np.int64, fill=len(known))  # not found (and null): "other"
     slot_of_known = np.array([positions[c] for c in known] + [other], dtype=np.int64)
-    found = np.where(np.isnan(found.astype(float)), len(known), found).astype(np.int64)
     slots = slot_of_known[found]
     if NULL_CATEGORY in positions:
-        slots = np.where(strings.is_null().to_numpy(zero_copy_only=False), positions[NULL_CATEGORY], slots)
+        slots = np.where(numpy_of(strings.is_null(), np.bool_), positions[NULL_CATEGORY], slots)
     return slots
 
 
 def _hashed_slots(column: ColumnEncoding, strings: pa.Array) -> np.ndarray:
-    encoded = pc.dictionary_encode(strings.fill_null(_HASH_NULL))
+    # an Arrow scalar for the null's value: given a str, fill_null builds one with pa.scalar, which imports pandas
+    encoded = pc.dictionary_encode(strings.fill_null(arrow_of([_HASH_NULL], pa.string())[0]))
     bucket_of_value = murmurhash3_32(encoded.dictionary).astype(np.int64) % column.buckets
-    return bucket_of_value[encoded.indices.to_numpy(zero_copy_only=False)]
+    return bucket_of_value[numpy_of(encoded.indices, np.int64)]
 
 
 _VECTOR_TYPE = pa.struct([("type", pa.int8()), ("size", pa.int32()), ("indices", pa.list_(pa.int32())),
@@ -348,16 +349,16 @@ def _vector_rows(column: ColumnEncoding, values: pa.Array, n_rows: int) -> sp.cs
     sparse vectors stay sparse, dense ones keep their explicit entries."""
     if values.null_count:
         raise ValueError(f"column {column.column!r}: null vectors cannot be encoded")
-    kinds = values.field("type").to_numpy(zero_copy_only=False)
+    kinds = numpy_of(values.field("type"), np.int64)
     value_lists = values.field("values")
-    lengths = pc.list_value_length(value_lists).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat_values = pc.cast(value_lists.flatten(), pa.float64()).to_numpy(zero_copy_only=False)
+    lengths = numpy_of(pc.list_value_length(value_lists), np.int64, fill=0)
+    flat_values = numpy_of(value_lists.flatten(), np.float64)
     indptr = np.concatenate([[0], np.cumsum(lengths)])
     within_row = np.arange(indptr[-1]) - np.repeat(indptr[:-1], lengths)
     indices = within_row.copy()
     sparse_rows = np.repeat(kinds == 0, lengths)
     if sparse_rows.any():
-        indices[sparse_rows] = values.field("indices").flatten().to_numpy(zero_copy_only=False)
+        indices[sparse_rows] = numpy_of(values.field("indices").flatten(), np.int64)
     if indices.size and (indices.max() >= column.width or indices.min() < 0):
         raise ValueError(f"column {column.column!r}: a vector has an entry at index {int(indices.max())}; the "
                          f"model takes vectors of size {column.width}")

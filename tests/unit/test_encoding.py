@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
+from pipelines.features.arrays import arrow_of, numpy_of
 from pipelines.features.encoding import ColumnEncoding, TableEncoding
 from pipelines.features.hashing import murmurhash3_32
 from pipelines.sgd.design import SplitDesign
@@ -134,6 +135,28 @@ def test_the_numpy_hash_is_scikit_learns_murmurhash3_for_every_length_and_script
                                   [oracle(v, seed=7, positive=True) for v in values])
     with pytest.raises(ValueError, match="null"):
         murmurhash3_32(pa.array(["a", None]))
+
+
+def test_arrow_and_numpy_convert_as_pyarrow_does_without_pandas() -> None:
+    """:func:`numpy_of` and :func:`arrow_of` (the workers' conversions, which leave pandas unimported) give what
+    ``to_numpy`` and ``pa.array`` give: sliced and chunked arrays, nulls, booleans, casts, strings and bytes."""
+    numbers = pa.array([1.5, None, 3.0, None, 5.0, 6.0, 7.0, 8.0, 9.0, None]).slice(3)
+    np.testing.assert_array_equal(numpy_of(numbers, np.float64), numbers.to_numpy(zero_copy_only=False))
+    flags = pa.array([True, False, True, True, False, False, True, False, True, True, False]).slice(2)
+    np.testing.assert_array_equal(numpy_of(flags, np.bool_), flags.to_numpy(zero_copy_only=False))
+    np.testing.assert_array_equal(numpy_of(flags, np.float64), flags.to_numpy(zero_copy_only=False).astype(float))
+    chunked = pa.chunked_array([[1, None], [3]], pa.int32())
+    np.testing.assert_array_equal(numpy_of(chunked, np.int64, fill=-1), [1, -1, 3])
+    np.testing.assert_array_equal(numpy_of(chunked, np.float64), [1.0, np.nan, 3.0])
+    with pytest.raises(ValueError, match="1 nulls"):
+        numpy_of(chunked, np.int64)
+    assert numpy_of(pa.array([], pa.float64()), np.float64).shape == (0,)
+    for values, arrow_type in [([3, -1], pa.int32()), ([True, False, True], pa.bool_()), ([b"ab", b""], pa.binary()),
+                               (["x", "\u00e9", ""], pa.string()), ([2.5], pa.float64())]:
+        built = arrow_of(values, arrow_type)
+        built.validate(full=True)
+        assert built.equals(pa.array(values, arrow_type))
+    assert arrow_of(np.array([True, False] * 9)).equals(pa.array([True, False] * 9))
 
 
 #: The model of the fixtures (tests/fixtures/lrsweep_0_1_model_*: ``mlflow.sklearn.save_model`` of lrsweep 0.1's
