@@ -38,6 +38,7 @@ from pipelines.features.encoding import TableEncoding
 from pipelines.features.fitting import fit_encoding
 from pipelines.features.split import SPLIT_COLUMN, TEST, TRAIN, with_split
 from pipelines.features.weights import WEIGHT_COLUMN, row_weights
+from pipelines.identifiers import column
 from pipelines.lakehouse.checks import class_index
 from pipelines.lakehouse.reader import FeatureTable
 from pipelines.sgd._types import FloatArray
@@ -209,10 +210,10 @@ def training_classes(table: FeatureTable, split: DataFrame,
         Fewer than 2 classes in the training split.
     """
     assert table.label_classes is not None
-    label = F.col(table.label)
+    label = column(table.label)
     if classes is None:
         counts = {int(row[0]): int(row[1]) for row in split.filter(F.col(SPLIT_COLUMN) == F.lit(TRAIN))
-                  .groupBy(table.label).count().collect()}
+                  .groupBy(label).count().collect()}
         classes = tuple(value for index, value in enumerate(table.label_classes) if counts.get(index))
     if len(classes) < 2:
         raise DataError(f"{_where(table)}: the training split of label {table.label!r} has "
@@ -221,13 +222,13 @@ def training_classes(table: FeatureTable, split: DataFrame,
         return classes, (), split
     kept = [table.label_classes.index(value) for value in classes]
     missing = [index for index in range(len(table.label_classes)) if index not in kept]
-    dropped = split.filter(label.isin([float(index) for index in missing])).groupBy(table.label, SPLIT_COLUMN) \
+    dropped = split.filter(label.isin([float(index) for index in missing])).groupBy(label, F.col(SPLIT_COLUMN)) \
         .count().collect()
     notes = tuple(f"class {table.label_classes[int(row[0])]!r} of label {table.label!r} has no training rows: its "
                   f"{row[2]} {'validation' if int(row[1]) != TEST else 'test'} rows are left out"
                   for row in sorted(dropped, key=lambda r: (r[0], r[1])))
     remapped = split.withColumn(table.label, class_index(table.label, [float(index) for index in kept]))
-    return classes, notes, remapped.where(F.col(table.label).isNotNull())
+    return classes, notes, remapped.where(column(table.label).isNotNull())
 
 
 def split_metrics(part: int, table: FeatureTable, data: DataConfig, seed: int,

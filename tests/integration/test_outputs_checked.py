@@ -81,7 +81,7 @@ def test_an_unwritable_checkpoint_location_is_refused_before_training(spark: Spa
         checkpoints = blocked
     config = _config(demo_table, tmp_path, "unwritable", f"output.checkpoints={checkpoints}")
     lines: list[str] = []
-    with pytest.raises(OutputError, match="output.checkpoints"):
+    with pytest.raises(OutputError, match=r"output\.checkpoints"):
         run_tracked_sweep(spark, config, progress=lines.append)
     assert not any(line.startswith("epoch ") for line in lines), "refused after training"
     assert "RUNNING" not in _statuses(config, "unwritable").values()
