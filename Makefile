@@ -22,7 +22,11 @@ $(VENV)/.installed: pyproject.toml | check-java
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m pipelines.session write-spark-defaults
+	@# Delta's jars into $(VENV)/jars once, named in spark-defaults.conf: no session or spark-submit resolves them
+	@# again (where they cannot be fetched, sessions fall back to resolving spark.jars.packages at start)
+	$(PY) -m pipelines.session install-jars $(VENV)/jars > $(VENV)/jars.log 2>&1 \
+	  || { echo "warning: Delta's jars could not be fetched (see $(VENV)/jars.log); Spark will resolve them at each start" >&2; \
+	       $(PY) -m pipelines.session write-spark-defaults; }
 	@touch $@
 
 check-java:

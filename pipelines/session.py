@@ -275,7 +275,8 @@ def _delta_settings(config: SparkConfig, given: object) -> dict[str, str]:
     settings["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
     if under_spark_submit():
         return settings  # jars cannot be added to a running JVM: spark-submit's --packages/--jars decide
-    jars = list(config.jars) or [j for j in os.environ.get("LRSWEEP_SPARK_JARS", "").split(",") if j]
+    jars = list(config.jars) or [j for j in os.environ.get("LRSWEEP_SPARK_JARS", "").split(",") if j] \
+        or installed_jars()
     user_args = os.environ.get("PYSPARK_SUBMIT_ARGS", "")
     already = given.get("spark.jars.packages") or given.get("spark.jars") or "--packages" in user_args
     if jars:
@@ -300,12 +301,50 @@ def _check_delta_on_classpath(spark: SparkSession) -> None:
 
 
 def spark_submit_args() -> list[str]:
-    """Arguments that make a bare ``spark-submit`` run lrsweep jobs: Delta's package, this Python."""
+    """Arguments that make a bare ``spark-submit`` run lrsweep jobs: Delta's jars (the installed ones, which
+    ``spark-defaults.conf`` names already, else the package to resolve), this Python."""
     return [
-        "--packages", delta_maven_coordinates(),
+        *([] if installed_jars() else ["--packages", delta_maven_coordinates()]),
         "--conf", f"spark.pyspark.python={sys.executable}",
         "--conf", f"spark.pyspark.driver.python={sys.executable}",
     ]
+
+
+def _defaults_path() -> str:
+    import pyspark
+
+    conf_dir = os.environ.get("SPARK_CONF_DIR") or os.path.join(os.path.dirname(pyspark.__file__), "conf")
+    return os.path.join(conf_dir, "spark-defaults.conf")
+
+
+def installed_jars() -> list[str]:
+    """The Delta jars that ``spark-defaults.conf`` names (``make``'s install put them there), when every one of
+    them is on disk; empty otherwise (sessions then resolve ``spark.jars.packages``)."""
+    try:
+        with open(_defaults_path()) as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        key, _, value = line.strip().partition(" ")
+        if key == "spark.jars":
+            jars = [jar.strip() for jar in value.split(",") if jar.strip()]
+            if jars and all(os.path.isfile(jar.removeprefix("file:")) for jar in jars):
+                return jars
+    return []
+
+
+def install_jars(target_dir: str) -> str:
+    """Put Delta's jars in ``target_dir`` once (``$LRSWEEP_SPARK_JARS`` when set, else :func:`fetch_jars`, unless
+    the folder holds them already) and write ``spark-defaults.conf`` naming them, so that no session or
+    ``spark-submit`` resolves packages again. Returns the defaults file's path."""
+    given = [j for j in os.environ.get("LRSWEEP_SPARK_JARS", "").split(",") if j]
+    present = sorted(os.path.abspath(os.path.join(target_dir, name)) for name in os.listdir(target_dir)
+                     if name.endswith(".jar")) if os.path.isdir(target_dir) else []
+    group, artifact, version = delta_maven_coordinates().split(":")  # Spark names the file group_artifact-version
+    has_delta = any(os.path.basename(jar) == f"{group}_{artifact}-{version}.jar" for jar in present)
+    jars = given or (present if has_delta else fetch_jars(target_dir))
+    return write_spark_defaults(jars)
 
 
 def write_spark_defaults(jars: list[str] | None = None) -> str:
@@ -369,6 +408,8 @@ if __name__ == "__main__":
         print(delta_maven_coordinates())
     elif command == "write-spark-defaults":
         print(write_spark_defaults())
+    elif command == "install-jars":
+        print(install_jars(sys.argv[2] if len(sys.argv) > 2 else "jars"))
     elif command == "fetch-jars":
         print(",".join(fetch_jars(sys.argv[2] if len(sys.argv) > 2 else "jars")))
     elif command == "check-java":
@@ -378,6 +419,6 @@ if __name__ == "__main__":
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
     else:
-        print(f"unknown command {command!r}: submit-args | packages | write-spark-defaults | fetch-jars DIR"
-              " | check-java", file=sys.stderr)
+        print(f"unknown command {command!r}: submit-args | packages | write-spark-defaults | install-jars DIR | "
+              "fetch-jars DIR | check-java", file=sys.stderr)
         sys.exit(2)
