@@ -4,18 +4,22 @@ and the null / invalid-value policies, each failing with one line naming the tab
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import pickle
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines.config import DataConfig
 from pipelines.errors import DataError
+from pipelines.features.arrays import arrow_of
 from pipelines.features.columns import ColumnChoice, any_of, choose_columns, model_input
-from pipelines.identifiers import column
+from pipelines.identifiers import column, map_in_arrow
+from pipelines.lakehouse.statistics import ProfileColumns, merge_profiles, partition_profile
 from pipelines.sgd.losses import task_of
 
 
@@ -126,10 +130,14 @@ class Stats:
 
 
 class Profile:
-    """Null, NaN/inf and label statistics of the used columns, in one Spark aggregation.
+    """Null, NaN/inf and label statistics of the used columns, in one pass over the rows.
 
     A null string is a category of its own, not a missing value. Invalid values: NaN and +-inf in floating
     columns and array elements, and arrays of another length than the column's common one.
+
+    The counts come from one Arrow pass (:mod:`pipelines.lakehouse.statistics`: numpy over each partition's
+    batches, every column at once); the Spark expressions here (:attr:`unusable`) drop the rows the
+    policies drop, by the same rules.
     """
 
     def __init__(self, label: str, label_value: Column, families: dict[str, str], types: dict[str, T.DataType],
@@ -146,27 +154,41 @@ class Profile:
         self.any_null = any_of(list(self.is_null.values()))
         self.any_invalid = any_of(list(self.is_invalid.values()))
         self.unusable = self.any_null | self.any_invalid
+        self.label_value = label_value
         self.clean_label = F.when(self.unusable, None).otherwise(label_value)
         self.binary_label = binary_label  # a label of numbers: count the values other than 0 and 1
+        self.columns = ProfileColumns(label, tuple(checked_for_null), tuple(self.floating),
+                                      tuple(array_lengths.items()), binary_label)
 
     def collect(self, dataframe: DataFrame) -> Stats:
-        clean = self.clean_label
-        row = dataframe.agg(
-            F.count(F.lit(1)).alias("rows"),
-            *[F.sum(null.cast("long")).alias(f"null::{c}") for c, null in self.is_null.items()],
-            *[F.sum(invalid.cast("long")).alias(f"invalid::{c}") for c, invalid in self.is_invalid.items()],
-            F.sum(F.when(self.any_null, 1).otherwise(0)).alias("rows_with_null"),
-            F.sum(F.when(~self.any_null & self.any_invalid, 1).otherwise(0)).alias("rows_with_invalid"),
-            F.count_distinct(clean).alias("distinct"), F.min(clean).alias("min"), F.max(clean).alias("max"),
-            (F.sum(F.when(clean.isNotNull() & ~clean.isin(0.0, 1.0), 1).otherwise(0)) if self.binary_label
-             else F.lit(0)).alias("not_binary"),
-        ).collect()[0].asDict()
+        """The statistics of ``dataframe``'s rows: one Spark job whatever the column count (a second one, over
+        the label alone, only when a partition holds more than
+        :data:`~pipelines.lakehouse.statistics.MAX_LABEL_VALUES` distinct labels)."""
+        columns = self.columns
+        label = columns.label
+        names = list(dict.fromkeys([label, *columns.nullable, *columns.floating, *(n for n, _ in columns.arrays)]))
+        source = dataframe.select(self.label_value.alias(label), *[column(name) for name in names[1:]])
+
+        def profile(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            from pyspark import TaskContext
+
+            part = partition_profile(batches, columns)
+            context = TaskContext.get()
+            yield pa.RecordBatch.from_arrays(
+                [arrow_of([context.partitionId() if context else 0], pa.int32()),
+                 arrow_of([pickle.dumps(part, protocol=5)], pa.binary())], names=["partition", "payload"])
+
+        rows = map_in_arrow(source, names, profile, "partition INT, payload BINARY").collect()
+        total = merge_profiles([pickle.loads(r["payload"]) for r in sorted(rows, key=lambda r: int(r["partition"]))],
+                               columns)
+        distinct = len(total.label_values) if total.label_values is not None else \
+            int(dataframe.agg(F.count_distinct(self.clean_label)).collect()[0][0])
         return Stats(
-            rows=int(row["rows"]), rows_with_null=int(row["rows_with_null"] or 0),
-            rows_with_invalid=int(row["rows_with_invalid"] or 0),
-            null_counts={c: int(row[f"null::{c}"]) for c in self.is_null if row[f"null::{c}"]},
-            invalid_counts={c: int(row[f"invalid::{c}"]) for c in self.is_invalid if row[f"invalid::{c}"]},
-            label={key: row[key] for key in ("distinct", "min", "max", "not_binary")})
+            rows=total.rows, rows_with_null=total.rows_with_null, rows_with_invalid=total.rows_with_invalid,
+            null_counts={c: int(n) for c, n in zip(columns.nullable, total.null_counts, strict=True) if n},
+            invalid_counts={c: int(n) for c, n in zip(columns.invalid, total.invalid_counts, strict=True) if n},
+            label={"distinct": distinct, "min": total.label_min, "max": total.label_max,
+                   "not_binary": total.not_binary if self.binary_label else 0})
 
 
 def apply_policies(stats: Stats, config: DataConfig, where: str) -> None:

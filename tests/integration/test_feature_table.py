@@ -155,3 +155,48 @@ def test_invalid_configuration_fails_before_reading(tmp_path: Path, capsys: pyte
     exit_code = run_job(train_sweep.main, ["--set", "train.epochs=zero"])
     assert exit_code == 2
     assert "error: conf: train.epochs = 'zero': Input should be a valid integer" in capsys.readouterr().err
+
+
+def test_one_arrow_pass_counts_what_a_spark_aggregation_counts(spark: SparkSession, tmp_path: Path) -> None:
+    """The data check's statistics (one mapInArrow pass) equal the same rules written as one Spark aggregation,
+    on nulls, NaN, +-inf, arrays of other lengths, NaN and null elements, null arrays and odd column names."""
+    from pyspark.sql import functions as F
+
+    from pipelines.identifiers import column
+    from pipelines.lakehouse.checks import Profile
+
+    rows = spark.range(600, numPartitions=3).selectExpr(
+        "CAST(id % 3 AS DOUBLE) AS label",
+        "CASE WHEN id % 7 = 0 THEN NULL WHEN id % 11 = 0 THEN CAST('NaN' AS DOUBLE) "
+        "WHEN id % 13 = 0 THEN CAST('-Infinity' AS DOUBLE) ELSE id / 10 END AS `monthly.charges`",
+        "CASE WHEN id % 17 = 0 THEN NULL ELSE CAST(id % 5 AS INT) END AS `we``ird`",
+        "CASE WHEN id % 19 = 0 THEN NULL WHEN id % 23 = 0 THEN array(1.0D, 2.0D) "
+        "WHEN id % 29 = 0 THEN array(1.0D, CAST('NaN' AS DOUBLE), 3.0D) "
+        "WHEN id % 31 = 0 THEN array(1.0D, NULL, 3.0D) ELSE array(id, 1.0D, 2.0D) END AS weekly",
+        "CASE WHEN id % 37 = 0 THEN NULL ELSE 'a' END AS plan")
+    families = {"monthly.charges": "number", "we`ird": "number", "weekly": "array", "plan": "string"}
+    types = {f.name: f.dataType for f in rows.schema.fields}
+    for binary in (True, False):
+        profile = Profile("label", column("label"), families, types, {"weekly": 3}, [], binary_label=binary)
+        stats = profile.collect(rows)
+        clean = profile.clean_label
+        reference = rows.agg(
+            F.count(F.lit(1)).alias("rows"),
+            *[F.sum(null.cast("long")).alias(f"null::{c}") for c, null in profile.is_null.items()],
+            *[F.sum(invalid.cast("long")).alias(f"invalid::{c}") for c, invalid in profile.is_invalid.items()],
+            F.sum(F.when(profile.any_null, 1).otherwise(0)).alias("rows_with_null"),
+            F.sum(F.when(~profile.any_null & profile.any_invalid, 1).otherwise(0)).alias("rows_with_invalid"),
+            F.count_distinct(clean).alias("distinct"), F.min(clean).alias("min"), F.max(clean).alias("max"),
+            F.sum(F.when(clean.isNotNull() & ~clean.isin(0.0, 1.0), 1).otherwise(0)).alias("not_binary"),
+        ).collect()[0].asDict()
+        assert stats.rows == reference["rows"] == 600
+        assert stats.null_counts == {c: reference[f"null::{c}"] for c in profile.is_null if reference[f"null::{c}"]}
+        assert stats.invalid_counts == {c: reference[f"invalid::{c}"] for c in profile.is_invalid
+                                        if reference[f"invalid::{c}"]}
+        assert set(stats.null_counts) == {"monthly.charges", "we`ird", "weekly"}
+        assert set(stats.invalid_counts) == {"monthly.charges", "weekly"}
+        assert (stats.rows_with_null, stats.rows_with_invalid) == (reference["rows_with_null"],
+                                                                   reference["rows_with_invalid"])
+        assert stats.label == {"distinct": reference["distinct"], "min": reference["min"], "max": reference["max"],
+                               "not_binary": reference["not_binary"] if binary else 0}
+        assert stats.label["distinct"] == 3
