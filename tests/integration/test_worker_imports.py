@@ -165,10 +165,10 @@ def test_a_fresh_worker_runs_the_staging_and_training_tasks_without_sklearn_mlfl
     blocks = build_blocks(rows, "label", ENCODING, num_partitions=2, block_rows=128)
     try:
         problem = TrainingProblem("logistic", True, Regularization(), OptimizerSpec("sgd"), ScheduleSpec(), 0.0)
-        rates = np.array([0.01, 0.1])
+        rates = [0.01, 0.1]
         executor = RecordingExecutor(SparkExecutor(blocks))
         trainer = GridTrainer(executor, problem, LocalSGD(batch_size=16), ModelRows.zeros(
-            rates, [7, 7], problem.regularization.rows(rates.size), blocks.n_features, problem.optimizer), epochs=1)
+            rates, [7, 7], problem.regularization.rows(len(rates)), blocks.n_features, problem.optimizer), epochs=1)
         trainer.run_epoch(1, [0, 1], [0, 1])  # one Spark job: train and evaluate every partition
 
         (tmp_path / "staging.command").write_bytes(_staging_command(spark, blocks))
