@@ -1,15 +1,17 @@
 """Sweeps that survive the night: real faults against real ``spark-submit`` jobs and a real ``mlflow server``.
 
-Each test injects one fault a nightly sweep meets (the MLflow server killed mid-sweep, the Python driver
-killed with SIGKILL, SIGTERM/SIGINT from a scheduler, two sweeps racing on a new store and table, refused or
-embedded credentials, a store that is not there) and checks what the README's *Nightly runs* section
-promises: the exit code, the output, the results table (read with delta-rs, an independent Delta reader),
-the MLflow runs and, after a rerun with the same ``sweep.id``, curves identical to an uninterrupted sweep's.
+The tests inject the faults a nightly sweep meets (the MLflow server killed mid-sweep, the Python driver
+killed with SIGKILL, SIGTERM/SIGINT from a scheduler, a kill in every stage that writes) and check what the README's
+*Nightly runs* section promises: the exit code, the output, the results table (read with delta-rs, an
+independent Delta reader), the MLflow runs and, after a rerun with the same ``sweep.id``, curves identical to an
+uninterrupted sweep's. Faults share sweeps: each ``spark-submit`` costs 30-90 s here, so one sweep id goes
+through SIGTERMs, a SIGKILL and an outage in turn, and another through a kill in every writing stage.
 
 The uninterrupted sweep (:func:`reference`) is run once per module, slowed by the ``sleep`` fault so the
 live view can be observed while it trains; the tests compare with it. Epochs are slowed the same way where a
 test must act at a known epoch (the sleep changes no result). Timings are bounded generously: the suite
-shares two cores with other Spark jobs.
+shares two cores with other Spark jobs. The faults a sweep meets at its start, which need no reference sweep,
+are in tests/e2e/test_store_faults.py, so that ``make test`` runs them beside these.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from tests.e2e.harness import BackgroundJob, MlflowServer, free_port, wait_for
+from tests.e2e.harness import BackgroundJob, MlflowServer, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +40,6 @@ CHILDREN = {"lr=0.01", "lr=0.1", "lr=1"}
 CURVES = ("train_loss", "val_loss")
 #: Columns that name a sweep's attempt rather than what it computed.
 IDENTITY_COLUMNS = ["sweep_id", "parent_run_id", "child_run_id", "written_at"]
-PASSWORD = "e2e-admin-password-7f3c"  # basic-auth requires at least 12 characters
 
 
 def slowed(seconds: float) -> dict[str, str]:
@@ -209,91 +210,6 @@ def reference(server: MlflowServer, client: MlflowClient, demo_table: str,
 # ---------------------------------------------------------------------------------------------- tests
 
 
-def test_unreachable_store_exits_4_quickly_before_the_table_is_read(tmp_path: Path) -> None:
-    missing_table = tmp_path / "no-such-table"
-    nobody = f"http://127.0.0.1:{free_port()}"
-    settings = sweep_settings(str(missing_table), tmp_path, nobody, "unreachable")
-    with BackgroundJob("train_sweep.py", settings, job_log(tmp_path, "unreachable")) as job:
-        job.driver_pid()  # notes when the Python driver started
-        code = job.wait(300)
-    assert code == 4, job.tail()
-    # connect() runs before Spark starts: ~5 s of retries (half of tracking.connect_timeout_seconds) after the
-    # driver's imports, not MLflow's minutes of client retries; bounds are loose for a shared, busy machine
-    assert job.driver_seconds_to_exit() < 20, f"{job.driver_seconds_to_exit():.1f} s after the driver started"
-    assert job.seconds_to_exit() < 60, f"{job.seconds_to_exit():.1f} s after spark-submit started"
-    [error] = [line for line in job.lines() if line.startswith("error:")]
-    assert f"MLflow tracking store {nobody} is unavailable" in error and "nothing was started" in error
-    assert str(missing_table) not in error and "data.table" not in error  # the table was never read
-    assert not (tmp_path / "results").exists() and not (tmp_path / "checkpoints").exists()
-    assert not tracebacks(job), job.tail()
-
-
-@pytest.mark.timeout(1800)
-def test_basic_auth_credentials_from_the_environment_or_the_uri(demo_table: str, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    short = {"train.epochs": 2}
-    with MlflowServer(tmp_path / "auth-server", admin_password=PASSWORD) as auth:
-        # a refused password is the user's input (exit 2), said in one line, before Spark starts
-        with BackgroundJob("train_sweep.py", sweep_settings(demo_table, tmp_path / "wrong", auth.uri, "wrong", short),
-                           job_log(tmp_path, "wrong"), env={"MLFLOW_TRACKING_USERNAME": "admin",
-                                                            "MLFLOW_TRACKING_PASSWORD": "not-the-password"}) as wrong:
-            wrong.driver_pid()
-            code = wrong.wait(300)
-        assert code == 2, wrong.tail()
-        assert wrong.driver_seconds_to_exit() < 20, f"{wrong.driver_seconds_to_exit():.1f} s after the driver"
-        [error] = [line for line in wrong.lines() if line.startswith("error:")]
-        assert "refused the credentials" in error and "MLFLOW_TRACKING_PASSWORD" in error, error
-        assert not tracebacks(wrong), wrong.tail()
-
-        # the right credentials, from MLflow's variables or inside the URI (two sweeps, side by side)
-        from_env = BackgroundJob(
-            "train_sweep.py", sweep_settings(demo_table, tmp_path / "env", auth.uri, "env-credentials", short),
-            job_log(tmp_path, "env"), env={"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": PASSWORD})
-        in_uri = BackgroundJob(
-            "train_sweep.py",
-            sweep_settings(demo_table, tmp_path / "uri", auth.uri_with_credentials(), "uri-credentials", short),
-            job_log(tmp_path, "uri"))
-        with from_env, in_uri:
-            codes = from_env.wait(), in_uri.wait()
-        assert codes == (0, 0), f"{codes}\n--- env:\n{from_env.tail()}\n--- uri:\n{in_uri.tail()}"
-
-        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
-        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
-        admin = MlflowClient(tracking_uri=auth.uri)
-        for sweep_id in ("env-credentials", "uri-credentials"):
-            runs = sweep_runs(admin, sweep_id)
-            assert set(runs.children) == CHILDREN
-            assert set(runs.statuses().values()) == {"FINISHED"}, runs.statuses()
-            for run in runs.all:
-                leaks = {key: value for key, value in {**run.data.tags, **run.data.params}.items() if PASSWORD in value}
-                assert not leaks, f"{run.info.run_name}: the password is in {sorted(leaks)}"
-        tagged = sweep_runs(admin, "uri-credentials").parent.data.tags["lrsweep.tracking_uri"]
-        assert tagged == f"http://***@127.0.0.1:{auth.port}"
-    assert PASSWORD not in from_env.output
-    leaked = [line for line in in_uri.lines() if PASSWORD in line]
-    assert not leaked, f"the password is printed in {len(leaked)} lines of the job's output, e.g. {leaked[0]!r}"
-
-
-@pytest.mark.timeout(1800)
-def test_two_sweeps_starting_together_on_a_new_store_and_a_new_results_table(demo_table: str, tmp_path: Path) -> None:
-    store = f"sqlite:///{tmp_path / 'new.db'}"
-    shared = {"train.epochs": 2, "output.results_table": tmp_path / "results",
-              "output.checkpoints": tmp_path / "checkpoints"}
-    jobs = [BackgroundJob("train_sweep.py", sweep_settings(demo_table, tmp_path / name, store, name, shared),
-                          job_log(tmp_path, name)) for name in ("together-a", "together-b")]
-    with jobs[0], jobs[1]:
-        codes = [job.wait() for job in jobs]
-    assert codes == [0, 0], "\n---\n".join(f"{code}:\n{job.tail()}" for code, job in zip(codes, jobs, strict=True))
-
-    table = results(tmp_path / "results")
-    assert table.groupby("sweep_id").size().to_dict() == {"together-a": 3 * 2, "together-b": 3 * 2}
-    assert not table.duplicated(["sweep_id", "round", "learning_rate", "epoch"]).any()
-    local = MlflowClient(tracking_uri=store)
-    for name in ("together-a", "together-b"):
-        runs = sweep_runs(local, name)
-        assert set(runs.children) == CHILDREN and set(runs.statuses().values()) == {"FINISHED"}, runs.statuses()
-
-
 def test_the_live_view_has_each_epochs_points_while_the_sweep_trains(reference: Reference) -> None:
     assert set(reference.live_val_loss_steps) == CHILDREN
     # queried right after "epoch 6/12" was printed, while training went on
@@ -308,100 +224,53 @@ def test_the_live_view_has_each_epochs_points_while_the_sweep_trains(reference: 
     assert_every_epoch_once(reference.results)
 
 
-@pytest.mark.timeout(1800)
-def test_mlflow_killed_mid_sweep_exits_4_with_results_safe_and_a_rerun_completes_mlflow(
-    demo_table: str, tmp_path: Path, reference: Reference,
-) -> None:
-    sweep_id = "outage"
-    with MlflowServer(tmp_path / "outage-server") as flaky:
-        settings = sweep_settings(demo_table, tmp_path, flaky.uri, sweep_id, {"tracking.retry_seconds": 20})
-        with BackgroundJob("train_sweep.py", settings, job_log(tmp_path, "outage"), env=slowed(0.5)) as job:
-            job.wait_for_line(rf"^epoch 3/{EPOCHS}:")
-            flaky.kill()
-            outage = time.monotonic()
-            code = job.wait()
-        assert code == 4, job.tail()
-        assert job.seconds_to_exit(since=outage) < 180, f"{job.seconds_to_exit(since=outage):.0f} s after the outage"
-        assert epochs_printed(job) == list(range(1, EPOCHS + 1))  # training went on without MLflow
-        [error] = [line for line in job.lines() if line.startswith("error:")]
-        assert "MLflow" in error and f"sweep.id={sweep_id}" in error, error
-        assert not tracebacks(job), job.tail()
-        assert_every_epoch_once(results(tmp_path / "results", sweep_id))
+def checkpointed_epoch(root: Path, sweep_id: str) -> int:
+    """The epoch of the sweep's newest readable checkpoint (0 before any)."""
+    from pipelines.lakehouse.checkpoints import CheckpointStore, StoredCheckpoint
+    from pipelines.sweep.checkpoint import SweepCheckpoint
 
-        flaky.start()  # same port, same store
-        with BackgroundJob("train_sweep.py", settings, job_log(tmp_path, "outage-rerun")) as rerun:
-            code = rerun.wait()
-        assert code == 0, rerun.tail()
-        assert epochs_printed(rerun) == [], "the rerun trained"
-        assert closing_line_epoch(rerun, sweep_id) == EPOCHS
-
-        client = MlflowClient(tracking_uri=flaky.uri)
-        runs = sweep_runs(client, sweep_id)
-        assert set(runs.children) == CHILDREN
-        assert set(runs.statuses().values()) == {"FINISHED"}, runs.statuses()
-        assert runs.parent.data.metrics["resumed_from_epoch"] == EPOCHS
-        for name, curves in histories(client, runs).items():
-            for metric, points in curves.items():
-                assert [step for step, _ in points] == list(range(EPOCHS + 1)), f"{name} {metric}: {points}"
-                assert points == reference.histories[name][metric], f"{name} {metric}"
-
-    assert_results_equal_the_reference(tmp_path / "results", sweep_id, reference)
-
-
-@pytest.mark.timeout(1800)
-def test_sigkill_of_the_driver_mid_epoch_loses_only_the_epochs_since_the_last_checkpoint(
-    server: MlflowServer, client: MlflowClient, demo_table: str, tmp_path: Path, reference: Reference,
-) -> None:
-    sweep_id = "sigkill"
-    settings = sweep_settings(demo_table, tmp_path, server.uri, sweep_id)
-    checkpoint_of_epoch_6 = tmp_path / "checkpoints" / sweep_id / "checkpoint-00000003.npz"  # epochs 2, 4, 6
-    with BackgroundJob("train_sweep.py", settings, job_log(tmp_path, "sigkill"), env=slowed(1.0)) as job:
-        job.wait_for_line(rf"^epoch 6/{EPOCHS}:")
-        wait_for(checkpoint_of_epoch_6.exists, 120, "the checkpoint of epoch 6")
-        printed = max(epochs_printed(job))  # 6 unless this machine stalled: epoch 7 is running
-        job.signal_driver(signal.SIGKILL)
-        code = job.wait(300)
-    assert code != 0, job.tail()
-    assert printed < EPOCHS
-
-    with BackgroundJob("train_sweep.py", settings, job_log(tmp_path, "sigkill-rerun")) as rerun:
-        code = rerun.wait()
-    assert code == 0, rerun.tail()
-    resumed = closing_line_epoch(rerun, sweep_id)
-    assert 6 <= resumed <= printed and printed - resumed < 2, f"resumed from {resumed}, killed after {printed}"
-    assert epochs_printed(rerun) == list(range(resumed + 1, EPOCHS + 1))
-
-    runs = sweep_runs(client, sweep_id)
-    assert set(runs.statuses().values()) == {"FINISHED"}, runs.statuses()
-    assert runs.parent.data.metrics["resumed_from_epoch"] == resumed
-    assert histories(client, runs) == reference.histories
-    assert_results_equal_the_reference(tmp_path / "results", sweep_id, reference)
+    for stored in CheckpointStore(str(root)).latest(sweep_id):
+        if isinstance(stored, StoredCheckpoint):
+            return SweepCheckpoint.from_arrays(stored.arrays).epoch
+    return 0
 
 
 @pytest.mark.timeout(2700)
-def test_sigterm_to_spark_submit_or_the_driver_stops_at_an_epoch_boundary_and_each_attempt_resumes(
+def test_one_sweep_through_sigterms_a_sigkill_and_an_mlflow_outage_ends_equal_to_the_uninterrupted_sweep(
     server: MlflowServer, client: MlflowClient, demo_table: str, tmp_path: Path, reference: Reference,
 ) -> None:
-    """One sweep stopped twice, each attempt once it has trained an epoch: SIGTERM to the spark-submit JVM, then
-    to the Python driver; each rerun resumes where the previous attempt stopped and the last one completes the
-    sweep. (SIGINT takes the driver's same handler: tests/integration/test_sweep_tracking.py stops a sweep with
-    each signal in-process.)"""
-    sweep_id = "signals"
-    settings = sweep_settings(demo_table, tmp_path, server.uri, sweep_id)
-    stops = [("jvm-sigterm", "submit", signal.SIGTERM, 143), ("driver-sigterm", "driver", signal.SIGTERM, 143)]
-    stopped_at = 0
+    """One sweep id, each attempt the rerun of the one before: SIGTERM to the spark-submit JVM, then to the Python
+    driver (each stops at an epoch boundary, exit 143, one line saying how to resume, runs KILLED); SIGKILL of the
+    driver mid-epoch (only the epochs since the last checkpoint are lost); the MLflow server killed mid-sweep
+    (training goes on, results are safe, exit 4); the server back, a rerun that trains nothing completes MLflow.
+    Curves and rows end equal to the uninterrupted sweep's. (SIGINT takes the driver's same handler:
+    tests/integration/test_sweep_tracking.py stops a sweep with each signal in-process.)"""
+    sweep_id = "interrupted"
+    settings = sweep_settings(demo_table, tmp_path, server.uri, sweep_id, {"tracking.retry_seconds": 20})
     printed_tracebacks: dict[str, list[str]] = {}
-    for name, target, sig, exit_code in stops:
-        with BackgroundJob("train_sweep.py", settings, job_log(tmp_path, name), env=slowed(0.5)) as job:
+
+    def attempt(name: str, seconds: float | None) -> BackgroundJob:
+        """The next attempt (not started), its epochs slowed by ``seconds`` per task."""
+        return BackgroundJob("train_sweep.py", settings, job_log(tmp_path, name),
+                             env=slowed(seconds) if seconds else None)
+
+    def resumed_from(job: BackgroundJob) -> int:
+        """The epoch the attempt says it resumed from (its opening line)."""
+        return int(job.wait_for_line(rf"^sweep {sweep_id} \(resumed from epoch (\d+)\): ").group(1))
+
+    # 1, 2. SIGTERM, to the JVM then to the driver, each once the attempt has trained an epoch
+    stopped_at = 0
+    for name, target in (("jvm-sigterm", "submit"), ("driver-sigterm", "driver")):
+        with attempt(name, 0.5) as job:
             if stopped_at:
-                job.wait_for_line(rf"^sweep {sweep_id} \(resumed from epoch {stopped_at}\): ")
+                assert resumed_from(job) == stopped_at
             job.wait_for_line(rf"^epoch {stopped_at + 1}/{EPOCHS}:")
             if target == "submit":
-                job.signal_submit(sig)
+                job.signal_submit(signal.SIGTERM)
             else:
-                job.signal_driver(sig)
+                job.signal_driver(signal.SIGTERM)
             code = job.wait(300)
-        epoch = stopped_at_epoch(job, code, signal.Signals(sig).name, exit_code, sweep_id)
+        epoch = stopped_at_epoch(job, code, "SIGTERM", 143, sweep_id)
         assert stopped_at < epoch < EPOCHS, job.tail()
         assert epochs_printed(job) == list(range(stopped_at + 1, epoch + 1)), job.tail()
         runs = sweep_runs(client, sweep_id)
@@ -410,18 +279,60 @@ def test_sigterm_to_spark_submit_or_the_driver_stops_at_an_epoch_boundary_and_ea
         printed_tracebacks[name] = tracebacks(job)
         stopped_at = epoch
 
-    with BackgroundJob("train_sweep.py", settings, job_log(tmp_path, "signals-rerun")) as rerun:
+    # 3. SIGKILL of the driver once this attempt has written a checkpoint of its own
+    with attempt("sigkill", 1.0) as job:
+        assert resumed_from(job) == stopped_at
+        saved = wait_for(lambda: max(checkpointed_epoch(tmp_path / "checkpoints", sweep_id) - stopped_at, 0), 300,
+                         "a checkpoint past the resumed epoch") + stopped_at
+        printed = max(epochs_printed(job))  # the checkpointed epoch, or the next one if this machine stalled
+        job.signal_driver(signal.SIGKILL)
+        code = job.wait(300)
+    assert code != 0, job.tail()
+    assert stopped_at < saved <= printed < EPOCHS - 1, f"checkpoint of epoch {saved}, killed after {printed}"
+
+    # 4. the MLflow server killed while the next attempt trains
+    job = attempt("outage", 0.5).start()
+    try:
+        resumed = resumed_from(job)
+        assert saved <= resumed <= printed and printed - resumed < 2, \
+            f"resumed from {resumed}, checkpoint of epoch {saved}, killed after {printed}"
+        job.wait_for_line(rf"^epoch {resumed + 1}/{EPOCHS}:")
+        server.kill()
+        outage = time.monotonic()
+        code = job.wait()
+    finally:
+        job.kill()
+        if not server.healthy():
+            server.start()  # same port, same store: the module's other tests go on with it
+    assert code == 4, job.tail()
+    assert job.seconds_to_exit(since=outage) < 180, f"{job.seconds_to_exit(since=outage):.0f} s after the outage"
+    # only the epochs since the checkpoint were trained again, and training went on without MLflow
+    assert epochs_printed(job) == list(range(resumed + 1, EPOCHS + 1)), job.tail()
+    [error] = [line for line in job.lines() if line.startswith("error:")]
+    assert "MLflow" in error and f"sweep.id={sweep_id}" in error, error
+    printed_tracebacks["outage"] = tracebacks(job)
+    assert_every_epoch_once(results(tmp_path / "results", sweep_id))
+
+    # 5. the server is back (step 4 restarted it): a rerun trains nothing and completes MLflow
+    with attempt("rerun", None) as rerun:
         code = rerun.wait()
     assert code == 0, rerun.tail()
-    assert closing_line_epoch(rerun, sweep_id) == stopped_at
-    assert epochs_printed(rerun) == list(range(stopped_at + 1, EPOCHS + 1))
+    assert epochs_printed(rerun) == [], "the rerun trained"
+    assert closing_line_epoch(rerun, sweep_id) == EPOCHS
+
     runs = sweep_runs(client, sweep_id)
+    assert set(runs.children) == CHILDREN
     assert set(runs.statuses().values()) == {"FINISHED"}, runs.statuses()
-    assert histories(client, runs) == reference.histories
+    assert runs.parent.data.metrics["resumed_from_epoch"] == EPOCHS
+    final = histories(client, runs)
+    for name, curves in final.items():
+        for metric, points in curves.items():
+            assert [step for step, _ in points] == list(range(EPOCHS + 1)), f"{name} {metric}: {points}"
+    assert final == reference.histories
     assert_results_equal_the_reference(tmp_path / "results", sweep_id, reference)
     # a stopped job prints one line, no traceback (checked last: everything above holds either way)
-    printed = {name: found for name, found in printed_tracebacks.items() if found}
-    assert not printed, f"tracebacks in the output of the stopped jobs: {printed}"
+    printed_found = {name: found for name, found in printed_tracebacks.items() if found}
+    assert not printed_found, f"tracebacks in the output of the stopped jobs: {printed_found}"
 
 
 #: The writing stages a driver is killed in, in the order one sweep reaches them (see pipelines.faults).
