@@ -27,9 +27,11 @@ def test_unreachable_store_exits_4_quickly_before_the_table_is_read(tmp_path: Pa
         code = job.wait(300)
     assert code == 4, job.tail()
     # connect() runs before Spark starts: ~5 s of retries (half of tracking.connect_timeout_seconds) after the
-    # driver's imports, not MLflow's minutes of client retries; bounds are loose for a shared, busy machine
-    assert job.driver_seconds_to_exit() < 20, f"{job.driver_seconds_to_exit():.1f} s after the driver started"
-    assert job.seconds_to_exit() < 60, f"{job.seconds_to_exit():.1f} s after spark-submit started"
+    # driver's imports, not MLflow's minutes of client retries (7 retries with exponential backoff: over 4 minutes);
+    # the bounds are loose for a machine shared with the suite's other workers (a driver's imports took 29 s at a
+    # load average of 20)
+    assert job.driver_seconds_to_exit() < 60, f"{job.driver_seconds_to_exit():.1f} s after the driver started"
+    assert job.seconds_to_exit() < 150, f"{job.seconds_to_exit():.1f} s after spark-submit started"
     [error] = [line for line in job.lines() if line.startswith("error:")]
     assert f"MLflow tracking store {nobody} is unavailable" in error and "nothing was started" in error
     assert str(missing_table) not in error and "data.table" not in error  # the table was never read
@@ -49,7 +51,7 @@ def test_basic_auth_credentials_from_the_environment_or_the_uri(demo_table: str,
             wrong.driver_pid()
             code = wrong.wait(300)
         assert code == 2, wrong.tail()
-        assert wrong.driver_seconds_to_exit() < 20, f"{wrong.driver_seconds_to_exit():.1f} s after the driver"
+        assert wrong.driver_seconds_to_exit() < 60, f"{wrong.driver_seconds_to_exit():.1f} s after the driver"
         [error] = [line for line in wrong.lines() if line.startswith("error:")]
         assert "refused the credentials" in error and "MLFLOW_TRACKING_PASSWORD" in error, error
         assert not tracebacks(wrong), wrong.tail()
