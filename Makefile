@@ -21,7 +21,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 $(VENV)/.installed: pyproject.toml | check-java
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-compile -e '.[dev]'  # modules are compiled when first imported
 	@# Delta's jars into $(VENV)/jars once, named in spark-defaults.conf: no session or spark-submit resolves them
 	@# again (where they cannot be fetched, sessions fall back to resolving spark.jars.packages at start)
 	$(PY) -m pipelines.session install-jars $(VENV)/jars > $(VENV)/jars.log 2>&1 \
