@@ -1,9 +1,9 @@
 """Fit a :class:`~pipelines.features.encoding.TableEncoding` on the training split, in a few Spark passes.
 
-* string columns: distinct counts (one aggregation); a column with more than ``features.hash_threshold``
-  distinct values (null counts as one) is hashed into ``features.hash_buckets`` slots; the others are one-hot
-  encoded with their ``features.max_categories`` most frequent values (ties by value, so the choice is
-  deterministic), the rest sharing the "other" slot;
+* string columns: every column's value counts in one pass (:func:`string_counts`); a column with more than
+  ``features.hash_threshold`` distinct values (null counts as one) is hashed into ``features.hash_buckets``
+  slots; the others are one-hot encoded with their ``features.max_categories`` most frequent values (ties by
+  value, so the choice is deterministic), the rest sharing the "other" slot;
 * vector columns: the width is the largest vector size in the training split;
 * dense inputs: means and standard deviations of the encoded inputs (:func:`fit_scaling`), in one pass.
 
@@ -12,12 +12,12 @@ Only the training split is looked at: a category seen only in validation or test
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from pipelines.config import FeaturesConfig
 from pipelines.features.encoding import ColumnEncoding, TableEncoding
@@ -57,16 +57,12 @@ def fit_encoding(train: DataFrame, families: Mapping[str, str], array_lengths: M
 
 def _string_encodings(train: DataFrame, columns: list[str], settings: FeaturesConfig) -> dict[str, ColumnEncoding]:
     """One-hot or hashed, per string column, from the training rows' distinct counts and frequencies."""
-    row = train.agg(*[(F.count_distinct(column(c)) + F.max(column(c).isNull().cast("int"))).alias(c)
-                      for c in columns]).collect()[0]
     encodings = {}
-    for name in columns:
-        distinct = int(row[name] or 0)
-        if distinct > settings.hash_threshold:
+    for name, counts in string_counts(train, columns, settings.hash_threshold).items():
+        if counts is None or len(counts) > settings.hash_threshold:  # null counts as one distinct value
             encodings[name] = ColumnEncoding(name, "hashed", settings.hash_buckets, buckets=settings.hash_buckets)
             continue
-        counts = train.groupBy(column(name)).count().collect()
-        ranked = sorted(((int(r["count"]), r[0]) for r in counts),
+        ranked = sorted(((count, value) for value, count in counts.items()),
                         key=lambda item: (-item[0], item[1] is not None, "" if item[1] is None else str(item[1])))
         kept = tuple(None if value is None else str(value) for _, value in ranked[: settings.max_categories])
         total = sum(count for count, _ in ranked) or 1
@@ -74,6 +70,48 @@ def _string_encodings(train: DataFrame, columns: list[str], settings: FeaturesCo
         encodings[name] = ColumnEncoding(name, "onehot", len(kept) + 1, categories=kept,
                                          shares=(*shares, max(0.0, 1.0 - sum(shares))))
     return encodings
+
+
+def string_counts(train: DataFrame, columns: list[str], limit: int) -> dict[str, dict[str | None, int] | None]:
+    """How many training rows hold each value of each string column (``None``: the nulls), in one pass through
+    Arrow; a column with more than ``limit`` distinct values (null included) gets None instead: it is hashed,
+    and its values need not travel. Each partition counts every column at once and stops counting a column
+    once it alone passes ``limit``."""
+
+    def count(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow.compute as pc
+        from pyspark import TaskContext
+
+        from pipelines.features.arrays import arrow_of
+
+        tallies: list[dict[str | None, int] | None] = [{} for _ in columns]
+        for batch in batches:
+            for index, name in enumerate(columns):
+                tally = tallies[index]
+                if tally is None:
+                    continue
+                for item in pc.value_counts(batch.column(name)).to_pylist():
+                    tally[item["values"]] = tally.get(item["values"], 0) + int(item["counts"])
+                if len(tally) > limit:
+                    tallies[index] = None
+        context = TaskContext.get()
+        yield pa.RecordBatch.from_arrays([arrow_of([context.partitionId() if context else 0], pa.int32()),
+                                          arrow_of([pickle.dumps(tallies, protocol=5)], pa.binary())],
+                                         names=["partition", "payload"])
+
+    rows = map_in_arrow(train, columns, count, "partition INT, payload BINARY").collect()
+    merged: list[dict[str | None, int] | None] = [{} for _ in columns]
+    for row in sorted(rows, key=lambda r: int(r["partition"])):
+        for index, tally in enumerate(pickle.loads(row["payload"])):
+            total = merged[index]
+            if tally is None or total is None:
+                merged[index] = None
+                continue
+            for value, n in tally.items():
+                total[value] = total.get(value, 0) + n
+            if len(total) > limit:
+                merged[index] = None
+    return dict(zip(columns, merged, strict=True))
 
 
 def _vector_widths(train: DataFrame, columns: list[str]) -> dict[str, int]:

@@ -19,7 +19,7 @@ from pipelines.errors import DataError
 from pipelines.features.arrays import arrow_of
 from pipelines.features.columns import ColumnChoice, any_of, choose_columns, model_input
 from pipelines.identifiers import column, map_in_arrow
-from pipelines.lakehouse.statistics import ProfileColumns, merge_profiles, partition_profile
+from pipelines.lakehouse.statistics import WEIGHT_COUNTS, ProfileColumns, merge_profiles, partition_profile
 from pipelines.sgd.losses import task_of
 
 
@@ -62,19 +62,15 @@ def role_columns(config: DataConfig, columns: dict[str, T.DataType], where: str)
     return roles
 
 
-def check_weights(raw: DataFrame, weight: str, where: str) -> None:
-    """Weights must be finite, non-negative, present and not all zero: fail naming the column and the counts."""
-    value = column(weight).cast("double")
-    row = raw.agg(F.sum(value.isNull().cast("long")).alias("null"),
-                  F.sum((value < 0).cast("long")).alias("negative"),
-                  F.sum((F.isnan(value) | (F.abs(value) == float("inf"))).cast("long")).alias("invalid"),
-                  F.sum((value > 0).cast("long")).alias("positive")).collect()[0]
-    problems = [f"{int(row[key])} {label}" for key, label in
-                (("null", "null"), ("negative", "negative"), ("invalid", "NaN or infinite")) if row[key]]
+def check_weights(counts: dict[str, int], weight: str, where: str) -> None:
+    """Weights must be finite, non-negative, present and not all zero: fail naming the column and the counts
+    (``counts``: :data:`~pipelines.lakehouse.statistics.WEIGHT_COUNTS` over every row read)."""
+    problems = [f"{int(counts[key])} {label}" for key, label in
+                (("null", "null"), ("negative", "negative"), ("invalid", "NaN or infinite")) if counts[key]]
     if problems:
         raise DataError(f"{where}: data.weight column {weight!r} has {', '.join(problems)} value(s); weights must "
                         "be finite numbers >= 0")
-    if not row["positive"]:
+    if not counts["positive"]:
         raise DataError(f"{where}: data.weight column {weight!r} is zero on every row: nothing to fit")
 
 
@@ -98,12 +94,34 @@ def class_index(label: str, classes: Sequence[Any]) -> Column:
     return F.create_map(*pairs)[column(label)]
 
 
-def common_length(raw: DataFrame, name: str) -> int:
-    """The most common length of an array column (ties: the shorter); rows of another length are invalid."""
-    rows = raw.where(column(name).isNotNull()).groupBy(F.size(column(name)).alias("length")).count().collect()
-    if not rows:
-        return 0
-    return int(min(rows, key=lambda r: (-int(r["count"]), int(r["length"])))["length"])
+def common_lengths(raw: DataFrame, names: Sequence[str]) -> dict[str, int]:
+    """The most common length of each array column in ``names`` (ties: the shorter; 0 when every value is null),
+    in one pass through Arrow; rows of another length are invalid."""
+    if not names:
+        return {}
+
+    def lengths(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow.compute as pc
+        from pyspark import TaskContext
+
+        tallies: list[dict[int, int]] = [{} for _ in names]
+        for batch in batches:
+            for tally, name in zip(tallies, names, strict=True):
+                for item in pc.value_counts(pc.list_value_length(batch.column(name))).to_pylist():
+                    if item["values"] is not None:  # a null array has no length
+                        tally[item["values"]] = tally.get(item["values"], 0) + int(item["counts"])
+        context = TaskContext.get()
+        yield pa.RecordBatch.from_arrays([arrow_of([context.partitionId() if context else 0], pa.int32()),
+                                          arrow_of([pickle.dumps(tallies, protocol=5)], pa.binary())],
+                                         names=["partition", "payload"])
+
+    merged: list[dict[int, int]] = [{} for _ in names]
+    for row in map_in_arrow(raw, names, lengths, "partition INT, payload BINARY").collect():
+        for total, tally in zip(merged, pickle.loads(row["payload"]), strict=True):
+            for length, count in tally.items():
+                total[length] = total.get(length, 0) + count
+    return {name: min(total, key=lambda length: (-total[length], length)) if total else 0
+            for name, total in zip(names, merged, strict=True)}
 
 
 def string_classes(raw: DataFrame, label: str, where: str, loss: str = "logistic") -> tuple[str, str]:
@@ -127,6 +145,8 @@ class Stats:
     null_counts: dict[str, int]
     invalid_counts: dict[str, int]
     label: dict[str, Any]  # distinct, min, max, not_binary of the usable rows' labels
+    label_values: tuple[Any, ...] | None = None  # the usable rows' distinct labels, sorted (None: too many)
+    weight_counts: dict[str, int] | None = None  # data.weight's WEIGHT_COUNTS over every row (None: unweighted)
 
 
 class Profile:
@@ -141,7 +161,8 @@ class Profile:
     """
 
     def __init__(self, label: str, label_value: Column, families: dict[str, str], types: dict[str, T.DataType],
-                 array_lengths: dict[str, int], required: list[str], binary_label: bool = True) -> None:
+                 array_lengths: dict[str, int], required: list[str], binary_label: bool = True,
+                 weight: str | None = None) -> None:
         self.used = [label, *families, *required]
         checked_for_null = [label, *[c for c, family in families.items() if family != "string"], *required]
         self.floating = [c for c in self.used if isinstance(types[c], T.FloatType | T.DoubleType)]
@@ -158,7 +179,7 @@ class Profile:
         self.clean_label = F.when(self.unusable, None).otherwise(label_value)
         self.binary_label = binary_label  # a label of numbers: count the values other than 0 and 1
         self.columns = ProfileColumns(label, tuple(checked_for_null), tuple(self.floating),
-                                      tuple(array_lengths.items()), binary_label)
+                                      tuple(array_lengths.items()), binary_label, weight)
 
     def collect(self, dataframe: DataFrame) -> Stats:
         """The statistics of ``dataframe``'s rows: one Spark job whatever the column count (a second one, over
@@ -166,8 +187,12 @@ class Profile:
         :data:`~pipelines.lakehouse.statistics.MAX_LABEL_VALUES` distinct labels)."""
         columns = self.columns
         label = columns.label
+        weight = [columns.weight] if columns.weight is not None else []
         names = list(dict.fromkeys([label, *columns.nullable, *columns.floating, *(n for n, _ in columns.arrays)]))
-        source = dataframe.select(self.label_value.alias(label), *[column(name) for name in names[1:]])
+        names = [name for name in names if name not in weight]
+        source = dataframe.select(self.label_value.alias(label), *[column(name) for name in names[1:]],
+                                  *[column(name).cast("double").alias(name) for name in weight])
+        names += weight
 
         def profile(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             from pyspark import TaskContext
@@ -188,7 +213,9 @@ class Profile:
             null_counts={c: int(n) for c, n in zip(columns.nullable, total.null_counts, strict=True) if n},
             invalid_counts={c: int(n) for c, n in zip(columns.invalid, total.invalid_counts, strict=True) if n},
             label={"distinct": distinct, "min": total.label_min, "max": total.label_max,
-                   "not_binary": total.not_binary if self.binary_label else 0})
+                   "not_binary": total.not_binary if self.binary_label else 0},
+            label_values=tuple(total.label_values) if total.label_values is not None else None,
+            weight_counts=dict(zip(WEIGHT_COUNTS, map(int, total.weight_counts), strict=True)) if weight else None)
 
 
 def apply_policies(stats: Stats, config: DataConfig, where: str) -> None:

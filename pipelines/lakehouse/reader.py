@@ -29,7 +29,7 @@ from pipelines.lakehouse.checks import (
     check_label,
     check_weights,
     class_index,
-    common_length,
+    common_lengths,
     distinct_up_to_case,
     feature_column,
     label_values,
@@ -48,6 +48,7 @@ from pipelines.lakehouse.delta import (
     table_format,
 )
 from pipelines.sgd.losses import task_of
+from pipelines.stopwatch import Stopwatch
 
 
 @dataclass(frozen=True)
@@ -230,8 +231,12 @@ def _appends_only(operation: str, parameters: dict[str, str]) -> bool:
     return operation in ("WRITE", "STREAMING UPDATE") and mode == "append"
 
 
-def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> FeatureTable:
+def read_feature_table(spark: SparkSession, config: DataConfig, loss: str, steps: Stopwatch | None = None
+                       ) -> FeatureTable:
     """Read, pin and validate a feature table for a model with ``loss`` (its task decides what the label may be).
+
+    ``steps``: times ``read.resolve`` (pinning the version, reading the schema) and ``read.check`` (the passes
+    over the rows) when given.
 
     Returns the label (as double, column name unchanged) and the feature columns, after the null and
     invalid-value policies (``data.on_null``, ``data.on_invalid``: NaN and +-inf are invalid values).
@@ -243,18 +248,20 @@ def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> Fe
         column is missing or not numeric; the label cannot be used with ``loss``; nulls or invalid values
         under a ``fail`` policy; nothing left to train on.
     """
-    with readable_files(f"table {config.table}", config.table):
-        ref = resolve_version(spark, config.table, config.version)
-    where = f"table {ref.identifier} ({ref.describe()})"
-    with readable_files(where, ref.identifier), case_twins_named(spark, ref, where):
-        if isinstance(config.since_version, int):
-            ref = incremental(ref, config.since_version, [v for v, _ in table_versions(spark, ref.identifier)])
-            raw, changes = read_added(spark, ref)
-            ref = replace(ref, changes=changes)
-            where = f"table {ref.identifier} ({ref.describe()})"
-        else:
-            raw = read_version(spark, ref)
-        columns = {f.name: f.dataType for f in raw.schema.fields}
+    steps = steps or Stopwatch()
+    with steps.timed("read.resolve"):
+        with readable_files(f"table {config.table}", config.table):
+            ref = resolve_version(spark, config.table, config.version)
+        where = f"table {ref.identifier} ({ref.describe()})"
+        with readable_files(where, ref.identifier), case_twins_named(spark, ref, where):
+            if isinstance(config.since_version, int):
+                ref = incremental(ref, config.since_version, [v for v, _ in table_versions(spark, ref.identifier)])
+                raw, changes = read_added(spark, ref)
+                ref = replace(ref, changes=changes)
+                where = f"table {ref.identifier} ({ref.describe()})"
+            else:
+                raw = read_version(spark, ref)
+            columns = {f.name: f.dataType for f in raw.schema.fields}
     distinct_up_to_case(list(columns), where)
     if config.label not in columns:
         raise DataError(f"{where}: label column {config.label!r} not found; available columns: "
@@ -269,31 +276,32 @@ def read_feature_table(spark: SparkSession, config: DataConfig, loss: str) -> Fe
         also = " (or a string of two values)" if binary else f" for the {task_of(loss)} loss {loss!r}"
         raise DataError(f"{where}: label column {config.label!r} has type {label_type.simpleString()}; "
                         f"expected a numeric or boolean column{also}")
-    with readable_files(where, ref.identifier):
-        array_lengths = {c: common_length(raw, c) for c, family in choice.used.items() if family == "array"}
-        label_classes = string_classes(raw, config.label, where, loss) if label_is_string and binary else None
-    label_value = (column(config.label) == F.lit(label_classes[1])).cast("double") if label_classes \
-        else column(config.label) if multiclass else column(config.label).cast("double")
-    if config.weight is not None:
+    with steps.timed("read.check"):
         with readable_files(where, ref.identifier):
-            check_weights(raw, config.weight, where)
-    required = [config.time_column] if config.split == "time" and config.time_column else []
-    profile = Profile(config.label, label_value, choice.used, columns, array_lengths, required,
-                      binary_label=not multiclass)
-    with readable_files(where, ref.identifier):
-        stats = profile.collect(raw)
-    apply_policies(stats, config, where)
-    check_label(stats.label, loss, config.label, where)
-    kept = raw.where(~profile.unusable) if stats.rows_with_null or stats.rows_with_invalid else raw
-    if multiclass:
+            array_lengths = common_lengths(raw, [c for c, family in choice.used.items() if family == "array"])
+            label_classes = string_classes(raw, config.label, where, loss) if label_is_string and binary else None
+        label_value = (column(config.label) == F.lit(label_classes[1])).cast("double") if label_classes \
+            else column(config.label) if multiclass else column(config.label).cast("double")
+        required = [config.time_column] if config.split == "time" and config.time_column else []
+        profile = Profile(config.label, label_value, choice.used, columns, array_lengths, required,
+                          binary_label=not multiclass, weight=config.weight)
         with readable_files(where, ref.identifier):
-            label_classes = label_values(kept, config.label, where)
-        label_value = class_index(config.label, label_classes)
-    extra = [column(config.weight).cast("double").alias(config.weight)] if config.weight else []
-    extra += [column(name) for name in (config.time_column, config.split_column)
-              if name is not None and name in roles and name != config.weight]
-    dataframe = kept.select(label_value.alias(config.label), *[feature_column(c, choice.used[c]) for c in features],
-                            *extra)
+            stats = profile.collect(raw)
+        if config.weight is not None and stats.weight_counts is not None:
+            check_weights(stats.weight_counts, config.weight, where)
+        apply_policies(stats, config, where)
+        check_label(stats.label, loss, config.label, where)
+        kept = raw.where(~profile.unusable) if stats.rows_with_null or stats.rows_with_invalid else raw
+        if multiclass:
+            with readable_files(where, ref.identifier):
+                label_classes = stats.label_values if stats.label_values is not None else \
+                    label_values(kept, config.label, where)
+            label_value = class_index(config.label, label_classes)
+        extra = [column(config.weight).cast("double").alias(config.weight)] if config.weight else []
+        extra += [column(name) for name in (config.time_column, config.split_column)
+                  if name is not None and name in roles and name != config.weight]
+        dataframe = kept.select(label_value.alias(config.label), *[feature_column(c, choice.used[c]) for c in features],
+                                *extra)
     return FeatureTable(dataframe=dataframe, ref=ref, label=config.label, features=tuple(features),
                         rows_read=stats.rows, rows_dropped_null=stats.rows_with_null, null_counts=stats.null_counts,
                         rows_dropped_invalid=stats.rows_with_invalid, invalid_counts=stats.invalid_counts,

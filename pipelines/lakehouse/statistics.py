@@ -41,6 +41,7 @@ class ProfileColumns:
     floating: tuple[str, ...]  # float or double: NaN and +-inf are invalid
     arrays: tuple[tuple[str, int], ...]  # (array column, its common length)
     binary_label: bool = True  # count the label's values other than 0 and 1
+    weight: str | None = None  # the row weights (as double): counted on every row, usable or not
 
     @property
     def invalid(self) -> tuple[str, ...]:
@@ -61,6 +62,12 @@ class PartialProfile:
     label_values: list[Any] | None = field(default_factory=list)  # distinct usable labels; None: too many
     label_min: Any = None
     label_max: Any = None
+    weight_counts: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))  # see WEIGHT_COUNTS
+
+
+WEIGHT_COUNTS = ("null", "negative", "invalid", "positive")
+"""The weights counted as Spark compares doubles: null, < 0, NaN or +-inf, > 0 (-inf is negative and invalid;
+NaN, larger than any number to Spark, is positive and invalid)."""
 
 
 def empty_profile(columns: ProfileColumns) -> PartialProfile:
@@ -92,6 +99,8 @@ def partition_profile(batches: Iterable[pa.RecordBatch], columns: ProfileColumns
             invalid = _invalid_arrays(batch.column(name), length)
             profile.invalid_counts[index] += int(invalid.sum())
             any_invalid |= invalid
+        if columns.weight is not None:
+            profile.weight_counts += _weight_counts(batch.column(columns.weight))
         profile.rows_with_null += int(any_null.sum())
         profile.rows_with_invalid += int((any_invalid & ~any_null).sum())
         usable = ~(any_null | any_invalid)
@@ -126,6 +135,7 @@ def merge_profiles(parts: Sequence[PartialProfile], columns: ProfileColumns) -> 
         total.rows_with_null += part.rows_with_null
         total.rows_with_invalid += part.rows_with_invalid
         total.not_binary += part.not_binary
+        total.weight_counts += part.weight_counts
         total.label_min = _lower(total.label_min, part.label_min)
         total.label_max = _upper(total.label_max, part.label_max)
         if part.label_values is None or distinct is None:
@@ -134,6 +144,14 @@ def merge_profiles(parts: Sequence[PartialProfile], columns: ProfileColumns) -> 
             distinct.update(part.label_values)
     total.label_values = None if distinct is None else sorted(distinct)
     return total
+
+
+def _weight_counts(array: pa.Array) -> np.ndarray:
+    present = ~_is_null(array) if array.null_count else np.ones(len(array), np.bool_)
+    values = numpy_of(array, np.float64)[present]
+    with np.errstate(invalid="ignore"):
+        return np.array([len(array) - len(values), (values < 0).sum(), (~np.isfinite(values)).sum(),
+                         ((values > 0) | np.isnan(values)).sum()], np.int64)
 
 
 def _is_null(array: pa.Array) -> np.ndarray:

@@ -6,9 +6,13 @@ from pathlib import Path
 
 import pytest
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from jobs import train_sweep
 from pipelines.cli import run_job
+from pipelines.features.fitting import string_counts
+from pipelines.identifiers import column
+from pipelines.lakehouse.checks import Profile, common_lengths
 from pipelines.lakehouse.reader import read_feature_table, resolve_version, table_versions
 from tests.conftest import DEMO_APPEND_ROWS, DEMO_ROWS, make_config, table_overrides
 
@@ -160,11 +164,6 @@ def test_invalid_configuration_fails_before_reading(tmp_path: Path, capsys: pyte
 def test_one_arrow_pass_counts_what_a_spark_aggregation_counts(spark: SparkSession, tmp_path: Path) -> None:
     """The data check's statistics (one mapInArrow pass) equal the same rules written as one Spark aggregation,
     on nulls, NaN, +-inf, arrays of other lengths, NaN and null elements, null arrays and odd column names."""
-    from pyspark.sql import functions as F
-
-    from pipelines.identifiers import column
-    from pipelines.lakehouse.checks import Profile
-
     rows = spark.range(600, numPartitions=3).selectExpr(
         "CAST(id % 3 AS DOUBLE) AS label",
         "CASE WHEN id % 7 = 0 THEN NULL WHEN id % 11 = 0 THEN CAST('NaN' AS DOUBLE) "
@@ -173,11 +172,14 @@ def test_one_arrow_pass_counts_what_a_spark_aggregation_counts(spark: SparkSessi
         "CASE WHEN id % 19 = 0 THEN NULL WHEN id % 23 = 0 THEN array(1.0D, 2.0D) "
         "WHEN id % 29 = 0 THEN array(1.0D, CAST('NaN' AS DOUBLE), 3.0D) "
         "WHEN id % 31 = 0 THEN array(1.0D, NULL, 3.0D) ELSE array(id, 1.0D, 2.0D) END AS weekly",
-        "CASE WHEN id % 37 = 0 THEN NULL ELSE 'a' END AS plan")
+        "CASE WHEN id % 37 = 0 THEN NULL ELSE 'a' END AS plan",
+        "CASE WHEN id % 41 = 0 THEN NULL WHEN id % 43 = 0 THEN CAST('NaN' AS DOUBLE) WHEN id % 47 = 0 "
+        "THEN CAST('-Infinity' AS DOUBLE) WHEN id % 53 = 0 THEN -1.0D ELSE CAST(id % 2 AS DOUBLE) END AS w")
     families = {"monthly.charges": "number", "we`ird": "number", "weekly": "array", "plan": "string"}
     types = {f.name: f.dataType for f in rows.schema.fields}
     for binary in (True, False):
-        profile = Profile("label", column("label"), families, types, {"weekly": 3}, [], binary_label=binary)
+        profile = Profile("label", column("label"), families, types, {"weekly": 3}, [], binary_label=binary,
+                          weight="w" if binary else None)
         stats = profile.collect(rows)
         clean = profile.clean_label
         reference = rows.agg(
@@ -199,4 +201,41 @@ def test_one_arrow_pass_counts_what_a_spark_aggregation_counts(spark: SparkSessi
                                                                    reference["rows_with_invalid"])
         assert stats.label == {"distinct": reference["distinct"], "min": reference["min"], "max": reference["max"],
                                "not_binary": reference["not_binary"] if binary else 0}
-        assert stats.label["distinct"] == 3
+        assert stats.label["distinct"] == 3 and stats.label_values == (0.0, 1.0, 2.0)
+        weight = column("w").cast("double")
+        weights = rows.agg(F.sum(weight.isNull().cast("long")).alias("null"),
+                           F.sum((weight < 0).cast("long")).alias("negative"),
+                           F.sum((F.isnan(weight) | (F.abs(weight) == float("inf"))).cast("long")).alias("invalid"),
+                           F.sum((weight > 0).cast("long")).alias("positive")).collect()[0].asDict()
+        assert stats.weight_counts == (weights if binary else None)
+        assert min(weights.values()) > 0
+
+
+def test_string_value_counts_of_every_column_in_one_pass(spark: SparkSession) -> None:
+    """Each string column's value counts (nulls as a value) equal a Spark group-by's; a column with more distinct
+    values than the limit, in the table or in one partition alone, comes back as None (it is hashed)."""
+    rows = spark.range(300, numPartitions=3).selectExpr(
+        "CASE WHEN id % 7 = 0 THEN NULL ELSE CAST(id % 4 AS STRING) END AS `plan.type`",
+        "CAST(id AS STRING) AS id_like",  # 100 distinct per partition
+        "CASE WHEN id < 100 THEN 'a' WHEN id < 200 THEN 'b' ELSE CAST(id % 3 AS STRING) END AS spread")
+    counts = string_counts(rows, ["plan.type", "id_like", "spread"], limit=5)
+    expected = {r[0]: r[1] for r in rows.groupBy(column("plan.type")).count().collect()}
+    assert counts["plan.type"] == expected and None in expected and len(expected) == 5
+    assert counts["id_like"] is None
+    # 5 distinct in the table, at most 3 in any partition: exact; with a limit of 4, hashed after the merge
+    assert counts["spread"] == {"a": 100, "b": 100, "0": 33, "1": 33, "2": 34}
+    assert string_counts(rows, ["spread"], limit=4) == {"spread": None}
+
+
+def test_common_lengths_of_every_array_column_in_one_pass(spark: SparkSession) -> None:
+    """The most common length per array column (ties: the shorter; nulls have none) equals a Spark group-by's."""
+    rows = spark.range(200, numPartitions=3).selectExpr(
+        "CASE WHEN id % 3 = 0 THEN NULL WHEN id % 2 = 0 THEN array(1.0D, 2.0D) ELSE array(1.0D) END AS `a.b`",
+        "CASE WHEN id < 100 THEN array(1, 2, 3) ELSE array(1, 2) END AS tie",
+        "CAST(NULL AS ARRAY<DOUBLE>) AS never")
+    names = ["a.b", "tie", "never"]
+    expected = {}
+    for name in names:
+        counts = rows.where(column(name).isNotNull()).groupBy(F.size(column(name)).alias("n")).count().collect()
+        expected[name] = int(min(counts, key=lambda r: (-int(r["count"]), int(r["n"])))["n"]) if counts else 0
+    assert common_lengths(rows, names) == expected == {"a.b": 1, "tie": 2, "never": 0}

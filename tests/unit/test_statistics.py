@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines.lakehouse.statistics import ProfileColumns, merge_profiles, partition_profile
+from pipelines.lakehouse.statistics import WEIGHT_COUNTS, ProfileColumns, merge_profiles, partition_profile
 
 LENGTH = 3
 
@@ -112,3 +112,14 @@ def test_string_and_integer_labels_keep_their_python_types() -> None:
     assert (part.label_values, part.label_min, part.label_max, part.rows_with_null) == (["b", "a"], "a", "b", 2)
     by_number = partition_profile([batch], ProfileColumns("n", ("n",), (), (), binary_label=False))
     assert (by_number.label_min, by_number.label_max) == (1, 3) and type(by_number.label_min) is int
+
+
+def test_weights_are_counted_on_every_row_as_spark_compares_doubles() -> None:
+    weights = pa.array([1.0, 0.0, -2.0, None, float("nan"), -float("inf"), float("inf"), 3.0])
+    batch = pa.RecordBatch.from_arrays([pa.array([0.0] * 4 + [1.0] * 4), weights], names=["label", "w"])
+    columns = ProfileColumns("label", ("label",), ("label",), (), weight="w")
+    part = partition_profile([batch.slice(0, 3), batch.slice(3)], columns)
+    # null; negative: -2, -inf; invalid: NaN, -inf, inf; positive: 1, NaN, inf, 3
+    assert dict(zip(WEIGHT_COUNTS, part.weight_counts.tolist(), strict=True)) == {
+        "null": 1, "negative": 2, "invalid": 3, "positive": 4}
+    assert merge_profiles([part, part], columns).weight_counts.tolist() == [2, 4, 6, 8]
