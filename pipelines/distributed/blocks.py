@@ -175,14 +175,14 @@ def build_blocks(
                 yield flush(is_validation)
 
     # After the shuffle rows arrive in fetch order, which varies between runs on a cluster: sort each
-    # partition by a content hash (ties by content) so its blocks, hence the SGD trajectory, are reproducible.
-    # Vectors are in the hash but cannot be sorted on (two rows differing only there need a 64-bit collision).
+    # partition by a content hash so its blocks, hence the SGD trajectory, are reproducible. Ties are broken by
+    # a second hash of the content, not by the columns themselves: rows equal in both are (but for a 128-bit
+    # collision) equal rows, whose order changes no block's bytes, and a sort on thousands of columns made the
+    # driver compile a comparator over each of them (a 10,000-column table's plan outgrew a 9 GB driver).
     # Columns travel under positional names (PySpark's mapInArrow parses names), renamed before the sort.
-    position = {c: F.col(positional_name(index)) for index, c in enumerate(columns)}
-    order_key = F.xxhash64(F.lit(0x5EED), *position.values())
-    vectors = {v.column for v in encoding.columns if v.kind == "vector"}
+    position = [F.col(positional_name(index)) for index in range(len(columns))]
     ordered = positional_columns(dataframe, columns).repartition(num_partitions) \
-        .sortWithinPartitions(order_key, *[position[c] for c in columns if c not in vectors])
+        .sortWithinPartitions(F.xxhash64(F.lit(0x5EED), *position), F.xxhash64(F.lit(0xC0FFEE), *position))
     blocks = ordered.mapInArrow(named_batches(pack, columns), BLOCK_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
     summary = blocks.groupBy("partition", "is_validation").sum("rows").collect()
     train_rows = [0] * num_partitions
