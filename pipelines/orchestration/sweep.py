@@ -266,7 +266,7 @@ class SweepJob:
             data = data.model_copy(update={"version": recorded})
         if data.since_version is not None:
             data = data.model_copy(update={"since_version": self.since_version(data.since_version)})
-        self.table = read_feature_table(self.spark, data, self.config.model.loss)
+        self.table = read_feature_table(self.spark, data, self.config.model.loss, steps=self.phases)
         check_results_table(self.spark, self.config.output.results_table)
         penalties = len(self.config.penalty_axis())
         rates = ("auto rates" if self.auto else f"{len(self.config.sweep.grid())} rates") + \
@@ -614,7 +614,8 @@ class SweepJob:
             partitions = self.checkpoint.num_partitions if self.checkpoint is not None else None
             self.prepared = prepare_data(self.spark, self.table, self.config.data, self.config.features,
                                          self.config.train, self.config.model.class_weight, num_partitions=partitions,
-                                         model_rows=model_rows(self.config.sweep, len(self.config.penalty_axis())))
+                                         model_rows=model_rows(self.config.sweep, len(self.config.penalty_axis())),
+                                         steps=self.phases)
             encoding = self.prepared.encoding
             for note in self.prepared.notes:
                 self.say(f"data: {note}")

@@ -46,6 +46,7 @@ from pipelines.sgd.kernels import small_table_batch_size
 from pipelines.sgd.losses import Loss
 from pipelines.sgd.problem import TrainingProblem
 from pipelines.sgd.schedules import ScheduleSpec
+from pipelines.stopwatch import Stopwatch
 from pipelines.sweep.grid import GridPoint, row_penalties
 from pipelines.sweep.loop import BoundaryHook, run_grid
 from pipelines.sweep.lr_finder import RangeTestResult, range_test_rates, run_range_test
@@ -122,10 +123,14 @@ def weight_column(table: FeatureTable, train_rows: DataFrame,
 
 def prepare_data(spark: SparkSession, table: FeatureTable, data: DataConfig, features: FeaturesConfig,
                  train: TrainConfig, class_weight: str | Mapping[str, float] | None = None,
-                 num_partitions: int | None = None, model_rows: int = 1) -> PreparedData:
+                 num_partitions: int | None = None, model_rows: int = 1, steps: Stopwatch | None = None
+                 ) -> PreparedData:
     """Split, fit the encoding (and weights) on the training split, pack and cache the blocks (read once), and
     choose where the engine's tasks run (``train.executor``; ``model_rows``: the most grid points x seeds the
     sweep trains at once, which ``auto`` weighs; the driver executor collects the blocks here, once).
+
+    ``steps`` (when given) times ``prepare.split``, ``prepare.fit`` (the passes over the training split; the
+    split's own columns are computed lazily, within them) and ``prepare.stage`` (the blocks).
 
     Test rows are left out of the blocks. ``num_partitions`` (a resumed sweep's recorded partitioning) wins over
     ``train.num_partitions``.
@@ -137,14 +142,17 @@ def prepare_data(spark: SparkSession, table: FeatureTable, data: DataConfig, fea
         on rows whose blocks would not fit the driver (before any block is built).
     """
     where = _where(table)
-    split = split_table(table, data, train.seed)
-    classes: tuple[Any, ...] | None = None
-    notes: tuple[str, ...] = ()
-    if table.label_is_index:
-        classes, notes, split = training_classes(table, split)
+    steps = steps or Stopwatch()
+    with steps.timed("prepare.split"):
+        split = split_table(table, data, train.seed)
+        classes: tuple[Any, ...] | None = None
+        notes: tuple[str, ...] = ()
+        if table.label_is_index:
+            classes, notes, split = training_classes(table, split)
     train_rows = split.filter(F.col(SPLIT_COLUMN) == F.lit(TRAIN))
-    encoding = fit_encoding(train_rows, table.columns.used, table.array_lengths, features, where)
-    weight = weight_column(table, train_rows, class_weight)
+    with steps.timed("prepare.fit"):
+        encoding = fit_encoding(train_rows, table.columns.used, table.array_lengths, features, where)
+        weight = weight_column(table, train_rows, class_weight)
     modeled = split.filter(F.col(SPLIT_COLUMN) != F.lit(TEST))
     if weight is not None:
         modeled = modeled.withColumn(WEIGHT_COLUMN, weight)
@@ -155,8 +163,9 @@ def prepare_data(spark: SparkSession, table: FeatureTable, data: DataConfig, fea
     too_large = driver_too_small(estimate, driver_limit) if train.executor == "driver" else None
     if too_large is not None:
         raise DataError(f"{where}: {table.rows:,} rows x {encoding.n_inputs:,} inputs: {too_large}")
-    blocks = build_blocks(modeled, table.label, encoding, partitions,
-                          weight=WEIGHT_COLUMN if weight is not None else None, dtype=train.dtype)
+    with steps.timed("prepare.stage"):
+        blocks = build_blocks(modeled, table.label, encoding, partitions,
+                              weight=WEIGHT_COLUMN if weight is not None else None, dtype=train.dtype)
     if blocks.total_train_rows == 0:
         blocks.release()
         raise DataError(f"{where}: no training rows after the {data.split} split")
