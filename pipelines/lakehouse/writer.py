@@ -27,7 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pipelines.config import is_path
 from pipelines.errors import OutputError, first_line
 from pipelines.faults import kill_point, kill_when
-from pipelines.lakehouse.delta import is_delta_table, latest_version, sql_name, table_format
+from pipelines.lakehouse.delta import commit_files, is_delta_table, latest_version, local_log, sql_name, table_format
 from pipelines.sgd.metrics import ALL_CURVES
 
 #: The results table: one row per (sweep_id, round, grid point, epoch); a grid point is (learning_rate, reg_param,
@@ -42,9 +42,9 @@ RESULTS_SCHEMA = ", ".join([
     "child_run_id STRING", "data_table STRING", "data_version BIGINT", "written_at TIMESTAMP",
     "data_since_version BIGINT", "registration STRING",
 ])
-#: Columns a sweep's end sets on all of a rate's rows.
 #: The columns an existing table must have to take a sweep's rows (what the first results tables had).
 RESULTS_KEY_COLUMNS = ("sweep_id", "learning_rate", "epoch")
+#: Columns a sweep's end sets on all of a rate's rows.
 FINAL_COLUMNS = ("status", "kept_epoch", "is_best", "parent_run_id", "child_run_id", "registration")
 EPOCHS_PER_ROUND = 1_000_000
 COMMIT_ATTEMPTS = 6
@@ -127,7 +127,7 @@ def _becomes_delta_table(spark: SparkSession, identifier: str, local: str | None
     while True:
         if is_delta_table(spark, identifier):
             return True
-        if local is not None and uncommitted_delta_folder(local) and (
+        if local is not None and uncommitted_delta_folder(identifier) and (
                 time.monotonic() >= deadline or time.time() - _newest_change(local) >= CREATION_WAIT_SECONDS):
             return True
         if time.monotonic() >= deadline:
@@ -135,12 +135,10 @@ def _becomes_delta_table(spark: SparkSession, identifier: str, local: str | None
         time.sleep(1.0)
 
 
-def uncommitted_delta_folder(local: str) -> bool:
-    """Whether the local folder has a ``_delta_log`` without any commit or checkpoint file in it."""
-    log = os.path.join(local, "_delta_log")
-    if not os.path.isdir(log):
-        return False
-    return not any(name.endswith(".json") or ".checkpoint" in name for name in os.listdir(log))
+def uncommitted_delta_folder(identifier: str) -> bool:
+    """Whether a local table's folder has a ``_delta_log`` without any commit or checkpoint file in it."""
+    log = local_log(identifier)
+    return log is not None and log.is_dir() and not commit_files(identifier)
 
 
 def _newest_change(local: str) -> float:
@@ -248,9 +246,9 @@ def append_journal(spark: SparkSession, rows: Sequence[dict[str, Any]], identifi
             writer.saveAsTable(identifier)
 
     created = table_exists(spark, identifier)
-    local = identifier.removeprefix("file:") if is_path(identifier) and "://" not in identifier else None
-    if not created and local is not None:  # a test's kill while the first commit is being made
-        kill_when("journal_create", lambda: any(name.endswith(".parquet") for name in os.listdir(local)))
+    log = local_log(identifier)
+    if not created and log is not None:  # a test's kill while the first commit is being made
+        kill_when("journal_create", lambda: any(log.parent.glob("*.parquet")))
     retry_conflicts(append, "output.results_table", identifier)
     if created:
         kill_point("journal_append")

@@ -30,6 +30,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from tests.e2e.harness import BackgroundJob, MlflowServer, wait_for
+from tests.sweeps import IDENTITY_COLUMNS
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +39,6 @@ EPOCHS = 12
 LEARNING_RATES = (0.01, 0.1, 1.0)
 CHILDREN = {"lr=0.01", "lr=0.1", "lr=1"}
 CURVES = ("train_loss", "val_loss")
-#: Columns that name a sweep's attempt rather than what it computed.
-IDENTITY_COLUMNS = ["sweep_id", "parent_run_id", "child_run_id", "written_at"]
 
 
 def slowed(seconds: float) -> dict[str, str]:
@@ -105,7 +104,7 @@ def results(path: Path, sweep_id: str | None = None) -> pd.DataFrame:
 
 def computed(frame: pd.DataFrame) -> pd.DataFrame:
     """What the rows say about the training (ids and write times dropped), in (round, rate, epoch) order."""
-    return frame.drop(columns=IDENTITY_COLUMNS).sort_values(["round", "learning_rate", "epoch"]) \
+    return frame.drop(columns=list(IDENTITY_COLUMNS)).sort_values(["round", "learning_rate", "epoch"]) \
         .reset_index(drop=True)
 
 

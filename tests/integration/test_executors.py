@@ -28,8 +28,8 @@ from pipelines.orchestration.signals import StopRequest
 from pipelines.orchestration.sweep import SweepReport, run_tracked_sweep
 from pipelines.orchestration.training import prepare_data, train_grid
 from pipelines.sweep.grid import joint_grid
-from pipelines.sweep.outcome import GridOutcome
 from tests.conftest import make_config, table_overrides
+from tests.sweeps import assert_same_outcome, sweep_rows
 
 EXPERIMENT = "it-executors"
 
@@ -58,25 +58,6 @@ def _sweep(spark: SparkSession, config: Config, stop_at: int | None = None) -> t
     return None, lines
 
 
-def _assert_same_bits(one: GridOutcome, other: GridOutcome) -> None:
-    for a, b in zip(one.rates, other.rates, strict=True):
-        assert (a.status, a.epochs_run, a.stopped_epoch, a.kept_epoch) == (b.status, b.epochs_run, b.stopped_epoch,
-                                                                           b.kept_epoch)
-        for name in b.curves:  # NaN where not run, equal bits everywhere else
-            np.testing.assert_array_equal(a.curves[name], b.curves[name], err_msg=name)
-            np.testing.assert_array_equal(a.curves_std[name], b.curves_std[name], err_msg=name)
-        np.testing.assert_array_equal(a.weights, b.weights)
-        assert a.intercept == b.intercept and a.initial == b.initial
-    assert (one.jobs, one.row_passes) == (other.jobs, other.row_passes)
-
-
-def _rows(spark: SparkSession, config: Config, sweep_id: str) -> pd.DataFrame:
-    frame = spark.read.format("delta").load(config.output.results_table)
-    columns = [c for c in frame.columns if c not in ("sweep_id", "parent_run_id", "child_run_id", "written_at")]
-    rows = frame.where(frame["sweep_id"] == sweep_id).select(*columns).toPandas()
-    return rows.sort_values(["round", "learning_rate", "epoch"]).reset_index(drop=True)
-
-
 @pytest.mark.parametrize("settings", [
     ["train.optimizer=adam", "sweep.early_stopping={enabled: true, patience: 2}", "train.sync_every=4"],
     ["train.algorithm=gd", "train.optimizer=momentum", "train.batch_fraction=0.7"],
@@ -101,7 +82,7 @@ def test_a_driver_sweep_equals_the_spark_sweep_and_resumes_bit_for_bit(
                                config.train, config.sweep, joint_grid(config.sweep.grid(), config.penalty_axis()))
     finally:
         prepared.blocks.release()
-    _assert_same_bits(in_driver.outcome, through_spark.run.outcome)
+    assert_same_outcome(in_driver.outcome, through_spark.run.outcome, same_jobs=True)
 
     # a driver sweep stopped after epoch 3 (a checkpoint at 2, the stop saves 3) and resumed: the same bits again
     resumed_config = _config(table, tmp_path, "resumed", "train.executor=driver", *settings)
@@ -110,8 +91,9 @@ def test_a_driver_sweep_equals_the_spark_sweep_and_resumes_bit_for_bit(
         "executor: driver (train.executor=driver; 1,946 training rows x 4 model rows x 5 inputs = 38,920 cells)"]
     resumed, _ = _sweep(spark, resumed_config)
     assert resumed is not None and resumed.resumed_from_epoch == 3
-    _assert_same_bits(resumed.run.outcome, through_spark.run.outcome)
-    pd.testing.assert_frame_equal(_rows(spark, config, "resumed"), _rows(spark, config, "spark"))
+    assert_same_outcome(resumed.run.outcome, through_spark.run.outcome, same_jobs=True)
+    pd.testing.assert_frame_equal(sweep_rows(spark, config.output.results_table, "resumed"),
+                                  sweep_rows(spark, config.output.results_table, "spark"))
 
 
 def test_auto_collects_the_blocks_once_and_runs_the_spark_jobs_above_driver_max_cells(

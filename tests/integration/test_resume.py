@@ -13,7 +13,6 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -25,9 +24,9 @@ from pipelines.config import Config
 from pipelines.errors import TerminatedError
 from pipelines.orchestration.signals import StopRequest
 from pipelines.orchestration.sweep import SweepReport, run_tracked_sweep
-from pipelines.sweep.outcome import GridOutcome
 from pipelines.tracking.runs import TAG_ROLE, TAG_SWEEP_ID
 from tests.conftest import make_config, table_overrides
+from tests.sweeps import assert_same_outcome, sweep_rows
 
 EXPERIMENT = "it-resume"
 
@@ -49,25 +48,6 @@ def _stopped_at(spark: SparkSession, config: Config, epoch: int) -> None:
 
     with pytest.raises(TerminatedError, match=f"at epoch {epoch}; rerun with sweep.id="):
         run_tracked_sweep(spark, config, progress=progress, stop=stop)
-
-
-def _assert_same_outcome(resumed: GridOutcome, uninterrupted: GridOutcome) -> None:
-    for a, b in zip(resumed.rates, uninterrupted.rates, strict=True):
-        assert (a.status, a.epochs_run, a.stopped_epoch, a.kept_epoch) == (b.status, b.epochs_run, b.stopped_epoch,
-                                                                           b.kept_epoch)
-        for name in b.curves:  # NaN where not run, equal bits everywhere else
-            np.testing.assert_array_equal(a.curves[name], b.curves[name], err_msg=name)
-            np.testing.assert_array_equal(a.curves_std[name], b.curves_std[name], err_msg=name)
-        np.testing.assert_array_equal(a.weights, b.weights)
-        assert a.intercept == b.intercept and a.initial == b.initial
-    assert resumed.row_passes == uninterrupted.row_passes
-
-
-def _rows(spark: SparkSession, config: Config, sweep_id: str) -> pd.DataFrame:
-    frame = spark.read.format("delta").load(config.output.results_table)
-    columns = [c for c in frame.columns if c not in ("sweep_id", "parent_run_id", "child_run_id", "written_at")]
-    rows = frame.where(frame["sweep_id"] == sweep_id).select(*columns).toPandas()
-    return rows.sort_values(["round", "learning_rate", "epoch"]).reset_index(drop=True)
 
 
 def _histories(client: MlflowClient, report: SweepReport, metric: str) -> dict[float, list[tuple[int, float]]]:
@@ -97,8 +77,9 @@ def test_a_resumed_sweep_equals_an_uninterrupted_one(spark: SparkSession, synthe
     _stopped_at(spark, config, 3)
     resumed = run_tracked_sweep(spark, config, progress=None)
     assert resumed.resumed_from_epoch == 3
-    _assert_same_outcome(resumed.run.outcome, uninterrupted.run.outcome)
-    pd.testing.assert_frame_equal(_rows(spark, config, "interrupted"), _rows(spark, config, "straight"))
+    assert_same_outcome(resumed.run.outcome, uninterrupted.run.outcome)
+    pd.testing.assert_frame_equal(sweep_rows(spark, config.output.results_table, "interrupted"),
+                                  sweep_rows(spark, config.output.results_table, "straight"))
     client = MlflowClient(tracking_uri=config.tracking.uri)
     for metric in ("train_loss", "val_loss"):
         assert _histories(client, resumed, metric) == _histories(client, uninterrupted, metric)
@@ -126,8 +107,9 @@ def test_an_auto_sweep_resumes_inside_its_second_round(spark: SparkSession, synt
     assert resumed.suggested_learning_rate == uninterrupted.suggested_learning_rate
     for mine, theirs in zip(resumed.rounds, uninterrupted.rounds, strict=True):
         assert mine.points == theirs.points
-        _assert_same_outcome(mine.outcome, theirs.outcome)
-    pd.testing.assert_frame_equal(_rows(spark, config, "auto-interrupted"), _rows(spark, config, "auto-straight"))
+        assert_same_outcome(mine.outcome, theirs.outcome)
+    pd.testing.assert_frame_equal(sweep_rows(spark, config.output.results_table, "auto-interrupted"),
+                                  sweep_rows(spark, config.output.results_table, "auto-straight"))
 
 
 def test_results_and_mlflow_fill_up_while_the_sweep_trains(spark: SparkSession, synthetic_tables: dict[str, str],
@@ -143,7 +125,7 @@ def test_results_and_mlflow_fill_up_while_the_sweep_trains(spark: SparkSession, 
         while time.monotonic() < deadline:
             # the table exists once its first commit does (the folder comes first, while the journal writes it)
             created = (tmp_path / "results" / "_delta_log" / f"{0:020d}.json").exists()
-            epochs = set(_rows(spark, config, "live").epoch) if created else set()
+            epochs = set(sweep_rows(spark, config.output.results_table, "live").epoch) if created else set()
             experiment = client.get_experiment_by_name(EXPERIMENT)
             assert experiment is not None
             children = client.search_runs([experiment.experiment_id],
@@ -158,7 +140,7 @@ def test_results_and_mlflow_fill_up_while_the_sweep_trains(spark: SparkSession, 
     assert {1, 2, 3, 4} <= seen["epochs"]  # type: ignore[operator]  # appended at the checkpoints of epochs 2, 4
     assert min(seen["points"]) >= 5  # type: ignore[call-overload]  # steps 0..4 at least, while training
     assert seen["statuses"] == {"RUNNING"}
-    rows = _rows(spark, config, "live")
+    rows = sweep_rows(spark, config.output.results_table, "live")
     assert len(rows) == sum(rate.epochs_run for rate in report.run.outcome.rates)
     assert set(rows.status) <= {"completed", "diverged"}  # the final statuses replaced "running"
     checkpoints = list((tmp_path / "checkpoints" / "live").glob("checkpoint-*.npz"))
