@@ -40,7 +40,7 @@ demo: $(VENV)/.installed
 	$(SUBMIT) jobs/train_sweep.py --env $(ENV) $(ARGS)
 
 range-test: $(VENV)/.installed
-	$(SUBMIT) jobs/lr_finder.py --env $(ENV) $(ARGS)
+	$(SUBMIT) jobs/range_test.py --env $(ENV) $(ARGS)
 
 score: $(VENV)/.installed
 	$(SUBMIT) jobs/score.py --env $(ENV) $(ARGS)

@@ -1,7 +1,4 @@
-"""Smith's learning-rate range test on a Delta feature table, distributed on Spark, logged as one MLflow run.
-
-The rate grows exponentially from ``range_test.min_lr`` to ``range_test.max_lr`` over ``range_test.num_steps``
-mini-batch steps (one Spark job each) until the smoothed loss diverges; prints the suggested rate.
+"""Deprecated name of ``jobs/range_test.py``, kept for one release: one line on stderr, then the same range test.
 
     spark-submit jobs/lr_finder.py [--env ENV] [--set key=value ...]
 """
@@ -13,8 +10,12 @@ from collections.abc import Sequence
 
 from pipelines.cli import command_main, run_job
 
+DEPRECATION = ("jobs/lr_finder.py is deprecated: use jobs/range_test.py (make range-test); "
+               "it will be removed in the next release")
+
 
 def main(argv: Sequence[str]) -> int:
+    print(DEPRECATION, file=sys.stderr, flush=True)
     return command_main("range-test", argv)
 
 

@@ -82,10 +82,10 @@ def sync_command(config: Config) -> int:
 
 def range_test_command(config: Config) -> int:
     """Smith's learning-rate range test, logged as one MLflow run; prints the suggested rate."""
-    from pipelines.orchestration.lr_finder import run_tracked_range_test
+    from pipelines.orchestration.range_test import run_tracked_range_test
     from pipelines.orchestration.signals import StopRequest
     from pipelines.session import get_spark
-    from pipelines.sweep.lr_finder import SUGGESTION_RULE
+    from pipelines.sweep.range_test import SUGGESTION_RULE
     from pipelines.tracking.store import connect
 
     store = connect(config.tracking)

@@ -1,6 +1,6 @@
 """Where the engine's tasks run: a Spark job over the cached blocks, or a loop in the driver process.
 
-The engine (:mod:`pipelines.distributed.engine`, :mod:`pipelines.distributed.lr_finder`) writes a task as a
+The engine (:mod:`pipelines.distributed.engine`, :mod:`pipelines.distributed.range_test`) writes a task as a
 function of one partition's :class:`~pipelines.distributed.blocks.PartitionBlocks` and hands it to an
 executor, which maps it over the non-empty partitions and returns the results in partition order:
 

@@ -25,8 +25,8 @@ from pipelines.lakehouse.checkpoints import CheckpointStore
 from pipelines.lakehouse.reader import FeatureTable
 from pipelines.orchestration.journal import Journal
 from pipelines.sweep.checkpoint import RoundCheckpoint, SweepCheckpoint
-from pipelines.sweep.lr_finder import RangeTestResult
 from pipelines.sweep.outcome import GridOutcome
+from pipelines.sweep.range_test import RangeTestResult
 
 AUTO_COST_FACTOR = 20.0  # a checkpoint every 20 x its cost: at most 5% of the time
 FIRST_COST_SECONDS = 2.0

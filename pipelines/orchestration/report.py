@@ -9,7 +9,7 @@ from pipelines.errors import NoUsableModelError, TrackingUnavailableError
 from pipelines.lakehouse.reader import FeatureTable
 from pipelines.orchestration.training import SweepRun
 from pipelines.reporting.tables import format_summary
-from pipelines.sweep.lr_finder import RangeTestResult
+from pipelines.sweep.range_test import RangeTestResult
 from pipelines.tracking.models import Registration
 
 

@@ -13,7 +13,7 @@ completes what is missing (results rows, MLflow runs and histories, figures, mod
 MLflow is unavailable, training goes on; at the end the job waits at most ``tracking.retry_seconds`` for it,
 then finishes everything else and reports exit code 4.
 
-With ``sweep.learning_rates: auto`` the grid comes from Smith's range test (:mod:`pipelines.sweep.lr_finder`):
+With ``sweep.learning_rates: auto`` the grid comes from Smith's range test (:mod:`pipelines.sweep.range_test`):
 round 1 trains ``sweep.auto_num`` rates spanning ``sweep.auto_span`` around its suggestion; with
 ``sweep.refine`` round 2 trains a finer grid around round 1's best. The range test and every round's rates are
 child runs of the one parent; the final round feeds the registry and the summary.
@@ -75,8 +75,8 @@ from pipelines.stopwatch import Stopwatch
 from pipelines.sweep.checkpoint import RoundCheckpoint, SweepCheckpoint, settings_changes
 from pipelines.sweep.grid import GridPoint, joint_grid, point_label
 from pipelines.sweep.loop import Boundary
-from pipelines.sweep.lr_finder import RangeTestResult, auto_grid, refine_span
 from pipelines.sweep.outcome import GridOutcome, RateResult
+from pipelines.sweep.range_test import RangeTestResult, auto_grid, refine_span
 from pipelines.tracking.datasets import TrainingData, dataset_input
 from pipelines.tracking.live import LiveView
 from pipelines.tracking.models import (

@@ -31,7 +31,7 @@ from pipelines.distributed.executors import (
     driver_too_small,
     jvm_bytes,
 )
-from pipelines.distributed.lr_finder import RangeTestStepper
+from pipelines.distributed.range_test import RangeTestStepper
 from pipelines.distributed.strategies import GradientDescent, LocalSGD, Strategy
 from pipelines.errors import DataError
 from pipelines.features.encoding import TableEncoding
@@ -49,7 +49,6 @@ from pipelines.sgd.schedules import ScheduleSpec
 from pipelines.stopwatch import Stopwatch
 from pipelines.sweep.grid import GridPoint, row_penalties
 from pipelines.sweep.loop import BoundaryHook, run_grid
-from pipelines.sweep.lr_finder import RangeTestResult, range_test_rates, run_range_test
 from pipelines.sweep.outcome import GridOutcome
 from pipelines.sweep.policies import (
     AdaptiveRate,
@@ -59,6 +58,7 @@ from pipelines.sweep.policies import (
     Policies,
     SuccessiveHalving,
 )
+from pipelines.sweep.range_test import RangeTestResult, range_test_rates, run_range_test
 from pipelines.sweep.snapshot import GridSnapshot
 from pipelines.sweep.state import grid_state
 

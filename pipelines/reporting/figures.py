@@ -10,8 +10,8 @@ from matplotlib.ticker import MaxNLocator
 
 from pipelines.reporting.tables import rate_label
 from pipelines.sweep.grid import varying_axes
-from pipelines.sweep.lr_finder import SUGGESTION_RULE, RangeTestResult
 from pipelines.sweep.outcome import GridOutcome
+from pipelines.sweep.range_test import SUGGESTION_RULE, RangeTestResult
 from pipelines.sweep.status import DIVERGED
 
 

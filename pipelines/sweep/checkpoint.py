@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from pipelines.features.encoding import TableEncoding
 from pipelines.sweep.grid import GridPoint
-from pipelines.sweep.lr_finder import RangeTestResult
+from pipelines.sweep.range_test import RangeTestResult
 from pipelines.sweep.snapshot import GridSnapshot
 
 FORMAT_VERSION = 3

@@ -32,10 +32,10 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from pipelines.errors import ConfigError, TrackingError, TrackingUnavailableError
 from pipelines.sweep.grid import GridPoint, point_labels
-from pipelines.sweep.lr_finder import RangeTestResult
 from pipelines.sweep.outcome import GridOutcome, RateResult
+from pipelines.sweep.range_test import RangeTestResult
 from pipelines.sweep.status import DIVERGED, RUNNING
-from pipelines.tracking.lr_finder import log_range_test
+from pipelines.tracking.range_test import log_range_test
 from pipelines.tracking.store import TrackingStore
 
 TAG_SWEEP_ID = "lrsweep.sweep_id"

@@ -14,8 +14,8 @@ from pipelines.lakehouse.checkpoints import CheckpointStore, decode_arrays, enco
 from pipelines.sgd.optimizers import OptimizerSpec
 from pipelines.sweep.checkpoint import RoundCheckpoint, SweepCheckpoint, settings_changes
 from pipelines.sweep.grid import GridPoint, row_penalties
-from pipelines.sweep.lr_finder import RangeTestResult
 from pipelines.sweep.policies import AdaptiveRate, Divergence, EarlyStopping, Policies
+from pipelines.sweep.range_test import RangeTestResult
 from pipelines.sweep.snapshot import GridSnapshot
 from pipelines.sweep.state import grid_state
 from pipelines.sweep.status import DIVERGED

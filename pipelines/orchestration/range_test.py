@@ -16,8 +16,8 @@ from pipelines.config import Config
 from pipelines.lakehouse.reader import read_feature_table
 from pipelines.orchestration.training import prepare_data, range_test
 from pipelines.reporting.figures import range_test_figure
-from pipelines.sweep.lr_finder import RangeTestResult
-from pipelines.tracking.lr_finder import log_range_test
+from pipelines.sweep.range_test import RangeTestResult
+from pipelines.tracking.range_test import log_range_test
 from pipelines.tracking.runs import TAG_ROLE
 from pipelines.tracking.store import TrackingStore, code_version, connect
 

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.entities.run_status import RunStatus
 
-from pipelines.sweep.lr_finder import SUGGESTION_RULE, RangeTestResult
+from pipelines.sweep.range_test import SUGGESTION_RULE, RangeTestResult
 
 RANGE_TEST_FIGURE = "figures/range_test.png"
 MAX_METRICS_PER_BATCH = 1000

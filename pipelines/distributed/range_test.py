@@ -12,7 +12,7 @@ Step ``t`` (0-based) with rate ``rate_t``:
    model the step started from.
 
 This module only supplies the step (:class:`RangeTestStepper`, a callable ``rate -> loss``); the ramp of
-rates, smoothing, stopping and the suggestion are the sweep layer's :mod:`pipelines.sweep.lr_finder`. Like
+rates, smoothing, stopping and the suggestion are the sweep layer's :mod:`pipelines.sweep.range_test`. Like
 the grid engine's ``gd``, the result depends on the seed, the data and the partitioning only.
 """
 

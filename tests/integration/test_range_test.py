@@ -17,13 +17,13 @@ from pyspark.sql import SparkSession
 
 from pipelines.config import Config
 from pipelines.distributed.blocks import collect_arrays
-from pipelines.distributed.lr_finder import partition_batch_rows, sample_rows
+from pipelines.distributed.range_test import partition_batch_rows, sample_rows
 from pipelines.lakehouse.reader import read_feature_table
 from pipelines.orchestration.sweep import run_tracked_sweep
 from pipelines.orchestration.training import PreparedData, SweepRun, prepare_data, range_test, train_grid
 from pipelines.sgd import Regularization, apply_update, batch_gradients, init_state
 from pipelines.sweep.grid import joint_grid
-from pipelines.sweep.lr_finder import auto_grid, range_test_rates, refine_span, smooth_losses
+from pipelines.sweep.range_test import auto_grid, range_test_rates, refine_span, smooth_losses
 from pipelines.tracking.runs import TAG_ROLE, TAG_ROUND, TAG_SWEEP_ID
 from tests.conftest import make_config
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipelines.sweep.lr_finder import (
+from pipelines.sweep.range_test import (
     LossSmoother,
     auto_grid,
     range_test_rates,
@@ -121,9 +121,20 @@ def test_auto_grid_is_centred_on_the_suggestion_and_refining_spans_two_steps() -
 
 
 def test_job_rejects_bad_settings_with_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from jobs import range_test
+    from pipelines.cli import run_job
+
+    assert run_job(range_test.main, ["--set", "range_test.max_lr=1e-9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: conf: range_test") and "must be > min_lr" in err
+
+
+def test_old_job_name_says_it_is_deprecated_then_runs_the_same_command(capsys: pytest.CaptureFixture[str]) -> None:
     from jobs import lr_finder
     from pipelines.cli import run_job
 
     assert run_job(lr_finder.main, ["--set", "range_test.max_lr=1e-9"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("error: conf: range_test") and "must be > min_lr" in err
+    deprecation, error = capsys.readouterr().err.strip().split("\n")
+    assert deprecation == ("jobs/lr_finder.py is deprecated: use jobs/range_test.py (make range-test); "
+                           "it will be removed in the next release")
+    assert error.startswith("error: conf: range_test") and "must be > min_lr" in error
