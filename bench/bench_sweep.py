@@ -5,6 +5,7 @@
     make bench BENCH_ARGS="--scaling"            # bench/results/scaling.png (rows, grid, features)
     make bench BENCH_ARGS="--breakdown"          # where an epoch's time goes (fixed cost, training, evaluation)
     make bench BENCH_ARGS="--only small-tables"  # the tiny and small tables against scikit-learn (minutes)
+    make bench BENCH_ARGS="--only demo"          # `make demo`'s sweep: training share, read + prepare vs one query
 
 Peers, all on the same training rows (already in memory for every contender):
 
@@ -44,6 +45,15 @@ Peers, all on the same training rows (already in memory for every contender):
                             picks, each epoch's evaluation included); ``small_table_vs_sklearn`` the same on 200k x 32,
                             8 rates x 10 epochs; ``driver_executor_bit_identical``: both tables' curves and models are
                             equal whether the tasks ran in the driver or through Spark jobs.
+* ``demo_training_share`` (``--only demo`` runs just these): `make demo`'s two ``spark-submit``s in a new folder
+                            (the demo table, then the sweep on its settings); training / wall of the sweep, both from
+                            the sweep's own ``time:`` line;
+* ``prepare_vs_one_aggregation``: that sweep's read + prepare / one Spark aggregation written here
+                            (:func:`one_aggregation`, not our code) of the statistics read and prepare need, over the
+                            same table version in a ``spark-submit`` of its own (its JVM as cold as the sweep's): row
+                            count, per column its nulls, per number its NaN/inf count, sum and sum of squares, per
+                            array its length range, and per string column (and the label) its value counts, as
+                            grouping sets of one ``groupBy``.
 
 The figures at ``--large-rows`` (default 8M) come from a second spark-submit of this script, so each
 driver's peak RSS is its own. The last line printed is one JSON object.
@@ -54,6 +64,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -637,6 +648,71 @@ def plot_scaling(figures: dict[str, list[dict[str, float]]], path: Path) -> None
     plt.close(fig)
 
 
+def run_demo(args: argparse.Namespace) -> dict[str, Any]:
+    """`make demo` in a new folder, and the aggregation anchor on the table it wrote (see the module docstring)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-demo-"))
+    root = Path(__file__).resolve().parent.parent
+    submit = [str(Path(sys.executable).parent / "spark-submit"), *spark_submit_args()]
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    env.pop("MLFLOW_TRACKING_URI", None)
+
+    def submitted(*command: str) -> str:
+        completed = subprocess.run([*submit, *command], cwd=folder, capture_output=True, text=True, check=False,
+                                   env=env)
+        if completed.returncode != 0:
+            print(completed.stdout[-3000:], completed.stderr[-3000:], file=sys.stderr)
+            raise RuntimeError(f"{command[0]} failed with exit code {completed.returncode}")
+        return completed.stdout
+
+    submitted(str(root / "jobs" / "make_demo_table.py"), "--env", "local")
+    timing = sweep_time_line(submitted(str(root / "jobs" / "train_sweep.py"), "--env", "local"))
+    anchor = json.loads(submitted(__file__, "--aggregation-anchor").splitlines()[-1])
+    read_prepare = timing["read"] + timing["prepare"]
+    print(f"demo sweep: {timing['wall']:.1f} s wall, read {timing['read']:.1f} s + prepare {timing['prepare']:.1f} "
+          f"s, training {timing['training']:.1f} s; one aggregation {anchor['seconds']:.1f} s", flush=True)
+    return {"demo_training_share": timing["training"] / timing["wall"],
+            "prepare_vs_one_aggregation": read_prepare / anchor["seconds"],
+            "demo_time_line": timing, "one_aggregation_seconds": anchor["seconds"]}
+
+
+def sweep_time_line(output: str) -> dict[str, float]:
+    """The figures of a sweep's ``time:`` line: ``wall`` and each ``name seconds`` pair in it."""
+    line = next(line for line in output.splitlines() if line.startswith("time: "))
+    figures = {"wall": float(line.split()[1])}
+    figures.update({name: float(value) for name, value in re.findall(r"([a-z][\w.]*) ([\d.]+) s", line)})
+    return figures
+
+
+def one_aggregation() -> dict[str, float]:
+    """The anchor of ``prepare_vs_one_aggregation``: the statistics read and prepare need, in one Spark query over
+    the demo table's latest version (run in a ``spark-submit`` of its own; the session's start is not timed)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    config = load_config(env="local")
+    spark = get_spark(config.spark)
+    spark.sparkContext.setLogLevel("ERROR")
+    started = time.perf_counter()
+    table = spark.read.format("delta").load(config.data.table)
+    fields = [f for f in table.schema.fields if f.name not in config.data.exclude]
+    groups = [f.name for f in fields if isinstance(f.dataType, T.StringType) or f.name == config.data.label]
+    measures = [F.count(F.lit(1)).alias("rows")]
+    for f in fields:
+        c = F.col(f"`{f.name}`")
+        measures.append(F.count_if(c.isNull()).alias(f"{f.name}__nulls"))
+        if isinstance(f.dataType, T.NumericType | T.BooleanType | T.DateType | T.TimestampType):
+            number = c.cast("timestamp").cast("double") if isinstance(f.dataType, T.DateType) else c.cast("double")
+            measures += [F.count_if(F.isnan(number) | (F.abs(number) == float("inf"))).alias(f"{f.name}__invalid"),
+                         F.sum(number).alias(f"{f.name}__sum"), F.sum(number * number).alias(f"{f.name}__squares")]
+        elif isinstance(f.dataType, T.ArrayType):
+            measures += [F.min(F.size(c)).alias(f"{f.name}__shortest"), F.max(F.size(c)).alias(f"{f.name}__longest")]
+    sets = [[], *[[F.col(f"`{name}`")] for name in groups]]
+    rows = table.groupingSets(sets, *[F.col(f"`{name}`") for name in groups]).agg(*measures).collect()
+    return {"seconds": time.perf_counter() - started, "result_rows": float(len(rows))}
+
+
 def run_large(args: argparse.Namespace, *mode: str) -> dict[str, Any]:
     """The epoch ratio and driver RSS at ``--large-rows`` (or ``mode``'s figures), in a separate spark-submit."""
     command = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]", "--driver-memory",
@@ -679,12 +755,19 @@ def main() -> None:
     parser.add_argument("--scaling-fresh", action="store_true", help="measure every scaling point again")
     parser.add_argument("--breakdown", action="store_true", help="only where an epoch's time goes (--rows)")
     parser.add_argument("--hashed-only", action="store_true", help="only the hashed vs dense figures")
-    parser.add_argument("--only", choices=["small-tables"], help="only these keys (small-tables: the tiny and small "
-                        "tables against scikit-learn, and the executors' bits)")
+    parser.add_argument("--only", choices=["small-tables", "demo"], help="only these keys (small-tables: the tiny "
+                        "and small tables against scikit-learn, and the executors' bits; demo: `make demo`'s sweep)")
+    parser.add_argument("--aggregation-anchor", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    if args.aggregation_anchor:
+        print(json.dumps(one_aggregation()), flush=True)
+        return
     if args.only == "small-tables":
         print_figures(run_small_tables(args))
+        return
+    if args.only == "demo":
+        print_figures(run_demo(args))
         return
     if args.hashed_only:
         print(json.dumps(run_hashed(args)), flush=True)
@@ -709,6 +792,7 @@ def main() -> None:
         results.update(run_large(args, "--hashed-only"))
         results["sparse_epoch_ratio"] = results["hashed_vs_dense_epoch_ratio"]
     results.update(run_small_tables(args))
+    results.update(run_demo(args))
     print_figures(results)
 
 
@@ -732,7 +816,7 @@ TARGETS = {
     "driver_peak_rss_mb_8m": "flat in rows", "joint_grid_cost_ratio": "(report)", "float32_epoch_ratio": "(report)",
     "float32_best_val_loss_rel_diff": "(report)", "hashed_vs_dense_block_bytes_ratio": "(report)",
     "tiny_table_vs_sklearn": ">= 1", "small_table_vs_sklearn": ">= 5", "driver_executor_bit_identical": "true",
-    "driver_breakeven_cells": "(report)",
+    "driver_breakeven_cells": "(report)", "prepare_vs_one_aggregation": "<= 1.5", "demo_training_share": ">= 0.5",
 }
 
 
