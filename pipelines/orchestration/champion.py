@@ -4,47 +4,29 @@ A nightly sweep relates to the model it may replace in four ways: it can read on
 champion's table version (``data.since_version: champion``), start every grid point from it
 (``train.warm_start: champion``), score how far its training rows have drifted from the champion's, and
 measure it on its own validation rows before the registry decides. All four use the same version: the one the
-``champion`` alias pointed at when the sweep first started, pinned on the parent (tag
-``lrsweep.champion_version``, ``none`` when there was no champion) so that a rerun compares with the same
-model, whatever the alias points at by then (the sweep's own first attempt may have moved it).
+``champion`` alias pointed at when the sweep first started, pinned on the parent so that a rerun compares with
+the same model, whatever the alias points at by then (the sweep's own first attempt may have moved it).
+
+This module applies the champion to this sweep's rows; the registry itself (the lookup and the pin, loading the
+version, the rule a challenger must pass, the registration and the alias) is :mod:`pipelines.tracking.registry`.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from mlflow.exceptions import MlflowException
 
 from pipelines.config import Config
-from pipelines.errors import TrackingError
 from pipelines.features.drift import ColumnDrift, feature_drift
 from pipelines.features.encoding import TableEncoding
 from pipelines.features.transfer import Carried, carry_over
 from pipelines.lakehouse.reader import FeatureTable
-from pipelines.tracking.models import (
-    TAG_CHAMPION_VERSION,
-    ChampionCheck,
-    LinearModel,
-    ScoringModel,
-    champion_version,
-    load_linear_model,
-)
+from pipelines.tracking.export import LinearModel, ScoringModel
+from pipelines.tracking.registry import ChampionCheck, Unusable, champion_pin, load_champion, pinned_champion
 from pipelines.tracking.runs import SweepTracker
-
-NONE = "none"
-
-
-@dataclass(frozen=True)
-class Unusable:
-    """Why the pinned version cannot be used; ``replaceable``: it is not an lrsweep model this sweep can apply
-    (replaced), else it could not be loaded (kept)."""
-
-    why: str
-    replaceable: bool
 
 
 class Champion:
@@ -62,27 +44,20 @@ class Champion:
     def version(self) -> str | None:
         """The pinned version (None: no champion when the sweep first started)."""
         if not self._resolved:
-            recorded = self.tracker.recorded_tag(TAG_CHAMPION_VERSION)
-            found = recorded if recorded is not None else champion_version(self.tracker, self.name)
-            self._version = None if found in (None, NONE) else found
+            self._version = pinned_champion(self.tracker, self.name)
             self._resolved = True
         return self._version
 
     def tag(self) -> dict[str, str]:
         """The parent's pin of :attr:`version`."""
-        return {TAG_CHAMPION_VERSION: self.version or NONE}
+        return champion_pin(self.version)
 
     def model(self) -> LinearModel | Unusable | None:
         """The pinned version loaded and taken apart (once); None without a champion."""
         if self.version is None:
             return None
         if self._model is None:
-            try:
-                self._model = load_linear_model(self.tracker, f"models:/{self.name}/{self.version}")
-            except TrackingError as error:  # not an lrsweep model, or the registry refuses it
-                self._model = Unusable(str(error), replaceable=True)
-            except (MlflowException, ValueError) as error:  # its artifacts cannot be loaded
-                self._model = Unusable(f"{type(error).__name__}: {str(error).strip()[:200]}", replaceable=False)
+            self._model = load_champion(self.tracker, self.name, self.version)
         return self._model
 
     def describe(self) -> str:

@@ -10,7 +10,7 @@ from pipelines.lakehouse.reader import FeatureTable
 from pipelines.orchestration.training import SweepRun
 from pipelines.reporting.tables import format_summary
 from pipelines.sweep.range_test import RangeTestResult
-from pipelines.tracking.models import Registration
+from pipelines.tracking.registry import Registration
 
 
 @dataclass

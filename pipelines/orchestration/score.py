@@ -30,7 +30,9 @@ from pipelines.identifiers import column
 from pipelines.lakehouse.checks import distinct_up_to_case
 from pipelines.lakehouse.reader import TableRef, case_twins_named, read_version, readable_files, resolve_version
 from pipelines.lakehouse.writer import append_idempotent, check_output_table
-from pipelines.tracking.models import CHAMPION, ScoringModel, resolve_scoring_model, score_kind, scoring_udf
+from pipelines.tracking.export import ScoringModel, resolve_scoring_model, score_kind
+from pipelines.tracking.registry import CHAMPION
+from pipelines.tracking.score import scoring_udf
 from pipelines.tracking.store import connect
 
 LOGISTIC_THRESHOLD = 0.5

@@ -78,14 +78,12 @@ from pipelines.sweep.loop import Boundary
 from pipelines.sweep.outcome import GridOutcome, RateResult
 from pipelines.sweep.range_test import RangeTestResult, auto_grid, refine_span
 from pipelines.tracking.datasets import TrainingData, dataset_input
+from pipelines.tracking.export import LinearModel, linear_pipeline, log_model
 from pipelines.tracking.live import LiveView
-from pipelines.tracking.models import (
+from pipelines.tracking.registry import (
     TAG_REGISTRATION,
     ChampionCheck,
-    LinearModel,
     Registration,
-    linear_pipeline,
-    log_model,
     register_model,
     registration_decided,
 )

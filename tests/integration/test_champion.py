@@ -26,7 +26,7 @@ from pipelines.lakehouse.history import learning_rate_history
 from pipelines.lakehouse.reader import read_feature_table
 from pipelines.orchestration.sweep import SweepReport, run_tracked_sweep
 from pipelines.orchestration.training import split_table
-from pipelines.tracking.models import CHAMPION, ChampionCheck, challenge
+from pipelines.tracking.registry import CHAMPION, ChampionCheck, challenge
 from tests.conftest import make_config
 
 MODEL = "nightly_churn"

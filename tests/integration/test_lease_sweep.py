@@ -30,7 +30,8 @@ from pipelines.errors import LeaseLostError, SweepLockedError
 from pipelines.features.encoding import ColumnEncoding, TableEncoding
 from pipelines.lakehouse.lease import LeaseStore
 from pipelines.orchestration.sweep import SweepReport, run_tracked_sweep
-from pipelines.tracking.models import CHAMPION, TAG_REGISTRATION, linear_pipeline, log_model, register_model
+from pipelines.tracking.export import linear_pipeline, log_model
+from pipelines.tracking.registry import CHAMPION, TAG_REGISTRATION, register_model
 from pipelines.tracking.runs import TAG_ROLE, TAG_SWEEP_ID, SweepTracker
 from pipelines.tracking.store import connect
 from tests.conftest import make_config, table_overrides

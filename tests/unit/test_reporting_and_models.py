@@ -13,7 +13,8 @@ from pipelines.reporting.figures import loss_curves_figure, val_loss_vs_rate_fig
 from pipelines.reporting.tables import format_summary, rate_summary, results_rows
 from pipelines.sgd.losses import LOSS_NAMES, task_of
 from pipelines.sweep.outcome import GridOutcome, RateResult
-from pipelines.tracking.models import ChampionCheck, challenge, linear_parts, linear_pipeline
+from pipelines.tracking.export import linear_parts, linear_pipeline
+from pipelines.tracking.registry import ChampionCheck, challenge
 from pipelines.tracking.runs import MAX_METRICS_PER_BATCH, chunks, metric_history, rate_metrics
 
 NAN, INF = float("nan"), float("inf")

@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos import databricks_pb2
 
 from pipelines.errors import TrackingError, TrackingUnavailableError
-from pipelines.tracking.models import resolve_scoring_model
+from pipelines.tracking.export import resolve_scoring_model
 from pipelines.tracking.runs import log_dataset
 from pipelines.tracking.store import Availability, is_unavailable, local_artifact_location, redact
 
