@@ -32,7 +32,7 @@ multinomial (multiclass)     ``logsumexp(m_k.) - m_ky`` (C margins)  ``softmax(m
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -84,6 +84,28 @@ class Loss(Protocol):
         ...
 
 
+@runtime_checkable
+class ScalarLoss(Loss, Protocol):
+    """A loss of one margin per model that also owns its scalar rule: ``value_at``/``derivative_at`` give
+    ``loss(m, y)`` and ``dloss/dm`` at one margin, written with scalar arithmetic only, so that numba compiles
+    them into the kernels of :mod:`pipelines.sgd.fused` (the dense inputs' path), while :meth:`value` and
+    :meth:`derivative` stay the vectorized numpy definitions (sparse inputs); a table-driven test holds the two
+    to 1e-12."""
+
+    epsilon: float
+    """The width the regression losses use, 0.0 for the others (their scalar rules ignore it)."""
+
+    @staticmethod
+    def value_at(m: float, y: float, epsilon: float) -> float:
+        """``loss(m, y)`` at one margin."""
+        ...
+
+    @staticmethod
+    def derivative_at(m: float, y: float, epsilon: float) -> float:
+        """``dloss/dm`` at one margin."""
+        ...
+
+
 def sigmoid(margins: FloatArray) -> FloatArray:
     """Logistic function ``1 / (1 + exp(-m))`` without overflow.
 
@@ -109,6 +131,7 @@ class SquaredLoss:
 
     name: str = "squared"
     outputs: int = 1
+    epsilon: float = 0.0
 
     def value(self, margins: FloatArray, y: FloatArray) -> FloatArray:
         """``0.5 * (m - y)**2``, shape ``(n, K)``.
@@ -127,6 +150,17 @@ class SquaredLoss:
         result: FloatArray = margins - y[:, np.newaxis]
         return result
 
+    @staticmethod
+    def value_at(m: float, y: float, epsilon: float) -> float:
+        """``r**2 / 2``, ``r = m - y``."""
+        r = m - y
+        return 0.5 * r * r
+
+    @staticmethod
+    def derivative_at(m: float, y: float, epsilon: float) -> float:
+        """``m - y``."""
+        return m - y
+
     def prediction(self, margins: FloatArray) -> FloatArray:
         return margins
 
@@ -142,6 +176,7 @@ class LogisticLoss:
 
     name: str = "logistic"
     outputs: int = 1
+    epsilon: float = 0.0
 
     def value(self, margins: FloatArray, y: FloatArray) -> FloatArray:
         """Per-sample log-loss, shape ``(n, K)``.
@@ -161,6 +196,19 @@ class LogisticLoss:
         result: FloatArray = sigmoid(margins) - y[:, np.newaxis]
         return result
 
+    @staticmethod
+    def value_at(m: float, y: float, epsilon: float) -> float:
+        """``log(1 + e^m) - y m``, as ``max(m, 0) + log1p(e^-|m|) - y m`` (no ``exp`` overflows)."""
+        result: float = (m if m > 0.0 else 0.0) + np.log1p(np.exp(-abs(m))) - y * m
+        return result
+
+    @staticmethod
+    def derivative_at(m: float, y: float, epsilon: float) -> float:
+        """``sigmoid(m) - y``, the margin floored at -700 as :func:`sigmoid` (NaN stays NaN)."""
+        floored = -700.0 if m < -700.0 else m
+        result: float = 1.0 / (1.0 + np.exp(-floored)) - y
+        return result
+
     def prediction(self, margins: FloatArray) -> FloatArray:
         return sigmoid(margins)
 
@@ -176,6 +224,7 @@ class _BinaryMarginLoss:
 
     name: str = ""
     outputs: int = 1
+    epsilon: float = 0.0
 
     def prediction(self, margins: FloatArray) -> FloatArray:
         return sigmoid(margins)
@@ -195,6 +244,17 @@ class HingeLoss(_BinaryMarginLoss):
         result: FloatArray = np.where(t * margins <= 1.0, -t, 0.0)
         return result
 
+    @staticmethod
+    def value_at(m: float, y: float, epsilon: float) -> float:
+        """``max(0, 1 - t m)``."""
+        return max(0.0, 1.0 - (2.0 * y - 1.0) * m)
+
+    @staticmethod
+    def derivative_at(m: float, y: float, epsilon: float) -> float:
+        """``-t`` where ``t m <= 1``, else 0."""
+        t = 2.0 * y - 1.0
+        return -t if t * m <= 1.0 else 0.0
+
 
 class SquaredHingeLoss(_BinaryMarginLoss):
     """``max(0, 1 - t m)**2`` (scikit-learn ``SquaredHinge(1.0)``)."""
@@ -210,6 +270,18 @@ class SquaredHingeLoss(_BinaryMarginLoss):
         t = _signed(y)
         result: FloatArray = -2.0 * t * np.maximum(0.0, 1.0 - t * margins)
         return result
+
+    @staticmethod
+    def value_at(m: float, y: float, epsilon: float) -> float:
+        """``max(0, 1 - t m)**2``."""
+        gap = max(0.0, 1.0 - (2.0 * y - 1.0) * m)
+        return gap * gap
+
+    @staticmethod
+    def derivative_at(m: float, y: float, epsilon: float) -> float:
+        """``-2 t max(0, 1 - t m)``."""
+        t = 2.0 * y - 1.0
+        return -2.0 * t * max(0.0, 1.0 - t * m)
 
 
 class ModifiedHuberLoss(_BinaryMarginLoss):
@@ -229,6 +301,20 @@ class ModifiedHuberLoss(_BinaryMarginLoss):
         z = t * margins
         result: FloatArray = np.where(z >= -1.0, -2.0 * t * np.maximum(0.0, 1.0 - z), -4.0 * t)
         return result
+
+    @staticmethod
+    def value_at(m: float, y: float, epsilon: float) -> float:
+        """``max(0, 1 - z)**2`` for ``z = t m >= -1``, ``-4 z`` below."""
+        z = (2.0 * y - 1.0) * m
+        gap = max(0.0, 1.0 - z)
+        return gap * gap if z >= -1.0 else -4.0 * z
+
+    @staticmethod
+    def derivative_at(m: float, y: float, epsilon: float) -> float:
+        """``-2 t max(0, 1 - z)`` for ``z = t m >= -1``, ``-4 t`` below."""
+        t = 2.0 * y - 1.0
+        z = t * m
+        return -2.0 * t * max(0.0, 1.0 - z) if z >= -1.0 else -4.0 * t
 
 
 class _RegressionLoss:
@@ -260,6 +346,17 @@ class HuberLoss(_RegressionLoss):
         result: FloatArray = np.clip(r, -self.epsilon, self.epsilon)
         return result
 
+    @staticmethod
+    def value_at(m: float, y: float, epsilon: float) -> float:
+        """``r**2 / 2`` for ``|r| <= epsilon``, else ``epsilon |r| - epsilon**2 / 2``."""
+        r = abs(m - y)
+        return 0.5 * r * r if r <= epsilon else epsilon * r - 0.5 * epsilon * epsilon
+
+    @staticmethod
+    def derivative_at(m: float, y: float, epsilon: float) -> float:
+        """``r`` clipped to ``[-epsilon, epsilon]``."""
+        return min(max(m - y, -epsilon), epsilon)
+
 
 class EpsilonInsensitiveLoss(_RegressionLoss):
     """``max(0, |r| - epsilon)`` (scikit-learn ``EpsilonInsensitive``; the linear SVR loss)."""
@@ -274,6 +371,18 @@ class EpsilonInsensitiveLoss(_RegressionLoss):
         r = margins - y[:, np.newaxis]
         result: FloatArray = np.where(np.abs(r) > self.epsilon, np.sign(r), 0.0)
         return result
+
+    @staticmethod
+    def value_at(m: float, y: float, epsilon: float) -> float:
+        """``max(0, |r| - epsilon)``."""
+        return max(0.0, abs(m - y) - epsilon)
+
+    @staticmethod
+    def derivative_at(m: float, y: float, epsilon: float) -> float:
+        """``sign(r)`` where ``|r| > epsilon``, else 0."""
+        r = m - y
+        sign = 1.0 if r > 0.0 else (-1.0 if r < 0.0 else 0.0)
+        return sign if abs(r) > epsilon else 0.0
 
 
 class SquaredEpsilonInsensitiveLoss(_RegressionLoss):
@@ -291,6 +400,19 @@ class SquaredEpsilonInsensitiveLoss(_RegressionLoss):
         result: FloatArray = 2.0 * np.sign(r) * np.maximum(0.0, np.abs(r) - self.epsilon)
         return result
 
+    @staticmethod
+    def value_at(m: float, y: float, epsilon: float) -> float:
+        """``max(0, |r| - epsilon)**2``."""
+        gap = max(0.0, abs(m - y) - epsilon)
+        return gap * gap
+
+    @staticmethod
+    def derivative_at(m: float, y: float, epsilon: float) -> float:
+        """``2 sign(r) max(0, |r| - epsilon)``."""
+        r = m - y
+        sign = 1.0 if r > 0.0 else (-1.0 if r < 0.0 else 0.0)
+        return 2.0 * sign * max(0.0, abs(r) - epsilon)
+
 
 class PoissonLoss:
     """Half Poisson deviance with a log link, labels ``y >= 0`` (counts or rates), prediction ``exp(m)``.
@@ -301,6 +423,7 @@ class PoissonLoss:
 
     name: str = "poisson"
     outputs: int = 1
+    epsilon: float = 0.0
 
     def value(self, margins: FloatArray, y: FloatArray) -> FloatArray:
         constant = np.where(y > 0.0, y * np.log(np.where(y > 0.0, y, 1.0)), 0.0) - y
@@ -309,6 +432,19 @@ class PoissonLoss:
 
     def derivative(self, margins: FloatArray, y: FloatArray) -> FloatArray:
         result: FloatArray = np.exp(margins) - y[:, np.newaxis]
+        return result
+
+    @staticmethod
+    def value_at(m: float, y: float, epsilon: float) -> float:
+        """``exp(m) - y m + (y log(y) - y)``, ``y log y = 0`` at ``y = 0``."""
+        constant = y * np.log(y) if y > 0.0 else 0.0
+        result: float = np.exp(m) - y * m + (constant - y)
+        return result
+
+    @staticmethod
+    def derivative_at(m: float, y: float, epsilon: float) -> float:
+        """``exp(m) - y``."""
+        result: float = np.exp(m) - y
         return result
 
     def prediction(self, margins: FloatArray) -> FloatArray:

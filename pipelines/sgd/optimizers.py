@@ -32,9 +32,9 @@ equal up to rounding to Spark MLlib's ``SquaredL2Updater``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -117,6 +117,21 @@ class OptimizerSpec:
         if self.eps is not None:
             return self.eps
         return DEFAULT_EPS.get(self.name, 0.0)
+
+    @property
+    def rule(self) -> UpdateRule[Any]:
+        """The update rule of :data:`UPDATE_RULES`."""
+        return UPDATE_RULES[self.name]
+
+    @property
+    def constants(self) -> RuleConstants:
+        """The hyper-parameters the rule reads (``eps`` resolved)."""
+        return RuleConstants(self.momentum, self.beta1, self.beta2, self.alpha, self.resolved_eps)
+
+    @property
+    def decoupled_decay(self) -> bool:
+        """AdamW: the L2 term decays the weights before the rule instead of joining the gradient."""
+        return self.name == "adamw"
 
 
 @dataclass
@@ -213,6 +228,102 @@ def init_state(spec: OptimizerSpec, n_rows: int, n_features: int) -> OptimizerSt
     )
 
 
+class RuleConstants(NamedTuple):
+    """An optimizer's hyper-parameters as its update rule reads them (a named tuple: numba takes it as is)."""
+
+    momentum: float
+    beta1: float
+    beta2: float
+    alpha: float
+    eps: float
+
+
+Value = TypeVar("Value", float, FloatArray)
+"""A rule's operands: scalars in the compiled kernel, arrays (broadcast over rows and inputs) in numpy."""
+
+SlotIndex = tuple[int, ...]
+"""Where a rule reads its state: ``slots[(s,) + at]`` is slot ``s`` at ``at`` (``()``: the whole arrays)."""
+
+
+def sgd_rule(param: Value, grad: Value, step_size: Value, step: Value, slots: FloatArray, at: SlotIndex,
+             constants: RuleConstants) -> Value:
+    """``w - s g``."""
+    return param - step_size * grad
+
+
+def momentum_rule(param: Value, grad: Value, step_size: Value, step: Value, slots: FloatArray, at: SlotIndex,
+                  constants: RuleConstants) -> Value:
+    """``buf = mu buf + g``; ``w - s buf``."""
+    slot = (0,) + at  # noqa: RUF005 - numba compiles no starred tuple display
+    buffer = constants.momentum * slots[slot] + grad
+    slots[slot] = buffer
+    result: Value = param - step_size * buffer
+    return result
+
+
+def nesterov_rule(param: Value, grad: Value, step_size: Value, step: Value, slots: FloatArray, at: SlotIndex,
+                  constants: RuleConstants) -> Value:
+    """``buf = mu buf + g``; ``w - s (g + mu buf)``."""
+    slot = (0,) + at  # noqa: RUF005 - numba compiles no starred tuple display
+    buffer = constants.momentum * slots[slot] + grad
+    slots[slot] = buffer
+    result: Value = param - step_size * (grad + constants.momentum * buffer)
+    return result
+
+
+def adagrad_rule(param: Value, grad: Value, step_size: Value, step: Value, slots: FloatArray, at: SlotIndex,
+                 constants: RuleConstants) -> Value:
+    """``G += g**2``; ``w - s g / (sqrt(G) + eps)``."""
+    slot = (0,) + at  # noqa: RUF005 - numba compiles no starred tuple display
+    sum_sq = slots[slot] + grad * grad
+    slots[slot] = sum_sq
+    result: Value = param - step_size * grad / (np.sqrt(sum_sq) + constants.eps)
+    return result
+
+
+def rmsprop_rule(param: Value, grad: Value, step_size: Value, step: Value, slots: FloatArray, at: SlotIndex,
+                 constants: RuleConstants) -> Value:
+    """``v = alpha v + (1 - alpha) g**2``; ``w - s g / (sqrt(v) + eps)``."""
+    slot = (0,) + at  # noqa: RUF005 - numba compiles no starred tuple display
+    square_avg = constants.alpha * slots[slot] + (1.0 - constants.alpha) * (grad * grad)
+    slots[slot] = square_avg
+    result: Value = param - step_size * grad / (np.sqrt(square_avg) + constants.eps)
+    return result
+
+
+def adam_rule(param: Value, grad: Value, step_size: Value, step: Value, slots: FloatArray, at: SlotIndex,
+              constants: RuleConstants) -> Value:
+    """``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g**2``;
+    ``w - s / (1 - b1**n) * m / (sqrt(v) / sqrt(1 - b2**n) + eps)`` at step ``n``."""
+    first, second = (0,) + at, (1,) + at  # noqa: RUF005 - numba compiles no starred tuple display
+    exp_avg = constants.beta1 * slots[first] + (1.0 - constants.beta1) * grad
+    exp_avg_sq = constants.beta2 * slots[second] + (1.0 - constants.beta2) * (grad * grad)
+    slots[first] = exp_avg
+    slots[second] = exp_avg_sq
+    bias_correction1 = 1.0 - constants.beta1**step
+    bias_correction2 = 1.0 - constants.beta2**step
+    denominator = np.sqrt(exp_avg_sq) / np.sqrt(bias_correction2) + constants.eps
+    result: Value = param - (step_size / bias_correction1) * exp_avg / denominator
+    return result
+
+
+UpdateRule = Callable[[Value, Value, Value, Value, FloatArray, SlotIndex, RuleConstants], Value]
+"""``rule(w, g, s, n, slots, at, constants) -> w'``: one optimizer's step, elementwise, its state updated in
+place in ``slots`` ``(S, ...)`` at ``at``. Written with arithmetic and ``np.sqrt`` only, so the same function
+runs on numpy arrays (:func:`apply_update`) and, compiled, on scalars (:mod:`pipelines.sgd.fused`)."""
+
+UPDATE_RULES: dict[str, UpdateRule[Any]] = {
+    "sgd": sgd_rule, "momentum": momentum_rule, "nesterov": nesterov_rule, "adagrad": adagrad_rule,
+    "rmsprop": rmsprop_rule, "adam": adam_rule, "adamw": adam_rule,
+}
+"""Each optimizer's rule (``adamw`` is ``adam`` after its decoupled decay)."""
+
+
+def stacked_slots(slots: dict[str, FloatArray], names: tuple[str, ...], shape: tuple[int, ...]) -> FloatArray:
+    """The slots ``names`` as one array ``(S, *shape)`` (a copy), the form the update rules take."""
+    return np.stack([slots[name] for name in names]) if names else np.zeros((0, *shape))
+
+
 def apply_update(
     spec: OptimizerSpec,
     state: OptimizerState,
@@ -249,51 +360,28 @@ def apply_update(
         New array; the input is not modified.
     """
     penalties = as_penalties(regularization, weights.shape[0])
+    names = SLOT_NAMES[spec.name]
+    weight_slots = stacked_slots(state.weight_slots, names, weights.shape)
+    intercept_slots = stacked_slots(state.intercept_slots, names, intercepts.shape)
     state.step = state.step + 1
     steps = state.step.astype(np.float64)
-    weight_step_sizes = step_sizes[:, np.newaxis]
-    if spec.name == "adamw":
+    new_weights, new_intercepts = update_rows(spec, weight_slots, intercept_slots, steps, weights, intercepts,
+                                              grad_w, grad_b, step_sizes, penalties)
+    for index, name in enumerate(names):
+        state.weight_slots[name], state.intercept_slots[name] = weight_slots[index], intercept_slots[index]
+    return new_weights, new_intercepts
+
+
+def update_rows(spec: OptimizerSpec, weight_slots: FloatArray, intercept_slots: FloatArray, steps: FloatArray,
+                weights: FloatArray, intercepts: FloatArray, grad_w: FloatArray, grad_b: FloatArray,
+                step_sizes: FloatArray, penalties: Penalties) -> tuple[FloatArray, FloatArray]:
+    """:func:`apply_update` on stacked slots ``(S, K, d)`` / ``(S, K)`` (updated in place) at the rows' steps
+    ``steps`` ``(K,)`` (this update's, 1-based): the penalty's terms around ``spec``'s rule."""
+    rule, constants = spec.rule, spec.constants
+    if spec.decoupled_decay:
         weights = penalties.decay(weights, step_sizes)
     else:
         grad_w = penalties.add_smooth_gradient(grad_w, weights)
-    new_weights = _descend(spec, state.weight_slots, weights, grad_w, weight_step_sizes, steps[:, np.newaxis])
-    new_intercepts = _descend(spec, state.intercept_slots, intercepts, grad_b, step_sizes, steps)
+    new_weights = rule(weights, grad_w, step_sizes[:, np.newaxis], steps[:, np.newaxis], weight_slots, (), constants)
+    new_intercepts = rule(intercepts, grad_b, step_sizes, steps, intercept_slots, (), constants)
     return penalties.proximal(new_weights, step_sizes), new_intercepts
-
-
-def _descend(
-    spec: OptimizerSpec,
-    slots: dict[str, FloatArray],
-    params: FloatArray,
-    grads: FloatArray,
-    step_sizes: FloatArray,
-    steps: FloatArray,
-) -> FloatArray:
-    """Apply ``spec``'s rule elementwise; ``step_sizes`` and ``steps`` broadcast to ``params``."""
-    name = spec.name
-    result: FloatArray
-    if name == "sgd":
-        result = params - step_sizes * grads
-    elif name in ("momentum", "nesterov"):
-        buffer = spec.momentum * slots["momentum_buffer"] + grads
-        slots["momentum_buffer"] = buffer
-        direction = grads + spec.momentum * buffer if name == "nesterov" else buffer
-        result = params - step_sizes * direction
-    elif name == "adagrad":
-        sum_sq = slots["sum_sq"] + grads * grads
-        slots["sum_sq"] = sum_sq
-        result = params - step_sizes * grads / (np.sqrt(sum_sq) + spec.resolved_eps)
-    elif name == "rmsprop":
-        square_avg = spec.alpha * slots["square_avg"] + (1.0 - spec.alpha) * (grads * grads)
-        slots["square_avg"] = square_avg
-        result = params - step_sizes * grads / (np.sqrt(square_avg) + spec.resolved_eps)
-    else:  # adam, adamw
-        exp_avg = spec.beta1 * slots["exp_avg"] + (1.0 - spec.beta1) * grads
-        exp_avg_sq = spec.beta2 * slots["exp_avg_sq"] + (1.0 - spec.beta2) * (grads * grads)
-        slots["exp_avg"] = exp_avg
-        slots["exp_avg_sq"] = exp_avg_sq
-        bias_correction1 = 1.0 - spec.beta1**steps
-        bias_correction2 = 1.0 - spec.beta2**steps
-        denominator = np.sqrt(exp_avg_sq) / np.sqrt(bias_correction2) + spec.resolved_eps
-        result = params - (step_sizes / bias_correction1) * exp_avg / denominator
-    return result

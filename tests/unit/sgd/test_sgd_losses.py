@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipelines.sgd.losses import LOSS_NAMES, get_loss, sigmoid
+from pipelines.sgd.losses import LOSS_NAMES, LOSS_TASKS, ScalarLoss, get_loss, sigmoid
 
 EPSILON = 0.3  # get_loss(name, EPSILON) in these tests
 SCALAR_LOSSES = [name for name in LOSS_NAMES if name != "multinomial"]  # one margin per model
@@ -193,3 +193,31 @@ def test_multinomial_is_stable_for_huge_margins_and_each_model_independent_of_th
 def test_multinomial_needs_two_classes() -> None:
     with pytest.raises(ValueError, match="multinomial needs at least 2 classes, got 1"):
         get_loss("multinomial", n_classes=1)
+
+
+MARGINS = np.array([-800.0, -40.0, -3.0, -1.3, -1.0, -0.7, -0.3, -0.1, 0.0, 1e-9, 0.2, 0.3, 0.5, 0.9, 1.0, 1.7,
+                    2.5, 30.0, 700.0])
+
+
+@pytest.mark.parametrize("name", SCALAR_LOSSES)
+def test_every_loss_compiled_scalar_rule_equals_its_numpy_rule(name: str) -> None:
+    """The table of scikit-learn's ``py_loss``/``py_dloss`` tests: each loss's scalar rule, compiled as the
+    kernels compile it, against its vectorized numpy definition at margins on every side of each kink and in
+    both saturated tails, for every kind of label its task takes."""
+    from numba import njit
+
+    loss = get_loss(name, EPSILON)
+    assert isinstance(loss, ScalarLoss)
+    labels = {"binary": [0.0, 1.0], "count": [0.0, 1.0, 3.0]}.get(LOSS_TASKS[name], [-1.2, 0.0, 0.25, 2.0])
+    margins, y = np.meshgrid(MARGINS, labels, indexing="ij")
+    margins, y = margins.ravel(), y.ravel()
+    finite = np.abs(margins) < 700.0 if name == "poisson" else np.ones(margins.size, dtype=bool)  # exp(800) = inf
+    value_at, derivative_at = njit(loss.value_at), njit(loss.derivative_at)
+    with np.errstate(over="ignore"):
+        values = loss.value(margins[:, np.newaxis], y)[:, 0]
+        derivatives = loss.derivative(margins[:, np.newaxis], y)[:, 0]
+        compiled_values = np.array([value_at(m, label, loss.epsilon) for m, label in zip(margins, y, strict=True)])
+        compiled_derivatives = np.array([derivative_at(m, label, loss.epsilon)
+                                         for m, label in zip(margins, y, strict=True)])
+    np.testing.assert_allclose(compiled_values[finite], values[finite], rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(compiled_derivatives[finite], derivatives[finite], rtol=1e-12, atol=1e-300)
