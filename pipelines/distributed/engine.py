@@ -40,8 +40,7 @@ from pipelines.distributed.strategies import LocalModels, Strategy, TrainedRows,
 from pipelines.faults import maybe_inject_fault
 from pipelines.sgd._types import FloatArray, IntArray
 from pipelines.sgd.gradient_step import GradientSums
-from pipelines.sgd.kernels import loss_sums
-from pipelines.sgd.losses import Loss
+from pipelines.sgd.kernels import Block
 from pipelines.sgd.metrics import MetricAccumulator
 from pipelines.sgd.optimizers import OptimizerSpec, OptimizerState, init_state
 from pipelines.sgd.problem import TrainingProblem
@@ -172,7 +171,7 @@ class _Task:
     """One job's instructions, captured by the task closure (a few K x d arrays)."""
 
     strategy: Strategy
-    loss: Loss
+    problem: TrainingProblem
     train: TrainJob | None
     eval_rows: IntArray
     eval_weights: FloatArray  # (E * outputs, d): the weight rows of the evaluated model rows
@@ -181,22 +180,24 @@ class _Task:
 
 
 def _run_task(task: _Task, blocks: PartitionBlocks) -> TaskResult:
-    """The task function, wherever the executor runs it: train (if asked) and evaluate one partition."""
+    """The task function, wherever the executor runs it: train (if asked) and evaluate one partition, with the
+    problem's kernel for the partition's blocks."""
     maybe_inject_fault(task.train.epoch if task.train is not None else 0, blocks.partition)
+    kernel = task.problem.kernel(blocks.X_train)
     training: LocalModels | GradientSums | None = None
     if task.train is not None and blocks.y_train.shape[0]:
         with np.errstate(over="ignore", invalid="ignore"):  # a diverging row is an outcome, not an error
-            training = task.strategy.train_partition(task.train, blocks)
+            training = task.strategy.train_partition(task.train, blocks, kernel)
     evaluation = None
     if task.eval_rows.size:
         with np.errstate(over="ignore", invalid="ignore"):
             if task.fused and isinstance(training, GradientSums):
                 train_loss_sum = training.loss
             else:
-                train_loss_sum = loss_sums(blocks.X_train, blocks.y_train, task.eval_weights, task.eval_intercepts,
-                                           task.loss, blocks.w_train)
+                train_loss_sum = kernel.loss_sums(Block(blocks.X_train, blocks.y_train, blocks.w_train),
+                                                  task.eval_weights, task.eval_intercepts)
         evaluation = EvaluationPart(train_loss_sum, MetricAccumulator.from_block(
-            blocks.X_val, blocks.y_val, task.eval_weights, task.eval_intercepts, task.loss,
+            blocks.X_val, blocks.y_val, task.eval_weights, task.eval_intercepts, kernel.loss,
             sample_weight=blocks.w_val))
     return TaskResult(blocks.partition, int(blocks.y_train.shape[0]), training, evaluation)
 
@@ -298,7 +299,7 @@ class GridTrainer:
         # gd's gradient pass over every training row gives the training loss of the models it starts from
         fused = job is not None and self.strategy.training_loss_is_exact() and np.array_equal(train, evaluate)
         eval_weight_rows = models.weight_rows(evaluate)
-        task = _Task(strategy=self.strategy, loss=self.problem.loss_function, train=job, eval_rows=evaluate,
+        task = _Task(strategy=self.strategy, problem=self.problem, train=job, eval_rows=evaluate,
                      eval_weights=models.weights[eval_weight_rows], eval_intercepts=models.intercepts[eval_weight_rows],
                      fused=fused)
 

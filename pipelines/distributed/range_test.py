@@ -26,6 +26,7 @@ from pipelines.distributed.blocks import PartitionBlocks
 from pipelines.distributed.executors import PartitionExecutor
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.gradient_step import GradientSums, gradient_step
+from pipelines.sgd.kernels import Block
 from pipelines.sgd.optimizers import init_state
 from pipelines.sgd.problem import TrainingProblem
 from pipelines.sgd.schedules import CONSTANT
@@ -77,7 +78,7 @@ class RangeTestStepper:
 
     def __call__(self, rate: float) -> float:
         # the task closure captures plain values only (never `self`, whose executor holds the DataFrame)
-        loss, seed, weights, intercepts = self.problem.loss_function, self.seed, self.weights, self.intercepts
+        problem, seed, weights, intercepts = self.problem, self.seed, self.weights, self.intercepts
         step, batch_rows = self.steps, self.batch_rows
 
         def task(blocks: PartitionBlocks) -> GradientSums | None:
@@ -86,8 +87,9 @@ class RangeTestStepper:
                 return None
             rows = sample_rows(n_rows, wanted, seed, step, blocks.partition)
             with np.errstate(over="ignore", invalid="ignore"):  # a diverging model is an expected outcome here
-                return GradientSums.of_block(blocks.X_train[rows], blocks.y_train[rows], weights, intercepts, loss,
-                                             None if blocks.w_train is None else blocks.w_train[rows])
+                block = Block(blocks.X_train[rows], blocks.y_train[rows],
+                              None if blocks.w_train is None else blocks.w_train[rows])
+                return GradientSums.of_block(problem.kernel(block.X), block, weights, intercepts)
 
         parts = [part for part in self.executor.map(task) if part is not None]
         self.jobs += 1

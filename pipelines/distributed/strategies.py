@@ -36,7 +36,7 @@ from pipelines.sgd._types import FloatArray, IntArray
 from pipelines.sgd.averaging import weighted_mean
 from pipelines.sgd.design import Design
 from pipelines.sgd.gradient_step import GradientSums, gradient_step
-from pipelines.sgd.kernels import batches_per_epoch, minibatch_epoch
+from pipelines.sgd.kernels import Block, EpochPlan, Kernel, Models, batches_per_epoch, minibatch_epoch
 from pipelines.sgd.optimizers import OptimizerState
 from pipelines.sgd.problem import TrainingProblem
 from pipelines.sgd.regularization import Penalties
@@ -99,8 +99,9 @@ class Strategy(Protocol):
         """The batch ranges of an epoch's jobs (``[None]``: one job for the whole epoch)."""
         ...
 
-    def train_partition(self, job: TrainJob, blocks: PartitionBlocks) -> LocalModels | GradientSums:
-        """On an executor: the partition's contribution to one job."""
+    def train_partition(self, job: TrainJob, blocks: PartitionBlocks, kernel: Kernel) -> LocalModels | GradientSums:
+        """On an executor: the partition's contribution to one job, computed by ``kernel`` (the problem's, for the
+        partition's blocks)."""
         ...
 
     def combine(self, job: TrainJob, parts: Sequence[tuple[int, LocalModels | GradientSums]]) -> TrainedRows:
@@ -134,23 +135,21 @@ class LocalSGD:
             return [(start, start + self.sync_every) for start in range(0, steps_per_epoch, self.sync_every)]
         return [None]
 
-    def train_partition(self, job: TrainJob, blocks: PartitionBlocks) -> LocalModels:
+    def train_partition(self, job: TrainJob, blocks: PartitionBlocks, kernel: Kernel) -> LocalModels:
         """Rows with different seeds get their own row order (one pass per seed)."""
-        problem = job.problem
+        block = Block(blocks.X_train, blocks.y_train, blocks.w_train)
         new_weights, new_intercepts = job.weights.copy(), job.intercepts.copy()
         slots: dict[str, npt.NDArray[np.generic]] = {k: v.copy() for k, v in job.state.to_arrays().items()}
         steps = 0
         for seed in np.unique(job.seeds):
             group = np.flatnonzero(job.seeds == seed)
-            weights, intercepts, state, steps = minibatch_epoch(
-                blocks.X_train, blocks.y_train, job.weights[group], job.intercepts[group], job.state.select(group),
-                loss=problem.loss_function, optimizer=problem.optimizer, regularization=job.penalties.select(group),
-                learning_rates=job.step_rates[group], schedule=job.schedule, total_steps=job.total_steps,
-                batch_size=self.batch_size, seed=int(seed) + PARTITION_SEED_STRIDE * blocks.partition,
-                epoch=job.epoch - 1, fit_intercept=problem.fit_intercept, batch_range=job.batch_range,
-                sample_weight=blocks.w_train)
-            new_weights[group], new_intercepts[group] = weights, intercepts
-            for key, value in state.to_arrays().items():
+            plan = EpochPlan(kernel, job.step_rates[group], job.penalties.select(group), job.schedule,
+                             job.total_steps, self.batch_size, int(seed) + PARTITION_SEED_STRIDE * blocks.partition,
+                             job.epoch - 1, job.problem.fit_intercept, job.batch_range)
+            trained, steps = minibatch_epoch(
+                block, Models(job.weights[group], job.intercepts[group], job.state.select(group)), plan)
+            new_weights[group], new_intercepts[group] = trained.weights, trained.intercepts
+            for key, value in trained.state.to_arrays().items():
                 slots[key][group] = value
         return LocalModels(new_weights, new_intercepts, OptimizerState.from_arrays(slots), steps)
 
@@ -192,10 +191,10 @@ class GradientDescent:
     def sync_ranges(self, steps_per_epoch: int) -> list[tuple[int, int] | None]:
         return [None]
 
-    def train_partition(self, job: TrainJob, blocks: PartitionBlocks) -> GradientSums:
+    def train_partition(self, job: TrainJob, blocks: PartitionBlocks, kernel: Kernel) -> GradientSums:
         X, y, w = sample_rows(blocks.X_train, blocks.y_train, blocks.w_train, self.batch_fraction,
                               int(job.seeds[0]), job.epoch, blocks.partition)
-        return GradientSums.of_block(X, y, job.weights, job.intercepts, job.problem.loss_function, w)
+        return GradientSums.of_block(kernel, Block(X, y, w), job.weights, job.intercepts)
 
     def combine(self, job: TrainJob, parts: Sequence[tuple[int, LocalModels | GradientSums]]) -> TrainedRows:
         sums = GradientSums.total([part for _, part in parts if isinstance(part, GradientSums)])

@@ -2,8 +2,8 @@
 
 Every function is vectorized over K model rows (one per learning rate, or per
 learning rate and seed) and uses float64. Nothing here imports Spark or MLflow; the
-distributed layer calls :mod:`pipelines.sgd.kernels` and :mod:`pipelines.sgd.gradient_step`
-on numpy blocks of partition rows, and :mod:`pipelines.sgd.reference` is the
+distributed layer runs the kernel its :class:`TrainingProblem` chooses (:mod:`pipelines.sgd.kernels`) and
+:mod:`pipelines.sgd.gradient_step` on numpy blocks of partition rows, and :mod:`pipelines.sgd.reference` is the
 single-process oracle. The specs (:class:`ScheduleSpec`, :class:`OptimizerSpec`,
 :class:`Regularization`, :class:`TrainingProblem`) carry the one set of parameter rules;
 the configuration builds them when it is loaded.
@@ -12,11 +12,13 @@ the configuration builds them when it is loaded.
 from pipelines.sgd._validation import SpecError
 from pipelines.sgd.gradient_step import GradientSums, StepResult, gradient_step
 from pipelines.sgd.kernels import (
-    batch_gradients,
+    Block,
+    EpochPlan,
+    Kernel,
+    Models,
     batches_per_epoch,
     compute_margins,
     epoch_permutation,
-    loss_sums,
     minibatch_epoch,
 )
 from pipelines.sgd.losses import LOSS_NAMES, LogisticLoss, Loss, SquaredLoss, get_loss, sigmoid
@@ -62,10 +64,14 @@ __all__ = [
     "SCHEDULE_NAMES",
     "VALIDATION_METRICS",
     "AdaptiveRateState",
+    "Block",
+    "EpochPlan",
     "GradientSums",
+    "Kernel",
     "LogisticLoss",
     "Loss",
     "MetricAccumulator",
+    "Models",
     "OptimizerSpec",
     "OptimizerState",
     "Regularization",
@@ -76,7 +82,6 @@ __all__ = [
     "StepSchedule",
     "TrainingProblem",
     "apply_update",
-    "batch_gradients",
     "batches_per_epoch",
     "compute_margins",
     "curve_names",
@@ -85,7 +90,6 @@ __all__ = [
     "gradient_step",
     "histogram_auc",
     "init_state",
-    "loss_sums",
     "minibatch_epoch",
     "multiplier",
     "objective",

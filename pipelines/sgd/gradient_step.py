@@ -4,7 +4,7 @@ Spark MLlib's ``GradientDescent`` splits an iteration into three roles: partitio
 into ``(grad_sum, loss_sum, count)``, the driver adds the partitions' sums in a fixed order, and an updater
 moves the weights. Here:
 
-* :meth:`GradientSums.of_block` is a partition's part (:func:`~pipelines.sgd.kernels.batch_gradients`);
+* :meth:`GradientSums.of_block` is a partition's part (:meth:`~pipelines.sgd.kernels.Kernel.gradient_sums`);
 * :meth:`GradientSums.total` adds parts in the order given (partition order: reproducible bits);
 * :func:`gradient_step` forms ``g = grad_sum / count`` and applies the optimizer with step sizes
   ``learning_rates * multiplier(schedule, t, total_steps)`` at each row's next step ``t``.
@@ -20,9 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.sgd._types import FloatArray
-from pipelines.sgd.design import Design
-from pipelines.sgd.kernels import batch_gradients
-from pipelines.sgd.losses import Loss
+from pipelines.sgd.kernels import Block, Kernel
 from pipelines.sgd.optimizers import OptimizerState, apply_update
 from pipelines.sgd.problem import TrainingProblem
 from pipelines.sgd.regularization import Penalties
@@ -51,11 +49,11 @@ class GradientSums:
     count: float
 
     @classmethod
-    def of_block(cls, X: Design, y: FloatArray, weights: FloatArray, intercepts: FloatArray,
-                 loss: Loss | str, sample_weight: FloatArray | None = None) -> GradientSums:
+    def of_block(cls, kernel: Kernel, block: Block, weights: FloatArray, intercepts: FloatArray) -> GradientSums:
         """The sums over the rows of one block (``X`` of shape ``(n, d)``) at ``weights`` ``(K, d)``."""
-        grad_w, grad_b, loss_sum = batch_gradients(X, y, weights, intercepts, loss, sample_weight)
-        count = int(y.shape[0]) if sample_weight is None else float(np.add.reduce(sample_weight))
+        grad_w, grad_b, loss_sum = kernel.gradient_sums(block, weights, intercepts)
+        weight = block.sample_weight
+        count = int(block.y.shape[0]) if weight is None else float(np.add.reduce(weight))
         return cls(grad_w, grad_b, loss_sum, count)
 
     @staticmethod

@@ -1,8 +1,11 @@
-"""Per-block numerics the distributed layer runs on each partition.
+"""Per-block numerics the distributed layer runs on each partition: the kernel role and the epoch.
 
-Two training modes share these kernels:
+A :class:`Kernel` is one loss and one optimizer over one kind of block, chosen once from the problem
+(:meth:`pipelines.sgd.problem.TrainingProblem.kernel`): the compiled kernel of dense inputs
+(:class:`pipelines.sgd.fused.CompiledKernel`), or the numpy kernels of multinomial models and sparse inputs
+(:mod:`pipelines.sgd.numpy_kernel`). Two training modes share it:
 
-* full-batch gradient descent: every partition returns :func:`batch_gradients`
+* full-batch gradient descent: every partition returns :meth:`Kernel.gradient_sums`
   (sums, not means) and :mod:`pipelines.sgd.gradient_step` turns the total into one step
   (MLlib's ``treeAggregate`` of ``(grad_sum, loss_sum, count)``);
 * mini-batch SGD with model averaging: every partition runs :func:`minibatch_epoch`
@@ -16,22 +19,129 @@ which other rows share the pass; see :func:`compute_margins`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeGuard
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
-import scipy.sparse as sp
 
-from pipelines.sgd._types import FloatArray
-from pipelines.sgd.design import Design, SplitDesign, sparse_gradient, sparse_margins_by_row, take_rows
-from pipelines.sgd.losses import Loss, get_loss
-from pipelines.sgd.optimizers import SLOT_NAMES, OptimizerSpec, OptimizerState, apply_update
-from pipelines.sgd.regularization import Penalties, Regularization, as_penalties
+from pipelines.sgd._types import FloatArray, IntArray
+from pipelines.sgd.design import Design, SplitDesign, sparse_gradient, sparse_margins_by_row
+from pipelines.sgd.losses import Loss
+from pipelines.sgd.optimizers import OptimizerSpec, OptimizerState
+from pipelines.sgd.regularization import Penalties
 from pipelines.sgd.schedules import StepSchedule, multiplier
 
 #: Above this many rows (whole blocks rather than mini-batches) products run chunk by chunk of this many
 #: rows, one model row at a time. The path depends only on the number of data rows, never on K, so a
 #: model row's bits do not depend on which other rows are computed with it.
 _CHUNK_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class Block:
+    """Rows of data: inputs ``X`` ``(n, d)`` (an array, float64 or float32, or a split design), labels ``y``
+    ``(n,)`` and optional row weights ``sample_weight`` ``(n,)`` (None: every row weighs 1, and no multiply is
+    done at all, so unweighted results keep their bits)."""
+
+    X: Design
+    y: FloatArray
+    sample_weight: FloatArray | None = None
+
+
+@dataclass(frozen=True)
+class Models:
+    """K model rows: ``weights`` ``(K, d)``, ``intercepts`` ``(K,)`` and their optimizer state."""
+
+    weights: FloatArray
+    intercepts: FloatArray
+    state: OptimizerState
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """What a :func:`minibatch_epoch` call does besides its block and models.
+
+    Attributes
+    ----------
+    kernel : Kernel
+        The loss and optimizer, chosen for the block's kind.
+    learning_rates : ndarray of shape (K,)
+    penalties : Penalties
+        Each row's penalty (one for all, or a joint grid's).
+    schedule : StepSchedule
+    total_steps : int
+        ``T`` passed to the schedule (the whole run's number of steps).
+    batch_size : int
+        ``>= 1``.
+    seed, epoch : int
+        Together they fix the row order (:func:`epoch_permutation`).
+    fit_intercept : bool
+        If False the intercepts get zero gradients and are returned unchanged.
+    batch_range : (start, stop), optional
+        Run only batches ``start .. stop-1`` of this epoch's order (for synchronizing every few steps); None: all
+        of them. Running the ranges of one epoch back to back equals one full call.
+    """
+
+    kernel: Kernel
+    learning_rates: FloatArray
+    penalties: Penalties
+    schedule: StepSchedule
+    total_steps: int
+    batch_size: int
+    seed: int
+    epoch: int
+    fit_intercept: bool = True
+    batch_range: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class EpochSteps:
+    """The batches of one call, as :func:`minibatch_epoch` lays them out for the kernel: the epoch's row
+    ``order`` ``(n,)``, batches ``first_batch .. first_batch + n_batches - 1`` of it, and each batch's step sizes
+    ``(n_batches, K)``."""
+
+    order: IntArray
+    first_batch: int
+    n_batches: int
+    step_sizes: FloatArray
+
+
+class Kernel(Protocol):
+    """One loss and one optimizer over one kind of block (MLlib's ``Gradient`` and the epoch loop around its
+    ``Updater``). Every sum runs over the data rows in a fixed order, per model row."""
+
+    @property
+    def loss(self) -> Loss:
+        """The loss whose sums and derivatives the kernel computes."""
+        ...
+
+    @property
+    def optimizer(self) -> OptimizerSpec:
+        """The optimizer of :meth:`run_batches`."""
+        ...
+
+    def loss_sums(self, block: Block, weights: FloatArray, intercepts: FloatArray) -> FloatArray:
+        """``sum_i s_i loss(x_i . w_k + b_k, y_i)`` per model row, shape ``(K,)`` (no penalty)."""
+        ...
+
+    def gradient_sums(self, block: Block, weights: FloatArray,
+                      intercepts: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Gradient and loss *sums* over the block's rows, for all K models (no penalty).
+
+        Returns
+        -------
+        grad_w_sum : ndarray of shape (K, d)
+            ``sum_i s_i loss'(m_ik, y_i) * x_i``.
+        grad_b_sum : ndarray of shape (K,)
+            ``sum_i s_i loss'(m_ik, y_i)``.
+        loss_sum : ndarray of shape (K,)
+            ``sum_i s_i loss(m_ik, y_i)``.
+        """
+        ...
+
+    def run_batches(self, block: Block, models: Models, plan: EpochPlan, steps: EpochSteps) -> Models:
+        """The batches of ``steps``; ``models.state`` is the caller's copy, advanced in place."""
+        ...
 
 
 def compute_margins(X: Design, weights: FloatArray, intercepts: FloatArray) -> FloatArray:
@@ -99,102 +209,6 @@ def rowwise_gradient(derivatives: FloatArray, X: Design) -> FloatArray:
     return stacked
 
 
-def batch_gradients(
-    X: Design,
-    y: FloatArray,
-    weights: FloatArray,
-    intercepts: FloatArray,
-    loss: Loss | str,
-    sample_weight: FloatArray | None = None,
-    compiled: bool = True,
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Gradient and loss *sums* over the rows of one block, for all K models.
-
-    ``grad_w_sum[k] = sum_i s_i loss'(m_ik, y_i) * x_i``,
-    ``grad_b_sum[k] = sum_i s_i loss'(m_ik, y_i)``,
-    ``loss_sum[k] = sum_i s_i loss(m_ik, y_i)``; no penalty is included; ``s_i`` = ``sample_weight[i]``
-    (1 when None: then the weights are not multiplied at all, so unweighted results keep their bits).
-
-    Parameters
-    ----------
-    X : ndarray of shape (n, d)
-    y : ndarray of shape (n,)
-    weights : ndarray of shape (K, d)
-    intercepts : ndarray of shape (K,)
-    loss : Loss or str
-    sample_weight : ndarray of shape (n,), optional
-    compiled : bool
-        Dense inputs and a one-margin loss run :func:`pipelines.sgd.fused.fused_gradient_sums` (every sum over
-        the rows in order); False: the numpy definition below (equal to ~1e-12).
-
-    Returns
-    -------
-    grad_w_sum : ndarray of shape (K, d)
-    grad_b_sum : ndarray of shape (K,)
-    loss_sum : ndarray of shape (K,)
-    """
-    loss_function = _resolve_loss(loss)
-    if compiled and _compilable(X, loss_function):
-        from pipelines.sgd.fused import fused_gradient_sums
-
-        return fused_gradient_sums(*_compiled_arguments(X, y, weights, intercepts, loss_function, sample_weight))
-    margins = compute_margins(X, weights, intercepts)
-    derivatives = _weighted(loss_function.derivative(margins, y), sample_weight)
-    grad_w_sum = rowwise_gradient(derivatives, X)
-    grad_b_sum: FloatArray = np.add.reduce(derivatives, axis=0)
-    loss_sum: FloatArray = _weighted(loss_function.value(margins, y), sample_weight).sum(axis=0)
-    return grad_w_sum, grad_b_sum, loss_sum
-
-
-def _weighted(per_row: FloatArray, sample_weight: FloatArray | None) -> FloatArray:
-    """``per_row`` ``(n, K)`` times each row's weight; unchanged (the same array) without weights."""
-    if sample_weight is None:
-        return per_row
-    result: FloatArray = per_row * sample_weight[:, np.newaxis]
-    return result
-
-
-def loss_sums(
-    X: Design,
-    y: FloatArray,
-    weights: FloatArray,
-    intercepts: FloatArray,
-    loss: Loss | str,
-    sample_weight: FloatArray | None = None,
-    compiled: bool = True,
-) -> FloatArray:
-    """``sum_i s_i loss(x_i . w_k + b_k, y_i)`` per model row, shape ``(K,)`` (no penalty; ``s_i = 1`` when
-    ``sample_weight`` is None).
-
-    Dense inputs and a one-margin loss run :func:`pipelines.sgd.fused.fused_loss_sums` (``compiled=False``: the
-    numpy definition, which it equals to ~1e-13).
-    """
-    loss_function = _resolve_loss(loss)
-    if compiled and _compilable(X, loss_function):
-        from pipelines.sgd.fused import fused_loss_sums
-
-        return fused_loss_sums(*_compiled_arguments(X, y, weights, intercepts, loss_function, sample_weight))
-    values = loss_function.value(compute_margins(X, weights, intercepts), y)
-    result: FloatArray = _weighted(values, sample_weight).sum(axis=0)
-    return result
-
-
-def _compilable(X: Design, loss: Loss) -> TypeGuard[FloatArray]:
-    """The compiled kernels take dense inputs (with rows) and one margin per model."""
-    return isinstance(X, np.ndarray) and loss.outputs == 1 and X.shape[0] > 0
-
-
-def _compiled_arguments(X: FloatArray, y: FloatArray, weights: FloatArray, intercepts: FloatArray, loss: Loss,
-                        sample_weight: FloatArray | None) -> tuple[Any, ...]:
-    """The arguments :mod:`pipelines.sgd.fused`'s full passes share: contiguous arrays, the loss's code."""
-    from pipelines.sgd.fused import LOSS_CODES
-
-    weights_array = np.zeros(0) if sample_weight is None else np.ascontiguousarray(sample_weight, dtype=np.float64)
-    return (np.ascontiguousarray(X), np.ascontiguousarray(y, dtype=np.float64), weights_array,
-            np.ascontiguousarray(weights, dtype=np.float64), np.ascontiguousarray(intercepts, dtype=np.float64),
-            LOSS_CODES[loss.name], float(getattr(loss, "epsilon", 0.0)))
-
-
 def batches_per_epoch(n_rows: int, batch_size: int) -> int:
     """Mini-batches in one pass over ``n_rows`` rows: ``ceil(n_rows / batch_size)`` (the last may be smaller).
 
@@ -228,27 +242,7 @@ def epoch_permutation(n_rows: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n_rows)
 
 
-def minibatch_epoch(
-    X: Design,
-    y: FloatArray,
-    weights: FloatArray,
-    intercepts: FloatArray,
-    opt_state: OptimizerState,
-    *,
-    loss: Loss | str,
-    optimizer: OptimizerSpec,
-    regularization: Regularization | Penalties,
-    learning_rates: FloatArray,
-    schedule: StepSchedule,
-    total_steps: int,
-    batch_size: int,
-    seed: int,
-    epoch: int,
-    fit_intercept: bool = True,
-    batch_range: tuple[int, int] | None = None,
-    sample_weight: FloatArray | None = None,
-    compiled: bool = True,
-) -> tuple[FloatArray, FloatArray, OptimizerState, int]:
+def minibatch_epoch(block: Block, models: Models, plan: EpochPlan) -> tuple[Models, int]:
     """One shuffled pass of mini-batch updates over the block's rows, for all K models.
 
     Rows are visited in the order :func:`epoch_permutation` ``(n, seed, epoch)`` in
@@ -258,175 +252,50 @@ def minibatch_epoch(
     * gradient = mean over the batch: ``(1/B) sum_i s_i loss'(m_ik, y_i) * [x_i, 1]`` (``s_i``: the row's
       weight, normalized by the caller to mean 1 over the training rows, so this is an unbiased estimate of
       the weighted-mean objective's gradient; 1 without weights);
-    * step ``t_k = opt_state.step[k] + 1``;
+    * step ``t_k = state.step[k] + 1``;
     * ``step_size_k = learning_rates[k] * multiplier(schedule, t_k, total_steps)``;
-    * :func:`pipelines.sgd.optimizers.apply_update` with the regularization.
+    * the optimizer's update (:func:`pipelines.sgd.optimizers.apply_update`) with the row's penalty.
 
-    The result is a deterministic function of the inputs (bit-for-bit).
+    The plan's kernel runs the batches. The result is a deterministic function of the inputs (bit-for-bit).
 
     Parameters
     ----------
-    X : ndarray of shape (n, d)
-    y : ndarray of shape (n,)
-    weights : ndarray of shape (K, d)
-    intercepts : ndarray of shape (K,)
-    opt_state : OptimizerState
-        State for the K rows; not modified (a copy is advanced and returned).
-    loss : Loss or str
-    optimizer : OptimizerSpec
-    regularization : Regularization or Penalties
-        One penalty for every row, or each row's own (a joint grid).
-    learning_rates : ndarray of shape (K,)
-    schedule : StepSchedule
-    total_steps : int
-        ``T`` passed to the schedule (the whole run's number of steps).
-    batch_size : int
-        ``>= 1``.
-    seed, epoch : int
-        Together they fix the row order.
-    fit_intercept : bool
-        If False the intercepts get zero gradients and are returned unchanged.
-    batch_range : (start, stop), optional
-        Run only batches ``start .. stop-1`` of this epoch's order (for synchronizing every few steps);
-        default: all of them. Running the ranges of one epoch back to back equals one full call.
-    sample_weight : ndarray of shape (n,), optional
-        Per-row weights ``s_i`` (see above).
-    compiled : bool
-        Dense inputs and a one-margin loss run :func:`pipelines.sgd.fused.fused_epoch` (no Python per batch);
-        False runs the numpy loop, the definition the compiled one is tested against (equal to ~1e-12: the
-        sums' orders differ). Sparse inputs and multinomial models always run the numpy loop.
+    block : Block
+        ``X`` ``(n, d)``, ``y`` ``(n,)``, optional row weights.
+    models : Models
+        The K rows' start; not modified (a copy of the state is advanced and returned).
+    plan : EpochPlan
 
     Returns
     -------
-    weights : ndarray of shape (K, d)
-    intercepts : ndarray of shape (K,)
-    opt_state : OptimizerState
-        Advanced by ``steps_taken`` for every row.
+    models : Models
+        The rows after the batches, their state advanced by ``steps_taken`` for every row.
     steps_taken : int
-        ``ceil(n / batch_size)``.
+        The batches run: ``ceil(n / batch_size)`` for a whole epoch.
     """
-    loss_function = _resolve_loss(loss)
-    _check_block(X, y, weights, intercepts)
-    n_rows = X.shape[0]
+    weights, intercepts = models.weights, models.intercepts
+    _check_block(block.X, block.y, weights, intercepts)
     n_models = weights.shape[0]
-    if learning_rates.shape != (n_models,):
+    if plan.learning_rates.shape != (n_models,):
         raise ValueError(
-            f"learning_rates must have shape ({n_models},) to match weights, got {learning_rates.shape}"
+            f"learning_rates must have shape ({n_models},) to match weights, got {plan.learning_rates.shape}"
         )
-    if opt_state.n_rows != n_models:
-        raise ValueError(f"opt_state has {opt_state.n_rows} rows, weights have {n_models}")
-    state = opt_state.copy()
-    n_batches_in_epoch = batches_per_epoch(n_rows, batch_size)
-    first_batch, stop_batch = batch_range or (0, n_batches_in_epoch)
-    stop_batch = min(stop_batch, n_batches_in_epoch)
-    n_batches = max(0, stop_batch - first_batch)
+    if models.state.n_rows != n_models:
+        raise ValueError(f"opt_state has {models.state.n_rows} rows, weights have {n_models}")
+    if plan.penalties.n_rows != n_models:
+        raise ValueError(f"penalties have {plan.penalties.n_rows} rows, the models {n_models}")
+    state = models.state.copy()
+    n_rows = block.X.shape[0]
+    n_batches_in_epoch = batches_per_epoch(n_rows, plan.batch_size)
+    first_batch, stop_batch = plan.batch_range or (0, n_batches_in_epoch)
+    n_batches = max(0, min(stop_batch, n_batches_in_epoch) - first_batch)
     if n_batches == 0:
-        return weights.copy(), intercepts.copy(), state, 0
+        return Models(weights.copy(), intercepts.copy(), state), 0
     # Steps of every batch for every row: (n_batches, K), one schedule call per epoch.
     steps = state.step[np.newaxis, :] + 1 + np.arange(n_batches, dtype=np.int64)[:, np.newaxis]
-    step_sizes_per_batch = learning_rates * np.asarray(multiplier(schedule, steps, total_steps))
-
-    order = epoch_permutation(n_rows, seed, epoch)
-    penalties = as_penalties(regularization, n_models)
-    if compiled and isinstance(X, np.ndarray) and loss_function.outputs == 1:
-        return _fused(X, y, sample_weight, order, first_batch, n_batches, batch_size, weights, intercepts, state,
-                      step_sizes_per_batch, penalties, loss_function, optimizer, fit_intercept)
-    zero_intercepts = np.zeros(n_models)
-    # Plain SGD without a penalty leaves the weights of inputs absent from a batch untouched (their gradient is
-    # 0): on a split design only the touched columns are updated, so a step costs in the batch's non-zeros
-    # rather than the width, with the same bits as the full update.
-    sparse_steps = isinstance(X, SplitDesign) and optimizer.name == "sgd" and penalties.is_zero
-    if sparse_steps:
-        weights = weights.copy()
-    for batch_index in range(n_batches):
-        # Gathering each batch with np.take measured faster than one X[order] per epoch.
-        start = (first_batch + batch_index) * batch_size
-        batch_rows = order[start : start + batch_size]
-        X_batch = take_rows(X, batch_rows)
-        y_batch = np.take(y, batch_rows)
-        margins = compute_margins(X_batch, weights, intercepts)
-        derivatives = loss_function.derivative(margins, y_batch)
-        if sample_weight is not None:
-            derivatives = derivatives * np.take(sample_weight, batch_rows)[:, np.newaxis]
-        inverse_batch_rows = 1.0 / batch_rows.shape[0]
-        # Column sums accumulate row after row: each model's sum is independent of K.
-        grad_b = (
-            np.add.reduce(derivatives, axis=0) * inverse_batch_rows if fit_intercept else zero_intercepts
-        )
-        if sparse_steps and isinstance(X_batch, SplitDesign):
-            weights, intercepts = _sparse_sgd_step(X_batch, derivatives, inverse_batch_rows, grad_b, weights,
-                                                   intercepts, state, step_sizes_per_batch[batch_index],
-                                                   fit_intercept)
-            continue
-        grad_w = rowwise_gradient(derivatives, X_batch) * inverse_batch_rows
-        new_weights, new_intercepts = apply_update(
-            optimizer,
-            state,
-            weights,
-            intercepts,
-            grad_w,
-            grad_b,
-            step_sizes_per_batch[batch_index],
-            penalties,
-        )
-        weights = new_weights
-        if fit_intercept:
-            intercepts = new_intercepts
-    return weights.copy(), intercepts.copy(), state, n_batches
-
-
-def _fused(X: FloatArray, y: FloatArray, sample_weight: FloatArray | None, order: np.ndarray, first_batch: int,
-           n_batches: int, batch_size: int, weights: FloatArray, intercepts: FloatArray, state: OptimizerState,
-           step_sizes: FloatArray, penalties: Penalties, loss: Loss, optimizer: OptimizerSpec,
-           fit_intercept: bool) -> tuple[FloatArray, FloatArray, OptimizerState, int]:
-    """:func:`minibatch_epoch`'s batches in :func:`pipelines.sgd.fused.fused_epoch` (imported here: numba is
-    loaded by the processes that train only); ``state`` is the caller's copy and is advanced."""
-    from pipelines.sgd.fused import LOSS_CODES, OPTIMIZER_CODES, fused_epoch
-
-    names = SLOT_NAMES[optimizer.name]
-    n_models, width = weights.shape
-    weight_slots = np.stack([state.weight_slots[name] for name in names]) if names else np.zeros((0, n_models, width))
-    intercept_slots = np.stack([state.intercept_slots[name] for name in names]) if names else np.zeros((0, n_models))
-    new_weights, new_intercepts, steps = weights.copy(), intercepts.copy(), state.step.copy()
-    fused_epoch(np.ascontiguousarray(X), np.ascontiguousarray(y, dtype=np.float64),
-                np.zeros(0) if sample_weight is None else np.ascontiguousarray(sample_weight, dtype=np.float64),
-                order, first_batch, n_batches, batch_size, new_weights, new_intercepts, weight_slots,
-                intercept_slots, steps, np.ascontiguousarray(step_sizes, dtype=np.float64), penalties.l1,
-                penalties.l2, LOSS_CODES[loss.name], float(getattr(loss, "epsilon", 0.0)),
-                OPTIMIZER_CODES[optimizer.name], optimizer.momentum, optimizer.beta1, optimizer.beta2,
-                optimizer.alpha, optimizer.resolved_eps, fit_intercept)
-    state.step = steps
-    for index, name in enumerate(names):
-        state.weight_slots[name], state.intercept_slots[name] = weight_slots[index], intercept_slots[index]
-    return new_weights, new_intercepts, state, n_batches
-
-
-def _sparse_sgd_step(X: SplitDesign, derivatives: FloatArray, inverse_rows: float, grad_b: FloatArray,
-                     weights: FloatArray,
-                     intercepts: FloatArray, state: OptimizerState, step_sizes: FloatArray,
-                     fit_intercept: bool) -> tuple[FloatArray, FloatArray]:
-    """``w <- w - step * g`` on the dense inputs and the batch's touched sparse inputs only (in place on
-    ``weights``, which the caller owns); the same arithmetic, element by element, as :func:`apply_update` with
-    ``sgd`` and no penalty, whose other columns would be ``w - step * 0 = w``."""
-    state.step = state.step + 1
-    split = X.dense_width
-    step_column = step_sizes[:, np.newaxis]
-    dense_gradient = rowwise_gradient(derivatives, X.dense) * inverse_rows
-    weights[:, :split] = weights[:, :split] - step_column * dense_gradient
-    touched, compact_indices = np.unique(X.sparse.indices, return_inverse=True)
-    if touched.size:
-        # the batch's columns renumbered 0..touched-1: built in O(non-zeros), each column's terms in row order as in
-        # the full-width product
-        compact = sp.csr_matrix((X.sparse.data, compact_indices.astype(np.int32), X.sparse.indptr),
-                                shape=(X.sparse.shape[0], touched.size))
-        columns = split + touched
-        sparse_gradient_touched = sparse_gradient(derivatives, compact) * inverse_rows
-        weights[:, columns] = weights[:, columns] - step_column * sparse_gradient_touched
-    return weights, (intercepts - step_sizes * grad_b) if fit_intercept else intercepts
-
-
-def _resolve_loss(loss: Loss | str) -> Loss:
-    return get_loss(loss) if isinstance(loss, str) else loss
+    step_sizes = plan.learning_rates * np.asarray(multiplier(plan.schedule, steps, plan.total_steps))
+    batches = EpochSteps(epoch_permutation(n_rows, plan.seed, plan.epoch), first_batch, n_batches, step_sizes)
+    return plan.kernel.run_batches(block, Models(weights, intercepts, state), plan, batches), n_batches
 
 
 def _check_block(X: Design, y: FloatArray, weights: FloatArray, intercepts: FloatArray) -> None:

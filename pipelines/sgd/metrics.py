@@ -100,7 +100,7 @@ class MetricAccumulator:
         y: FloatArray,
         weights: FloatArray,
         intercepts: FloatArray,
-        loss_name: str | Loss,
+        loss: Loss,
         n_bins: int = DEFAULT_AUC_BINS,
         sample_weight: FloatArray | None = None,
     ) -> MetricAccumulator:
@@ -113,13 +113,12 @@ class MetricAccumulator:
         y : ndarray of shape (n,)
         weights : ndarray of shape (K, d)
         intercepts : ndarray of shape (K,)
-        loss_name : str or Loss
-            A loss (with its parameters) or its name.
+        loss : Loss
+            The loss with its parameters.
         n_bins : int
             Probability histogram bins for the AUC (logistic only), ``>= 1``.
         sample_weight : ndarray of shape (n,), optional
         """
-        loss = get_loss(loss_name) if isinstance(loss_name, str) else loss_name
         loss_name = loss.name
         task = LOSS_TASKS[loss_name]
         if n_bins < 1:

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from pipelines.sgd._validation import Interval, OneOf, Rule, SpecError, check_rules
-from pipelines.sgd.losses import DEFAULT_EPSILON, LOSS_NAMES, Loss, get_loss
+from pipelines.sgd.design import Design, SplitDesign
+from pipelines.sgd.kernels import Kernel
+from pipelines.sgd.losses import DEFAULT_EPSILON, LOSS_NAMES, Loss, ScalarLoss, get_loss
+from pipelines.sgd.numpy_kernel import NumpyKernel, SparseKernel
 from pipelines.sgd.optimizers import OptimizerSpec
 from pipelines.sgd.regularization import Regularization
 from pipelines.sgd.schedules import ScheduleSpec
@@ -46,6 +49,9 @@ class TrainingProblem:
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     epsilon: float = DEFAULT_EPSILON
     n_classes: int = 2
+    loss_function: Loss = field(init=False, repr=False, compare=False)
+    """The loss with its parameters, resolved once from ``loss``, ``epsilon`` and ``n_classes``: what every kernel
+    of this problem computes."""
 
     RULES: ClassVar[dict[str, Rule]] = {"loss": OneOf(LOSS_NAMES), "epsilon": Interval(0, None),
                                         "n_classes": Interval(2, None, integer=True)}
@@ -54,11 +60,22 @@ class TrainingProblem:
         check_rules(self, self.RULES)
         if self.loss == "huber" and self.epsilon <= 0:
             raise SpecError("epsilon", self.epsilon, "must be > 0 for the huber loss (its quadratic zone)")
+        object.__setattr__(self, "loss_function", get_loss(self.loss, self.epsilon, self.n_classes))
 
-    @property
-    def loss_function(self) -> Loss:
-        """The loss with its parameters: what every kernel call of this problem uses."""
-        return get_loss(self.loss, self.epsilon, self.n_classes)
+    def kernel(self, X: Design) -> Kernel:
+        """The kernel of this problem for blocks of ``X``'s kind, chosen once and passed down: the compiled kernel
+        of a one-margin loss on dense inputs (:class:`~pipelines.sgd.fused.CompiledKernel`, imported here: numba
+        is loaded by the processes that train only), the numpy kernel of a split design
+        (:class:`~pipelines.sgd.numpy_kernel.SparseKernel`) or of a multinomial model
+        (:class:`~pipelines.sgd.numpy_kernel.NumpyKernel`)."""
+        loss = self.loss_function
+        if isinstance(X, SplitDesign):
+            return SparseKernel(loss, self.optimizer)
+        if isinstance(loss, ScalarLoss):
+            from pipelines.sgd.fused import CompiledKernel
+
+            return CompiledKernel(loss, self.optimizer)
+        return NumpyKernel(loss, self.optimizer)
 
     @property
     def outputs(self) -> int:

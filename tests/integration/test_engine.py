@@ -14,10 +14,14 @@ from pipelines.distributed.blocks import PartitionBlocks, collect_arrays
 from pipelines.lakehouse.reader import read_feature_table
 from pipelines.orchestration.training import PreparedData, SweepRun, prepare_data, train_grid
 from pipelines.sgd import (
+    Block,
+    EpochPlan,
+    Models,
     OptimizerSpec,
     OptimizerState,
     Regularization,
     StepSchedule,
+    TrainingProblem,
     init_state,
     minibatch_epoch,
     reference_gradient_descent,
@@ -105,11 +109,9 @@ def test_gd_matches_numpy_reference(gd_prepared: dict[str, tuple[Config, Prepare
                      joint_grid(config.sweep.grid(), config.penalty_axis()))
     X, y = _train_arrays(prepared)
     problem = config.problem
-    weights, intercepts, history = reference_gradient_descent(
-        X, y, np.array(config.sweep.grid()), loss=loss, optimizer=problem.optimizer,
-        regularization=problem.regularization, schedule=problem.schedule, iterations=6,
-        fit_intercept=config.model.fit_intercept)
-    final_objective = objective(X, y, weights, intercepts, loss, problem.regularization)
+    weights, intercepts, history = reference_gradient_descent(problem, X, y, np.array(config.sweep.grid()),
+                                                              iterations=6)
+    final_objective = objective(problem, X, y, weights, intercepts)
     for k, rate in enumerate(run.outcome.rates):
         if rate.status != "completed":
             continue
@@ -131,10 +133,8 @@ def test_local_sgd_on_one_partition_is_the_reference_minibatch_sgd(
     run, prepared = _sweep(spark, config)
     X, y = _train_arrays(prepared)
     problem = config.problem
-    weights, intercepts, history = reference_minibatch_sgd(
-        X, y, np.array(config.sweep.grid()), loss="logistic", optimizer=problem.optimizer,
-        regularization=problem.regularization, schedule=problem.schedule, epochs=3, batch_size=32,
-        seed=config.train.seed)
+    weights, intercepts, history = reference_minibatch_sgd(problem, X, y, np.array(config.sweep.grid()), epochs=3,
+                                                           batch_size=32, seed=config.train.seed)
     for k, rate in enumerate(run.outcome.rates):
         assert rate.status == "completed"
         np.testing.assert_allclose(rate.weights, weights[k], rtol=1e-12, atol=1e-14)
@@ -154,17 +154,18 @@ def _model_averaging_reference(parts: list[PartitionBlocks], rates: np.ndarray, 
     steps_per_epoch = max(-(-p.y_train.shape[0] // batch_size) for p in parts)
     counts = np.array([p.y_train.shape[0] for p in parts], dtype=np.float64)
     for epoch in range(epochs):
-        results = [minibatch_epoch(p.X_train, p.y_train, weights, intercepts, state, loss="logistic",
-                                   optimizer=optimizer, regularization=Regularization(), learning_rates=rates,
-                                   schedule=StepSchedule(), total_steps=epochs * steps_per_epoch,
-                                   batch_size=batch_size, seed=seed + 7919 * p.partition, epoch=epoch)
+        kernel = TrainingProblem("logistic", optimizer=optimizer).kernel(parts[0].X_train)
+        results = [minibatch_epoch(Block(p.X_train, p.y_train), Models(weights, intercepts, state),
+                                   EpochPlan(kernel, rates, Regularization().rows(rates.size), StepSchedule(),
+                                             epochs * steps_per_epoch, batch_size, seed + 7919 * p.partition,
+                                             epoch))[0]
                    for p in parts]
         shares = counts / counts.sum()
-        weights = sum(share * w for share, (w, _, _, _) in zip(shares, results, strict=True))
-        intercepts = sum(share * b for share, (_, b, _, _) in zip(shares, results, strict=True))
+        weights = sum(share * r.weights for share, r in zip(shares, results, strict=True))
+        intercepts = sum(share * r.intercepts for share, r in zip(shares, results, strict=True))
         slots = {}
-        for key in results[0][2].to_arrays():
-            arrays = [r[2].to_arrays()[key] for r in results]
+        for key in results[0].state.to_arrays():
+            arrays = [r.state.to_arrays()[key] for r in results]
             if key == "step":
                 slots[key] = np.max(arrays, axis=0)
             else:
@@ -234,12 +235,10 @@ def test_best_rate_reaches_scikit_learn_optimum(spark: SparkSession, synthetic_t
     estimator = LogisticRegression(penalty=None, tol=1e-10, max_iter=5000) if loss == "logistic" \
         else LinearRegression()
     estimator.fit(X, y)
-    optimum = objective(X, y, np.atleast_2d(estimator.coef_), np.atleast_1d(estimator.intercept_), loss,
-                        config.problem.regularization)[0]
+    optimum = objective(config.problem, X, y, np.atleast_2d(estimator.coef_), np.atleast_1d(estimator.intercept_))[0]
     best = run.outcome.best
     assert best is not None
-    reached = objective(X, y, best.weights[None, :], np.array([best.intercept]), loss,
-                        config.problem.regularization)[0]
+    reached = objective(config.problem, X, y, best.weights[None, :], np.array([best.intercept]))[0]
     assert reached <= 1.01 * optimum
 
 

@@ -89,9 +89,8 @@ def test_seeds_repeat_each_rate_in_the_same_pass_with_mean_and_std(
     problem = config.problem
     per_seed = []
     for seed in (1, 2, 3):
-        _, _, history = reference_minibatch_sgd(
-            X, y, np.array([0.01, 0.3]), loss="logistic", optimizer=problem.optimizer,
-            regularization=problem.regularization, schedule=problem.schedule, epochs=2, batch_size=64, seed=seed)
+        _, _, history = reference_minibatch_sgd(problem, X, y, np.array([0.01, 0.3]), epochs=2, batch_size=64,
+                                                seed=seed)
         per_seed.append(history)
     stacked = np.stack(per_seed)  # (seeds, epochs, rates)
     for k, rate in enumerate(run.outcome.rates):

@@ -3,6 +3,7 @@ objective on the same rows, and the whole job registers a model that scikit-lear
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -18,7 +19,7 @@ from pipelines.errors import DataError
 from pipelines.lakehouse.reader import read_feature_table
 from pipelines.orchestration.sweep import run_tracked_sweep
 from pipelines.orchestration.training import prepare_data, train_grid
-from pipelines.sgd import get_loss
+from pipelines.sgd import TrainingProblem, get_loss
 from pipelines.sgd.reference import objective
 from pipelines.sweep.grid import joint_grid
 from tests.conftest import make_config
@@ -94,8 +95,8 @@ def _sklearn_optimum(X: np.ndarray, y: np.ndarray, loss: str) -> float:
     else:
         poisson = PoissonRegressor(alpha=REG, tol=1e-10, max_iter=5000).fit(X, y)
         w, b = poisson.coef_, float(poisson.intercept_)
-    return float(objective(X, y, w[np.newaxis], np.array([b]), get_loss(loss, EPSILON),
-                           _penalty())[0])
+    return float(objective(TrainingProblem(loss, regularization=_penalty(), epsilon=EPSILON), X, y, w[np.newaxis],
+                           np.array([b]))[0])
 
 
 def _penalty():  # type: ignore[no-untyped-def]
@@ -126,7 +127,7 @@ def test_each_loss_reaches_an_independent_optimum_of_its_objective(
         f"model.epsilon={EPSILON}", "train.epochs=30", "train.batch_size=32", "train.num_partitions=1",
         "train.schedule.name=cosine", "sweep.learning_rates=[0.03, 0.1, 0.3]"])
     X, y, w, b = _trained(spark, config)
-    ours = float(objective(X, y, w[np.newaxis], np.array([b]), config.problem.loss_function, _penalty())[0])
+    ours = float(objective(replace(config.problem, regularization=_penalty()), X, y, w[np.newaxis], np.array([b]))[0])
     theirs = optimum(X, y, loss)
     print(f"{loss}: objective {ours:.6f}, independent optimum {theirs:.6f} (ratio {ours / theirs:.5f})")
     assert ours <= theirs * (1 + tolerance), (ours, theirs)

@@ -21,7 +21,7 @@ from pipelines.distributed.range_test import partition_batch_rows, sample_rows
 from pipelines.lakehouse.reader import read_feature_table
 from pipelines.orchestration.sweep import run_tracked_sweep
 from pipelines.orchestration.training import PreparedData, SweepRun, prepare_data, range_test, train_grid
-from pipelines.sgd import Regularization, apply_update, batch_gradients, init_state
+from pipelines.sgd import Block, Regularization, TrainingProblem, apply_update, init_state
 from pipelines.sweep.grid import joint_grid
 from pipelines.sweep.range_test import auto_grid, range_test_rates, refine_span, smooth_losses
 from pipelines.tracking.runs import TAG_ROLE, TAG_ROUND, TAG_SWEEP_ID
@@ -65,9 +65,9 @@ def test_distributed_steps_match_a_numpy_recomputation(spark: SparkSession, logi
     optimizer, regularization = config.train.optimizer, Regularization(0.01, 0.0)
     W, b = np.zeros((1, 5)), np.zeros(1)
     state = init_state(optimizer, 1, 5)
-    losses = []
+    losses, problem = [], TrainingProblem("logistic")
     for step, rate in enumerate(range_test_rates(0.01, 10.0, 25)[:result.steps]):
-        sums = [batch_gradients(p.X_train[rows], p.y_train[rows], W, b, "logistic")
+        sums = [problem.kernel(p.X_train).gradient_sums(Block(p.X_train[rows], p.y_train[rows]), W, b)
                 for p in parts for rows in [sample_rows(p.y_train.shape[0], batch_rows[p.partition], 42, step,
                                                         p.partition)]]
         count = sum(batch_rows)

@@ -56,9 +56,8 @@ def test_local_sgd_on_one_in_memory_partition_is_the_reference_minibatch_sgd(opt
     (part,) = _partitions(500, 1)
     problem = _problem(optimizer)
     trainer = _train(DriverExecutor.in_memory([part], 1), problem, LocalSGD(batch_size=32), epochs=3)
-    weights, intercepts, _ = reference_minibatch_sgd(
-        part.X_train, part.y_train, RATES, loss="logistic", optimizer=problem.optimizer,
-        regularization=problem.regularization, schedule=problem.schedule, epochs=3, batch_size=32, seed=42)
+    weights, intercepts, _ = reference_minibatch_sgd(problem, part.X_train, part.y_train, RATES, epochs=3,
+                                                     batch_size=32, seed=42)
     np.testing.assert_allclose(trainer.models.weights, weights, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(trainer.models.intercepts, intercepts, rtol=1e-12, atol=1e-14)
     assert trainer.jobs == 3 and trainer.row_passes == 3 * RATES.size * 400
@@ -73,9 +72,7 @@ def test_gd_over_in_memory_partitions_is_the_reference_gradient_descent() -> Non
     trainer = _train(executor, problem, GradientDescent(), epochs=5)
     X = np.concatenate([parts[0].X_train, parts[2].X_train])
     y = np.concatenate([parts[0].y_train, parts[2].y_train])
-    weights, intercepts, _ = reference_gradient_descent(
-        X, y, RATES, loss="logistic", optimizer=problem.optimizer, regularization=problem.regularization,
-        schedule=problem.schedule, iterations=5)
+    weights, intercepts, _ = reference_gradient_descent(problem, X, y, RATES, iterations=5)
     np.testing.assert_allclose(trainer.models.weights, weights, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(trainer.models.intercepts, intercepts, rtol=1e-9, atol=1e-12)
 

@@ -17,8 +17,9 @@ from pipelines.features.arrays import arrow_of, numpy_of
 from pipelines.features.encoding import ColumnEncoding, TableEncoding
 from pipelines.features.hashing import murmurhash3_32
 from pipelines.sgd.design import SplitDesign
-from pipelines.sgd.kernels import batch_gradients, compute_margins, minibatch_epoch
+from pipelines.sgd.kernels import Block, EpochPlan, Models, compute_margins, minibatch_epoch
 from pipelines.sgd.optimizers import OptimizerSpec, init_state
+from pipelines.sgd.problem import TrainingProblem
 from pipelines.sgd.regularization import Regularization
 from pipelines.sgd.schedules import ScheduleSpec
 
@@ -223,12 +224,13 @@ def test_split_kernels_equal_the_dense_products_and_do_not_depend_on_the_grid() 
     weights, intercepts = rng.normal(size=(4, X.shape[1])) * 0.1, rng.normal(size=4)
     full = X.toarray()
     np.testing.assert_allclose(compute_margins(X, weights, intercepts), full @ weights.T + intercepts, atol=1e-12)
-    grad_w, grad_b, loss_sum = batch_gradients(X, y, weights, intercepts, "logistic")
-    dense_grad_w, dense_grad_b, dense_loss = batch_gradients(full, y, weights, intercepts, "logistic")
+    problem = TrainingProblem("logistic")
+    grad_w, grad_b, loss_sum = problem.kernel(X).gradient_sums(Block(X, y), weights, intercepts)
+    dense_grad_w, dense_grad_b, dense_loss = problem.kernel(full).gradient_sums(Block(full, y), weights, intercepts)
     np.testing.assert_allclose(grad_w, dense_grad_w, atol=1e-10)
     np.testing.assert_allclose(grad_b, dense_grad_b, atol=1e-12)
     np.testing.assert_allclose(loss_sum, dense_loss, rtol=1e-12)
-    alone = batch_gradients(X, y, weights[2:3], intercepts[2:3], "logistic")
+    alone = problem.kernel(X).gradient_sums(Block(X, y), weights[2:3], intercepts[2:3])
     assert alone[0].tobytes() == grad_w[2:3].tobytes() and alone[2].tobytes() == loss_sum[2:3].tobytes()
 
 
@@ -239,11 +241,11 @@ def test_minibatch_sgd_on_a_split_design_tracks_the_dense_one_and_a_row_alone_ge
 
     def run(design: object, learning_rates: np.ndarray) -> np.ndarray:
         k, d = learning_rates.shape[0], X.shape[1]
-        weights, _, _, _ = minibatch_epoch(
-            design, y, np.zeros((k, d)), np.zeros(k), init_state(spec, k, d), loss="logistic", optimizer=spec,
-            regularization=Regularization(0.001, 0.5), learning_rates=learning_rates,
-            schedule=ScheduleSpec().per_step(10), total_steps=10, batch_size=32, seed=1, epoch=0)
-        return weights
+        plan = EpochPlan(TrainingProblem("logistic", optimizer=spec).kernel(design), learning_rates,
+                         Regularization(0.001, 0.5).rows(k), ScheduleSpec().per_step(10), 10, 32, 1, 0)
+        trained, _ = minibatch_epoch(Block(design, y), Models(np.zeros((k, d)), np.zeros(k), init_state(spec, k, d)),
+                                     plan)
+        return trained.weights
 
     split, dense = run(X, rates), run(X.toarray(), rates)
     np.testing.assert_allclose(split, dense, atol=1e-9)
@@ -261,11 +263,11 @@ def test_sparse_sgd_steps_touch_only_the_batch_columns_with_the_full_updates_bit
 
     def run(regularization: Regularization, design: object) -> tuple[np.ndarray, np.ndarray]:
         k, d = rates.shape[0], X.shape[1]
-        weights, intercepts, _, _ = minibatch_epoch(
-            design, y, np.zeros((k, d)), np.zeros(k), init_state(sgd, k, d), loss="logistic", optimizer=sgd,
-            regularization=regularization, learning_rates=rates, schedule=ScheduleSpec().per_step(10),
-            total_steps=10, batch_size=16, seed=3, epoch=1, sample_weight=sample_weight)
-        return weights, intercepts
+        plan = EpochPlan(TrainingProblem("logistic", optimizer=sgd).kernel(design), rates, regularization.rows(k),
+                         ScheduleSpec().per_step(10), 10, 16, 3, 1)
+        trained, _ = minibatch_epoch(Block(design, y, sample_weight),
+                                     Models(np.zeros((k, d)), np.zeros(k), init_state(sgd, k, d)), plan)
+        return trained.weights, trained.intercepts
 
     fast = run(Regularization(0.0, 0.0), X)
     np.testing.assert_allclose(fast[0], run(Regularization(0.0, 0.0), X.toarray())[0], atol=1e-12)  # dense twin

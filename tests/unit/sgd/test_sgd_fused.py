@@ -1,6 +1,6 @@
-"""The compiled epoch (pipelines.sgd.fused) against the numpy loop it replaces for dense inputs: the same
-updates for every loss, optimizer, penalty mix, row weights and batch range, and a row's bits independent of
-the other rows."""
+"""The compiled kernel (pipelines.sgd.fused) against the numpy kernel, the oracle built from the losses' and
+optimizers' numpy definitions, on dense inputs: the same updates and sums for every loss, optimizer, penalty
+mix, row weights and batch range, and a row's bits independent of the other rows."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from pipelines.sgd._types import FloatArray
-from pipelines.sgd.kernels import minibatch_epoch
-from pipelines.sgd.losses import LOSS_NAMES, LOSS_TASKS, get_loss
+from pipelines.sgd.fused import CompiledKernel
+from pipelines.sgd.kernels import Block, EpochPlan, Kernel, Models, minibatch_epoch
+from pipelines.sgd.losses import LOSS_NAMES, LOSS_TASKS, ScalarLoss, get_loss
+from pipelines.sgd.numpy_kernel import NumpyKernel
 from pipelines.sgd.optimizers import OPTIMIZER_NAMES, OptimizerSpec, OptimizerState, init_state
 from pipelines.sgd.regularization import Penalties
 from pipelines.sgd.schedules import StepSchedule
@@ -32,24 +34,29 @@ def _data(loss_name: str, regression_data: Data, classification_data: Data) -> D
     return X, y
 
 
+def _kernel(loss_name: str, optimizer: OptimizerSpec, compiled: bool) -> Kernel:
+    """The compiled kernel, or the numpy oracle, of one loss (``epsilon = 0.3``) and optimizer."""
+    loss = get_loss(loss_name, 0.3)
+    assert isinstance(loss, ScalarLoss)
+    return CompiledKernel(loss, optimizer) if compiled else NumpyKernel(loss, optimizer)
+
+
 def _epochs(X: FloatArray, y: FloatArray, optimizer: OptimizerSpec, loss_name: str, compiled: bool,
             rows: slice = slice(None), sample_weight: FloatArray | None = None, fit_intercept: bool = True,
             epochs: int = 2) -> tuple[FloatArray, FloatArray, OptimizerState]:
     rates = RATES[rows]
+    kernel = _kernel(loss_name, optimizer, compiled)
     penalties = PENALTIES.select(np.arange(RATES.size)[rows])
-    weights, intercepts = np.zeros((rates.size, X.shape[1])), np.zeros(rates.size)
-    state = init_state(optimizer, rates.size, X.shape[1])
+    models = Models(np.zeros((rates.size, X.shape[1])), np.zeros(rates.size),
+                    init_state(optimizer, rates.size, X.shape[1]))
     steps = math.ceil(X.shape[0] / 64)
     for epoch in range(epochs):
         # two batch ranges per epoch, as sync_every splits it
         for batch_range in ((0, steps // 2), (steps // 2, steps)):
-            weights, intercepts, state, _ = minibatch_epoch(
-                X, y, weights, intercepts, state, loss=get_loss(loss_name, 0.3), optimizer=optimizer,
-                regularization=penalties, learning_rates=rates,
-                schedule=StepSchedule("warmup_cosine", warmup_steps=5), total_steps=epochs * steps, batch_size=64,
-                seed=11, epoch=epoch, fit_intercept=fit_intercept, batch_range=batch_range,
-                sample_weight=sample_weight, compiled=compiled)
-    return weights, intercepts, state
+            plan = EpochPlan(kernel, rates, penalties, StepSchedule("warmup_cosine", warmup_steps=5), epochs * steps,
+                             64, 11, epoch, fit_intercept, batch_range)
+            models, _ = minibatch_epoch(Block(X, y, sample_weight), models, plan)
+    return models.weights, models.intercepts, models.state
 
 
 @pytest.mark.parametrize("loss_name", SCALAR_LOSSES)
@@ -107,36 +114,32 @@ def test_float32_inputs_train_within_their_rounding_of_float64(classification_da
 @pytest.mark.parametrize("loss_name", SCALAR_LOSSES)
 def test_compiled_loss_sums_equal_the_numpy_definition(loss_name: str, regression_data: Data,
                                                        classification_data: Data) -> None:
-    from pipelines.sgd.kernels import loss_sums
-
     X, y = _data(loss_name, regression_data, classification_data)
     rng = np.random.default_rng(9)
     weights, intercepts = rng.standard_normal((5, X.shape[1])) * 0.7, rng.standard_normal(5)
     weights[4] *= 400.0  # saturated margins: the logistic and exponential tails
-    loss = get_loss(loss_name, 0.3)
+    compiled, oracle = (_kernel(loss_name, OptimizerSpec(), flag) for flag in (True, False))
     sample_weight = rng.uniform(0.0, 2.0, y.size)
     for row_weights in (None, sample_weight):
-        compiled = loss_sums(X, y, weights, intercepts, loss, row_weights)
-        numpy_sums = loss_sums(X, y, weights, intercepts, loss, row_weights, compiled=False)
-        np.testing.assert_allclose(compiled, numpy_sums, rtol=1e-12)
+        block = Block(X, y, row_weights)
+        np.testing.assert_allclose(compiled.loss_sums(block, weights, intercepts),
+                                   oracle.loss_sums(block, weights, intercepts), rtol=1e-12)
     # a row's sum does not depend on the rows evaluated with it
-    alone = [loss_sums(X, y, weights[k : k + 1], intercepts[k : k + 1], loss)[0] for k in range(5)]
-    np.testing.assert_array_equal(loss_sums(X, y, weights, intercepts, loss), alone)
+    alone = [compiled.loss_sums(Block(X, y), weights[k : k + 1], intercepts[k : k + 1])[0] for k in range(5)]
+    np.testing.assert_array_equal(compiled.loss_sums(Block(X, y), weights, intercepts), alone)
 
 
 @pytest.mark.parametrize("loss_name", SCALAR_LOSSES)
 def test_compiled_gradient_sums_equal_the_numpy_definition(loss_name: str, regression_data: Data,
                                                            classification_data: Data) -> None:
-    from pipelines.sgd.kernels import batch_gradients
-
     X, y = _data(loss_name, regression_data, classification_data)
     rng = np.random.default_rng(10)
     weights, intercepts = rng.standard_normal((4, X.shape[1])) * 0.7, rng.standard_normal(4)
-    loss = get_loss(loss_name, 0.3)
+    compiled, oracle = (_kernel(loss_name, OptimizerSpec(), flag) for flag in (True, False))
     for row_weights in (None, rng.uniform(0.0, 2.0, y.size)):
-        compiled = batch_gradients(X, y, weights, intercepts, loss, row_weights)
-        numpy_sums = batch_gradients(X, y, weights, intercepts, loss, row_weights, compiled=False)
-        for ours, definition in zip(compiled, numpy_sums, strict=True):
+        block = Block(X, y, row_weights)
+        for ours, definition in zip(compiled.gradient_sums(block, weights, intercepts),
+                                    oracle.gradient_sums(block, weights, intercepts), strict=True):
             np.testing.assert_allclose(ours, definition, rtol=1e-11, atol=1e-11)
-    alone = [batch_gradients(X, y, weights[k : k + 1], intercepts[k : k + 1], loss)[0][0] for k in range(4)]
-    np.testing.assert_array_equal(batch_gradients(X, y, weights, intercepts, loss)[0], np.vstack(alone))
+    alone = [compiled.gradient_sums(Block(X, y), weights[k : k + 1], intercepts[k : k + 1])[0][0] for k in range(4)]
+    np.testing.assert_array_equal(compiled.gradient_sums(Block(X, y), weights, intercepts)[0], np.vstack(alone))

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 
 from pipelines.sgd._types import FloatArray
-from pipelines.sgd.kernels import batch_gradients, loss_sums, minibatch_epoch
-from pipelines.sgd.losses import LOSS_NAMES, get_loss
+from pipelines.sgd.kernels import Block, EpochPlan, Models, minibatch_epoch
+from pipelines.sgd.losses import LOSS_NAMES
 from pipelines.sgd.optimizers import OPTIMIZER_NAMES, OptimizerSpec, OptimizerState, init_state
+from pipelines.sgd.problem import TrainingProblem
 from pipelines.sgd.regularization import Regularization
 from pipelines.sgd.schedules import StepSchedule
 
@@ -21,6 +23,15 @@ def _data(loss_name: str, regression_data: Data, classification_data: Data) -> D
     return regression_data if loss_name == "squared" else classification_data
 
 
+def _epoch(X: FloatArray, y: FloatArray, models: Models, loss_name: str, optimizer: OptimizerSpec,
+           learning_rates: FloatArray, **plan: Any) -> tuple[Models, int]:
+    """``minibatch_epoch`` of a problem's kernel; ``plan``: the :class:`EpochPlan` fields after the rates."""
+    problem = TrainingProblem(loss_name, optimizer=optimizer, n_classes=plan.pop("n_classes", 2))
+    regularization = plan.pop("regularization", Regularization())
+    return minibatch_epoch(Block(X, y), models, EpochPlan(problem.kernel(X), learning_rates,
+                                                          regularization.rows(learning_rates.size), **plan))
+
+
 @pytest.mark.parametrize("loss_name", [name for name in LOSS_NAMES if name != "multinomial"])
 def test_batch_gradients_are_sums_of_per_sample_gradients(
     loss_name: str, regression_data: Data, classification_data: Data
@@ -29,8 +40,9 @@ def test_batch_gradients_are_sums_of_per_sample_gradients(
     X, y = X[:50], y[:50]
     rng = np.random.default_rng(5)
     weights, intercepts = rng.standard_normal((3, X.shape[1])), rng.standard_normal(3)
-    grad_w_sum, grad_b_sum, loss_sum = batch_gradients(X, y, weights, intercepts, loss_name)
-    loss = get_loss(loss_name)
+    kernel = TrainingProblem(loss_name).kernel(X)
+    grad_w_sum, grad_b_sum, loss_sum = kernel.gradient_sums(Block(X, y), weights, intercepts)
+    loss = kernel.loss
     for k in range(3):
         expected_w, expected_b, expected_loss = np.zeros(X.shape[1]), 0.0, 0.0
         for i in range(X.shape[0]):
@@ -42,7 +54,7 @@ def test_batch_gradients_are_sums_of_per_sample_gradients(
         np.testing.assert_allclose(grad_w_sum[k], expected_w, rtol=1e-12, atol=1e-12)
         assert grad_b_sum[k] == pytest.approx(expected_b, rel=1e-12, abs=1e-12)
         assert loss_sum[k] == pytest.approx(expected_loss, rel=1e-12)
-    np.testing.assert_allclose(loss_sums(X, y, weights, intercepts, loss_name), loss_sum, rtol=1e-15)
+    np.testing.assert_allclose(kernel.loss_sums(Block(X, y), weights, intercepts), loss_sum, rtol=1e-15)
 
 
 def _run_epochs(
@@ -56,27 +68,14 @@ def _run_epochs(
 ) -> tuple[FloatArray, FloatArray, OptimizerState, int]:
     n_models = learning_rates.shape[0]
     weights, intercepts = np.zeros((n_models, X.shape[1])), np.zeros(n_models)
-    state = init_state(optimizer, n_models, X.shape[1])
+    models = Models(weights, intercepts, init_state(optimizer, n_models, X.shape[1]))
     steps_taken = 0
     for epoch in range(n_epochs):
-        weights, intercepts, state, steps_taken = minibatch_epoch(
-            X,
-            y,
-            weights,
-            intercepts,
-            state,
-            loss=loss_name,
-            optimizer=optimizer,
-            regularization=Regularization(0.01, 0.3),
-            learning_rates=learning_rates,
-            schedule=StepSchedule("warmup_cosine", warmup_steps=5),
-            total_steps=n_epochs * math.ceil(X.shape[0] / 64),
-            batch_size=64,
-            seed=11,
-            epoch=epoch,
-            fit_intercept=fit_intercept,
-        )
-    return weights, intercepts, state, steps_taken
+        models, steps_taken = _epoch(
+            X, y, models, loss_name, optimizer, learning_rates, regularization=Regularization(0.01, 0.3),
+            schedule=StepSchedule("warmup_cosine", warmup_steps=5), total_steps=n_epochs * math.ceil(X.shape[0] / 64),
+            batch_size=64, seed=11, epoch=epoch, fit_intercept=fit_intercept)
+    return models.weights, models.intercepts, models.state, steps_taken
 
 
 @pytest.mark.parametrize("loss_name", [name for name in LOSS_NAMES if name != "multinomial"])
@@ -110,23 +109,10 @@ def test_minibatch_epoch_is_bit_for_bit_deterministic(classification_data: Data)
 def test_epoch_number_changes_the_row_order(regression_data: Data) -> None:
     X, y = regression_data
     optimizer = OptimizerSpec("sgd")
+    start = Models(np.zeros((1, X.shape[1])), np.zeros(1), init_state(optimizer, 1, X.shape[1]))
     results = [
-        minibatch_epoch(
-            X,
-            y,
-            np.zeros((1, X.shape[1])),
-            np.zeros(1),
-            init_state(optimizer, 1, X.shape[1]),
-            loss="squared",
-            optimizer=optimizer,
-            regularization=Regularization(),
-            learning_rates=np.array([0.05]),
-            schedule=StepSchedule(),
-            total_steps=10,
-            batch_size=32,
-            seed=1,
-            epoch=epoch,
-        )[0]
+        _epoch(X, y, start, "squared", optimizer, np.array([0.05]), schedule=StepSchedule(), total_steps=10,
+               batch_size=32, seed=1, epoch=epoch)[0].weights
         for epoch in (0, 1)
     ]
     assert not np.array_equal(results[0], results[1])
@@ -150,23 +136,11 @@ def test_one_batch_per_epoch_is_a_gradient_descent_step(regression_data: Data) -
     weights, intercepts = rng.standard_normal((2, X.shape[1])), rng.standard_normal(2)
     optimizer = OptimizerSpec("sgd")
     learning_rates = np.array([0.1, 0.5])
-    new_weights, new_intercepts, _, steps_taken = minibatch_epoch(
-        X,
-        y,
-        weights,
-        intercepts,
-        init_state(optimizer, 2, X.shape[1]),
-        loss="squared",
-        optimizer=optimizer,
-        regularization=Regularization(),
-        learning_rates=learning_rates,
-        schedule=StepSchedule(),
-        total_steps=1,
-        batch_size=10_000,
-        seed=0,
-        epoch=0,
-    )
-    grad_w_sum, grad_b_sum, _ = batch_gradients(X, y, weights, intercepts, "squared")
+    trained, steps_taken = _epoch(X, y, Models(weights, intercepts, init_state(optimizer, 2, X.shape[1])), "squared",
+                                  optimizer, learning_rates, schedule=StepSchedule(), total_steps=1,
+                                  batch_size=10_000, seed=0, epoch=0)
+    new_weights, new_intercepts = trained.weights, trained.intercepts
+    grad_w_sum, grad_b_sum, _ = TrainingProblem("squared").kernel(X).gradient_sums(Block(X, y), weights, intercepts)
     assert steps_taken == 1
     n_rows = X.shape[0]
     np.testing.assert_allclose(
@@ -178,23 +152,11 @@ def test_one_batch_per_epoch_is_a_gradient_descent_step(regression_data: Data) -
 def test_minibatch_epoch_rejects_mismatched_shapes(regression_data: Data) -> None:
     X, y = regression_data
     optimizer = OptimizerSpec("sgd")
+    start = Models(np.zeros((2, X.shape[1])), np.zeros(2), init_state(optimizer, 2, X.shape[1]))
     with pytest.raises(ValueError, match=r"learning_rates must have shape \(2,\)"):
-        minibatch_epoch(
-            X,
-            y,
-            np.zeros((2, X.shape[1])),
-            np.zeros(2),
-            init_state(optimizer, 2, X.shape[1]),
-            loss="squared",
-            optimizer=optimizer,
-            regularization=Regularization(),
-            learning_rates=np.array([0.1]),
-            schedule=StepSchedule(),
-            total_steps=1,
-            batch_size=8,
-            seed=0,
-            epoch=0,
-        )
+        minibatch_epoch(Block(X, y), start,
+                        EpochPlan(TrainingProblem("squared").kernel(X), np.array([0.1]), Regularization().rows(2),
+                                  StepSchedule(), total_steps=1, batch_size=8, seed=0, epoch=0))
 
 
 @pytest.mark.parametrize("optimizer_name", ["sgd", "adam"])
@@ -205,23 +167,22 @@ def test_multinomial_models_of_a_grid_train_bit_for_bit_as_alone(optimizer_name:
     X, _ = classification_data
     y = (np.arange(X.shape[0]) % 3).astype(np.float64)
     C, rates = 3, np.array([0.01, 0.1, 0.5])
-    loss, optimizer = get_loss("multinomial", n_classes=C), OptimizerSpec(optimizer_name)
+    optimizer = OptimizerSpec(optimizer_name)
 
     def train(model_rates: FloatArray) -> tuple[FloatArray, FloatArray]:
         rows = model_rates.shape[0] * C
-        weights, intercepts, state = np.zeros((rows, X.shape[1])), np.zeros(rows), init_state(optimizer, rows,
-                                                                                                X.shape[1])
+        models = Models(np.zeros((rows, X.shape[1])), np.zeros(rows), init_state(optimizer, rows, X.shape[1]))
         for epoch in range(2):
-            weights, intercepts, state, _ = minibatch_epoch(
-                X, y, weights, intercepts, state, loss=loss, optimizer=optimizer,
-                regularization=Regularization(0.01, 0.3), learning_rates=np.repeat(model_rates, C),
-                schedule=StepSchedule("constant"), total_steps=26, batch_size=64, seed=11, epoch=epoch)
-        return weights, intercepts
+            models, _ = _epoch(X, y, models, "multinomial", optimizer, np.repeat(model_rates, C), n_classes=C,
+                               regularization=Regularization(0.01, 0.3), schedule=StepSchedule("constant"),
+                               total_steps=26, batch_size=64, seed=11, epoch=epoch)
+        return models.weights, models.intercepts
 
     weights, intercepts = train(rates)
     for k, rate in enumerate(rates):
         alone_weights, alone_intercepts = train(np.array([rate]))
         assert weights[k * C : (k + 1) * C].tobytes() == alone_weights.tobytes()
         assert intercepts[k * C : (k + 1) * C].tobytes() == alone_intercepts.tobytes()
-    grad_w, grad_b, loss_sum = batch_gradients(X, y, weights, intercepts, loss)
+    kernel = TrainingProblem("multinomial", n_classes=C).kernel(X)
+    grad_w, grad_b, loss_sum = kernel.gradient_sums(Block(X, y), weights, intercepts)
     assert grad_w.shape == weights.shape and grad_b.shape == (3 * C,) and loss_sum.shape == (3,)

@@ -28,7 +28,7 @@ def _models(n_features: int) -> tuple[FloatArray, FloatArray]:
 def test_logistic_metrics_match_sklearn(classification_data: Data) -> None:
     X, y = classification_data
     weights, intercepts = _models(X.shape[1])
-    metrics = MetricAccumulator.from_block(X, y, weights, intercepts, "logistic").compute()
+    metrics = MetricAccumulator.from_block(X, y, weights, intercepts, get_loss("logistic")).compute()
     assert set(metrics) == {"loss", "count", "accuracy", "auc"}  # loss is the log-loss: named once
     for k in range(3):
         probabilities = 1.0 / (1.0 + np.exp(-(X @ weights[k] + intercepts[k])))
@@ -43,11 +43,11 @@ def test_histogram_auc_is_exact_for_scores_on_bin_centres() -> None:
     probabilities = (np.array([3, 3, 10, 12, 40, 41]) + 0.5) / 64
     margins = np.log(probabilities / (1 - probabilities))
     metrics = MetricAccumulator.from_block(
-        np.ones((6, 1)), y, np.zeros((1, 1)), np.zeros(1), "logistic", n_bins=64
+        np.ones((6, 1)), y, np.zeros((1, 1)), np.zeros(1), get_loss("logistic"), n_bins=64
     )
     assert metrics.compute()["auc"][0] == pytest.approx(0.5)  # all-zero model: every score ties
     moved = MetricAccumulator.from_block(
-        margins[:, None], y, np.ones((1, 1)), np.zeros(1), "logistic", n_bins=64
+        margins[:, None], y, np.ones((1, 1)), np.zeros(1), get_loss("logistic"), n_bins=64
     )
     assert moved.compute()["auc"][0] == pytest.approx(roc_auc_score(y, probabilities), rel=1e-12)
 
@@ -55,7 +55,7 @@ def test_histogram_auc_is_exact_for_scores_on_bin_centres() -> None:
 def test_squared_metrics_match_sklearn(regression_data: Data) -> None:
     X, y = regression_data
     weights, intercepts = _models(X.shape[1])
-    metrics = MetricAccumulator.from_block(X, y, weights, intercepts, "squared").compute()
+    metrics = MetricAccumulator.from_block(X, y, weights, intercepts, get_loss("squared")).compute()
     assert set(metrics) == {"loss", "count", "rmse", "mae", "r2"}
     for k in range(3):
         predictions = X @ weights[k] + intercepts[k]
@@ -71,9 +71,9 @@ def test_three_merged_blocks_equal_one_block(
 ) -> None:
     X, y = regression_data if loss_name == "squared" else classification_data
     weights, intercepts = _models(X.shape[1])
-    whole = MetricAccumulator.from_block(X, y, weights, intercepts, loss_name)
+    whole = MetricAccumulator.from_block(X, y, weights, intercepts, get_loss(loss_name))
     blocks = [
-        MetricAccumulator.from_block(X[rows], y[rows], weights, intercepts, loss_name)
+        MetricAccumulator.from_block(X[rows], y[rows], weights, intercepts, get_loss(loss_name))
         for rows in np.array_split(np.arange(X.shape[0]), 3)
     ]
     merged = MetricAccumulator.empty(loss_name, 3)
@@ -104,9 +104,9 @@ def test_non_finite_margins_give_nan_metrics_for_that_row_only(classification_da
     huge = X * 1e200  # and features that overflow the margins of every row
     for block in (X, huge):
         with np.errstate(all="ignore"):
-            metrics = MetricAccumulator.from_block(block, y, weights, intercepts, "logistic").compute()
+            metrics = MetricAccumulator.from_block(block, y, weights, intercepts, get_loss("logistic")).compute()
         assert np.isnan(metrics["auc"][1]) and np.isnan(metrics["accuracy"][1])
-    assert np.isfinite(MetricAccumulator.from_block(X, y, weights[[0]], intercepts[[0]], "logistic")
+    assert np.isfinite(MetricAccumulator.from_block(X, y, weights[[0]], intercepts[[0]], get_loss("logistic"))
                        .compute()["auc"]).all()
 
 

@@ -10,6 +10,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.optimizers import OptimizerSpec
+from pipelines.sgd.problem import TrainingProblem
 from pipelines.sgd.reference import objective, reference_gradient_descent, reference_minibatch_sgd
 from pipelines.sgd.regularization import Regularization
 from pipelines.sgd.schedules import ScheduleSpec
@@ -66,15 +67,10 @@ def test_gradient_descent_reproduces_mllib_updaters(
     reg_param = 0.0 if updater == "simple" else 0.1
     step_sizes = np.array([0.1, 0.7])
     weights, intercepts, loss_history = reference_gradient_descent(
-        X,
-        y,
-        step_sizes,
-        loss=loss,
-        optimizer=OptimizerSpec("sgd"),
-        regularization=Regularization(reg_param, l1_ratio),
-        schedule=ScheduleSpec("inv_sqrt"),
+        TrainingProblem(loss, False, Regularization(reg_param, l1_ratio), OptimizerSpec("sgd"),
+                        ScheduleSpec("inv_sqrt")),
+        X, y, step_sizes,
         iterations=15,
-        fit_intercept=False,
     )
     np.testing.assert_array_equal(intercepts, [0.0, 0.0])
     assert loss_history.shape == (15, 2)
@@ -90,34 +86,25 @@ def test_gradient_descent_history_is_the_objective_before_each_step(regression_d
     X, y = regression_data
     regularization = Regularization(0.05, 0.5)
     one_step = reference_gradient_descent(
-        X,
-        y,
-        np.array([0.1]),
-        loss="squared",
-        optimizer=OptimizerSpec("momentum"),
-        regularization=regularization,
-        schedule=ScheduleSpec(),
+        TrainingProblem("squared", True, regularization, OptimizerSpec("momentum"), ScheduleSpec()),
+        X, y, np.array([0.1]),
         iterations=1,
     )
     two_steps = reference_gradient_descent(
-        X,
-        y,
-        np.array([0.1]),
-        loss="squared",
-        optimizer=OptimizerSpec("momentum"),
-        regularization=regularization,
-        schedule=ScheduleSpec(),
+        TrainingProblem("squared", True, regularization, OptimizerSpec("momentum"), ScheduleSpec()),
+        X, y, np.array([0.1]),
         iterations=2,
     )
     assert two_steps[2][0, 0] == pytest.approx(0.5 * np.mean(y**2), rel=1e-14)
-    expected = objective(X, y, one_step[0], one_step[1], "squared", regularization)
+    expected = objective(TrainingProblem("squared", regularization=regularization), X, y, one_step[0], one_step[1])
     assert two_steps[2][1, 0] == pytest.approx(expected[0], rel=1e-14)
 
 
 def _sklearn_logistic_objective(X: FloatArray, y: FloatArray, reg_param: float) -> float:
     model = LogisticRegression(C=1.0 / (reg_param * X.shape[0]), tol=1e-12, max_iter=10_000)
     model.fit(X, y)
-    return float(objective(X, y, model.coef_, model.intercept_, "logistic", Regularization(reg_param))[0])
+    problem = TrainingProblem("logistic", regularization=Regularization(reg_param))
+    return float(objective(problem, X, y, model.coef_, model.intercept_)[0])
 
 
 @pytest.mark.parametrize("optimizer_name", ["sgd", "adam"])
@@ -129,16 +116,9 @@ def test_best_rate_reaches_sklearn_logistic_optimum(
     regularization = Regularization(reg_param)
     learning_rates = np.array([0.001, 0.01, 0.1, 0.5])
     _, _, history = reference_minibatch_sgd(
-        X,
-        y,
-        learning_rates,
-        loss="logistic",
-        optimizer=OptimizerSpec(optimizer_name),
-        regularization=regularization,
-        schedule=ScheduleSpec("cosine"),
-        epochs=30,
-        batch_size=32,
-        seed=3,
+        TrainingProblem("logistic", True, regularization, OptimizerSpec(optimizer_name), ScheduleSpec("cosine")),
+        X, y, learning_rates,
+        epochs=30, batch_size=32, seed=3,
     )
     assert history.shape == (30, 4)
     optimum = _sklearn_logistic_objective(X, y, reg_param)
@@ -150,18 +130,11 @@ def test_best_rate_reaches_least_squares_optimum(regression_data: Data) -> None:
     X, y = regression_data
     model = LinearRegression().fit(X, y)
     optimum = float(
-        objective(X, y, model.coef_[None, :], np.array([model.intercept_]), "squared", Regularization())[0]
+        objective(TrainingProblem("squared"), X, y, model.coef_[None, :], np.array([model.intercept_]))[0]
     )
     _, _, history = reference_minibatch_sgd(
-        X,
-        y,
-        np.array([0.003, 0.03, 0.1, 0.3]),
-        loss="squared",
-        optimizer=OptimizerSpec("sgd"),
-        regularization=Regularization(),
-        schedule=ScheduleSpec("cosine"),
-        epochs=20,
-        batch_size=16,
-        seed=5,
+        TrainingProblem("squared", True, Regularization(), OptimizerSpec("sgd"), ScheduleSpec("cosine")),
+        X, y, np.array([0.003, 0.03, 0.1, 0.3]),
+        epochs=20, batch_size=16, seed=5,
     )
     assert optimum * (1 - 1e-9) <= history[-1].min() <= optimum * 1.01

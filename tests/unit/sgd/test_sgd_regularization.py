@@ -7,8 +7,9 @@ import pytest
 import scipy.sparse as sp
 
 from pipelines.sgd.design import Design, SplitDesign
-from pipelines.sgd.kernels import minibatch_epoch
+from pipelines.sgd.kernels import Block, EpochPlan, Models, minibatch_epoch
 from pipelines.sgd.optimizers import OptimizerSpec, init_state
+from pipelines.sgd.problem import TrainingProblem
 from pipelines.sgd.regularization import Penalties, Regularization, as_penalties
 from pipelines.sgd.schedules import ScheduleSpec
 
@@ -70,13 +71,13 @@ def test_each_row_of_a_joint_grid_trains_bit_for_bit_as_it_would_alone(
 
     def train(rates: list[float], penalties: Regularization | Penalties) -> tuple[np.ndarray, ...]:
         K = len(rates)
-        weights, intercepts, state = np.zeros((K, width)), np.zeros(K), init_state(spec, K, width)
+        models = Models(np.zeros((K, width)), np.zeros(K), init_state(spec, K, width))
+        kernel = TrainingProblem("logistic", optimizer=spec).kernel(design)
         for epoch in range(2):
-            weights, intercepts, state, _ = minibatch_epoch(
-                design, y, weights, intercepts, state, loss="logistic", optimizer=spec, regularization=penalties,
-                learning_rates=np.asarray(rates), schedule=schedule, total_steps=16, batch_size=100, seed=3,
-                epoch=epoch)
-        return weights, intercepts, *state.to_arrays().values()
+            plan = EpochPlan(kernel, np.asarray(rates), as_penalties(penalties, K), schedule, total_steps=16,
+                             batch_size=100, seed=3, epoch=epoch)
+            models, _ = minibatch_epoch(Block(design, y), models, plan)
+        return models.weights, models.intercepts, *models.state.to_arrays().values()
 
     together = train([rate for rate, _ in points], Penalties.of([penalty for _, penalty in points]))
     for row, (rate, penalty) in enumerate(points):
