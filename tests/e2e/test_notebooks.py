@@ -16,6 +16,7 @@ import nbformat
 import pytest
 from nbformat import NotebookNode
 
+from tests.conftest import empty_store
 from tests.unit.test_notebook_format import NOTEBOOK_DIR, parameter_names
 
 pytestmark = pytest.mark.slow
@@ -86,7 +87,7 @@ def test_notebooks_explore_run_and_compare_a_sweep(demo_table: str, tmp_path: Pa
         "ENV": "local",
         "TABLE": demo_table,
         "RESULTS_TABLE": str(workdir / "results"),
-        "TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
+        "TRACKING_URI": empty_store(workdir),
         "EXPERIMENT": "notebook-sweeps",
         "SWEEP_ID": None,
         "OVERRIDES": [f"train.epochs={EPOCHS}", f"sweep.learning_rates={LEARNING_RATES}", f"sweep.id={SWEEP_ID}",
