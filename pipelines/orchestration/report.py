@@ -7,22 +7,23 @@ from typing import Any
 
 from pipelines.errors import NoUsableModelError, TrackingUnavailableError
 from pipelines.lakehouse.reader import FeatureTable
-from pipelines.orchestration.training import SweepRun
+from pipelines.orchestration.recorder import DataFacts
+from pipelines.orchestration.rounds import TrainedRound
 from pipelines.reporting.tables import format_summary
+from pipelines.sweep.outcome import GridOutcome
 from pipelines.sweep.range_test import RangeTestResult
 from pipelines.tracking.registry import Registration
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepReport:
     """What a tracked sweep did: run ids, results, the registry decision, where the time went."""
 
     sweep_id: str
     parent_run_id: str
-    child_run_ids: list[str | None]
-    run: SweepRun
+    rounds: tuple[TrainedRound, ...]  # 'auto' sweeps: every round; the last one is the sweep's result
+    facts: DataFacts  # the pinned table and how its rows were split
     loss: str
-    table: FeatureTable
     resumed: bool  # an earlier attempt of this sweep id existed (checkpoint or runs)
     resumed_from_epoch: int | None  # the epoch the checkpoint restored (None: trained from scratch)
     results_rows: int
@@ -41,7 +42,20 @@ class SweepReport:
     summary: list[dict[str, Any]] = field(default_factory=list)
     suggested_learning_rate: float | None = None  # 'auto' sweeps: the range test's suggestion
     range_test: RangeTestResult | None = None
-    rounds: list[SweepRun] = field(default_factory=list)  # 'auto' sweeps: every round; `run` is the last
+
+    @property
+    def outcome(self) -> GridOutcome:
+        """The last round's outcome: every rate's curves, status and kept model."""
+        return self.rounds[-1].outcome
+
+    @property
+    def child_run_ids(self) -> tuple[str | None, ...]:
+        """The last round's child runs, one per grid point."""
+        return self.rounds[-1].child_run_ids
+
+    @property
+    def table(self) -> FeatureTable:
+        return self.facts.table
 
     @property
     def tracking_fraction(self) -> float:
@@ -54,14 +68,14 @@ class SweepReport:
             return TrackingUnavailableError(
                 f"{self.tracking_problem}; results and checkpoint are saved: rerun with sweep.id={self.sweep_id} "
                 "(or the sync job) when MLflow is back to complete it")
-        if self.run.outcome.best is None:
+        if self.outcome.best is None:
             return NoUsableModelError(f"sweep {self.sweep_id}: every rate diverged or was stopped; nothing was "
                                       "registered (see the summary; try lower learning rates)")
         return None
 
     def describe(self) -> list[str]:
         """The job's closing lines: summary table, where the results went, the registry, compute and time."""
-        outcome = self.run.outcome
+        outcome = self.outcome
         resumed = f" (resumed from epoch {self.resumed_from_epoch})" if self.resumed_from_epoch is not None \
             else " (resumed)" if self.resumed else ""
         lines = [format_summary(self.summary, self.loss),

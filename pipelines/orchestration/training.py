@@ -240,26 +240,36 @@ def training_classes(table: FeatureTable, split: DataFrame,
     return classes, notes, remapped.where(column(table.label).isNotNull())
 
 
-def split_metrics(part: int, table: FeatureTable, data: DataConfig, seed: int,
-                  class_weight: str | Mapping[str, float] | None, encoding: TableEncoding, weights: FloatArray,
-                  intercept: float | FloatArray, loss: Loss, classes: tuple[Any, ...] | None = None,
-                  ) -> dict[str, float] | None:
-    """A model's metrics on one part of the split (``VALIDATION`` or ``TEST``: the same rows, weighted like
-    training, that the sweep's own figures for that part come from), or None when the part is empty.
+@dataclass(frozen=True)
+class SplitEvaluator:
+    """Models measured on one part of the pinned table's split, bound once to what every measurement shares:
+    the table, how it is split (``data``, ``seed``) and weighted (``class_weight``), the loss, and a multinomial
+    model's ``classes`` (the rows re-indexed into them, rows of other classes left out as in training)."""
 
-    The model may be another run's (the champion): ``encoding`` is its own, applied to this table's rows.
-    ``classes``: a multinomial model's (the rows re-indexed into them, rows of other classes left out as in
-    training).
-    """
-    split = split_table(table, data, seed)
-    if table.label_is_index:
-        _, _, split = training_classes(table, split, classes)
-    weight = weight_column(table, split.filter(F.col(SPLIT_COLUMN) == F.lit(TRAIN)), class_weight)
-    rows = split.filter(F.col(SPLIT_COLUMN) == F.lit(part))
-    if weight is not None:
-        rows = rows.withColumn(WEIGHT_COLUMN, weight)
-    return evaluate_rows(rows, table.label, encoding, weights, intercept, loss,
-                         weight=WEIGHT_COLUMN if weight is not None else None)
+    table: FeatureTable
+    data: DataConfig
+    seed: int
+    class_weight: str | Mapping[str, float] | None
+    loss: Loss
+    classes: tuple[Any, ...] | None = None
+
+    def metrics(self, part: int, encoding: TableEncoding, weights: FloatArray, intercept: float | FloatArray
+                ) -> dict[str, float] | None:
+        """A model's metrics on one part of the split (``VALIDATION`` or ``TEST``: the same rows, weighted like
+        training, that the sweep's own figures for that part come from), or None when the part is empty.
+
+        The model may be another run's (the champion): ``encoding`` is its own, applied to this table's rows.
+        """
+        table = self.table
+        split = split_table(table, self.data, self.seed)
+        if table.label_is_index:
+            _, _, split = training_classes(table, split, self.classes)
+        weight = weight_column(table, split.filter(F.col(SPLIT_COLUMN) == F.lit(TRAIN)), self.class_weight)
+        rows = split.filter(F.col(SPLIT_COLUMN) == F.lit(part))
+        if weight is not None:
+            rows = rows.withColumn(WEIGHT_COLUMN, weight)
+        return evaluate_rows(rows, table.label, encoding, weights, intercept, self.loss,
+                             weight=WEIGHT_COLUMN if weight is not None else None)
 
 
 def _where(table: FeatureTable) -> str:

@@ -107,7 +107,7 @@ def test_sweep_and_scoring_through_spark_connect_equal_classic_mode(
     remote = histories("remote")
     assert remote == histories("classic") and len(remote) == 3  # the same bits through Connect
     assert all(len(points) == 4 for points in remote.values())
-    assert classic.run.outcome.best is not None
+    assert classic.outcome.best is not None
 
     scored = _client("score.py", remote_url, *overrides)
     assert scored.returncode == 0, scored.stdout[-3000:] + scored.stderr[-3000:]

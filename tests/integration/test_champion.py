@@ -94,11 +94,11 @@ def test_three_nights_on_a_growing_table(spark: SparkSession, tmp_path: Path) ->
 
     # the champion measured on this night's validation rows, by the same metrics; scikit-learn agrees
     champion_loss, challenger_loss = metrics["champion_val_loss"], metrics["challenger_val_loss"]
-    best = report.run.outcome.best
+    best = report.outcome.best
     assert best is not None and challenger_loss == best.final_metrics()["val_loss"]
     expected, rows = champion_loss_by_sklearn(spark, second, second.data.model_copy(update={"since_version": 1}),
                                               "1")
-    assert rows == report.run.validation_rows
+    assert rows == report.facts.validation_rows
     assert champion_loss == pytest.approx(expected, rel=1e-9)
     assert {"champion_val_auc", "champion_val_accuracy"} <= set(metrics)
     assert parent.data.tags["lrsweep.champion_version"] == "1"

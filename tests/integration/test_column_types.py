@@ -87,7 +87,7 @@ def test_every_usable_column_is_a_feature_and_the_parent_lists_them(typed: tuple
     assert list(report.table.features) == SEVEN
     assert report.table.columns.left_out["id"] == "listed in data.exclude"
     assert "map<string,int>" in report.table.columns.left_out["attributes"]
-    encoding = report.run.encoding
+    encoding = report.facts.encoding
     kinds = {c.column: (c.kind, c.width) for c in encoding.columns}
     assert kinds == {"visits": ("number", 1), "balance": ("number", 1), "is_member": ("boolean", 1),
                      "plan": ("onehot", 4), "city": ("hashed", 4096), "embedding": ("array", 4),

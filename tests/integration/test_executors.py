@@ -71,7 +71,7 @@ def test_a_driver_sweep_equals_the_spark_sweep_and_resumes_bit_for_bit(
     assert through_spark is not None
     assert [line for line in spark_lines if line.startswith("executor: ")] == [
         "executor: spark (train.executor=spark; 1,946 training rows x 4 model rows x 5 inputs = 38,920 cells)"]
-    assert any(rate.status == "completed" for rate in through_spark.run.outcome.rates)
+    assert any(rate.status == "completed" for rate in through_spark.outcome.rates)
 
     # the same grid on the same cached blocks, its tasks run in the driver: the same bits
     prepared = prepare_data(spark, read_feature_table(spark, config.data, config.model.loss), config.data,
@@ -82,7 +82,7 @@ def test_a_driver_sweep_equals_the_spark_sweep_and_resumes_bit_for_bit(
                                config.train, config.sweep, joint_grid(config.sweep.grid(), config.penalty_axis()))
     finally:
         prepared.blocks.release()
-    assert_same_outcome(in_driver.outcome, through_spark.run.outcome, same_jobs=True)
+    assert_same_outcome(in_driver.outcome, through_spark.outcome, same_jobs=True)
 
     # a driver sweep stopped after epoch 3 (a checkpoint at 2, the stop saves 3) and resumed: the same bits again
     resumed_config = _config(table, tmp_path, "resumed", "train.executor=driver", *settings)
@@ -91,7 +91,7 @@ def test_a_driver_sweep_equals_the_spark_sweep_and_resumes_bit_for_bit(
         "executor: driver (train.executor=driver; 1,946 training rows x 4 model rows x 5 inputs = 38,920 cells)"]
     resumed, _ = _sweep(spark, resumed_config)
     assert resumed is not None and resumed.resumed_from_epoch == 3
-    assert_same_outcome(resumed.run.outcome, through_spark.run.outcome, same_jobs=True)
+    assert_same_outcome(resumed.outcome, through_spark.outcome, same_jobs=True)
     pd.testing.assert_frame_equal(sweep_rows(spark, config.output.results_table, "resumed"),
                                   sweep_rows(spark, config.output.results_table, "spark"))
 

@@ -58,7 +58,7 @@ def test_columns_named_with_dots_spaces_unicode_and_backticks_train_and_are_jour
         spark: SparkSession, odd: tuple[Config, SweepReport, pd.DataFrame]) -> None:
     config, report, _ = odd
     assert list(report.table.features) == ODD_FEATURES
-    assert {c.column: c.kind for c in report.run.encoding.columns} == {
+    assert {c.column: c.kind for c in report.facts.encoding.columns} == {
         "monthly.charges": "number", "plan type": "onehot", "prix_€": "number", "we`ird": "number"}
     results = spark.read.format("delta").load(config.output.results_table)
     assert results.where(F.col("sweep_id") == "odd-1").count() > 0

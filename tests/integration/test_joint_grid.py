@@ -62,8 +62,8 @@ def test_a_point_of_the_joint_grid_equals_that_point_swept_alone(
     config = make_config(synthetic_tables["logistic"], tmp_path, [
         *COMMON, "sweep.learning_rates=[0.1]", "model.reg_param=0.01", "sweep.id=joint-alone"])
     alone = run_tracked_sweep(spark, config, progress=None)
-    [point] = alone.run.outcome.rates
-    [joint_point] = [r for r in report.run.outcome.rates if (r.learning_rate, r.reg_param) == (0.1, 0.01)]
+    [point] = alone.outcome.rates
+    [joint_point] = [r for r in report.outcome.rates if (r.learning_rate, r.reg_param) == (0.1, 0.01)]
     for name, curve in point.curves.items():
         assert curve.tobytes() == joint_point.curves[name].tobytes(), name
     assert point.weights.tobytes() == joint_point.weights.tobytes()
@@ -84,7 +84,7 @@ def test_results_table_has_a_row_per_point_and_epoch(spark: SparkSession,
     assert len(rows) == 6 * 3 and set(zip(rows.learning_rate, rows.reg_param, strict=True)) == {
         (lr, reg) for lr in (0.01, 0.1, 1.0) for reg in (0.0, 0.01)}
     assert (rows.l1_ratio == 0.0).all() and rows.is_best.sum() == 3  # the best point's 3 epochs
-    best = report.run.outcome.best
+    best = report.outcome.best
     assert best is not None
     flagged = rows[rows.is_best]
     assert set(zip(flagged.learning_rate, flagged.reg_param, strict=True)) == {(best.learning_rate, best.reg_param)}
@@ -98,12 +98,12 @@ def test_policies_work_over_the_joint_grid(spark: SparkSession, synthetic_tables
         "sweep.l1_ratios=[0.0, 0.5]", "sweep.pruning={enabled: true, min_epochs: 1, eta: 2}",
         "sweep.divergence_factor=2.0", "sweep.id=joint-policies"])
     report = run_tracked_sweep(spark, config, progress=None)
-    rates = report.run.outcome.rates
+    rates = report.outcome.rates
     assert len(rates) == 12 and {(r.reg_param, r.l1_ratio) for r in rates} == {(0.0, 0.0), (0.0, 0.5), (0.1, 0.0),
                                                                                   (0.1, 0.5)}
     assert all(r.status == "diverged" for r in rates if r.learning_rate == 500.0)
     assert sum(r.status == "completed" for r in rates) < 8  # pruning stopped some of the 8 usable points
-    best = report.run.outcome.best
+    best = report.outcome.best
     assert best is not None and best.learning_rate != 500.0
 
 
@@ -140,11 +140,11 @@ def test_a_resumed_joint_grid_equals_an_uninterrupted_one(spark: SparkSession, s
         run_tracked_sweep(spark, config, progress=progress, stop=stop)
     resumed = run_tracked_sweep(spark, config, progress=None)
     assert resumed.resumed_from_epoch == 1
-    for mine, theirs in zip(resumed.run.outcome.rates, report.run.outcome.rates, strict=True):
+    for mine, theirs in zip(resumed.outcome.rates, report.outcome.rates, strict=True):
         assert mine.point == theirs.point
         for name, curve in mine.curves.items():
             assert curve.tobytes() == theirs.curves[name].tobytes(), (mine.point, name)
-    assert np.array_equal(resumed.run.outcome.best.weights, report.run.outcome.best.weights)  # type: ignore
+    assert np.array_equal(resumed.outcome.best.weights, report.outcome.best.weights)  # type: ignore
 
 
 def test_auto_grid_with_seeds_and_early_stopping_crosses_the_penalty_axis(
@@ -156,7 +156,7 @@ def test_auto_grid_with_seeds_and_early_stopping_crosses_the_penalty_axis(
         "sweep.seeds=[1, 2]", "sweep.early_stopping={enabled: true, patience: 1}", "range_test.num_steps=20",
         "sweep.id=joint-auto"])
     report = run_tracked_sweep(spark, config, progress=None)
-    rates = report.run.outcome.rates
+    rates = report.outcome.rates
     assert len(rates) == 4 and {r.reg_param for r in rates} == {0.0, 0.05}
     assert len({r.learning_rate for r in rates}) == 2 and report.suggested_learning_rate is not None
     assert all(np.isfinite(r.curves_std["val_loss"][0]) for r in rates)  # two seeds per point

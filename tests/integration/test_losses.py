@@ -147,7 +147,7 @@ def test_poisson_job_registers_a_poisson_regressor_that_predicts_means(
         "sweep.learning_rates=[0.01, 0.1]", "sweep.id=poisson-1", "tracking.experiment=losses",
         "tracking.registered_model=visits", "tracking.register_when=always"])
     report = run_tracked_sweep(spark, config, progress=None)
-    best = report.run.outcome.best
+    best = report.outcome.best
     assert best is not None and best.final_metrics()["val_poisson_deviance"] == pytest.approx(
         2 * best.final_metrics()["val_loss"])
     model = mlflow.sklearn.load_model(report.model_uri)

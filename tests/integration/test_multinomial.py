@@ -61,7 +61,7 @@ def test_multinomial_champion_is_as_accurate_as_sklearn_and_loads_through_mlflow
     lines: list[str] = []
     report = run_tracked_sweep(spark, config, progress=lines.append)
     assert any(line.startswith(f"classes: {len(classes)} (") for line in lines), lines
-    best = report.run.outcome.best
+    best = report.outcome.best
     assert best is not None and best.weights.shape[0] == len(classes)
     metrics = best.final_metrics()
     assert {"val_loss", "val_accuracy", "val_macro_f1", "val_auc"} <= set(metrics)
@@ -118,7 +118,7 @@ def test_a_class_missing_from_training_is_reported_and_one_class_fails(spark: Sp
     report = run_tracked_sweep(spark, config, progress=lines.append)
     assert "data: class 'rare' of label 'kind' has no training rows: its 3 validation rows are left out" in lines
     assert any(line.startswith("classes: 3 ('high', 'low', 'mid')") for line in lines)
-    assert report.run.validation_rows == 100 - 3
+    assert report.facts.validation_rows == 100 - 3
     single = _delta(spark, frame.assign(kind="same"), tmp_path / "single")
     with pytest.raises(DataError, match=r"label 'kind' has a single class \('same'\); multinomial needs at least 2"):
         read_feature_table(spark, make_config(single, tmp_path, ["data.label=kind"]).data, "multinomial")
@@ -151,7 +151,7 @@ def test_a_resumed_multinomial_sweep_equals_an_uninterrupted_one(spark: SparkSes
         run_tracked_sweep(spark, interrupted, progress=progress, stop=stop)
     resumed = run_tracked_sweep(spark, interrupted, progress=None)
     assert resumed.resumed_from_epoch == 2
-    for mine, theirs in zip(resumed.run.outcome.rates, uninterrupted.run.outcome.rates, strict=True):
+    for mine, theirs in zip(resumed.outcome.rates, uninterrupted.outcome.rates, strict=True):
         assert (mine.status, mine.kept_epoch) == (theirs.status, theirs.kept_epoch)
         for name, curve in mine.curves.items():
             assert curve.tobytes() == theirs.curves[name].tobytes(), name

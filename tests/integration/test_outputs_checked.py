@@ -110,7 +110,7 @@ def test_every_rate_diverging_at_once_writes_its_rows_and_says_where(spark: Spar
     config = _config(demo_table, tmp_path, "all-diverged", "sweep.learning_rates=[1e300, 1e305]",
                      "train.optimizer=sgd", "features.standardize=false")
     report = run_tracked_sweep(spark, config, progress=None)
-    assert report.run.outcome.best is None
+    assert report.outcome.best is None
     rows = _rows(spark, config.output.results_table, "all-diverged")
     assert rows, "no rows written"
     assert {row["status"] for row in rows} == {"diverged"}

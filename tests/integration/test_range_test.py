@@ -145,8 +145,8 @@ def test_auto_sweep_logs_range_test_and_both_rounds_under_one_parent(spark: Spar
         assert parent.data.params["round2_learning_rates"] == ",".join(map(repr, _rates(report.rounds[1])))
         assert parent.data.metrics["suggested_learning_rate"] == report.suggested_learning_rate
         # the final round is the result: results rows, best model
-        final_best = report.run.outcome.best
-        assert final_best is not None and report.run is report.rounds[1]
+        final_best = report.outcome.best
+        assert final_best is not None and report.rounds[-1].number == 2
         assert final_best.final_metrics()["val_loss"] <= first_best.final_metrics()["val_loss"] + 1e-12
         assert math.isclose(parent.data.metrics["best_learning_rate"], final_best.learning_rate)
         rows = spark.read.format("delta").load(config.output.results_table).toPandas()

@@ -52,7 +52,7 @@ def _stopped_at(spark: SparkSession, config: Config, epoch: int) -> None:
 
 def _histories(client: MlflowClient, report: SweepReport, metric: str) -> dict[float, list[tuple[int, float]]]:
     histories = {}
-    for rate, run_id in zip(report.run.outcome.rates, report.child_run_ids, strict=True):
+    for rate, run_id in zip(report.outcome.rates, report.child_run_ids, strict=True):
         assert run_id is not None
         points = client.get_metric_history(run_id, metric)
         histories[rate.learning_rate] = sorted((m.step, m.value) for m in points)
@@ -77,7 +77,7 @@ def test_a_resumed_sweep_equals_an_uninterrupted_one(spark: SparkSession, synthe
     _stopped_at(spark, config, 3)
     resumed = run_tracked_sweep(spark, config, progress=None)
     assert resumed.resumed_from_epoch == 3
-    assert_same_outcome(resumed.run.outcome, uninterrupted.run.outcome)
+    assert_same_outcome(resumed.outcome, uninterrupted.outcome)
     pd.testing.assert_frame_equal(sweep_rows(spark, config.output.results_table, "interrupted"),
                                   sweep_rows(spark, config.output.results_table, "straight"))
     client = MlflowClient(tracking_uri=config.tracking.uri)
@@ -141,7 +141,7 @@ def test_results_and_mlflow_fill_up_while_the_sweep_trains(spark: SparkSession, 
     assert min(seen["points"]) >= 5  # type: ignore[call-overload]  # steps 0..4 at least, while training
     assert seen["statuses"] == {"RUNNING"}
     rows = sweep_rows(spark, config.output.results_table, "live")
-    assert len(rows) == sum(rate.epochs_run for rate in report.run.outcome.rates)
+    assert len(rows) == sum(rate.epochs_run for rate in report.outcome.rates)
     assert set(rows.status) <= {"completed", "diverged"}  # the final statuses replaced "running"
     checkpoints = list((tmp_path / "checkpoints" / "live").glob("checkpoint-*.npz"))
     assert len(checkpoints) == 1  # older checkpoints are removed once the sweep completes
@@ -182,7 +182,7 @@ def test_overflowing_features_make_rates_diverge_without_crashing_a_worker(
                                           "sweep.learning_rates=[0.1, 1.0]", "train.epochs=2", "sweep.id=huge",
                                           f"tracking.experiment={EXPERIMENT}"])
     report = run_tracked_sweep(spark, config, progress=None)
-    assert [rate.status for rate in report.run.outcome.rates] == ["diverged", "diverged"]
+    assert [rate.status for rate in report.outcome.rates] == ["diverged", "diverged"]
     assert report.outcome_error is not None and report.outcome_error.exit_code == 3
-    for rate in report.run.outcome.rates:  # the initial models' metrics are finite, later ones NaN, never junk
+    for rate in report.outcome.rates:  # the initial models' metrics are finite, later ones NaN, never junk
         assert math.isfinite(rate.initial["val_auc"])

@@ -122,7 +122,7 @@ def test_child_histories_are_finite_per_epoch_with_statuses(swept: tuple[Config,
         assert all(math.isfinite(m.value) for m in history) and all(0 <= m.step <= at for m in history)
     # The parent's summary: best rate, its metrics and the time split.
     parent = client.get_run(report.parent_run_id)
-    best = report.run.outcome.best
+    best = report.outcome.best
     assert best is not None and best.learning_rate in (0.01, 0.1)
     assert parent.data.metrics["best_learning_rate"] == best.learning_rate
     assert parent.data.metrics["best_val_loss"] == pytest.approx(best.final_metrics()["val_loss"])
@@ -146,7 +146,7 @@ def test_champion_loads_without_spark_and_predicts_like_raw_coefficients(swept: 
     champion = client.get_model_version_by_alias("it_churn", "champion")
     assert str(champion.version) == report.registration.version
     assert float(champion.tags["lrsweep.val_loss"]) == pytest.approx(
-        report.run.outcome.best.final_metrics()["val_loss"])  # type: ignore[union-attr]
+        report.outcome.best.final_metrics()["val_loss"])  # type: ignore[union-attr]
     model = mlflow.pyfunc.load_model("models:/it_churn@champion")
     features = list(report.table.features)
     assert model.metadata.get_input_schema().input_names() == features
@@ -155,9 +155,9 @@ def test_champion_loads_without_spark_and_predicts_like_raw_coefficients(swept: 
     numbers = [name for name, family in report.table.columns.used.items() if family == "number"]
     X[numbers] = X[numbers] * rng.uniform(0.5, 1.5, size=(50, len(numbers)))
     X.loc[0, "plan"] = "a plan never seen"
-    best = report.run.outcome.best
+    best = report.outcome.best
     assert best is not None
-    encoding = report.run.encoding
+    encoding = report.facts.encoding
     # the numbers' coefficients mapped back to raw units, the rest (indicators, days, array elements) by encoding
     scales, means = encoding.scales, encoding.means
     dense = [c for c in encoding.dense_columns]
@@ -177,7 +177,7 @@ def test_results_table_has_one_row_per_rate_and_epoch(spark: SparkSession, swept
                                                       ) -> None:
     config, report = swept
     rows = _sweep_rows(spark, config, SWEEP_ID)
-    expected = sum(r.epochs_run for r in report.run.outcome.rates)
+    expected = sum(r.epochs_run for r in report.outcome.rates)
     assert len(rows) == expected == report.results_rows
     assert not rows.duplicated(["sweep_id", "learning_rate", "epoch"]).any()
     completed = rows[rows.learning_rate == 0.1].sort_values("epoch")
@@ -275,7 +275,7 @@ def test_a_signal_stops_at_a_safe_point_checkpoints_and_ends_runs_killed(
     assert resumed.resumed_from_epoch == 2 and resumed.tracking_problem is None
     rows = _sweep_rows(spark, config, sweep_id)
     assert not rows.duplicated(["learning_rate", "epoch"]).any()
-    assert len(rows) == sum(r.epochs_run for r in resumed.run.outcome.rates)
+    assert len(rows) == sum(r.epochs_run for r in resumed.outcome.rates)
     assert client.get_run(resumed.parent_run_id).info.status == "FINISHED"
 
 

@@ -60,13 +60,13 @@ def test_weighted_sweep_reaches_sklearns_weighted_optimum(spark: SparkSession, w
         "train.epochs=40", "train.batch_size=32", "train.schedule.name=cosine", "sweep.id=weighted",
         "tracking.register_when=never"])
     report = run_tracked_sweep(spark, config, progress=None)
-    best = report.run.outcome.best
+    best = report.outcome.best
     assert best is not None
 
     frame = spark.read.format("delta").load(weighted_table).toPandas()
     train = frame[frame["part"] == "train"]
     X, y = train[[f"x{j}" for j in range(4)]].to_numpy(), train["label"].to_numpy().astype(float)
-    encoding = report.run.encoding
+    encoding = report.facts.encoding
     Z = (X - encoding.means) / encoding.scales
     np.testing.assert_allclose(encoding.means, X.mean(0), rtol=1e-12)
     if class_weight == "balanced":
