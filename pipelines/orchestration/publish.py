@@ -19,10 +19,10 @@ from pyspark.sql import SparkSession
 from pipelines.config import Config
 from pipelines.errors import TrackingError, TrackingUnavailableError
 from pipelines.features.columns import model_input
-from pipelines.features.split import TEST, VALIDATION
+from pipelines.features.split import TEST
 from pipelines.lakehouse.history import learning_rate_history
 from pipelines.lakehouse.writer import finalize_results
-from pipelines.orchestration.champion import metric_name
+from pipelines.orchestration.challenge import challenge_champion, report_drift
 from pipelines.orchestration.inputs import Say, Tracking
 from pipelines.orchestration.journal import Journal
 from pipelines.orchestration.params import auto_params
@@ -41,10 +41,9 @@ from pipelines.sgd.metrics import MAIN_METRIC
 from pipelines.sweep.checkpoint import SweepCheckpoint
 from pipelines.sweep.grid import point_label
 from pipelines.sweep.outcome import RateResult
-from pipelines.tracking.export import LinearModel, linear_pipeline, log_model
+from pipelines.tracking.export import linear_pipeline, log_model
 from pipelines.tracking.registry import (
     TAG_REGISTRATION,
-    ChampionCheck,
     Registration,
     register_model,
     registration_decided,
@@ -145,7 +144,8 @@ class Publisher:
                 self.log_auto_rounds(trained, rounds)
             self.log_figures(trained.final)
             test_metrics = self.held_out(trained.final)
-            self.report_drift()
+            report_drift(self.champion, tracker, self.facts.encoding, self.config.tracking.drift_threshold,
+                         self.say)
             if test_metrics is not None:
                 tracker.log_parent_metrics({f"test_{name}": value for name, value in test_metrics.items()})
             model_uri, registration = self.log_and_register(trained.final, test_metrics)
@@ -202,31 +202,6 @@ class Publisher:
         self.say(f"test (held out, the champion {point_label(best.point)} only): {shown}")
         return metrics
 
-    def report_drift(self) -> None:
-        """Each feature's drift (PSI) from the champion's training rows to this sweep's, on the parent
-        (``drift_psi/<column>``, ``drift.json``) and printed; a warning names the features above
-        ``tracking.drift_threshold``."""
-        found = self.champion.drift(self.facts.encoding)
-        if not found or not found[0]:
-            return
-        drifts, skipped = found
-        threshold = self.config.tracking.drift_threshold
-        self.tracker.log_parent_metrics({f"drift_psi/{metric_name(d.column)}": d.psi for d in drifts}, replace=True)
-        self.tracker.log_table_once([{"column": d.column, "kind": d.kind, "psi": d.psi, "detail": d.detail,
-                                      "champion_version": self.champion.version} for d in drifts], "drift.json")
-        above = [d for d in drifts if d.psi > threshold]
-        against = f"drift against {self.champion.name} version {self.champion.version}'s training rows"
-        if above:
-            listed = "; ".join(f"{d.column} {d.psi:.3g} ({d.detail})" for d in above[:8])
-            self.say(f"warning: {against}: {len(above)} of {len(drifts)} features above tracking.drift_threshold="
-                     f"{threshold:g}: {listed}")
-        else:
-            top = drifts[0]
-            self.say(f"{against}: none of {len(drifts)} features above {threshold:g} (largest {top.column} "
-                     f"{top.psi:.3g}: {top.detail})")
-        if skipped:
-            self.say(f"drift not scored: {', '.join(skipped)}")
-
     def log_and_register(self, final: TrainedRound, test_metrics: dict[str, float] | None
                          ) -> tuple[str | None, Registration | None]:
         """The best model logged on the parent with its lineage, and the registry's decision on it."""
@@ -242,7 +217,7 @@ class Publisher:
             .limit(INPUT_EXAMPLE_ROWS).toPandas()
         model_uri = log_model(self.tracker, pipeline, example, loss, lineage.model_params())
         check = None if tracking.register_when == "never" or registration_decided(self.tracker) \
-            else self.challenge_champion(best, classes)
+            else challenge_champion(self.champion, self.tracker, self.evaluator, loss, best, classes, self.say)
         registration = register_model(
             self.tracker, model_uri, tracking.registered_model, tracking.register_when,
             best.final_metrics()["val_loss"], loss,
@@ -252,28 +227,6 @@ class Publisher:
                 if name.startswith("val_") and name != "val_loss"}},
             check=check, min_improvement=tracking.min_improvement)
         return model_uri, registration
-
-    def challenge_champion(self, best: RateResult, classes: tuple[Any, ...]) -> ChampionCheck | None:
-        """The pinned champion measured on this sweep's validation rows, with the sweep's metrics, logged on the
-        parent (``champion_val_*``, ``challenger_val_loss``) and printed; None without a champion."""
-        def measure(model: LinearModel) -> dict[str, float] | None:
-            return self.evaluator.metrics(VALIDATION, model.encoding, model.weights, model.intercept)
-
-        table = self.facts.table
-        check = self.champion.check(table, self.config.model.loss, classes, measure)
-        if check is None:
-            return None
-        if check.metrics is None:
-            verb = "cannot be measured on this sweep's rows" if check.replaceable else "could not be loaded"
-            self.say(f"champion: {self.champion.describe()} {verb}: {check.why_not}")
-            return check
-        challenger = best.final_metrics()["val_loss"]
-        self.tracker.log_parent_metrics({"challenger_val_loss": challenger, **{
-            f"champion_val_{metric}": value for metric, value in check.metrics.items() if metric != "count"}})
-        self.say(f"champion: {self.champion.describe()} on this sweep's {int(check.metrics['count'])} validation "
-                 f"rows of {table.ref.describe()}: val_loss {check.metrics['loss']:.6g}; challenger "
-                 f"{point_label(best.point)}: {challenger:.6g}")
-        return check
 
     def log_history(self, final: TrainedRound, registration: Registration | None) -> None:
         """``figures/learning_rate_history.png`` on the parent: this table's earlier sweeps (from the results
