@@ -80,10 +80,11 @@ from pipelines.distributed.engine import GridTrainer, ModelRows
 from pipelines.distributed.executors import DataSize, DriverExecutor, SparkExecutor, choose_executor
 from pipelines.distributed.strategies import GradientDescent
 from pipelines.lakehouse.reader import read_feature_table
-from pipelines.orchestration.training import PreparedData, SweepRun, driver_limit_bytes, prepare_data, train_grid
+from pipelines.orchestration.training import PreparedData, driver_limit_bytes, prepare_data, train_grid
 from pipelines.session import get_spark, spark_submit_args
 from pipelines.sgd import Regularization, objective
 from pipelines.sweep.grid import joint_grid
+from pipelines.sweep.outcome import GridOutcome
 
 BENCH_DIR = Path(__file__).resolve().parent / "results"
 
@@ -146,9 +147,9 @@ def measure_sweep(spark: Any, config: Config, rates: list[float]) -> dict[str, A
     warm_up = config.model_copy(update={"train": config.train.model_copy(update={"epochs": 1})})
     sweep(prepared, warm_up, rates[:1])
     run = sweep(prepared, config, rates)
-    best = run.outcome.best
+    best = run.best
     figures = {"inputs": prepared.encoding.n_inputs, "sparse_inputs": prepared.encoding.sparse_width,
-               "epoch_seconds": float(np.median(run.outcome.epoch_seconds)),
+               "epoch_seconds": float(np.median(run.epoch_seconds)),
                "block_bytes": block_bytes(prepared.blocks), "prepare_seconds": prepare_seconds,
                "best_val_loss": best.final_metrics()["val_loss"] if best else float("nan")}
     prepared.blocks.release()
@@ -205,7 +206,7 @@ def final_train_loss(blocks: BlockSet, config: Config, weights: np.ndarray) -> n
     return trainer.evaluate(list(range(weights.shape[0]))).train_loss
 
 
-def sweep(prepared: PreparedData, config: Config, rates: list[float]) -> SweepRun:
+def sweep(prepared: PreparedData, config: Config, rates: list[float]) -> GridOutcome:
     return train_grid(prepared, config.problem, config.train, config.sweep, joint_grid(rates, config.penalty_axis()))
 
 
@@ -233,9 +234,9 @@ def run_main(args: argparse.Namespace) -> dict[str, Any]:
     single_config = bench_config(table, rates[:1], args.epochs, args.partitions, batch)
     single_run, single_seconds = timed(lambda: sweep(prepared, single_config, rates[:1]))
     results["grid_amortization"] = sweep_seconds / single_seconds
-    epoch_seconds = float(np.median(sweep_run.outcome.epoch_seconds))
+    epoch_seconds = float(np.median(sweep_run.epoch_seconds))
     results["epoch_seconds"] = epoch_seconds
-    results["single_epoch_seconds"] = float(np.median(single_run.outcome.epoch_seconds))
+    results["single_epoch_seconds"] = float(np.median(single_run.epoch_seconds))
     results["driver_peak_rss_mb"] = peak_rss_mb()
     print(f"local_sgd sweep: {args.rates} rates {sweep_seconds:.2f} s, 1 rate {single_seconds:.2f} s, "
           f"median epoch {epoch_seconds:.3f} s (1 rate {results['single_epoch_seconds']:.3f} s)", flush=True)
@@ -268,12 +269,12 @@ def run_main(args: argparse.Namespace) -> dict[str, Any]:
     sweep(narrow, warm_up, rates[:1])
     narrow_run = sweep(narrow, narrow_config, rates)
     narrow.blocks.release()
-    best, narrow_best = sweep_run.outcome.best, narrow_run.outcome.best
+    best, narrow_best = sweep_run.best, narrow_run.best
     ours_best = best.final_metrics()["val_loss"] if best else float("nan")
     narrow_val = narrow_best.final_metrics()["val_loss"] if narrow_best else float("nan")
-    results["float32_epoch_ratio"] = float(np.median(narrow_run.outcome.epoch_seconds)) / epoch_seconds
+    results["float32_epoch_ratio"] = float(np.median(narrow_run.epoch_seconds)) / epoch_seconds
     results["float32_best_val_loss_rel_diff"] = abs(narrow_val - ours_best) / ours_best
-    print(f"float32 inputs: median epoch {np.median(narrow_run.outcome.epoch_seconds):.3f} s, best val loss "
+    print(f"float32 inputs: median epoch {np.median(narrow_run.epoch_seconds):.3f} s, best val loss "
           f"{narrow_val:.7f} (float64 {ours_best:.7f})", flush=True)
 
     gd_config = bench_config(table, rates, args.epochs, args.partitions, "train.algorithm=gd",
@@ -284,7 +285,7 @@ def run_main(args: argparse.Namespace) -> dict[str, Any]:
           rates[:1])  # warm up as for the sweep (the workers load or compile the gradient kernel)
     gd_run, gd_seconds = timed(lambda: sweep(raw_prepared, gd_config, rates))
     mllib_seconds, mllib_weights = bench_mllib(spark, raw_prepared, rates, args.epochs)
-    ours = np.array([rate.weights for rate in gd_run.outcome.rates])
+    ours = np.array([rate.weights for rate in gd_run.rates])
     losses = final_train_loss(raw_prepared.blocks, gd_config, np.vstack([ours, mllib_weights]))
     ours_loss, mllib_loss = losses[: len(rates)], losses[len(rates):]
     results["vs_mllib_speedup"] = mllib_seconds / gd_seconds
@@ -441,7 +442,7 @@ def run_scaling(args: argparse.Namespace) -> dict[str, Any]:
             sweep(prepared, grid_config.model_copy(update={"train": grid_config.train.model_copy(
                 update={"epochs": 1})}), rates[:1])  # also stages the partitions local_rows reads
             run = sweep(prepared, grid_config, rates)
-            ours = float(np.median(run.outcome.epoch_seconds))
+            ours = float(np.median(run.epoch_seconds))
             X, y, _, _ = local_rows(prepared)
             anchor = numpy_anchor_epoch(X, y, rates, args.batch_size)
             del X, y
@@ -586,8 +587,8 @@ def measure_small_table(spark: Any, table: Path, rows: int, features: int, epoch
           f"driver {driver_seconds:.2f} s (blocks collected in {collect_seconds:.2f} s), through Spark "
           f"{spark_seconds:.2f} s; scikit-learn partial_fit loop {sklearn_seconds:.2f} s", flush=True)
     blocks.release()
-    driver_epoch = float(np.median(driver_run.outcome.epoch_seconds))
-    spark_epoch = float(np.median(spark_run.outcome.epoch_seconds))
+    driver_epoch = float(np.median(driver_run.epoch_seconds))
+    spark_epoch = float(np.median(spark_run.epoch_seconds))
     print(f"  median epoch: driver {driver_epoch:.4f} s, Spark {spark_epoch:.4f} s; an empty Spark job "
           f"{empty_job:.4f} s; driver epoch per cell {driver_epoch / cells * 1e9:.2f} ns ({cells:,} cells)", flush=True)
     return ({"rows": rows, "train_rows": blocks.total_train_rows, "cells": cells, "prepare_seconds": prepare_seconds,
@@ -597,9 +598,9 @@ def measure_small_table(spark: Any, table: Path, rows: int, features: int, epoch
             same_bits(driver_run, spark_run))
 
 
-def same_bits(one: SweepRun, other: SweepRun) -> bool:
+def same_bits(one: GridOutcome, other: GridOutcome) -> bool:
     """Whether two runs' curves, statuses and models are equal bit for bit (NaN where a rate did not run)."""
-    for a, b in zip(one.outcome.rates, other.outcome.rates, strict=True):
+    for a, b in zip(one.rates, other.rates, strict=True):
         if a.status != b.status or not np.array_equal(a.weights, b.weights) or a.intercept != b.intercept:
             return False
         if any(not np.array_equal(a.curves[key], b.curves[key], equal_nan=True) for key in b.curves):

@@ -195,7 +195,7 @@ class RoundTrainer:
             try:
                 outcome = train_grid(self.blocks(), self.config.problem, self.config.train, self.config.sweep,
                                      points, resume=None if restored is None else restored.snapshot,
-                                     on_boundary=watcher, start=self.start).outcome
+                                     on_boundary=watcher, start=self.start)
             finally:
                 watcher.close()
         return TrainedRound(number, tuple(points), outcome, tuple(child_ids))

@@ -88,18 +88,6 @@ def problem_for(problem: TrainingProblem, classes: tuple[Any, ...] | None) -> Tr
     return problem if classes is None else replace(problem, n_classes=len(classes))
 
 
-@dataclass(frozen=True)
-class SweepRun:
-    """One grid trained on one pinned table."""
-
-    outcome: GridOutcome
-    points: tuple[GridPoint, ...]
-    encoding: TableEncoding
-    train_rows: int
-    validation_rows: int
-    num_partitions: int
-
-
 def default_parallelism(spark: SparkSession) -> int:
     """Spark's default parallelism (2 when it cannot be read, e.g. under Spark Connect)."""
     try:
@@ -287,7 +275,8 @@ def make_strategy(train: TrainConfig, blocks: BlockSet) -> Strategy:
     """The configured algorithm with its own settings."""
     if train.algorithm == "gd":
         return GradientDescent(batch_fraction=train.batch_fraction)
-    return LocalSGD(batch_size=batch_size(train, blocks), sync_every=train.sync_every, sync_state=train.sync_state)
+    return LocalSGD(batch_size=batch_size(train, blocks), sync_every=train.sync_every, sync_state=train.sync_state,
+                    train_loss=train.train_loss)
 
 
 def make_policies(sweep: SweepConfig, schedule: ScheduleSpec, n_rates: int, n_rows: int) -> Policies:
@@ -303,8 +292,9 @@ def make_policies(sweep: SweepConfig, schedule: ScheduleSpec, n_rates: int, n_ro
 
 def train_grid(prepared: PreparedData, problem: TrainingProblem, train: TrainConfig, sweep: SweepConfig,
                points: Sequence[GridPoint], *, resume: GridSnapshot | None = None,
-               on_boundary: BoundaryHook | None = None, start: Start | None = None) -> SweepRun:
-    """Train the grid's ``points`` (every seed of ``sweep.seeds``) on prepared blocks for ``train.epochs``.
+               on_boundary: BoundaryHook | None = None, start: Start | None = None) -> GridOutcome:
+    """Train the grid's ``points`` (every seed of ``sweep.seeds``) on prepared blocks for ``train.epochs``; return
+    what each point produced (its curves, status and kept model, in the order of ``points``).
 
     Each point's model rows get its learning rate and penalty (``problem.regularization`` is the range test's;
     the grid's points carry their own). With ``resume``, training continues from that epoch boundary (same
@@ -323,9 +313,7 @@ def train_grid(prepared: PreparedData, problem: TrainingProblem, train: TrainCon
     policies = make_policies(sweep, problem.schedule, len(points), len(rows_rates))
     if resume is not None:
         resume.restore(trainer, state, policies)
-    outcome = run_grid(trainer, state, policies, on_boundary)
-    return SweepRun(outcome, tuple(points), prepared.encoding,
-                    blocks.total_train_rows, blocks.total_val_rows, blocks.num_partitions)
+    return run_grid(trainer, state, policies, on_boundary)
 
 
 def range_test(prepared: PreparedData, problem: TrainingProblem, train: TrainConfig,

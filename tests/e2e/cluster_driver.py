@@ -25,13 +25,13 @@ def sweep_rates(spark: SparkSession, config: Config) -> tuple[list[dict[str, Any
     table = read_feature_table(spark, config.data, config.model.loss)
     prepared = prepare_data(spark, table, config.data, config.features, config.train)
     executors = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1  # minus the driver
-    run = train_grid(prepared, config.problem, config.train, config.sweep,
+    outcome = train_grid(prepared, config.problem, config.train, config.sweep,
                      joint_grid(config.sweep.grid(), config.penalty_axis()))
     rates = [
         {"learning_rate": rate.learning_rate, "status": rate.status,
          "curves": {name: curve.tolist() for name, curve in rate.curves.items()},
          "weights": rate.weights.tolist(), "intercept": rate.intercept}
-        for rate in run.outcome.rates
+        for rate in outcome.rates
     ]
     return json.loads(json.dumps(rates)), executors  # as the JSON file holds them
 

@@ -12,7 +12,7 @@ from pyspark.sql import SparkSession
 from pipelines.config import Config
 from pipelines.distributed.blocks import PartitionBlocks, collect_arrays
 from pipelines.lakehouse.reader import read_feature_table
-from pipelines.orchestration.training import PreparedData, SweepRun, prepare_data, train_grid
+from pipelines.orchestration.training import PreparedData, prepare_data, train_grid
 from pipelines.sgd import (
     Block,
     EpochPlan,
@@ -29,6 +29,7 @@ from pipelines.sgd import (
 )
 from pipelines.sgd.reference import objective
 from pipelines.sweep.grid import joint_grid
+from pipelines.sweep.outcome import GridOutcome
 from tests.conftest import make_config
 
 
@@ -48,7 +49,7 @@ def _train_arrays(prepared: PreparedData) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([p.X_train for p in parts]), np.concatenate([p.y_train for p in parts])
 
 
-def _sweep(spark: SparkSession, config: Config) -> tuple[SweepRun, PreparedData]:
+def _sweep(spark: SparkSession, config: Config) -> tuple[GridOutcome, PreparedData]:
     prepared = _prepare(spark, config)
     try:
         return train_grid(prepared, config.problem, config.train, config.sweep,
@@ -105,21 +106,21 @@ def test_gd_matches_numpy_reference(gd_prepared: dict[str, tuple[Config, Prepare
     config = _gd_config(synthetic_tables, loss, tmp_path, *settings)
     prepared_for, prepared = gd_prepared[loss]
     assert _preparation(config) == _preparation(prepared_for)
-    run = train_grid(prepared, config.problem, config.train, config.sweep,
+    outcome = train_grid(prepared, config.problem, config.train, config.sweep,
                      joint_grid(config.sweep.grid(), config.penalty_axis()))
     X, y = _train_arrays(prepared)
     problem = config.problem
     weights, intercepts, history = reference_gradient_descent(problem, X, y, np.array(config.sweep.grid()),
                                                               iterations=6)
     final_objective = objective(problem, X, y, weights, intercepts)
-    for k, rate in enumerate(run.outcome.rates):
+    for k, rate in enumerate(outcome.rates):
         if rate.status != "completed":
             continue
         np.testing.assert_allclose(rate.weights, weights[k], rtol=1e-9, atol=1e-12)
         assert rate.intercept == pytest.approx(intercepts[k], rel=1e-9, abs=1e-12)
         np.testing.assert_allclose(rate.curves["train_loss"][:-1], history[1:, k], rtol=1e-9)
         assert rate.curves["train_loss"][-1] == pytest.approx(final_objective[k], rel=1e-9)
-    assert sum(r.status == "completed" for r in run.outcome.rates) >= 2
+    assert sum(r.status == "completed" for r in outcome.rates) >= 2
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "nesterov", "adagrad", "rmsprop", "adam", "adamw"])
@@ -130,12 +131,12 @@ def test_local_sgd_on_one_partition_is_the_reference_minibatch_sgd(
                      "train.epochs=3", "train.batch_size=32", f"train.optimizer={optimizer}",
                      "model.reg_param=0.001", "train.schedule={name: cosine, warmup_epochs: 0.5}",
                      "sweep.learning_rates=[0.001, 0.01, 0.1]")
-    run, prepared = _sweep(spark, config)
+    outcome, prepared = _sweep(spark, config)
     X, y = _train_arrays(prepared)
     problem = config.problem
     weights, intercepts, history = reference_minibatch_sgd(problem, X, y, np.array(config.sweep.grid()), epochs=3,
                                                            batch_size=32, seed=config.train.seed)
-    for k, rate in enumerate(run.outcome.rates):
+    for k, rate in enumerate(outcome.rates):
         assert rate.status == "completed"
         np.testing.assert_allclose(rate.weights, weights[k], rtol=1e-12, atol=1e-14)
         assert rate.intercept == pytest.approx(intercepts[k], rel=1e-12, abs=1e-14)
@@ -184,15 +185,15 @@ def test_local_sgd_is_a_numpy_model_averaging_reference_under_both_state_rules(
         config = _config(synthetic_tables["logistic"], "logistic", tmp_path, "train.epochs=3", "train.batch_size=64",
                          f"train.num_partitions={partitions}", "train.optimizer=adam", f"train.sync_state={sync_state}",
                          "sweep.learning_rates=[0.003, 0.03]", "train.min_steps_per_epoch=0")
-        run, prepared = _sweep(spark, config)
+        outcome, prepared = _sweep(spark, config)
         parts = collect_arrays(prepared.blocks)
         assert len(parts) == partitions
         weights, intercepts = _model_averaging_reference(parts, np.array([0.003, 0.03]), 3, 64, 42, sync_state)
-        for k, rate in enumerate(run.outcome.rates):
+        for k, rate in enumerate(outcome.rates):
             assert rate.status == "completed"
             np.testing.assert_allclose(rate.weights, weights[k], rtol=1e-12, atol=1e-14)
             assert rate.intercept == pytest.approx(intercepts[k], rel=1e-12, abs=1e-14)
-        finals[sync_state] = np.stack([rate.weights for rate in run.outcome.rates])
+        finals[sync_state] = np.stack([rate.weights for rate in outcome.rates])
     # the two rules are told apart: resetting Adam's moments at every synchronization changes the models
     assert np.abs(finals["average"] - finals["reset"]).max() > 1e-4
 
@@ -206,11 +207,11 @@ def test_gd_reproduces_spark_mllib_gradient_descent(spark: SparkSession, synthet
                      "train.schedule=inv_sqrt", "model.fit_intercept=false", "features.standardize=false",
                      "train.num_partitions=2", "sweep.learning_rates=[0.0001, 0.001, 0.01]",
                      "sweep.divergence_factor=1e12")  # MLlib has no divergence policy: let 0.01 oscillate
-    run, prepared = _sweep(spark, config)
-    assert [rate.status for rate in run.outcome.rates] == ["completed"] * 3
+    outcome, prepared = _sweep(spark, config)
+    assert [rate.status for rate in outcome.rates] == ["completed"] * 3
     X, y = _train_arrays(prepared)
     points = spark.sparkContext.parallelize([LabeledPoint(label, row) for label, row in zip(y, X, strict=True)], 2)
-    for rate in run.outcome.rates:
+    for rate in outcome.rates:
         mllib = LogisticRegressionWithSGD.train(points, iterations=7, step=rate.learning_rate,
                                                 miniBatchFraction=1.0, regParam=0.0, intercept=False,
                                                 convergenceTol=0.0)
@@ -230,13 +231,13 @@ def test_best_rate_reaches_scikit_learn_optimum(spark: SparkSession, synthetic_t
 
     config = _config(synthetic_tables[loss], loss, tmp_path, *settings,
                      "sweep.learning_rates={min: 0.01, max: 3.0, num: 6}")
-    run, prepared = _sweep(spark, config)
+    outcome, prepared = _sweep(spark, config)
     X, y = _train_arrays(prepared)
     estimator = LogisticRegression(penalty=None, tol=1e-10, max_iter=5000) if loss == "logistic" \
         else LinearRegression()
     estimator.fit(X, y)
     optimum = objective(config.problem, X, y, np.atleast_2d(estimator.coef_), np.atleast_1d(estimator.intercept_))[0]
-    best = run.outcome.best
+    best = outcome.best
     assert best is not None
     reached = objective(config.problem, X, y, best.weights[None, :], np.array([best.intercept]))[0]
     assert reached <= 1.01 * optimum
@@ -250,18 +251,18 @@ def test_diverging_rate_never_poisons_the_others(spark: SparkSession, synthetic_
                           "sweep.learning_rates=[0.01, 0.1, 50.0]")
     config_without = _config(synthetic_tables["squared"], "squared", tmp_path, *common,
                              "sweep.learning_rates=[0.01, 0.1]")
-    with_bad, _ = _sweep(spark, config_with)
+    with_bad, prepared = _sweep(spark, config_with)
     without, _ = _sweep(spark, config_without)
-    bad = with_bad.outcome.rates[2]
+    bad = with_bad.rates[2]
     assert bad.status == "diverged" and bad.stopped_epoch is not None and bad.stopped_epoch <= 2
     assert np.all(np.isnan(bad.curves["val_loss"][bad.stopped_epoch:]))
-    for kept, alone in zip(with_bad.outcome.rates[:2], without.outcome.rates, strict=True):
+    for kept, alone in zip(with_bad.rates[:2], without.rates, strict=True):
         assert kept.status == alone.status == "completed"
         for name, curve in alone.curves.items():
             assert np.array_equal(kept.curves[name], curve), name  # bit-identical
         assert np.array_equal(kept.weights, alone.weights)
     # the diverged rate stopped consuming compute: less than 3 rates x 5 epochs of row passes
-    assert with_bad.outcome.row_passes < with_bad.outcome.full_grid_row_passes - 2 * with_bad.train_rows
+    assert with_bad.row_passes < with_bad.full_grid_row_passes - 2 * prepared.blocks.total_train_rows
 
 
 def test_same_seed_and_partitioning_give_identical_curves(spark: SparkSession, synthetic_tables: dict[str, str],
@@ -270,20 +271,22 @@ def test_same_seed_and_partitioning_give_identical_curves(spark: SparkSession, s
                      "sweep.learning_rates=[0.01, 0.3]")
     first, _ = _sweep(spark, config)
     second, _ = _sweep(spark, config)
-    for a, b in zip(first.outcome.rates, second.outcome.rates, strict=True):
+    for a, b in zip(first.rates, second.rates, strict=True):
         for name in a.curves:
             assert np.array_equal(a.curves[name], b.curves[name])
 
 
 def test_gd_does_not_depend_on_partition_count(spark: SparkSession, synthetic_tables: dict[str, str],
                                                tmp_path: Path) -> None:
-    runs = []
+    runs, train_rows = [], []
     for partitions in (1, 4):
         config = _config(synthetic_tables["logistic"], "logistic", tmp_path, "train.algorithm=gd", "train.epochs=4",
                          f"train.num_partitions={partitions}", "sweep.learning_rates=[0.1, 1.0]")
-        runs.append(_sweep(spark, config)[0])
-        assert runs[-1].train_rows == runs[0].train_rows  # the split does not depend on partitioning
-    for a, b in zip(*[run.outcome.rates for run in runs], strict=True):
+        outcome, prepared = _sweep(spark, config)
+        runs.append(outcome)
+        train_rows.append(prepared.blocks.total_train_rows)
+    assert train_rows[0] == train_rows[1]  # the split does not depend on partitioning
+    for a, b in zip(*[run.rates for run in runs], strict=True):
         np.testing.assert_allclose(a.weights, b.weights, rtol=1e-12)
         np.testing.assert_allclose(a.curves["train_loss"], b.curves["train_loss"], rtol=1e-12)
         np.testing.assert_allclose(a.curves["val_auc"], b.curves["val_auc"], rtol=1e-12)
@@ -306,7 +309,7 @@ def test_float32_blocks_train_like_float64_with_half_the_input_bytes(spark: Spar
     X_narrow, _ = _train_arrays(narrow_prepared)
     assert X_narrow.dtype == np.float32 and X_narrow.nbytes * 2 == X_wide.nbytes
     np.testing.assert_array_equal(X_narrow, X_wide.astype(np.float32))
-    for a, b, c in zip(wide.outcome.rates, narrow.outcome.rates, again.outcome.rates, strict=True):
+    for a, b, c in zip(wide.rates, narrow.rates, again.rates, strict=True):
         np.testing.assert_allclose(b.curves["train_loss"], a.curves["train_loss"], rtol=1e-5)
         np.testing.assert_allclose(b.curves["val_loss"], a.curves["val_loss"], rtol=1e-5)
         assert not np.array_equal(b.weights, a.weights)  # the inputs were rounded

@@ -82,7 +82,7 @@ def test_a_driver_sweep_equals_the_spark_sweep_and_resumes_bit_for_bit(
                                config.train, config.sweep, joint_grid(config.sweep.grid(), config.penalty_axis()))
     finally:
         prepared.blocks.release()
-    assert_same_outcome(in_driver.outcome, through_spark.outcome, same_jobs=True)
+    assert_same_outcome(in_driver, through_spark.outcome, same_jobs=True)
 
     # a driver sweep stopped after epoch 3 (a checkpoint at 2, the stop saves 3) and resumed: the same bits again
     resumed_config = _config(table, tmp_path, "resumed", "train.executor=driver", *settings)

@@ -11,9 +11,10 @@ from pyspark.sql import SparkSession
 from pipelines.config import Config
 from pipelines.distributed.blocks import collect_arrays
 from pipelines.lakehouse.reader import read_feature_table
-from pipelines.orchestration.training import SweepRun, prepare_data, train_grid
+from pipelines.orchestration.training import prepare_data, train_grid
 from pipelines.sgd import reference_minibatch_sgd
 from pipelines.sweep.grid import joint_grid
+from pipelines.sweep.outcome import GridOutcome
 from tests.conftest import make_config
 
 
@@ -21,12 +22,13 @@ def _config(table: str, tmp_path: Path, *overrides: str) -> Config:
     return make_config(table, tmp_path, ["data.label=label", "data.exclude=[]", "model.loss=logistic", *overrides])
 
 
-def _sweep(spark: SparkSession, config: Config) -> SweepRun:
+def _sweep(spark: SparkSession, config: Config) -> tuple[GridOutcome, int]:
+    """The grid's outcome and the number of training rows."""
     table = read_feature_table(spark, config.data, config.model.loss)
     prepared = prepare_data(spark, table, config.data, config.features, config.train)
     try:
         return train_grid(prepared, config.problem, config.train, config.sweep,
-                         joint_grid(config.sweep.grid(), config.penalty_axis()))
+                          joint_grid(config.sweep.grid(), config.penalty_axis())), prepared.blocks.total_train_rows
     finally:
         prepared.blocks.release()
 
@@ -38,8 +40,8 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_computing(
     config = _config(synthetic_tables["logistic"], tmp_path, "train.epochs=12", "train.batch_size=16",
                      "sweep.learning_rates=[0.05, 30.0]", "sweep.divergence_factor=1e9",
                      "sweep.early_stopping={enabled: true, patience: 2, min_delta: 0.0}")
-    run = _sweep(spark, config)
-    stopped = run.outcome.rates[1]
+    outcome, train_rows = _sweep(spark, config)
+    stopped = outcome.rates[1]
     assert stopped.status == "early_stopped"
     assert stopped.stopped_epoch is not None and stopped.stopped_epoch < 10
     val = stopped.curves["val_loss"]
@@ -49,7 +51,7 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_computing(
     assert stopped.stopped_epoch - stopped.kept_epoch == 2  # patience
     # the stop is known while the next epoch trains (evaluation is fused into training): that one epoch is
     # discarded, and nothing after it is computed
-    assert run.outcome.row_passes == (12 + stopped.stopped_epoch + 1) * run.train_rows
+    assert outcome.row_passes == (12 + stopped.stopped_epoch + 1) * train_rows
 
 
 def test_successive_halving_prunes_to_the_best_and_reports_compute_saved(
@@ -58,20 +60,20 @@ def test_successive_halving_prunes_to_the_best_and_reports_compute_saved(
     config = _config(synthetic_tables["logistic"], tmp_path, "train.epochs=4", "train.algorithm=gd",
                      "sweep.learning_rates={min: 0.001, max: 3.0, num: 9}", "sweep.pruning={enabled: true, "
                      "min_epochs: 1, eta: 3}")
-    run = _sweep(spark, config)
-    statuses = [rate.status for rate in run.outcome.rates]
+    outcome, train_rows = _sweep(spark, config)
+    statuses = [rate.status for rate in outcome.rates]
     assert statuses.count("pruned") == 8  # rung 1: keep ceil(9/3)=3; rung 3: keep ceil(3/3)=1
     assert statuses.count("completed") == 1
-    rung1 = np.array([rate.curves["val_loss"][0] for rate in run.outcome.rates])
+    rung1 = np.array([rate.curves["val_loss"][0] for rate in outcome.rates])
     kept_after_rung1 = set(np.argsort(rung1, kind="stable")[:3].tolist())
-    assert {i for i, s in enumerate(statuses) if s != "pruned" or run.outcome.rates[i].stopped_epoch == 3} \
+    assert {i for i, s in enumerate(statuses) if s != "pruned" or outcome.rates[i].stopped_epoch == 3} \
         == kept_after_rung1
-    for rate in run.outcome.rates:
+    for rate in outcome.rates:
         if rate.status == "pruned":
             assert rate.epochs_run == rate.stopped_epoch  # partial curves are kept
     # 9 + 3 + 3 + 1 rate-epochs of the full grid's 36: pruned rates consumed nothing after their rung
-    assert run.outcome.row_passes == 16 * run.train_rows
-    assert run.outcome.full_grid_row_passes == 36 * run.train_rows
+    assert outcome.row_passes == 16 * train_rows
+    assert outcome.full_grid_row_passes == 36 * train_rows
 
 
 def test_seeds_repeat_each_rate_in_the_same_pass_with_mean_and_std(
@@ -81,7 +83,7 @@ def test_seeds_repeat_each_rate_in_the_same_pass_with_mean_and_std(
                      "train.batch_size=64", "sweep.learning_rates=[0.01, 0.3]", "sweep.seeds=[1, 2, 3]")
     table = read_feature_table(spark, config.data, config.model.loss)
     prepared = prepare_data(spark, table, config.data, config.features, config.train)
-    run = train_grid(prepared, config.problem, config.train, config.sweep,
+    outcome = train_grid(prepared, config.problem, config.train, config.sweep,
                          joint_grid(config.sweep.grid(), config.penalty_axis()))
     parts = collect_arrays(prepared.blocks)
     prepared.blocks.release()
@@ -93,12 +95,12 @@ def test_seeds_repeat_each_rate_in_the_same_pass_with_mean_and_std(
                                                 seed=seed)
         per_seed.append(history)
     stacked = np.stack(per_seed)  # (seeds, epochs, rates)
-    for k, rate in enumerate(run.outcome.rates):
+    for k, rate in enumerate(outcome.rates):
         np.testing.assert_allclose(rate.curves["train_loss"], stacked[:, :, k].mean(axis=0), rtol=1e-10)
         np.testing.assert_allclose(rate.curves_std["train_loss"], stacked[:, :, k].std(axis=0), rtol=1e-8,
                                    atol=1e-14)
         assert np.all(rate.curves_std["train_loss"] > 0)  # seeds really differ
-    assert run.outcome.jobs == 3  # 2 epochs + the final evaluation, whatever the number of seeds
+    assert outcome.jobs == 3  # 2 epochs + the final evaluation, whatever the number of seeds
 
 
 def test_adaptive_schedule_divides_the_rate_on_plateaus(
@@ -106,9 +108,9 @@ def test_adaptive_schedule_divides_the_rate_on_plateaus(
 ) -> None:
     common = ["train.epochs=6", "train.num_partitions=1", "train.batch_size=16", "sweep.learning_rates=[20.0]",
               "sweep.divergence_factor=1e9"]
-    adaptive = _sweep(spark, _config(synthetic_tables["logistic"], tmp_path, *common,
+    adaptive, _ = _sweep(spark, _config(synthetic_tables["logistic"], tmp_path, *common,
                                      "train.schedule={name: adaptive, n_iter_no_change: 1, tol: 0.0}"))
-    constant = _sweep(spark, _config(synthetic_tables["logistic"], tmp_path, *common))
-    a, c = adaptive.outcome.rates[0].curves["val_loss"], constant.outcome.rates[0].curves["val_loss"]
+    constant, _ = _sweep(spark, _config(synthetic_tables["logistic"], tmp_path, *common))
+    a, c = adaptive.rates[0].curves["val_loss"], constant.rates[0].curves["val_loss"]
     assert np.array_equal(a[:2], c[:2])  # same until the first plateau is acted on
     assert a[-1] < c[-1]  # dividing the rate by 5 on plateaus beats staying at 20

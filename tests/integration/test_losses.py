@@ -46,12 +46,12 @@ def _trained(spark: SparkSession, config: Config) -> tuple[np.ndarray, np.ndarra
     table = read_feature_table(spark, config.data, config.model.loss)
     prepared = prepare_data(spark, table, config.data, config.features, config.train)
     try:
-        run = train_grid(prepared, config.problem, config.train, config.sweep,
+        outcome = train_grid(prepared, config.problem, config.train, config.sweep,
                          joint_grid(config.sweep.grid(), config.penalty_axis()))
         parts = collect_arrays(prepared.blocks)
     finally:
         prepared.blocks.release()
-    best = run.outcome.best
+    best = outcome.best
     assert best is not None
     X = np.concatenate([p.X_train for p in parts])
     y = np.concatenate([p.y_train for p in parts])

@@ -19,8 +19,9 @@ from pipelines.config import Config
 from pipelines.distributed.blocks import collect_arrays
 from pipelines.distributed.range_test import partition_batch_rows, sample_rows
 from pipelines.lakehouse.reader import read_feature_table
+from pipelines.orchestration.rounds import TrainedRound
 from pipelines.orchestration.sweep import run_tracked_sweep
-from pipelines.orchestration.training import PreparedData, SweepRun, prepare_data, range_test, train_grid
+from pipelines.orchestration.training import PreparedData, prepare_data, range_test, train_grid
 from pipelines.sgd import Block, Regularization, TrainingProblem, apply_update, init_state
 from pipelines.sweep.grid import joint_grid
 from pipelines.sweep.range_test import auto_grid, range_test_rates, refine_span, smooth_losses
@@ -37,8 +38,8 @@ def logistic_table(synthetic_tables: dict[str, str]) -> str:
     return synthetic_tables["logistic"]
 
 
-def _rates(run: SweepRun) -> list[float]:
-    return [point.learning_rate for point in run.points]
+def _rates(trained: TrainedRound) -> list[float]:
+    return [point.learning_rate for point in trained.points]
 
 
 def _config(table: str, workdir: Path, *overrides: str) -> Config:
@@ -92,7 +93,7 @@ def test_suggestion_lands_near_the_best_rate_of_a_fine_grid(spark: SparkSession,
                           joint_grid(config.sweep.grid(), config.penalty_axis()))
     finally:
         prepared.blocks.release()
-    best = fine.outcome.best
+    best = fine.best
     assert best is not None
     print(f"suggestion {result.suggestion:.4g}, fine-grid best {best.learning_rate:.4g}, "
           f"ratio {result.suggestion / best.learning_rate:.2f}, {result.steps} steps")
