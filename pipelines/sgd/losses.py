@@ -106,6 +106,20 @@ class ScalarLoss(Loss, Protocol):
         ...
 
 
+@runtime_checkable
+class PairedScalarLoss(ScalarLoss, Protocol):
+    """A scalar loss whose value and derivative share a transcendental (``exp``): one rule gives both at one
+    margin for the price of one ``exp``, which the compiled epoch uses where it needs both (the progressive
+    training loss). Its derivative is bit for bit :meth:`derivative_at` (training keeps its bits); its value is
+    :meth:`value_at` to a few ulp. The losses without a transcendental have no such rule: the kernels call their
+    two rules."""
+
+    @staticmethod
+    def value_and_derivative_at(m: float, y: float, epsilon: float) -> tuple[float, float]:
+        """``(loss(m, y), dloss/dm)`` at one margin."""
+        ...
+
+
 def sigmoid(margins: FloatArray) -> FloatArray:
     """Logistic function ``1 / (1 + exp(-m))`` without overflow.
 
@@ -208,6 +222,18 @@ class LogisticLoss:
         floored = -700.0 if m < -700.0 else m
         result: float = 1.0 / (1.0 + np.exp(-floored)) - y
         return result
+
+    @staticmethod
+    def value_and_derivative_at(m: float, y: float, epsilon: float) -> tuple[float, float]:
+        """Both from the derivative's ``e = exp(-max(m, -700))``: ``e^-|m|`` is ``e`` for ``m >= 0`` (the value
+        is then :meth:`value_at`'s bits) and ``1 / e`` below (a division instead of a second ``exp``: within an
+        ulp of ``exp(m)``, and about ``1e-304`` where ``m < -700``)."""
+        floored = -700.0 if m < -700.0 else m
+        e = np.exp(-floored)
+        tail = e if m >= 0.0 else 1.0 / e
+        value: float = (m if m > 0.0 else 0.0) + np.log1p(tail) - y * m
+        derivative: float = 1.0 / (1.0 + e) - y
+        return value, derivative
 
     def prediction(self, margins: FloatArray) -> FloatArray:
         return sigmoid(margins)
@@ -446,6 +472,15 @@ class PoissonLoss:
         """``exp(m) - y``."""
         result: float = np.exp(m) - y
         return result
+
+    @staticmethod
+    def value_and_derivative_at(m: float, y: float, epsilon: float) -> tuple[float, float]:
+        """Both from one ``exp(m)``, each with its own rule's bits."""
+        mean = np.exp(m)
+        constant = y * np.log(y) if y > 0.0 else 0.0
+        value: float = mean - y * m + (constant - y)
+        derivative: float = mean - y
+        return value, derivative
 
     def prediction(self, margins: FloatArray) -> FloatArray:
         result: FloatArray = np.exp(margins)

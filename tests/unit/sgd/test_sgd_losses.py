@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipelines.sgd.losses import LOSS_NAMES, LOSS_TASKS, ScalarLoss, get_loss, sigmoid
+from pipelines.sgd.losses import LOSS_NAMES, LOSS_TASKS, PairedScalarLoss, ScalarLoss, get_loss, sigmoid
 
 EPSILON = 0.3  # get_loss(name, EPSILON) in these tests
 SCALAR_LOSSES = [name for name in LOSS_NAMES if name != "multinomial"]  # one margin per model
@@ -221,3 +221,22 @@ def test_every_loss_compiled_scalar_rule_equals_its_numpy_rule(name: str) -> Non
                                          for m, label in zip(margins, y, strict=True)])
     np.testing.assert_allclose(compiled_values[finite], values[finite], rtol=1e-12, atol=1e-300)
     np.testing.assert_allclose(compiled_derivatives[finite], derivatives[finite], rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("name", [name for name in SCALAR_LOSSES if isinstance(get_loss(name), PairedScalarLoss)])
+def test_a_shared_rule_gives_the_derivative_bit_for_bit_and_the_value_to_a_few_ulp(name: str) -> None:
+    """The compiled epoch's one-``exp`` rule of a pair: training keeps its bits, the progressive loss its value."""
+    from numba import njit
+
+    loss = get_loss(name, EPSILON)
+    assert isinstance(loss, PairedScalarLoss)
+    labels = [0.0, 1.0, 3.0] if LOSS_TASKS[name] == "count" else [0.0, 1.0]
+    margins, y = (grid.ravel() for grid in np.meshgrid(MARGINS, labels, indexing="ij"))
+    finite = np.abs(margins) < 700.0 if name == "poisson" else np.ones(margins.size, dtype=bool)
+    pair_at, value_at, derivative_at = njit(loss.value_and_derivative_at), njit(loss.value_at), njit(loss.derivative_at)
+    with np.errstate(over="ignore"):
+        pairs = np.array([pair_at(m, label, loss.epsilon) for m, label in zip(margins, y, strict=True)])
+        values = np.array([value_at(m, label, loss.epsilon) for m, label in zip(margins, y, strict=True)])
+        derivatives = np.array([derivative_at(m, label, loss.epsilon) for m, label in zip(margins, y, strict=True)])
+    assert pairs[:, 1].tobytes() == derivatives.tobytes()
+    np.testing.assert_allclose(pairs[finite, 0], values[finite], rtol=1e-15, atol=1e-303)  # m < -700: 1e-304
