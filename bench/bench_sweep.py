@@ -511,7 +511,8 @@ def breakdown_of_rows(blocks: BlockSet, problem: Any, K: int, args: argparse.Nam
 
     rates = [float(r) for r in np.geomspace(args.min_rate, args.max_rate, K)]
     models = ModelRows.zeros(rates, [0] * K, problem.regularization.rows(K), blocks.n_features, problem.optimizer)
-    trainer = GridTrainer(SparkExecutor(blocks), problem, LocalSGD(args.batch_size), models, epochs=100)
+    trainer = GridTrainer(SparkExecutor(blocks), problem, LocalSGD(args.batch_size, train_loss=args.train_loss), models,
+                          epochs=100)
     epoch = iter(range(1, 100))
     rows = list(range(K))
     trainer.run_epoch(next(epoch), rows, rows)  # warm-up
@@ -755,6 +756,8 @@ def main() -> None:
     parser.add_argument("--scaling-epochs", type=int, default=3)
     parser.add_argument("--scaling-fresh", action="store_true", help="measure every scaling point again")
     parser.add_argument("--breakdown", action="store_true", help="only where an epoch's time goes (--rows)")
+    parser.add_argument("--train-loss", choices=["progressive", "exact"], default="progressive",
+                        help="--breakdown: local_sgd's train.train_loss")
     parser.add_argument("--hashed-only", action="store_true", help="only the hashed vs dense figures")
     parser.add_argument("--only", choices=["small-tables", "demo"], help="only these keys (small-tables: the tiny "
                         "and small tables against scikit-learn, and the executors' bits; demo: `make demo`'s sweep)")

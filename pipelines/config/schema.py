@@ -235,7 +235,8 @@ class TrainConfig(_Section):
 
     ``schedule`` (:class:`~pipelines.sgd.schedules.ScheduleSpec`, durations in epochs) and ``optimizer``
     (:class:`~pipelines.sgd.optimizers.OptimizerSpec`) accept a bare name or a mapping of parameters.
-    ``batch_size``, ``sync_every`` and ``sync_state`` are local_sgd's settings; ``batch_fraction`` is gd's.
+    ``batch_size``, ``sync_every``, ``sync_state`` and ``train_loss`` are local_sgd's settings; ``batch_fraction``
+    is gd's.
     """
 
     algorithm: Literal["local_sgd", "gd"] = "local_sgd"
@@ -253,6 +254,10 @@ class TrainConfig(_Section):
     sync_state: Literal["average", "reset"] = Field(
         default="average", description="local_sgd: optimizer state at a synchronization point"
     )
+    train_loss: Literal["progressive", "exact"] = Field(
+        default="progressive", description="local_sgd: the train_loss curve, progressive (each batch's loss at the "
+        "margins its update is computed from, summed over the epoch as it trains: no extra pass) or exact (a pass "
+        "over the training rows at each epoch's models); gd's is exact either way (its gradient pass gives it)")
     batch_fraction: float = Field(default=1.0, gt=0.0, le=1.0, description="gd: sampled fraction per step")
     num_partitions: int | None = Field(default=None, ge=1, description="partitions of the training data")
     warm_start: Literal["none", "champion"] = Field(
@@ -274,6 +279,11 @@ class TrainConfig(_Section):
     checkpoint_every: int | Literal["auto"] = Field(
         default="auto", description="epochs between checkpoints and journal appends (also on signals and at the "
         "end); 'auto': as often as keeps their measured cost under 5% of the training time")
+
+    @property
+    def train_loss_curve(self) -> Literal["progressive", "exact"]:
+        """What the ``train_loss`` curve is: ``train_loss`` under local_sgd, ``exact`` under gd."""
+        return self.train_loss if self.algorithm == "local_sgd" else "exact"
 
     @field_validator("checkpoint_every")
     @classmethod

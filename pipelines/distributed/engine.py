@@ -13,7 +13,10 @@ from (the result of epoch ``e - 1``) on the partition's training and validation 
 one job, plus one final evaluation job. Consequently a policy that stops a row after epoch ``e - 1``
 learns it while epoch ``e`` is computed: that one epoch of the row's work is discarded (its models are
 rolled back), and from then on the row consumes no compute. (At pruning rungs the sweep loop evaluates in
-a job of its own instead, so pruned rates waste nothing.)
+a job of its own instead, so pruned rates waste nothing.) The training loss of an evaluation is exact (a pass
+over the training rows at the evaluated models, or gd's gradient pass) or, with local_sgd's ``train_loss:
+progressive``, the progressive sums the training of the evaluated models left in :class:`ModelRows` (no pass:
+only the initial models take one); the penalty is the evaluated models' either way.
 
 An epoch is a transaction: :meth:`GridTrainer.run_epoch` replaces the model rows and counters only when
 every job of the epoch has succeeded. A job that fails or is cancelled (a signal) leaves the trainer at the
@@ -65,6 +68,9 @@ class ModelRows:
     state: OptimizerState  # of the K * outputs weight rows
     rate_multipliers: FloatArray = field(default_factory=lambda: np.ones(0))  # (K,) e.g. 'adaptive'
     outputs: int = 1
+    # (K,) each model row's progressive training-loss sum over the epoch that produced its models (all partitions);
+    # empty until an epoch has summed it (the initial models: their training loss takes an exact pass)
+    epoch_loss_sums: FloatArray = field(default_factory=lambda: np.zeros(0))
 
     @classmethod
     def zeros(cls, learning_rates: Sequence[float], seeds: Sequence[int], penalties: Penalties, n_features: int,
@@ -112,13 +118,20 @@ class ModelRows:
             slots[key][weight_rows] = value
         return replace(self, weights=weights, intercepts=intercepts, state=OptimizerState.from_arrays(slots))
 
+    def with_epoch_loss(self, rows: IntArray, loss_sums: FloatArray) -> ModelRows:
+        """A copy whose ``rows`` have the progressive training-loss sums ``loss_sums`` of the epoch just trained
+        (the other rows, stopped, keep theirs: they are not evaluated again)."""
+        sums = self.epoch_loss_sums.copy() if self.epoch_loss_sums.size else np.full(self.n_rows, np.nan)
+        sums[rows] = loss_sums
+        return replace(self, epoch_loss_sums=sums)
+
     def to_arrays(self) -> dict[str, npt.NDArray[np.generic]]:
         """Flat ``{name: array}`` form (checkpoints); keys ``learning_rates``, ..., ``state.<key>``."""
         arrays: dict[str, npt.NDArray[np.generic]] = {
             "learning_rates": self.learning_rates, "seeds": self.seeds, "penalty_l1": self.penalties.l1,
             "penalty_l2": self.penalties.l2, "weights": self.weights,
             "intercepts": self.intercepts, "rate_multipliers": self.rate_multipliers,
-            "outputs": np.asarray(self.outputs, dtype=np.int64)}
+            "outputs": np.asarray(self.outputs, dtype=np.int64), "epoch_loss_sums": self.epoch_loss_sums}
         arrays.update({f"state.{key}": value for key, value in self.state.to_arrays().items()})
         return arrays
 
@@ -131,14 +144,16 @@ class ModelRows:
                               np.asarray(arrays["penalty_l2"], np.float64))
         return cls(np.asarray(arrays["learning_rates"], np.float64), np.asarray(arrays["seeds"], np.int64), penalties,
                    np.asarray(arrays["weights"], np.float64), np.asarray(arrays["intercepts"], np.float64), state,
-                   np.asarray(arrays["rate_multipliers"], np.float64), int(np.asarray(arrays["outputs"])))
+                   np.asarray(arrays["rate_multipliers"], np.float64), int(np.asarray(arrays["outputs"])),
+                   np.asarray(arrays.get("epoch_loss_sums", np.zeros(0)), np.float64))
 
 
 @dataclass(frozen=True)
 class Evaluation:
     """Metrics of the models of ``rows`` on the training and validation splits.
 
-    ``train_loss`` is the training objective ``mean loss + penalty``; ``validation`` holds the task
+    ``train_loss`` is the training objective ``mean loss + penalty`` (the mean loss exact, or progressive: see
+    :attr:`~pipelines.distributed.strategies.Strategy.train_loss`); ``validation`` holds the task
     metrics of :meth:`pipelines.sgd.metrics.MetricAccumulator.compute` (``loss`` is the validation loss,
     without penalty). Every array has shape ``(len(rows),)``.
     """
@@ -152,7 +167,7 @@ class Evaluation:
 class EvaluationPart:
     """A partition's evaluation sums: training loss sums and validation metric sums of the evaluated rows."""
 
-    train_loss_sum: FloatArray  # (E,)
+    train_loss_sum: FloatArray | None  # (E,); None: the evaluated models' progressive sums are the training loss
     validation: MetricAccumulator
 
 
@@ -177,6 +192,7 @@ class _Task:
     eval_weights: FloatArray  # (E * outputs, d): the weight rows of the evaluated model rows
     eval_intercepts: FloatArray  # (E * outputs,)
     fused: bool  # the training payload's loss sums are the evaluation's training loss
+    exact_train_loss: bool  # the evaluation sums the training loss (no progressive sums of the evaluated models)
 
 
 def _run_task(task: _Task, blocks: PartitionBlocks) -> TaskResult:
@@ -190,10 +206,11 @@ def _run_task(task: _Task, blocks: PartitionBlocks) -> TaskResult:
             training = task.strategy.train_partition(task.train, blocks, kernel)
     evaluation = None
     if task.eval_rows.size:
+        train_loss_sum = None
         with np.errstate(over="ignore", invalid="ignore"):
             if task.fused and isinstance(training, GradientSums):
                 train_loss_sum = training.loss
-            else:
+            elif task.exact_train_loss:
                 train_loss_sum = kernel.loss_sums(Block(blocks.X_train, blocks.y_train, blocks.w_train),
                                                   task.eval_weights, task.eval_intercepts)
         evaluation = EvaluationPart(train_loss_sum, MetricAccumulator.from_block(
@@ -238,6 +255,7 @@ class GridTrainer:
         evaluate = np.asarray(sorted(eval_rows), dtype=np.int64)
         models, jobs, row_passes = self.models, self.jobs, self.row_passes
         evaluation: Evaluation | None = None
+        epoch_loss_sums = np.zeros(train.size)  # jobs in order, each the partitions' sums in partition order
         for index, batch_range in enumerate(self.strategy.sync_ranges(self.steps_per_epoch)):
             job = self._train_job(models, epoch, train, batch_range) if train.size else None
             results = self._run(models, job, train, evaluate if index == 0 else np.zeros(0, np.int64))
@@ -248,7 +266,12 @@ class GridTrainer:
                 row_passes += round(self.strategy.row_passes(self.total_train_rows, len(self.executor.train_rows),
                                                              batch_range)) * int(train.size)
                 parts = [(r.train_rows, r.training) for r in results if r.train_rows > 0 and r.training is not None]
-                models = models.updated(train, self.strategy.combine(job, parts))
+                trained = self.strategy.combine(job, parts)
+                models = models.updated(train, trained)
+                if trained.loss_sums is not None:
+                    epoch_loss_sums += trained.loss_sums
+        if train.size and self.strategy.train_loss == "progressive":
+            models = models.with_epoch_loss(train, epoch_loss_sums)
         assert evaluation is not None
         self.models, self.jobs, self.row_passes = models, jobs, row_passes
         return evaluation
@@ -284,6 +307,13 @@ class GridTrainer:
 
     # ------------------------------------------------------------------------------------- internals
 
+    def _progressive_sums(self, models: ModelRows, rows: IntArray) -> FloatArray | None:
+        """The progressive training-loss sums of ``rows``, or None where the training loss takes an exact pass."""
+        if self.strategy.train_loss != "progressive" or not models.epoch_loss_sums.size:
+            return None
+        sums: FloatArray = models.epoch_loss_sums[rows]
+        return sums
+
     def _train_job(self, models: ModelRows, epoch: int, train: IntArray,
                    batch_range: tuple[int, int] | None) -> TrainJob:
         """The job of model rows ``train``, as the kernels see it: one entry per weight row."""
@@ -301,7 +331,7 @@ class GridTrainer:
         eval_weight_rows = models.weight_rows(evaluate)
         task = _Task(strategy=self.strategy, problem=self.problem, train=job, eval_rows=evaluate,
                      eval_weights=models.weights[eval_weight_rows], eval_intercepts=models.intercepts[eval_weight_rows],
-                     fused=fused)
+                     fused=fused, exact_train_loss=self._progressive_sums(models, evaluate) is None)
 
         def run(blocks: PartitionBlocks) -> TaskResult:
             return _run_task(task, blocks)
@@ -312,9 +342,11 @@ class GridTrainer:
         if not rows.size:
             return Evaluation(rows, np.zeros(0), {})
         parts = [result.evaluation for result in results if result.evaluation is not None]
-        loss_total = np.zeros(rows.size)
+        progressive = self._progressive_sums(models, rows)
+        loss_total = np.zeros(rows.size) if progressive is None else progressive
         for part in parts:  # partition order: a fixed summation order
-            loss_total += part.train_loss_sum
+            if part.train_loss_sum is not None:
+                loss_total += part.train_loss_sum
         penalty = models.penalties.select(rows).repeat(models.outputs).penalty(
             models.weights[models.weight_rows(rows)], models.outputs)
         with np.errstate(over="ignore", invalid="ignore"):

@@ -14,7 +14,9 @@ A strategy answers what the engine's epoch loop (:class:`~pipelines.distributed.
     resulting models weighted by the partitions' training rows (``W <- sum_p n_p W_p / sum_p n_p``) after
     every epoch or every ``sync_every`` local steps. Optimizer state is averaged the same way
     (``sync_state: average``) or zeroed (``reset``); the step counter keeps counting either way (the
-    largest partition's), so schedules continue.
+    largest partition's), so schedules continue. With ``train_loss: progressive`` each partition also sums its
+    batches' losses at the margins of their updates, and the driver adds the partitions' sums (the epoch's
+    progressive training loss, without a pass of its own).
 ``gd``
     Synchronous gradient descent, one step per epoch: every partition returns
     :class:`~pipelines.sgd.gradient_step.GradientSums` at the current models (optionally over a Bernoulli
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -72,6 +74,7 @@ class LocalModels:
     intercepts: FloatArray  # (R,)
     state: OptimizerState
     steps: int
+    loss_sums: FloatArray | None = None  # (R / outputs,) progressive loss sums of its batches, per model
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class TrainedRows:
     weights: FloatArray  # (R, d)
     intercepts: FloatArray  # (R,)
     state: OptimizerState
+    loss_sums: FloatArray | None = None  # (R / outputs,) the partitions' progressive loss sums, added
 
 
 class Strategy(Protocol):
@@ -89,6 +93,15 @@ class Strategy(Protocol):
     @property
     def name(self) -> str:
         """``local_sgd`` or ``gd``."""
+        ...
+
+    @property
+    def train_loss(self) -> Literal["progressive", "exact"]:
+        """What an evaluation's training loss is. ``progressive``: the training payloads carry the loss sums of
+        the job's batches, each at the margins its update is computed from (:attr:`LocalModels.loss_sums`), which
+        over an epoch are the training loss of the models it produces (the initial models' takes a pass);
+        ``exact``: a pass over the training rows at the evaluated models (or gd's gradient pass). Either way plus
+        the evaluated models' penalty."""
         ...
 
     def steps_per_epoch(self, train_rows: Sequence[int]) -> int:
@@ -125,6 +138,7 @@ class LocalSGD:
     batch_size: int = 256
     sync_every: int | None = None
     sync_state: str = "average"  # "average" | "reset"
+    train_loss: Literal["progressive", "exact"] = "progressive"
     name: str = "local_sgd"
 
     def steps_per_epoch(self, train_rows: Sequence[int]) -> int:
@@ -140,18 +154,23 @@ class LocalSGD:
         block = Block(blocks.X_train, blocks.y_train, blocks.w_train)
         new_weights, new_intercepts = job.weights.copy(), job.intercepts.copy()
         slots: dict[str, npt.NDArray[np.generic]] = {k: v.copy() for k, v in job.state.to_arrays().items()}
+        outputs = job.problem.outputs
+        progressive = self.train_loss == "progressive"
+        loss_sums = np.zeros(job.weights.shape[0] // outputs) if progressive else None
         steps = 0
         for seed in np.unique(job.seeds):
             group = np.flatnonzero(job.seeds == seed)
             plan = EpochPlan(kernel, job.step_rates[group], job.penalties.select(group), job.schedule,
                              job.total_steps, self.batch_size, int(seed) + PARTITION_SEED_STRIDE * blocks.partition,
-                             job.epoch - 1, job.problem.fit_intercept, job.batch_range)
+                             job.epoch - 1, job.problem.fit_intercept, job.batch_range, progressive)
             trained, steps = minibatch_epoch(
                 block, Models(job.weights[group], job.intercepts[group], job.state.select(group)), plan)
             new_weights[group], new_intercepts[group] = trained.weights, trained.intercepts
             for key, value in trained.state.to_arrays().items():
                 slots[key][group] = value
-        return LocalModels(new_weights, new_intercepts, OptimizerState.from_arrays(slots), steps)
+            if loss_sums is not None and trained.loss_sums is not None:
+                loss_sums[group[::outputs] // outputs] = trained.loss_sums  # a model's rows share its seed
+        return LocalModels(new_weights, new_intercepts, OptimizerState.from_arrays(slots), steps, loss_sums)
 
     def combine(self, job: TrainJob, parts: Sequence[tuple[int, LocalModels | GradientSums]]) -> TrainedRows:
         models = [(rows, part) for rows, part in parts if isinstance(part, LocalModels)]
@@ -167,7 +186,7 @@ class LocalSGD:
                 slots[key] = np.zeros_like(arrays[0], dtype=np.float64)
             else:
                 slots[key] = weighted_mean(arrays, counts)
-        return TrainedRows(weights, intercepts, OptimizerState.from_arrays(slots))
+        return TrainedRows(weights, intercepts, OptimizerState.from_arrays(slots), _added_loss_sums(models))
 
     def row_passes(self, total_train_rows: int, num_partitions: int, batch_range: tuple[int, int] | None) -> float:
         if batch_range is None:
@@ -184,6 +203,12 @@ class GradientDescent:
 
     batch_fraction: float = 1.0
     name: str = "gd"
+
+    @property
+    def train_loss(self) -> Literal["exact"]:
+        """Exact: the gradient pass at the epoch's models gives it (no pass of its own at ``batch_fraction``
+        1)."""
+        return "exact"
 
     def steps_per_epoch(self, train_rows: Sequence[int]) -> int:
         return 1
@@ -211,6 +236,17 @@ class GradientDescent:
 
     def training_loss_is_exact(self) -> bool:
         return self.batch_fraction >= 1.0
+
+
+def _added_loss_sums(models: Sequence[tuple[int, LocalModels]]) -> FloatArray | None:
+    """The partitions' progressive loss sums added in partition order; None when they carry none."""
+    sums = [part.loss_sums for _, part in models if part.loss_sums is not None]
+    if not sums:
+        return None
+    total = sums[0].copy()
+    for part_sums in sums[1:]:
+        total += part_sums
+    return total
 
 
 def sample_rows(X: Design, y: FloatArray, w: FloatArray | None, fraction: float, seed: int, step: int,

@@ -28,6 +28,7 @@ def sweep_params(config: Config, table: FeatureTable, learning_rates: list[float
         "num_grid_points": str((len(learning_rates) if learning_rates else sweep.auto_num)
                                * len(config.penalty_axis())),
         "algorithm": train.algorithm,
+        "train_loss": train.train_loss_curve,
         "batch_size": str(train.batch_size),
         "schedule": train.schedule.name,
         "optimizer": train.optimizer.name,

@@ -43,10 +43,11 @@ from numba.extending import register_jitable
 
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.kernels import Block, EpochPlan, EpochSteps, Models
-from pipelines.sgd.losses import ScalarLoss
+from pipelines.sgd.losses import PairedScalarLoss, ScalarLoss
 from pipelines.sgd.optimizers import SLOT_NAMES, OptimizerSpec, stacked_slots
 
 ScalarRule = Callable[[float, float, float], float]
+PairRule = Callable[[float, float, float], tuple[float, float]]
 
 
 class _RuleCache(FunctionCache):
@@ -172,22 +173,60 @@ def gradient_sums_kernel(value_at: ScalarRule, derivative_at: ScalarRule) -> Any
 
 
 @functools.cache
-def epoch_kernel(derivative_at: ScalarRule, update_rule: Callable[..., Any], decoupled_decay: bool) -> Any:
-    """The compiled mini-batch epoch of a loss's ``derivative_at`` and an optimizer's ``update_rule``
-    (``decoupled_decay``: AdamW's L2 term, a decay before the rule, instead of a gradient term).
+def _slope_only(derivative_at: ScalarRule) -> PairRule:
+    """``(0, dloss/dm)``: the margin rule of an epoch that sums no loss (the derivative's rule alone)."""
+    derivative = _jitable(derivative_at)
+
+    def zero_and_derivative_at(m: float, y: float, epsilon: float) -> tuple[float, float]:
+        return 0.0, derivative(m, y, epsilon)
+
+    return zero_and_derivative_at
+
+
+@functools.cache
+def _one_after_the_other(value_at: ScalarRule, derivative_at: ScalarRule) -> PairRule:
+    """``(loss, dloss/dm)`` of a loss without a shared transcendental: its two rules (nothing to share)."""
+    value, derivative = _jitable(value_at), _jitable(derivative_at)
+
+    def value_and_derivative_at(m: float, y: float, epsilon: float) -> tuple[float, float]:
+        return value(m, y, epsilon), derivative(m, y, epsilon)
+
+    return value_and_derivative_at
+
+
+def margin_rule(loss: ScalarLoss, progressive_loss: bool) -> tuple[PairRule, tuple[Callable[..., Any], ...]]:
+    """The epoch's rule at one margin, ``(loss or 0, dloss/dm)``, and the loss's rules it compiles in: the
+    derivative alone, or with the progressive loss the loss's shared rule
+    (:class:`~pipelines.sgd.losses.PairedScalarLoss`: one ``exp`` for both) or its two rules. The derivative is
+    the same bits in every case."""
+    if not progressive_loss:
+        return _slope_only(loss.derivative_at), (loss.derivative_at,)
+    if isinstance(loss, PairedScalarLoss):
+        return loss.value_and_derivative_at, (loss.value_and_derivative_at,)
+    return _one_after_the_other(loss.value_at, loss.derivative_at), (loss.value_at, loss.derivative_at)
+
+
+@functools.cache
+def epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any], ...], update_rule: Callable[..., Any],
+                 decoupled_decay: bool) -> Any:
+    """The compiled mini-batch epoch of a loss's rule at one margin ``margin_at`` (:func:`margin_rule`, compiled
+    from ``loss_rules``) and an optimizer's ``update_rule`` (``decoupled_decay``: AdamW's L2 term, a decay before
+    the rule, instead of a gradient term).
 
     The kernel runs batches ``first_batch .. first_batch + n_batches - 1`` of ``order``, in place on ``weights``
     ``(K, d)``, ``intercepts`` ``(K,)``, the slots ``(S, K, d)`` / ``(S, K)``, ``steps`` ``(K,)``;
     ``sample_weight``: per-row weights, or an empty array for none (then no multiply at all); ``step_sizes``:
-    ``(n_batches, K)``.
+    ``(n_batches, K)``. ``loss_sums`` ``(K,)`` gets each row's progressive loss added: per batch
+    ``sum_i s_i loss(m_ik, y_i)`` at the margins the batch's update is computed from, the rows in batch order,
+    each batch's total added in batch order (zeros when ``margin_at`` gives no loss).
     """
-    derivative, update = _jitable(derivative_at), _jitable(update_rule)
+    margin_rule_at, update = _jitable(margin_at), _jitable(update_rule)
 
     def epoch(X: FloatArray, y: FloatArray, sample_weight: FloatArray, order: Any, first_batch: int,
               n_batches: int, batch_size: int, weights: FloatArray, intercepts: FloatArray,
               weight_slots: FloatArray, intercept_slots: FloatArray, steps: Any, step_sizes: FloatArray,
-              l1: FloatArray, l2: FloatArray, epsilon: float, constants: Any,
-              fit_intercept: bool) -> None:  # pragma: no cover - compiled
+              l1: FloatArray, l2: FloatArray, epsilon: float, constants: Any, fit_intercept: bool,
+              loss_sums: FloatArray) -> None:  # pragma: no cover - compiled
         n_rows, d = X.shape
         n_models = weights.shape[0]
         weighted = sample_weight.shape[0] > 0
@@ -226,12 +265,16 @@ def epoch_kernel(derivative_at: ScalarRule, update_rule: Callable[..., Any], dec
                         margins[i] += transposed[j, i] * w
                 bias = intercepts[k]
                 total = 0.0
+                batch_loss = 0.0
                 for i in range(rows):
-                    value = derivative(margins[i] + bias, labels[i], epsilon)
+                    loss, value = margin_rule_at(margins[i] + bias, labels[i], epsilon)
                     if weighted:
                         value = value * row_weights[i]
+                        loss = loss * row_weights[i]
                     derivatives[i] = value
                     total += value
+                    batch_loss += loss
+                loss_sums[k] += batch_loss
                 # gradient: one sequential sum over batch rows per input, lanes across inputs
                 for j in range(d):
                     gradient[j] = 0.0
@@ -264,7 +307,7 @@ def epoch_kernel(derivative_at: ScalarRule, update_rule: Callable[..., Any], dec
                     intercepts[k] = update(intercepts[k], total * inverse_rows, step_size, step, intercept_slots,
                                            (k,), constants)
 
-    return _compiled(epoch, (derivative_at, update_rule))
+    return _compiled(epoch, (margin_at, *loss_rules, update_rule))
 
 
 def _contiguous(block: Block) -> tuple[FloatArray, FloatArray, FloatArray]:
@@ -310,12 +353,13 @@ class CompiledKernel:
         weight_slots = stacked_slots(state.weight_slots, names, weights.shape)
         intercept_slots = stacked_slots(state.intercept_slots, names, intercepts.shape)
         step_counts = state.step.copy()
-        kernel = epoch_kernel(self.loss.derivative_at, optimizer.rule, optimizer.decoupled_decay)
+        loss_sums = np.zeros(weights.shape[0])
+        kernel = epoch_kernel(*margin_rule(self.loss, plan.progressive_loss), optimizer.rule, optimizer.decoupled_decay)
         kernel(*_contiguous(block), steps.order, steps.first_batch, steps.n_batches, plan.batch_size, weights,
                intercepts, weight_slots, intercept_slots, step_counts,
                np.ascontiguousarray(steps.step_sizes, dtype=np.float64), plan.penalties.l1, plan.penalties.l2,
-               self.loss.epsilon, optimizer.constants, plan.fit_intercept)
+               self.loss.epsilon, optimizer.constants, plan.fit_intercept, loss_sums)
         state.step = step_counts
         for index, name in enumerate(names):
             state.weight_slots[name], state.intercept_slots[name] = weight_slots[index], intercept_slots[index]
-        return Models(weights, intercepts, state)
+        return Models(weights, intercepts, state, loss_sums if plan.progressive_loss else None)

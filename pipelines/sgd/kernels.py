@@ -50,11 +50,15 @@ class Block:
 
 @dataclass(frozen=True)
 class Models:
-    """K model rows: ``weights`` ``(K, d)``, ``intercepts`` ``(K,)`` and their optimizer state."""
+    """K model rows: ``weights`` ``(K, d)``, ``intercepts`` ``(K,)`` and their optimizer state; after an epoch
+    whose plan asked for it (:attr:`EpochPlan.progressive_loss`), ``loss_sums``: each model's progressive training
+    loss over the batches that produced these rows, shape ``(K / outputs,)`` (one per model, a multinomial
+    model's C rows together)."""
 
     weights: FloatArray
     intercepts: FloatArray
     state: OptimizerState
+    loss_sums: FloatArray | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,11 @@ class EpochPlan:
     batch_range : (start, stop), optional
         Run only batches ``start .. stop-1`` of this epoch's order (for synchronizing every few steps); None: all
         of them. Running the ranges of one epoch back to back equals one full call.
+    progressive_loss : bool
+        Also sum each model's loss at the margins each batch's update is computed from (Keras', Lightning's
+        and Vowpal Wabbit's progressive training loss; no extra pass over the rows): per batch
+        ``sum_i s_i loss(m_ik, y_i)``, the rows in batch order, the batches' totals added in batch order, into
+        ``Models.loss_sums``. The updates are the same bits either way.
     """
 
     kernel: Kernel
@@ -92,6 +101,7 @@ class EpochPlan:
     epoch: int
     fit_intercept: bool = True
     batch_range: tuple[int, int] | None = None
+    progressive_loss: bool = False
 
 
 @dataclass(frozen=True)
@@ -254,7 +264,9 @@ def minibatch_epoch(block: Block, models: Models, plan: EpochPlan) -> tuple[Mode
       the weighted-mean objective's gradient; 1 without weights);
     * step ``t_k = state.step[k] + 1``;
     * ``step_size_k = learning_rates[k] * multiplier(schedule, t_k, total_steps)``;
-    * the optimizer's update (:func:`pipelines.sgd.optimizers.apply_update`) with the row's penalty.
+    * the optimizer's update (:func:`pipelines.sgd.optimizers.apply_update`) with the row's penalty;
+    * with ``plan.progressive_loss``, the batch's ``sum_i s_i loss(m_ik, y_i)`` at the margins of the update,
+      added to the model's ``loss_sums``.
 
     The plan's kernel runs the batches. The result is a deterministic function of the inputs (bit-for-bit).
 
@@ -290,7 +302,8 @@ def minibatch_epoch(block: Block, models: Models, plan: EpochPlan) -> tuple[Mode
     first_batch, stop_batch = plan.batch_range or (0, n_batches_in_epoch)
     n_batches = max(0, min(stop_batch, n_batches_in_epoch) - first_batch)
     if n_batches == 0:
-        return Models(weights.copy(), intercepts.copy(), state), 0
+        no_loss = np.zeros(n_models // plan.kernel.loss.outputs) if plan.progressive_loss else None
+        return Models(weights.copy(), intercepts.copy(), state, no_loss), 0
     # Steps of every batch for every row: (n_batches, K), one schedule call per epoch.
     steps = state.step[np.newaxis, :] + 1 + np.arange(n_batches, dtype=np.int64)[:, np.newaxis]
     step_sizes = plan.learning_rates * np.asarray(multiplier(plan.schedule, steps, plan.total_steps))

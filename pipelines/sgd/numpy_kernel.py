@@ -29,6 +29,13 @@ def _weighted(per_row: FloatArray, sample_weight: FloatArray | None) -> FloatArr
     return result
 
 
+def _row_sums(per_row: FloatArray) -> FloatArray:
+    """``per_row`` ``(n, K)`` summed over its rows, each model's terms laid out contiguously first: the same sum
+    (numpy's pairwise one) whatever K and whatever the layout of ``per_row``."""
+    sums: FloatArray = np.add.reduce(np.ascontiguousarray(per_row.T), axis=1)
+    return sums
+
+
 @dataclass(frozen=True)
 class NumpyKernel:
     """The :class:`~pipelines.sgd.kernels.Kernel` of numpy arrays: any loss (multinomial models), any design."""
@@ -54,22 +61,27 @@ class NumpyKernel:
 
     def run_batches(self, block: Block, models: Models, plan: EpochPlan, steps: EpochSteps) -> Models:
         """Batch after batch: the batch's margins and derivatives, the mean gradient
-        ``(1/B) sum_i s_i loss'(m_ik, y_i) [x_i, 1]``, then :meth:`_step`."""
+        ``(1/B) sum_i s_i loss'(m_ik, y_i) [x_i, 1]``, then :meth:`_step`; with ``plan.progressive_loss``, the
+        batch's losses at the same margins summed (row after row) and added to each model's total."""
         state = models.state
         names = SLOT_NAMES[self.optimizer.name]
         weights, intercepts = models.weights, models.intercepts
         weight_slots = stacked_slots(state.weight_slots, names, weights.shape)
         intercept_slots = stacked_slots(state.intercept_slots, names, intercepts.shape)
         zero_intercepts = np.zeros(intercepts.shape[0])
+        loss_sums = np.zeros(intercepts.shape[0] // self.loss.outputs)
         for batch_index in range(steps.n_batches):
             # Gathering each batch with np.take measured faster than one X[order] per epoch.
             start = (steps.first_batch + batch_index) * plan.batch_size
             batch_rows = steps.order[start : start + plan.batch_size]
             X_batch = take_rows(block.X, batch_rows)
-            derivatives = self.loss.derivative(compute_margins(X_batch, weights, intercepts),
-                                               np.take(block.y, batch_rows))
-            if block.sample_weight is not None:
-                derivatives = derivatives * np.take(block.sample_weight, batch_rows)[:, np.newaxis]
+            margins, y_batch = compute_margins(X_batch, weights, intercepts), np.take(block.y, batch_rows)
+            derivatives = self.loss.derivative(margins, y_batch)
+            row_weights = None if block.sample_weight is None else np.take(block.sample_weight, batch_rows)
+            if row_weights is not None:
+                derivatives = derivatives * row_weights[:, np.newaxis]
+            if plan.progressive_loss:
+                loss_sums += _row_sums(_weighted(self.loss.value(margins, y_batch), row_weights))
             inverse_batch_rows = 1.0 / batch_rows.shape[0]
             # Column sums accumulate row after row: each model's sum is independent of K.
             grad_b = np.add.reduce(derivatives, axis=0) * inverse_batch_rows if plan.fit_intercept else \
@@ -84,7 +96,7 @@ class NumpyKernel:
                 intercepts = new_intercepts
         for index, name in enumerate(names):
             state.weight_slots[name], state.intercept_slots[name] = weight_slots[index], intercept_slots[index]
-        return Models(weights.copy(), intercepts.copy(), state)
+        return Models(weights.copy(), intercepts.copy(), state, loss_sums if plan.progressive_loss else None)
 
     def _step(self, X: Design, derivatives: FloatArray, inverse_rows: float, grad_b: FloatArray,
               weights: FloatArray, intercepts: FloatArray, slots: tuple[FloatArray, FloatArray],

@@ -12,6 +12,7 @@ Both are thin loops over the kernels of :mod:`pipelines.sgd.kernels`, on all row
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Literal
 
 import numpy as np
 
@@ -41,7 +42,9 @@ def objective(problem: TrainingProblem, X: FloatArray, y: FloatArray, weights: F
 
 
 def reference_minibatch_sgd(problem: TrainingProblem, X: FloatArray, y: FloatArray, learning_rates: FloatArray, *,
-                            epochs: int, batch_size: int, seed: int) -> tuple[FloatArray, FloatArray, FloatArray]:
+                            epochs: int, batch_size: int, seed: int,
+                            train_loss: Literal["exact", "progressive"] = "exact"
+                            ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Mini-batch training of K models, one per learning rate, from zero.
 
     Epoch ``e`` (0-based) is ``minibatch_epoch`` with ``seed`` and ``epoch = e``, the problem's loss, optimizer,
@@ -59,13 +62,17 @@ def reference_minibatch_sgd(problem: TrainingProblem, X: FloatArray, y: FloatArr
     batch_size : int
         ``>= 1``.
     seed : int
+    train_loss : {"exact", "progressive"}
+        What the history holds (``train.train_loss``).
 
     Returns
     -------
     weights : ndarray of shape (K, d)
     intercepts : ndarray of shape (K,)
     train_loss_history : ndarray of shape (epochs, K)
-        Row ``e``: the objective :func:`objective` on all of ``X`` after epoch ``e``.
+        Row ``e``: the objective after epoch ``e``, its mean loss :func:`objective`'s on all of ``X`` (exact) or
+        epoch ``e``'s batch losses at the margins of their updates over the rows (progressive), plus the penalty of
+        the models after epoch ``e``.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs!r}")
@@ -76,11 +83,14 @@ def reference_minibatch_sgd(problem: TrainingProblem, X: FloatArray, y: FloatArr
     steps_per_epoch = batches_per_epoch(X.shape[0], batch_size)
     plan = EpochPlan(problem.kernel(X), learning_rates, problem.regularization.rows(n_models),
                      problem.schedule.per_step(steps_per_epoch), epochs * steps_per_epoch, batch_size, seed, 0,
-                     problem.fit_intercept)
+                     problem.fit_intercept, progressive_loss=train_loss == "progressive")
     train_loss_history = np.empty((epochs, n_models))
     for epoch in range(epochs):
         models, _ = minibatch_epoch(Block(X, y), models, replace(plan, epoch=epoch))
-        train_loss_history[epoch] = objective(problem, X, y, models.weights, models.intercepts)
+        if models.loss_sums is None:
+            train_loss_history[epoch] = objective(problem, X, y, models.weights, models.intercepts)
+        else:
+            train_loss_history[epoch] = models.loss_sums / X.shape[0] + problem.regularization.penalty(models.weights)
     return models.weights, models.intercepts, train_loss_history
 
 

@@ -2,7 +2,9 @@
 
 Per epoch ``e`` (1..E) every running rate gets
 
-* ``train_loss``: the training objective (mean loss + penalty) at the models reached after epoch e;
+* ``train_loss``: the training objective (mean loss + penalty) at the models reached after epoch e, its mean
+  loss exact or progressive (summed while epoch e trained: ``train.train_loss``,
+  :attr:`~pipelines.distributed.strategies.Strategy.train_loss`);
 * ``val_loss`` and the task metrics on the validation split
   (:data:`~pipelines.sgd.metrics.VALIDATION_METRICS`);
 

@@ -123,19 +123,23 @@ def test_gd_matches_numpy_reference(gd_prepared: dict[str, tuple[Config, Prepare
     assert sum(r.status == "completed" for r in outcome.rates) >= 2
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "nesterov", "adagrad", "rmsprop", "adam", "adamw"])
+@pytest.mark.parametrize(("optimizer", "train_loss"), [
+    ("sgd", "exact"), ("nesterov", "progressive"), ("adagrad", "progressive"), ("rmsprop", "exact"),
+    ("adam", "progressive"), ("adamw", "exact")])
 def test_local_sgd_on_one_partition_is_the_reference_minibatch_sgd(
-    spark: SparkSession, synthetic_tables: dict[str, str], tmp_path: Path, optimizer: str,
+    spark: SparkSession, synthetic_tables: dict[str, str], tmp_path: Path, optimizer: str, train_loss: str,
 ) -> None:
     config = _config(synthetic_tables["logistic"], "logistic", tmp_path, "train.num_partitions=1",
                      "train.epochs=3", "train.batch_size=32", f"train.optimizer={optimizer}",
+                     f"train.train_loss={train_loss}",
                      "model.reg_param=0.001", "train.schedule={name: cosine, warmup_epochs: 0.5}",
                      "sweep.learning_rates=[0.001, 0.01, 0.1]")
     outcome, prepared = _sweep(spark, config)
     X, y = _train_arrays(prepared)
     problem = config.problem
     weights, intercepts, history = reference_minibatch_sgd(problem, X, y, np.array(config.sweep.grid()), epochs=3,
-                                                           batch_size=32, seed=config.train.seed)
+                                                           batch_size=32, seed=config.train.seed,
+                                                           train_loss=config.train.train_loss)
     for k, rate in enumerate(outcome.rates):
         assert rate.status == "completed"
         np.testing.assert_allclose(rate.weights, weights[k], rtol=1e-12, atol=1e-14)

@@ -92,7 +92,7 @@ def test_seeds_repeat_each_rate_in_the_same_pass_with_mean_and_std(
     per_seed = []
     for seed in (1, 2, 3):
         _, _, history = reference_minibatch_sgd(problem, X, y, np.array([0.01, 0.3]), epochs=2, batch_size=64,
-                                                seed=seed)
+                                                seed=seed, train_loss=config.train.train_loss)
         per_seed.append(history)
     stacked = np.stack(per_seed)  # (seeds, epochs, rates)
     for k, rate in enumerate(outcome.rates):

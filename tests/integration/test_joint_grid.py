@@ -49,6 +49,7 @@ def test_joint_grid_children_carry_their_point(joint: tuple[SweepReport, MlflowC
         assert params["l1_ratio"] == "0.0"
     parent = client.get_run(report.parent_run_id)
     assert parent.data.params["reg_params"] == "0.0,0.01" and parent.data.params["num_grid_points"] == "6"
+    assert parent.data.params["train_loss"] == "progressive"  # what the train_loss curves are (local_sgd's default)
     assert "best_reg_param" in parent.data.metrics
     artifacts = {a.path for a in client.list_artifacts(report.parent_run_id, "figures")}
     assert "figures/val_loss_heatmap.png" in artifacts

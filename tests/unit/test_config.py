@@ -88,6 +88,7 @@ def test_relative_paths_and_the_default_store_are_the_working_directorys(
         ("data.validation_fraction=1.5", "conf: data.validation_fraction = 1.5: must be < 1"),
         ("data.on_null=ignore", "conf: data.on_null = 'ignore': Input should be 'drop' or 'fail'"),
         ("train.algorithm=adam", "conf: train.algorithm = 'adam'"),
+        ("train.train_loss=exactly", "conf: train.train_loss = 'exactly': Input should be 'progressive' or 'exact'"),
         ("data.version=-1", "conf: data.version = -1"),
         ("data.features=[]", "conf: data.features = []: must list at least one column"),
         ("sweep.divergence_factor=1", "conf: sweep.divergence_factor = 1"),

@@ -15,6 +15,8 @@ from pipelines.distributed.blocks import PartitionBlocks
 from pipelines.distributed.engine import GridTrainer, ModelRows
 from pipelines.distributed.executors import DataSize, DriverExecutor, choose_executor, driver_too_small, jvm_bytes
 from pipelines.distributed.strategies import GradientDescent, LocalSGD
+from pipelines.sgd._types import FloatArray
+from pipelines.sgd.fused import CompiledKernel
 from pipelines.sgd.optimizers import OptimizerSpec
 from pipelines.sgd.problem import TrainingProblem
 from pipelines.sgd.reference import reference_gradient_descent, reference_minibatch_sgd
@@ -75,6 +77,47 @@ def test_gd_over_in_memory_partitions_is_the_reference_gradient_descent() -> Non
     weights, intercepts, _ = reference_gradient_descent(problem, X, y, RATES, iterations=5)
     np.testing.assert_allclose(trainer.models.weights, weights, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(trainer.models.intercepts, intercepts, rtol=1e-9, atol=1e-12)
+
+
+def test_the_progressive_training_loss_is_summed_while_training_and_needs_no_pass_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """local_sgd with ``train_loss: progressive`` over two partitions: the models are exact's bits; the train_loss
+    of the models after epoch e is the partitions' batch losses of epoch e (each at the models before its update)
+    over the training rows, plus the penalty of those models; only the initial models take a training-loss pass;
+    a row's values do not depend on the rows trained with it."""
+    parts = _partitions(300, 2)
+    problem = TrainingProblem("logistic", True, Regularization(0.01, 0.5), OptimizerSpec("adam"), ScheduleSpec(), 0.0)
+    passes: list[int] = []
+    loss_sums = CompiledKernel.loss_sums
+    monkeypatch.setattr(CompiledKernel, "loss_sums", lambda kernel, *args: passes.append(1) or loss_sums(kernel, *args))
+
+    def curves(strategy: LocalSGD, rates: FloatArray) -> tuple[GridTrainer, list[FloatArray]]:
+        models = ModelRows.zeros(rates, [42] * rates.size, problem.regularization.rows(rates.size), 4,
+                                 problem.optimizer)
+        trainer = GridTrainer(DriverExecutor.in_memory(parts, 2), problem, strategy, models, 3)
+        rows = list(range(rates.size))
+        losses = [trainer.run_epoch(epoch, rows, rows).train_loss for epoch in (1, 2, 3)]
+        return trainer, [*losses, trainer.evaluate(rows).train_loss]
+
+    exact, exact_losses = curves(LocalSGD(batch_size=32, train_loss="exact"), RATES)
+    assert len(passes) == 4 * 2  # every evaluation, both partitions
+    passes.clear()
+    progressive, progressive_losses = curves(LocalSGD(batch_size=32, train_loss="progressive"), RATES)
+    assert len(passes) == 2  # the initial models only
+    assert progressive.models.weights.tobytes() == exact.models.weights.tobytes()
+    assert progressive_losses[0].tobytes() == exact_losses[0].tobytes()  # the initial models: exact
+
+    # the kernels' tests hold each partition's batch sums to an oracle; here, the partitions' total over the rows
+    assert np.all(np.isfinite(progressive_losses[3])) and not np.allclose(progressive_losses[3], exact_losses[3])
+    penalty = problem.regularization.rows(RATES.size).penalty(progressive.models.weights, 1)
+    np.testing.assert_allclose(progressive_losses[3] - penalty,
+                               progressive.models.epoch_loss_sums / progressive.total_train_rows, rtol=1e-12)
+    np.testing.assert_allclose(progressive_losses[3], exact_losses[3], rtol=0.05)  # near the exact loss
+
+    for k in range(RATES.size):
+        _, alone = curves(LocalSGD(batch_size=32, train_loss="progressive"), RATES[k : k + 1])
+        assert [loss[0] for loss in alone] == [loss[k] for loss in progressive_losses]
 
 
 def test_in_memory_partitions_must_be_distinct_in_range_and_of_one_width() -> None:

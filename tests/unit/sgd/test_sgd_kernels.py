@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from pipelines.sgd._types import FloatArray
-from pipelines.sgd.kernels import Block, EpochPlan, Models, minibatch_epoch
-from pipelines.sgd.losses import LOSS_NAMES
+from pipelines.sgd.design import SplitDesign, take_rows
+from pipelines.sgd.kernels import Block, EpochPlan, Models, batches_per_epoch, epoch_permutation, minibatch_epoch
+from pipelines.sgd.losses import LOSS_NAMES, LOSS_TASKS
 from pipelines.sgd.optimizers import OPTIMIZER_NAMES, OptimizerSpec, OptimizerState, init_state
 from pipelines.sgd.problem import TrainingProblem
 from pipelines.sgd.regularization import Regularization
@@ -186,3 +189,63 @@ def test_multinomial_models_of_a_grid_train_bit_for_bit_as_alone(optimizer_name:
     kernel = TrainingProblem("multinomial", n_classes=C).kernel(X)
     grad_w, grad_b, loss_sum = kernel.gradient_sums(Block(X, y), weights, intercepts)
     assert grad_w.shape == weights.shape and grad_b.shape == (3 * C,) and loss_sum.shape == (3,)
+
+
+def _progressive_case(case: str, regression_data: Data, classification_data: Data) -> tuple[Block, TrainingProblem]:
+    """A block and problem of one kind: ``<loss>`` on dense inputs (the compiled kernel, rows weighted), ``sparse``
+    (a split design: the sparse kernel) or ``multinomial`` (the numpy kernel)."""
+    X, y = regression_data if LOSS_TASKS.get(case) in ("regression", "count") else classification_data
+    if case == "poisson":
+        y = np.floor(np.exp(0.3 * X[:, 0] + 0.2 * X[:, 1]))
+    sample_weight = np.random.default_rng(4).uniform(0.0, 2.0, y.size)
+    if case == "sparse":
+        return Block(SplitDesign(X[:, :2].copy(), sp.csr_matrix(np.where(X[:, 2:] > 0.5, X[:, 2:], 0.0))), y,
+                     sample_weight), TrainingProblem("logistic", optimizer=OptimizerSpec("sgd"))
+    if case == "multinomial":
+        return Block(X, (np.arange(y.size) % 3).astype(np.float64), sample_weight), \
+            TrainingProblem("multinomial", optimizer=OptimizerSpec("adam"), n_classes=3)
+    return Block(X, y, sample_weight), TrainingProblem(case, optimizer=OptimizerSpec("momentum"), epsilon=0.3)
+
+
+def _progressive_plan(problem: TrainingProblem, block: Block, rates: FloatArray, progressive: bool) -> EpochPlan:
+    outputs = problem.outputs
+    return EpochPlan(problem.kernel(block.X), np.repeat(rates, outputs),
+                     Regularization(0.01, 0.3).rows(rates.size * outputs), StepSchedule("constant"), 40, 64, 11, 1,
+                     progressive_loss=progressive)
+
+
+def _fresh(problem: TrainingProblem, rates: FloatArray, width: int) -> Models:
+    rows = rates.size * problem.outputs
+    return Models(np.full((rows, width), 0.05), np.zeros(rows), init_state(problem.optimizer, rows, width))
+
+
+@pytest.mark.parametrize("case", [*(name for name in LOSS_NAMES if name != "multinomial"), "sparse", "multinomial"])
+def test_the_progressive_loss_sums_each_batch_at_the_models_before_its_update(
+    case: str, regression_data: Data, classification_data: Data
+) -> None:
+    """The oracle: the epoch one batch at a time (batch ranges back to back), each batch's loss summed by the
+    kernel's exact pass over that batch's rows at the models before it. The updates are the same bits with or
+    without the progressive loss, and a model's sum does not depend on the models trained with it."""
+    block, problem = _progressive_case(case, regression_data, classification_data)
+    rates, width = np.array([0.003, 0.05, 0.3]), block.X.shape[1]
+    plan = _progressive_plan(problem, block, rates, progressive=True)
+    trained, _ = minibatch_epoch(block, _fresh(problem, rates, width), plan)
+    plain, _ = minibatch_epoch(block, _fresh(problem, rates, width), _progressive_plan(problem, block, rates, False))
+    assert plain.loss_sums is None and trained.loss_sums is not None and trained.loss_sums.shape == (3,)
+    assert trained.weights.tobytes() == plain.weights.tobytes()
+    assert trained.intercepts.tobytes() == plain.intercepts.tobytes()
+
+    order, expected, models = epoch_permutation(block.y.size, 11, 1), np.zeros(3), _fresh(problem, rates, width)
+    assert block.sample_weight is not None
+    for batch in range(batches_per_epoch(block.y.size, 64)):
+        rows = order[batch * 64 : (batch + 1) * 64]
+        expected += plan.kernel.loss_sums(Block(take_rows(block.X, rows), block.y[rows], block.sample_weight[rows]),
+                                          models.weights, models.intercepts)
+        models, _ = minibatch_epoch(block, models, replace(plan, batch_range=(batch, batch + 1)))
+    assert models.weights.tobytes() == trained.weights.tobytes()
+    np.testing.assert_allclose(trained.loss_sums, expected, rtol=1e-12)
+
+    for k, rate in enumerate(rates):
+        alone, _ = minibatch_epoch(block, _fresh(problem, rates[k : k + 1], width),
+                                   _progressive_plan(problem, block, np.array([rate]), progressive=True))
+        assert alone.loss_sums is not None and alone.loss_sums[0].tobytes() == trained.loss_sums[k].tobytes()
