@@ -3,7 +3,9 @@ optimizer update of every model row, batch after batch, without returning to Pyt
 full passes of the evaluation (loss sums) and of ``gd`` (gradient sums).
 
 Nothing here is a loss or an optimizer: each kernel is generated from the rules their owners write once, the
-loss's scalar ``value_at``/``derivative_at`` (:class:`~pipelines.sgd.losses.ScalarLoss`) and the optimizer's
+loss's scalar ``value_at``/``derivative_at`` (:class:`~pipelines.sgd.losses.ScalarLoss`; the epoch that also sums
+the progressive training loss takes both at each margin from one rule, :func:`margin_rule`: the loss's own
+one-``exp`` ``value_and_derivative_at`` where it has one) and the optimizer's
 update rule (:data:`~pipelines.sgd.optimizers.UPDATE_RULES`), compiled into it (:func:`epoch_kernel`,
 :func:`loss_sums_kernel`, :func:`gradient_sums_kernel`; one per rule pair, built once per process and cached on
 disk). :class:`CompiledKernel` is the :class:`~pipelines.sgd.kernels.Kernel` of a scalar loss on dense inputs;
@@ -17,7 +19,7 @@ Order of operations, fixed and per model row (so a row's bits never depend on K 
 * ``m_i = ((x_i0 w_0 + x_i1 w_1) + ...) + b``: the sum over inputs in input order, vectorized over the
   batch's rows (each lane is one row's sequential sum: no reassociation, numba's default strict IEEE math);
 * ``g_j = (((d_0 x_0j) + d_1 x_1j) + ...) / B``: the sum over the batch's rows in batch order, vectorized
-  over inputs; ``g_b = (sum_i d_i) / B``;
+  over inputs; ``g_b = (sum_i d_i) / B``; the progressive loss ``sum_i s_i loss_i`` in batch order too;
 * the optimizer's rule of :mod:`pipelines.sgd.optimizers`, element by element, with the penalty terms of
   :class:`~pipelines.sgd.regularization.Penalties` (L2 added to the gradient, or AdamW's decay; L1 soft
   thresholding after the step) on rows whose term is non-zero only.
