@@ -13,6 +13,7 @@ Every wait polls a condition with a deadline; none relies on a fixed sleep.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
@@ -150,7 +151,16 @@ class MlflowServer:
                 raise RuntimeError(f"mlflow server exited ({self.process.returncode}): {self.log_tail()}")
             return self.healthy()
 
+        started = time.monotonic()
         wait_for(up, timeout, f"mlflow server on port {self.port}", interval=0.5)
+        # /health answers before the tracking store is opened, which the first API request does (the store's schema
+        # check, the handlers' imports: over 10 s beside other Spark jobs, longer than a job's connect timeout)
+        request = urllib.request.Request(f"{self.uri}/api/2.0/mlflow/experiments/search?max_results=1")
+        if self.admin_password is not None:
+            token = base64.b64encode(f"{self.ADMIN}:{self.admin_password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=max(30.0, timeout - (time.monotonic() - started))) as answer:
+            assert answer.status == 200, f"mlflow server on port {self.port} answered {answer.status}"
 
     def kill(self) -> None:
         """SIGKILL the server and its workers (an outage); wait until the port refuses connections."""
