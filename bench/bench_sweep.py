@@ -82,7 +82,8 @@ from pipelines.distributed.strategies import GradientDescent
 from pipelines.lakehouse.reader import read_feature_table
 from pipelines.orchestration.training import PreparedData, driver_limit_bytes, prepare_data, train_grid
 from pipelines.session import get_spark, spark_submit_args
-from pipelines.sgd import Regularization, objective
+from pipelines.sgd import objective
+from pipelines.sgd.problem import TrainingProblem
 from pipelines.sweep.grid import joint_grid
 from pipelines.sweep.outcome import GridOutcome
 
@@ -365,7 +366,7 @@ def bench_lbfgs(spark: Any, prepared: PreparedData, X_val: np.ndarray, y_val: np
     model, seconds = timed(lambda: estimator.fit(frame))
     frame.unpersist()
     weights = model.coefficients.toArray()[np.newaxis, :]
-    val_loss = objective(X_val, y_val, weights, np.array([model.intercept]), "logistic", Regularization())
+    val_loss = objective(TrainingProblem("logistic"), X_val, y_val, weights, np.array([model.intercept]))
     return seconds, float(val_loss[0])
 
 
@@ -402,8 +403,8 @@ def bench_single_process(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val:
             models.append(SGDClassifier(loss="log_loss", learning_rate="constant", eta0=rate, max_iter=args.epochs,
                                         tol=None, random_state=0).fit(X, y))
     seconds = time.perf_counter() - start
-    val_losses = objective(X_val, y_val, np.vstack([m.coef_ for m in models]),
-                           np.concatenate([m.intercept_ for m in models]), "logistic", config.problem.regularization)
+    val_losses = objective(TrainingProblem("logistic", regularization=config.problem.regularization), X_val, y_val,
+                           np.vstack([m.coef_ for m in models]), np.concatenate([m.intercept_ for m in models]))
     finite = val_losses[np.isfinite(val_losses)]
     return seconds, float(finite.min()) if finite.size else float("nan")
 
@@ -656,17 +657,10 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
     folder = Path(tempfile.mkdtemp(prefix="bench-demo-"))
     root = Path(__file__).resolve().parent.parent
-    submit = [str(Path(sys.executable).parent / "spark-submit"), *spark_submit_args()]
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
 
     def submitted(*command: str) -> str:
-        completed = subprocess.run([*submit, *command], cwd=folder, capture_output=True, text=True, check=False,
-                                   env=env)
-        if completed.returncode != 0:
-            print(completed.stdout[-3000:], completed.stderr[-3000:], file=sys.stderr)
-            raise RuntimeError(f"{command[0]} failed with exit code {completed.returncode}")
-        return completed.stdout
+        return spark_submitted(list(command), cwd=folder, env=env)
 
     submitted(str(root / "jobs" / "make_demo_table.py"), "--env", "local")
     timing = sweep_time_line(submitted(str(root / "jobs" / "train_sweep.py"), "--env", "local"))
@@ -717,18 +711,29 @@ def one_aggregation() -> dict[str, float]:
 
 def run_large(args: argparse.Namespace, *mode: str) -> dict[str, Any]:
     """The epoch ratio and driver RSS at ``--large-rows`` (or ``mode``'s figures), in a separate spark-submit."""
-    command = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]", "--driver-memory",
-               args.driver_memory, *spark_submit_args(), __file__, "--rows", str(args.large_rows),
+    command = ["--master", "local[2]", "--driver-memory", args.driver_memory, __file__, "--rows", str(args.large_rows),
                "--large-rows", "0", "--epochs", str(args.large_epochs), "--hashed-rows", str(args.hashed_rows),
                "--rates", str(args.rates), "--features", str(args.features), "--partitions", str(args.partitions),
                *(mode or ("--epoch-only",))]
-    completed = subprocess.run(command, capture_output=True, text=True, check=False,
-                               env={**os.environ, "PYSPARK_PYTHON": sys.executable})
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
-    if completed.returncode != 0 or not lines:
-        print(completed.stdout[-3000:], completed.stderr[-3000:], file=sys.stderr)
-        raise RuntimeError(f"large benchmark failed with exit code {completed.returncode}")
+    lines = [line for line in spark_submitted(command).splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError("the large benchmark printed no figures")
     return dict(json.loads(lines[-1]))
+
+
+def spark_submitted(command: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """The standard output of ``spark-submit <command>`` run with this interpreter as the driver's and the
+    workers' Python; a failure prints the output's tails and raises."""
+    submit = [str(Path(sys.executable).parent / "spark-submit"), *spark_submit_args()]
+    environment = {**(os.environ if env is None else env), "PYSPARK_PYTHON": sys.executable,
+                   "PYSPARK_DRIVER_PYTHON": sys.executable}
+    completed = subprocess.run([*submit, *command], cwd=cwd, capture_output=True, text=True, check=False,
+                               env=environment)
+    if completed.returncode != 0:
+        print(completed.stdout[-3000:], completed.stderr[-3000:], file=sys.stderr)
+        raise RuntimeError(f"spark-submit {command[-1] if command else ''} failed with exit code "
+                           f"{completed.returncode}")
+    return completed.stdout
 
 
 def main() -> None:
