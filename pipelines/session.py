@@ -25,6 +25,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import SparkConfig
+from pipelines.console import jvm_output_filtered, spark_console_settings
 from pipelines.errors import SparkSetupError
 
 if TYPE_CHECKING:
@@ -45,7 +46,9 @@ DEFAULT_CONF = {
 }
 
 
-#: Spark's own console logging at WARN (spark-submit defaults to INFO), progress bars kept.
+#: Spark's own console logging at WARN (spark-submit defaults to INFO); the console denies the JVM's known noise
+#: (:data:`pipelines.console.JVM_NOISE`: loopback hostname, native-hadoop, truncated plan, local checkpoint)
+#: unless ``$LRSWEEP_JVM_NOISE`` is ``NEUTRAL`` (``--verbose``), which the filter reads when the JVM starts.
 LOG4J2_PROPERTIES = """\
 rootLogger.level = warn
 rootLogger.appenderRef.stdout.ref = console
@@ -54,6 +57,12 @@ appender.console.name = console
 appender.console.target = SYSTEM_ERR
 appender.console.layout.type = PatternLayout
 appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+appender.console.filter.noise.type = RegexFilter
+appender.console.filter.noise.regex = (?s).*(resolves to a loopback address|Set SPARK_LOCAL_IP if you need to bind\
+|Unable to load native-hadoop library|Truncated the string representation of a plan\
+|was locally checkpointed, its lineage has been truncated).*
+appender.console.filter.noise.onMatch = ${env:LRSWEEP_JVM_NOISE:-DENY}
+appender.console.filter.noise.onMismatch = NEUTRAL
 logger.repl.name = org.apache.spark.repl.Main
 logger.repl.level = warn
 logger.ivy.name = org.apache.ivy
@@ -205,7 +214,7 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
         "spark.sql.shuffle.partitions": str(config.shuffle_partitions),
         "spark.pyspark.python": os.environ["PYSPARK_PYTHON"],
         "spark.pyspark.driver.python": os.environ["PYSPARK_DRIVER_PYTHON"],
-        "spark.ui.showConsoleProgress": "true",
+        **spark_console_settings(),
         **DEFAULT_CONF,
         **config.conf,
     }
@@ -259,7 +268,8 @@ def _start(builder: SparkSession.Builder) -> SparkSession:
         return builder.getOrCreate()
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        return builder.getOrCreate()
+        with jvm_output_filtered():  # the JVM starts here: its known noise is dropped (pipelines.console)
+            return builder.getOrCreate()
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -10,6 +10,7 @@ from mlflow.entities import DatasetInput
 from pyspark.sql import SparkSession
 
 from pipelines.config import Config
+from pipelines.console import show_epoch
 from pipelines.errors import ConfigError, LeaseLostError, TerminatedError, TrackingUnavailableError
 from pipelines.lakehouse.lease import SweepLease
 from pipelines.orchestration.inputs import Say, Tracking, effective_batch_size
@@ -18,7 +19,6 @@ from pipelines.orchestration.params import sweep_params
 from pipelines.orchestration.recorder import DataFacts, SweepRecorder
 from pipelines.orchestration.signals import StopRequest
 from pipelines.orchestration.training import PreparedData, Start, range_test, train_grid
-from pipelines.reporting.tables import progress_line
 from pipelines.stopwatch import Stopwatch
 from pipelines.sweep.checkpoint import RoundCheckpoint, SweepCheckpoint
 from pipelines.sweep.grid import GridPoint, joint_grid
@@ -258,7 +258,7 @@ class RoundWatcher:
         outcome = state.outcome(boundary.trainer.jobs, boundary.trainer.row_passes,
                                 rounds.full_grid_row_passes(state.n_rates), 0.0)
         if epoch > self.printed_epoch and epoch >= 1:
-            rounds.say(progress_line(state))
+            show_epoch(rounds.say, state, self.number, rounds.facts.train_rows)  # a bar or a line (console)
             self.printed_epoch = epoch
         if self.live is not None:
             self.live.publish(outcome, epoch)

@@ -1,0 +1,231 @@
+"""What a person sees: how verbose a job is, its progress display, and the JVM's known noise kept off the screen.
+
+The one place output is decided. :func:`configure_output` (the CLI calls it once, from ``--verbose``) sets
+
+* the Python logging of our modules (``pipelines.*``: INFO lines such as the per-column encoding only with
+  ``--verbose``; warnings always) and of chatty libraries (:data:`QUIET_LOGGERS`);
+* what Spark shows (:func:`spark_console_settings`, applied by :func:`pipelines.session.get_spark`): its own
+  console stage bars off (``spark.ui.showConsoleProgress``: they are drawn with carriage returns into the
+  job's stream), on again with ``--verbose``;
+* the JVM's known noise (:data:`JVM_NOISE`): the loopback-hostname, native-hadoop and truncated-plan
+  warnings are denied by the filters of the ``log4j2.properties`` the install writes
+  (:data:`pipelines.session.LOG4J2_PROPERTIES`) unless ``$LRSWEEP_JVM_NOISE`` is ``NEUTRAL`` (``--verbose``
+  sets it); when ``lrsweep`` starts the JVM itself (not under ``spark-submit``) the JVM's own output also
+  passes :func:`jvm_output_filtered`, which drops the incubator-module warning and Ivy's package listing.
+  Real warnings and errors still reach stderr.
+
+:class:`Console` is the ``say`` a job prints through: lines as they are, and each epoch as a live progress bar
+(tqdm) on a terminal, or as today's one line per epoch (``epoch 3/10: best ...``) elsewhere (``--progress
+auto|bar|lines|off``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, TextIO
+
+if TYPE_CHECKING:  # pipelines.session imports this module: no pyspark or numpy at import time
+    from pipelines.sweep.state import GridState
+
+ProgressMode = Literal["auto", "bar", "lines", "off"]
+PROGRESS_MODES: tuple[ProgressMode, ...] = ("auto", "bar", "lines", "off")
+
+#: Libraries whose INFO lines would bury a job's own output (a new sqlite store's migrations, the registry's
+#: "Created version" that the job's own ``model registry:`` line says again).
+QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "py4j", "mlflow.tracking._model_registry.fluent")
+
+#: The environment variable the log4j2 filters read: ``DENY`` (default) hides :data:`JVM_NOISE`, ``NEUTRAL``
+#: lets it through.
+JVM_NOISE_ENV = "LRSWEEP_JVM_NOISE"
+
+#: Lines of the JVM that say nothing a user can act on (regular expressions, searched in each line).
+JVM_NOISE = (
+    r"^WARNING: Using incubator modules",
+    r"WARN Utils: Your hostname, .* resolves to a loopback address",
+    r"WARN Utils: Set SPARK_LOCAL_IP if you need to bind to another address",
+    r"WARN NativeCodeLoader: Unable to load native-hadoop library",
+    r"WARN SparkStringUtils: Truncated the string representation of a plan",
+    r"WARN MapPartitionsRDD: RDD \d+ was locally checkpointed",
+    # Ivy's package resolution (when Delta's jars must still be resolved)
+    r"^:: (loading settings|resolving dependencies|resolution report|retrieving|problems summary) ::",
+    r"^Ivy Default Cache set to", r"^The jars for the packages stored in", r"added as a dependency$",
+    r"^\s*confs: \[", r"^\s*found \S+#\S+;", r"^\s*(downloading|\[SUCCESSFUL \])", r"^\s*\|", r"^\s*-{10,}",
+    r"artifacts copied, \d+ already retrieved", r"^\s*:: resolution report", r"^(loading settings|:: )",
+)
+_NOISE = re.compile("|".join(f"(?:{pattern})" for pattern in JVM_NOISE))
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    verbose: bool = False
+    filter_jvm: bool = False  # the CLI's quiet mode: the JVM lrsweep starts passes jvm_output_filtered
+
+
+_settings = OutputSettings()
+
+
+def configure_output(verbose: bool) -> None:
+    """Set, once per command, how much our modules, the libraries and Spark say (see the module docstring)."""
+    global _settings
+    _settings = OutputSettings(verbose=verbose, filter_jvm=not verbose)
+    os.environ[JVM_NOISE_ENV] = "NEUTRAL" if verbose else "DENY"
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    ours = logging.getLogger("pipelines")
+    if not any(getattr(handler, "lrsweep", False) for handler in ours.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.lrsweep = True  # type: ignore[attr-defined]
+        ours.addHandler(handler)
+        ours.propagate = False
+    ours.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def verbose() -> bool:
+    return _settings.verbose
+
+
+def spark_console_settings() -> dict[str, str]:
+    """Spark settings of the console: its stage bars only with ``--verbose`` (we draw our own progress)."""
+    return {"spark.ui.showConsoleProgress": "true" if _settings.verbose else "false"}
+
+
+def is_noise(line: str) -> bool:
+    """Whether a line of the JVM's output is :data:`JVM_NOISE`."""
+    return bool(_NOISE.search(line))
+
+
+@contextlib.contextmanager
+def jvm_output_filtered() -> Iterator[None]:
+    """While a JVM starts here, give it a pipe as stdout and stderr (it inherits them) and forward its lines,
+    but :data:`JVM_NOISE`, to this process's stderr for as long as it runs. A no-op unless
+    :func:`configure_output` asked for quiet output."""
+    if not _settings.filter_jvm:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    target = os.dup(2)
+    saved = [os.dup(1), os.dup(2)]
+    threading.Thread(target=_forward, args=(read_end, target), name="lrsweep-jvm-output", daemon=True).start()
+    os.dup2(write_end, 1)
+    os.dup2(write_end, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for descriptor in (*saved, write_end):
+            os.close(descriptor)
+
+
+def _forward(read_end: int, target: int) -> None:
+    with os.fdopen(read_end, "r", errors="replace") as lines, os.fdopen(target, "w") as out:
+        for line in lines:
+            if is_noise(line):
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                console = Console.live
+                if console is not None:
+                    console(line.rstrip("\n"), stream=out)
+                else:
+                    out.write(line)
+                    out.flush()
+
+
+def resolve_mode(mode: ProgressMode, stream: TextIO) -> ProgressMode:
+    """``auto``: a bar when ``stream`` is a terminal, one line per epoch otherwise."""
+    if mode != "auto":
+        return mode
+    try:
+        return "bar" if stream.isatty() else "lines"
+    except (AttributeError, ValueError):
+        return "lines"
+
+
+class Console:
+    """A job's ``say``: prints lines, and shows each epoch as :attr:`mode` says (see the module docstring).
+
+    With a bar on screen a line is written above it (the bar is redrawn below); a round's bar stays on screen
+    when the round ends, as its last state.
+    """
+
+    live: Console | None = None  # the console whose bar is on screen (the JVM's forwarded lines go above it)
+
+    def __init__(self, mode: ProgressMode = "auto", stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.mode = resolve_mode(mode, self.stream)
+        self._bar: object | None = None  # tqdm's bar of the current round
+        self._round = 0
+        self._lock = threading.RLock()
+
+    def __call__(self, line: str, stream: TextIO | None = None) -> None:
+        """Print ``line`` (above the bar when one is drawn); a closed stream (spark-submit's JVM gone) is fine."""
+        with self._lock, contextlib.suppress(BrokenPipeError, OSError, ValueError):
+            if self._bar is not None:
+                from tqdm import tqdm
+
+                tqdm.write(line, file=self.stream)
+            else:
+                print(line, file=stream or self.stream, flush=True)
+
+    def epoch(self, state: GridState, round_number: int, train_rows: int) -> None:
+        """Show the round's last recorded epoch."""
+        from pipelines.reporting.tables import progress_line
+
+        if self.mode == "lines":
+            self(progress_line(state))
+        elif self.mode == "bar":
+            with self._lock, contextlib.suppress(BrokenPipeError, OSError, ValueError):
+                self._draw(state, round_number, train_rows)
+
+    def _draw(self, state: GridState, round_number: int, train_rows: int) -> None:
+        from tqdm import tqdm
+
+        from pipelines.reporting.progress import bar_text, epoch_status
+
+        status = epoch_status(state, train_rows, round_number)
+        if self._bar is None or round_number != self._round:
+            self.close()
+            self._bar = tqdm(total=status.epochs, file=self.stream, dynamic_ncols=True, leave=True,
+                             bar_format="{desc} {bar:20} {postfix}", mininterval=0)
+            self._round = round_number
+            Console.live = self
+        bar = self._bar
+        assert isinstance(bar, tqdm)
+        prefix, postfix = bar_text(status)
+        bar.set_description_str(prefix, refresh=False)
+        bar.set_postfix_str(postfix, refresh=False)
+        bar.n = status.epoch
+        bar.refresh()
+        if status.active == 0 or status.epoch >= status.epochs:
+            self.close()
+
+    def close(self) -> None:
+        """End the bar on screen (it stays as its last state)."""
+        with self._lock:
+            bar, self._bar = self._bar, None
+            if Console.live is self:
+                Console.live = None
+            if bar is not None:
+                with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+                    bar.close()  # type: ignore[attr-defined]
+
+
+def show_epoch(say: object, state: GridState, round_number: int, train_rows: int) -> None:
+    """An epoch boundary for a person: the :class:`Console`'s bar or line, else ``say(progress_line(state))``
+    (library callers, tests: the one line per epoch)."""
+    from pipelines.reporting.tables import progress_line
+
+    if isinstance(say, Console):
+        say.epoch(state, round_number, train_rows)
+    elif callable(say):
+        say(progress_line(state))
