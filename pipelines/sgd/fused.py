@@ -20,6 +20,8 @@ Order of operations, fixed and per model row (so a row's bits never depend on K 
   batch's rows (each lane is one row's sequential sum: no reassociation, numba's default strict IEEE math);
 * ``g_j = (((d_0 x_0j) + d_1 x_1j) + ...) / B``: the sum over the batch's rows in batch order, vectorized
   over inputs; ``g_b = (sum_i d_i) / B``; the progressive loss ``sum_i s_i loss_i`` in batch order too;
+* both products run for a tile of model rows at once (:mod:`pipelines.sgd.tiles`: each load of the batch's
+  inputs serves the tile's rows), the tile changing which loads are shared, never a sum's order;
 * the optimizer's rule of :mod:`pipelines.sgd.optimizers`, element by element, with the penalty terms of
   :class:`~pipelines.sgd.regularization.Penalties` (L2 added to the gradient, or AdamW's decay; L1 soft
   thresholding after the step) on rows whose term is non-zero only.
@@ -47,6 +49,7 @@ from pipelines.sgd._types import FloatArray
 from pipelines.sgd.kernels import Block, EpochPlan, EpochSteps, Models
 from pipelines.sgd.losses import PairedScalarLoss, ScalarLoss
 from pipelines.sgd.optimizers import SLOT_NAMES, OptimizerSpec, stacked_slots
+from pipelines.sgd.tiles import TILE, tile_gradient, tile_margins
 
 ScalarRule = Callable[[float, float, float], float]
 PairRule = Callable[[float, float, float], tuple[float, float]]
@@ -236,9 +239,10 @@ def epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any], ...]
         transposed = np.empty((d, batch_size))
         labels = np.empty(batch_size)
         row_weights = np.empty(batch_size)
-        margins = np.empty(batch_size)
-        derivatives = np.empty(batch_size)
-        gradient = np.empty(d)
+        margins = np.empty((TILE, batch_size))
+        derivatives = np.empty((TILE, batch_size))
+        gradient = np.empty((TILE, d))
+        bias_gradients = np.empty(TILE)
         for batch in range(n_batches):
             start = (first_batch + batch) * batch_size
             rows = min(batch_size, n_rows - start)
@@ -253,63 +257,60 @@ def epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any], ...]
                 for i in range(rows):
                     transposed[j, i] = gathered[i, j]
             inverse_rows = 1.0 / rows
-            for k in range(n_models):
-                step_size = step_sizes[batch, k]
-                steps[k] += 1
-                step = float(steps[k])
-                # margins: one sequential sum over inputs per batch row, lanes across rows
-                w0 = weights[k, 0]
-                for i in range(rows):
-                    margins[i] = transposed[0, i] * w0
-                for j in range(1, d):
-                    w = weights[k, j]
+            first = 0
+            while first < n_models:
+                # TILE model rows share each load of the batch's inputs; the remainder goes one row at a time
+                tile = TILE if first + TILE <= n_models else 1
+                tile_margins(transposed, weights, first, tile, rows, margins)
+                for t in range(tile):
+                    k = first + t
+                    bias = intercepts[k]
+                    total = 0.0
+                    batch_loss = 0.0
                     for i in range(rows):
-                        margins[i] += transposed[j, i] * w
-                bias = intercepts[k]
-                total = 0.0
-                batch_loss = 0.0
-                for i in range(rows):
-                    loss, value = margin_rule_at(margins[i] + bias, labels[i], epsilon)
-                    if weighted:
-                        value = value * row_weights[i]
-                        loss = loss * row_weights[i]
-                    derivatives[i] = value
-                    total += value
-                    batch_loss += loss
-                loss_sums[k] += batch_loss
-                # gradient: one sequential sum over batch rows per input, lanes across inputs
-                for j in range(d):
-                    gradient[j] = 0.0
-                for i in range(rows):
-                    value = derivatives[i]
-                    for j in range(d):
-                        gradient[j] += value * gathered[i, j]
-                l1_k, l2_k = l1[k], l2[k]
-                if l2_k == 0.0 and l1_k == 0.0:  # no penalty: a loop the compiler vectorizes (plain SGD)
-                    for j in range(d):
-                        weights[k, j] = update(weights[k, j], gradient[j] * inverse_rows, step_size, step,
-                                               weight_slots, (k, j), constants)
-                else:
-                    decay = decoupled_decay and l2_k != 0.0
-                    smooth = not decoupled_decay and l2_k != 0.0
-                    for j in range(d):
-                        grad = gradient[j] * inverse_rows
-                        param = weights[k, j]
-                        if decay:
-                            param = param * (1.0 - step_size * l2_k)
-                        elif smooth:
-                            grad = grad + l2_k * param
-                        updated = update(param, grad, step_size, step, weight_slots, (k, j), constants)
-                        if l1_k != 0.0:
-                            shrunk = max(abs(updated) - step_size * l1_k, 0.0)
-                            # sign(w) * shrunk, NaN kept
-                            updated = shrunk if updated > 0.0 else (-shrunk if updated < 0.0 else updated * shrunk)
-                        weights[k, j] = updated
-                if fit_intercept:
-                    intercepts[k] = update(intercepts[k], total * inverse_rows, step_size, step, intercept_slots,
-                                           (k,), constants)
+                        loss, value = margin_rule_at(margins[t, i] + bias, labels[i], epsilon)
+                        if weighted:
+                            value = value * row_weights[i]
+                            loss = loss * row_weights[i]
+                        derivatives[t, i] = value
+                        total += value
+                        batch_loss += loss
+                    loss_sums[k] += batch_loss
+                    bias_gradients[t] = total
+                tile_gradient(gathered, derivatives, tile, rows, gradient)
+                for t in range(tile):
+                    k = first + t
+                    step_size = step_sizes[batch, k]
+                    steps[k] += 1
+                    step = float(steps[k])
+                    l1_k, l2_k = l1[k], l2[k]
+                    if l2_k == 0.0 and l1_k == 0.0:  # no penalty: a loop the compiler vectorizes (plain SGD)
+                        for j in range(d):
+                            weights[k, j] = update(weights[k, j], gradient[t, j] * inverse_rows, step_size, step,
+                                                   weight_slots, (k, j), constants)
+                    else:
+                        decay = decoupled_decay and l2_k != 0.0
+                        smooth = not decoupled_decay and l2_k != 0.0
+                        for j in range(d):
+                            grad = gradient[t, j] * inverse_rows
+                            param = weights[k, j]
+                            if decay:
+                                param = param * (1.0 - step_size * l2_k)
+                            elif smooth:
+                                grad = grad + l2_k * param
+                            updated = update(param, grad, step_size, step, weight_slots, (k, j), constants)
+                            if l1_k != 0.0:
+                                shrunk = max(abs(updated) - step_size * l1_k, 0.0)
+                                # sign(w) * shrunk, NaN kept
+                                updated = shrunk if updated > 0.0 else (-shrunk if updated < 0.0 else
+                                                                        updated * shrunk)
+                            weights[k, j] = updated
+                    if fit_intercept:
+                        intercepts[k] = update(intercepts[k], bias_gradients[t] * inverse_rows, step_size, step,
+                                               intercept_slots, (k,), constants)
+                first += tile
 
-    return _compiled(epoch, (margin_at, *loss_rules, update_rule))
+    return _compiled(epoch, (margin_at, *loss_rules, update_rule, tile_margins, tile_gradient))
 
 
 def _contiguous(block: Block) -> tuple[FloatArray, FloatArray, FloatArray]:

@@ -99,6 +99,40 @@ def test_a_compiled_row_is_bit_identical_whatever_rows_share_its_pass(optimizer_
         np.testing.assert_array_equal(together[1][k], alone[1][0])
 
 
+@pytest.mark.parametrize("n_points", [1, 3, 5, 7, 9, 64, 65])
+def test_a_row_of_a_tiled_pass_is_bit_identical_to_the_row_alone(n_points: int) -> None:
+    """The epoch runs TILE model rows per tile and the remainder one at a time: a grid of any size (full tiles,
+    odd remainders) gives each point the bits it gets alone, with every penalty kind, odd widths (inputs past the
+    unrolled groups) and a last batch of odd size, and its progressive loss too."""
+    rng = np.random.default_rng(n_points)
+    X = rng.standard_normal((301, 7))
+    y = (rng.uniform(size=301) < 1.0 / (1.0 + np.exp(-X[:, 0] + 0.5 * X[:, 1]))).astype(np.float64)
+    rates = np.geomspace(1e-3, 1.0, n_points)
+    kinds = np.arange(n_points) % PENALTIES.n_rows
+    penalties = PENALTIES.select(kinds)
+    kernel = _kernel("logistic", OptimizerSpec("adam"), compiled=True)
+
+    def train(rows: FloatArray) -> Models:
+        models = Models(np.zeros((rows.size, X.shape[1])), np.zeros(rows.size),
+                        init_state(kernel.optimizer, rows.size, X.shape[1]))
+        for epoch in range(2):
+            plan = EpochPlan(kernel, rates[rows], penalties.select(rows), StepSchedule("constant"), 20, 37, 5, epoch,
+                             progressive_loss=True)
+            models, _ = minibatch_epoch(Block(X, y), models, plan)
+        return models
+
+    together = train(np.arange(n_points))
+    assert together.loss_sums is not None
+    for k in range(n_points):
+        alone = train(np.array([k]))
+        assert alone.loss_sums is not None
+        assert together.weights[k].tobytes() == alone.weights[0].tobytes(), k
+        assert together.intercepts[k].tobytes() == alone.intercepts[0].tobytes(), k
+        assert together.loss_sums[k].tobytes() == alone.loss_sums[0].tobytes(), k
+        for key, value in alone.state.to_arrays().items():
+            assert together.state.to_arrays()[key][k].tobytes() == value[0].tobytes(), key
+
+
 def test_float32_inputs_train_within_their_rounding_of_float64(classification_data: Data) -> None:
     """float32 inputs are widened as read: the run equals a float64 run on the float32-rounded inputs exactly,
     and differs from the float64 inputs' run by about float32's rounding."""
