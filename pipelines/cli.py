@@ -1,7 +1,12 @@
 """The ``lrsweep`` command and what every job's command line shares: options, exit codes, quiet logs.
 
-    lrsweep demo-table | sweep | sync | range-test | score | config  [--env ENV] [--set key=value ...]
-                                                                    [--conf-dir DIR] [--remote sc://host:port]
+    lrsweep demo-table | sweep | sync | range-test | score | show [SWEEP_ID] | history | config
+            [--env ENV] [--set key=value ...] [--conf-dir DIR] [--remote sc://host:port]
+            [--progress auto|bar|lines|off] [--verbose]
+
+What a person sees (a progress bar on a terminal, one line per epoch elsewhere, the JVM's known noise hidden
+unless ``--verbose``) is decided in :mod:`pipelines.console`; every command prints through its
+:class:`~pipelines.console.Console`.
 
 ``jobs/*.py`` are the same commands as ``spark-submit`` entry points (:func:`run_command`). A
 :class:`~pipelines.errors.LrsweepError` becomes one line ``error: <reason>`` on stderr and its exit code (see
@@ -12,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import sys
 import traceback
@@ -21,10 +25,10 @@ from collections.abc import Callable, Sequence
 import yaml
 
 from pipelines.config import DEFAULT_ENV, Config, configuration_files, load_config
+from pipelines.console import PROGRESS_MODES, Console, configure_output
 from pipelines.errors import LrsweepError
 
-#: Libraries whose INFO lines would bury a job's own output (a new sqlite store's migrations, say).
-QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "py4j")
+Say = Callable[[str], None]
 
 
 def job_parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
@@ -42,18 +46,26 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
                         help="folder holding base/ and the overlays (default: ./conf when it exists)")
     parser.add_argument("--remote", default=None, metavar="sc://HOST:PORT",
                         help="run as a Spark Connect client of this server (also SPARK_REMOTE or spark.remote)")
+    parser.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
+                        help="epochs as a live bar (bar), one line each (lines) or not at all (off); auto: a bar on "
+                             "a terminal, lines otherwise")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also each column's encoding, the JVM's start-up warnings and Spark's stage bars")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """Load and validate the configuration named by the common options (``--remote`` is ``spark.remote``)."""
+    """Load and validate the configuration named by the common options (``--remote`` is ``spark.remote``,
+    ``show``'s SWEEP_ID is ``sweep.id``)."""
     overrides = list(args.overrides)
     if getattr(args, "remote", None):
         overrides.append(f"spark.remote={args.remote}")
+    if getattr(args, "sweep_id", None):
+        overrides.append(f"sweep.id={args.sweep_id}")
     return load_config(env=args.env, overrides=overrides, conf_dir=args.conf_dir)
 
 
 def say(line: str) -> None:
-    """Print a progress line; a closed stdout (spark-submit's JVM gone) is not an error."""
+    """Print a line; a closed stdout (spark-submit's JVM gone) is not an error."""
     with contextlib.suppress(BrokenPipeError, OSError):
         print(line, flush=True)
 
@@ -61,7 +73,7 @@ def say(line: str) -> None:
 # ---------------------------------------------------------------------------------------------- commands
 
 
-def sweep_command(config: Config) -> int:
+def sweep_command(config: Config, say: Say) -> int:
     """Train the grid (or resume it, or complete what an earlier attempt left), track it, register the best."""
     from pipelines.orchestration.sweep import run_sweep_job
 
@@ -69,7 +81,7 @@ def sweep_command(config: Config) -> int:
     return 0
 
 
-def sync_command(config: Config) -> int:
+def sync_command(config: Config, say: Say) -> int:
     """Complete what MLflow and the results table lack of a trained sweep (``sweep.id``), without training."""
     from pipelines.errors import ConfigError
     from pipelines.orchestration.sweep import run_sweep_job
@@ -80,7 +92,7 @@ def sync_command(config: Config) -> int:
     return 0
 
 
-def range_test_command(config: Config) -> int:
+def range_test_command(config: Config, say: Say) -> int:
     """Smith's learning-rate range test, logged as one MLflow run; prints the suggested rate."""
     from pipelines.orchestration.range_test import run_tracked_range_test
     from pipelines.orchestration.signals import StopRequest
@@ -105,7 +117,7 @@ def range_test_command(config: Config) -> int:
     return 0
 
 
-def score_command(config: Config) -> int:
+def score_command(config: Config, say: Say) -> int:
     """Score ``scoring.input_table`` (default ``data.table``) with the champion into ``output.predictions_table``."""
     from pipelines.orchestration.score import score_table
     from pipelines.orchestration.signals import StopRequest
@@ -123,7 +135,7 @@ def score_command(config: Config) -> int:
     return 0
 
 
-def demo_table_command(config: Config) -> int:
+def demo_table_command(config: Config, say: Say) -> int:
     """Write the demo churn feature table to ``data.table`` (version 0, then an append as version 1)."""
     from pipelines.lakehouse.demo_data import write_demo_table
     from pipelines.session import get_spark
@@ -134,9 +146,27 @@ def demo_table_command(config: Config) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Config], int]] = {
+def show_command(config: Config, say: Say) -> int:
+    """Print a sweep's summary table (SWEEP_ID, else sweep.id, else the newest) from the results table; no MLflow."""
+    from pipelines.orchestration.results import describe_sweep, show_sweep
+
+    for line in describe_sweep(show_sweep(config), config.output.results_table):
+        say(line)
+    return 0
+
+
+def history_command(config: Config, say: Say) -> int:
+    """Print the learning rate's history across the sweeps of data.table, from the results table; no MLflow."""
+    from pipelines.orchestration.results import describe_history, sweep_history
+
+    for line in describe_history(sweep_history(config), config.data.table, config.output.results_table):
+        say(line)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Config, Say], int]] = {
     "sweep": sweep_command, "sync": sync_command, "range-test": range_test_command, "score": score_command,
-    "demo-table": demo_table_command,
+    "demo-table": demo_table_command, "show": show_command, "history": history_command,
 }
 
 
@@ -154,8 +184,12 @@ def command_parser() -> argparse.ArgumentParser:
         prog="lrsweep", description="Learning-rate sweeps with distributed SGD on Spark: Delta in, MLflow out.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, function in COMMANDS.items():
-        add_common_options(commands.add_parser(name, help=(function.__doc__ or "").split("\n")[0],
-                                               description=function.__doc__))
+        command = commands.add_parser(name, help=(function.__doc__ or "").split("\n")[0],
+                                      description=function.__doc__)
+        if name == "show":
+            command.add_argument("sweep_id", nargs="?", default=None, metavar="SWEEP_ID",
+                                 help="the sweep to show (default: sweep.id, else the newest in the results table)")
+        add_common_options(command)
     add_common_options(commands.add_parser("config", help="print the resolved configuration and its files"))
     return parser
 
@@ -166,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = command_parser().parse_args(arguments)
         if args.command == "config":
             return show_config(args)
-        return COMMANDS[args.command](config_from_args(args))
+        return run_command(args.command, args)
 
     return run_job(dispatch, argv)
 
@@ -174,7 +208,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def command_main(name: str, argv: Sequence[str]) -> int:
     """The command ``name`` with a job's own argument list (``jobs/*.py`` call this from their ``main``)."""
     parser = job_parser(COMMANDS[name].__doc__ or "", prog=os.path.basename(sys.argv[0]))
-    return COMMANDS[name](config_from_args(parser.parse_args(argv)))
+    return run_command(name, parser.parse_args(argv))
+
+
+def run_command(name: str, args: argparse.Namespace) -> int:
+    """Set the output up (:func:`~pipelines.console.configure_output`), then run the command through a
+    :class:`~pipelines.console.Console` of ``--progress``."""
+    configure_output(verbose=args.verbose)
+    config = config_from_args(args)
+    console = Console(args.progress)
+    try:
+        return COMMANDS[name](config, console)
+    finally:
+        console.close()
 
 
 # ------------------------------------------------------------------------------------------- exit codes
@@ -183,8 +229,6 @@ def command_main(name: str, argv: Sequence[str]) -> int:
 def run_job(main: Callable[[Sequence[str]], int], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)`` and map failures to exit codes (see :mod:`pipelines.errors`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return main(argv)
     except LrsweepError as error:

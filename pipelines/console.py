@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import sys
 import threading
 from collections.abc import Iterator
@@ -79,13 +80,25 @@ def configure_output(verbose: bool) -> None:
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     ours = logging.getLogger("pipelines")
-    if not any(getattr(handler, "lrsweep", False) for handler in ours.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler.lrsweep = True  # type: ignore[attr-defined]
-        ours.addHandler(handler)
+    if not any(isinstance(handler, _ConsoleHandler) for handler in ours.handlers):
+        ours.addHandler(_ConsoleHandler())
         ours.propagate = False
     ours.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+class _ConsoleHandler(logging.Handler):
+    """Our modules' records as plain lines on stdout (above the progress bar when one is drawn), warnings
+    prefixed like the job's own ``warning:`` lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        line = prefix + record.getMessage()
+        console = Console.live
+        if console is not None:
+            console(line)
+        else:
+            with contextlib.suppress(OSError, ValueError):
+                print(line, file=sys.stdout, flush=True)
 
 
 def verbose() -> bool:
@@ -193,17 +206,18 @@ class Console:
         from pipelines.reporting.progress import bar_text, epoch_status
 
         status = epoch_status(state, train_rows, round_number)
+        prefix, postfix = (text.replace("{", "{{").replace("}", "}}") for text in bar_text(status))
+        bar_format = f"{prefix} {{bar:20}} {postfix}"
         if self._bar is None or round_number != self._round:
             self.close()
-            self._bar = tqdm(total=status.epochs, file=self.stream, dynamic_ncols=True, leave=True,
-                             bar_format="{desc} {bar:20} {postfix}", mininterval=0)
+            width = shutil.get_terminal_size((120, 24)).columns  # the fallback also where a pty reports 0
+            self._bar = tqdm(total=status.epochs, initial=status.epoch, file=self.stream, ncols=width, leave=True,
+                             mininterval=0, bar_format=bar_format)
             self._round = round_number
             Console.live = self
         bar = self._bar
         assert isinstance(bar, tqdm)
-        prefix, postfix = bar_text(status)
-        bar.set_description_str(prefix, refresh=False)
-        bar.set_postfix_str(postfix, refresh=False)
+        bar.bar_format = bar_format
         bar.n = status.epoch
         bar.refresh()
         if status.active == 0 or status.epoch >= status.epochs:

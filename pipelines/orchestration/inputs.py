@@ -3,6 +3,7 @@ pinned, the blocks prepared, and the data facts every later step reads."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from pipelines.lakehouse.writer import check_results_table
 from pipelines.orchestration.champion import Champion
 from pipelines.orchestration.recorder import DataFacts
 from pipelines.orchestration.training import PreparedData, batch_size, model_rows, prepare_data
+from pipelines.reporting.progress import features_detail, features_summary
 from pipelines.sgd.kernels import batches_per_epoch
 from pipelines.stopwatch import Stopwatch
 from pipelines.sweep.checkpoint import SweepCheckpoint, settings_changes
@@ -24,6 +26,7 @@ from pipelines.tracking.runs import SweepTracker
 from pipelines.tracking.store import TrackingStore
 
 Say = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,10 +96,6 @@ def pin_table(spark: SparkSession, config: Config, sweep_id: str, checkpoint: Sw
         f"{table.rows} rows, {len(table.features)} features, {rates}")
     if table.dropped_summary():
         say(f"data: {table.dropped_summary()} (data.on_null / data.on_invalid)")
-    used = ", ".join(f"{name} ({family})" for name, family in table.columns.used.items())
-    say(f"features: {used}")
-    if table.columns.left_out:
-        say(f"left out: {'; '.join(table.columns.describe_left_out())}")
     return table
 
 
@@ -114,7 +113,8 @@ def since_version(data: DataConfig, tracking: Tracking) -> int | None:
 def prepare(spark: SparkSession, table: FeatureTable, config: Config, checkpoint: SweepCheckpoint | None,
             phases: Stopwatch, say: Say) -> PreparedData:
     """The cached training blocks (a resumed sweep keeps its recorded partitioning), and what the job says
-    about them: notes, classes, encoding, where the engine's tasks run, a small table's batch size."""
+    about them: notes, classes, the features counted by family (each column's encoding with ``--verbose``), where
+    the engine's tasks run, a small table's batch size."""
     partitions = checkpoint.num_partitions if checkpoint is not None else None
     prepared = prepare_data(spark, table, config.data, config.features, config.train, config.model.class_weight,
                             num_partitions=partitions,
@@ -126,8 +126,9 @@ def prepare(spark: SparkSession, table: FeatureTable, config: Config, checkpoint
     if classes is not None:
         more = ", ..." if len(classes) > 20 else ""
         say(f"classes: {len(classes)} ({', '.join(repr(c) for c in classes[:20])}{more})")
-    say(f"encoding: {len(encoding.columns)} columns -> {encoding.n_inputs} model inputs "
-        f"({encoding.sparse_width} sparse): {'; '.join(c.describe() for c in encoding.columns)}")
+    for line in features_summary(table.columns, encoding):
+        say(line)
+    log.info(features_detail(encoding))  # --verbose (and the parent run's features.json)
     say(prepared.executor_choice.line())
     effective, train, blocks = effective_batch_size(config.train, prepared), config.train, prepared.blocks
     if effective is not None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipelines.errors import NoUsableModelError, TrackingUnavailableError
+from pipelines.lakehouse.delta import sql_name
 from pipelines.lakehouse.reader import FeatureTable
 from pipelines.orchestration.recorder import DataFacts
 from pipelines.orchestration.rounds import TrainedRound
@@ -42,6 +44,8 @@ class SweepReport:
     summary: list[dict[str, Any]] = field(default_factory=list)
     suggested_learning_rate: float | None = None  # 'auto' sweeps: the range test's suggestion
     range_test: RangeTestResult | None = None
+    tracking_uri: str = ""  # the store's URI, redacted (where to look next)
+    experiment_id: str = ""
 
     @property
     def outcome(self) -> GridOutcome:
@@ -95,4 +99,23 @@ class SweepReport:
         labels = ", ".join(f"{label} {seconds:.2f} s" for label, seconds in self.tracking_by_label.items())
         lines.append(f"time: {self.wall_seconds:.1f} s wall ({phases}), {self.tracking_seconds:.2f} s tracking "
                      f"({100 * self.tracking_fraction:.1f}% of wall time: {labels})")
-        return lines
+        return lines + where_to_look(self.tracking_uri, self.experiment_id, self.parent_run_id, self.results_table,
+                                     self.sweep_id)
+
+
+def where_to_look(tracking_uri: str, experiment_id: str, run_id: str, results_table: str, sweep_id: str) -> list[str]:
+    """The closing lines: how to open the sweep in MLflow (the UI command for a local store, the run's URL on a
+    tracking server) and in the lakehouse (``lrsweep show`` and the SQL)."""
+    lines = []
+    route = f"#/experiments/{experiment_id}/runs/{run_id}"
+    scheme = urlsplit(tracking_uri).scheme
+    if scheme in ("http", "https"):
+        lines.append(f"MLflow: {tracking_uri.rstrip('/')}/{route}")
+    elif scheme in ("", "file", "sqlite", "postgresql", "mysql", "mssql"):
+        lines.append(f"MLflow: mlflow ui --backend-store-uri {tracking_uri} --port 5000, then "
+                     f"http://127.0.0.1:5000/{route}")
+    elif tracking_uri:
+        lines.append(f"MLflow: run {run_id} of experiment {experiment_id} in {tracking_uri}")
+    lines.append(f"Delta: lrsweep show {sweep_id}, or SELECT * FROM {sql_name(results_table)} "
+                 f"WHERE sweep_id = '{sweep_id}'")
+    return lines

@@ -161,7 +161,8 @@ class SweepJob:
             tracking_by_label=dict(stopwatch.by_label),
             summary=rate_summary(published.rounds[-1].outcome, config.model.loss),
             suggested_learning_rate=trained.range_test.suggestion if trained.range_test else None,
-            range_test=trained.range_test if trained.range_test_ran else None)
+            range_test=trained.range_test if trained.range_test_ran else None,
+            tracking_uri=tracking.store.display_uri, experiment_id=tracking.store.experiment_id)
 
     def timings(self, recorder: SweepRecorder, journal: Journal, store: TrackingStore) -> dict[str, float]:
         """Where the attempt's time went so far, as the parent's system metrics."""

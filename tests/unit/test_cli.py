@@ -14,7 +14,7 @@ from pipelines.cli import COMMANDS, command_parser, main
 def test_the_command_has_every_job_and_prints_the_resolved_configuration(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert set(COMMANDS) == {"sweep", "sync", "range-test", "score", "demo-table"}
+    assert set(COMMANDS) == {"sweep", "sync", "range-test", "score", "demo-table", "show", "history"}
     help_text = command_parser().format_help()
     assert all(name in help_text for name in [*COMMANDS, "config"])
     monkeypatch.chdir(tmp_path)
