@@ -28,6 +28,7 @@ from pipelines.config.schema import (
     ModelConfig,
     OptimizerField,
     OutputConfig,
+    PbtConfig,
     PruningConfig,
     RangeTestConfig,
     ScheduleField,
@@ -43,7 +44,7 @@ from pipelines.config.schema import (
 __all__ = [
     "DEFAULT_CONF_DIR", "DEFAULT_ENV", "PACKAGED_DEFAULTS", "Config", "DataConfig", "DemoConfig",
     "EarlyStoppingConfig", "FeaturesConfig", "LearningRateRange", "ModelConfig", "OptimizerField", "OutputConfig",
-    "PruningConfig", "RangeTestConfig", "ScheduleField", "ScoringConfig", "SparkConfig", "SweepConfig",
+    "PbtConfig", "PruningConfig", "RangeTestConfig", "ScheduleField", "ScoringConfig", "SparkConfig", "SweepConfig",
     "TrackingConfig", "TrainConfig", "configuration_files", "deep_merge", "format_validation_error", "is_path",
     "load_config", "overrides_from_pairs", "parse_override", "resolve_table", "resolve_tracking_uri",
     "validate_config",

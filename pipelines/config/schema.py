@@ -327,10 +327,40 @@ class PruningConfig(_Section):
     eta: int = Field(default=3, ge=2, description="keep the best 1/eta rates at each rung")
 
 
+class PbtConfig(_Section):
+    """Population-based training over the grid's points (``sweep.pbt.*``, with ``sweep.strategy: pbt``).
+
+    After every ``interval`` epochs the points are ranked by validation loss; the bottom ``quantile`` take a
+    top-``quantile`` point's models and optimizer state and explore: the learning rate (and ``reg_param`` when it
+    is a grid axis) times one of ``factors``, or, with probability ``resample_probability``, a log-uniform draw
+    from the configured range (:mod:`pipelines.sweep.pbt`).
+    """
+
+    interval: int = Field(default=2, ge=1, description="epochs between rankings (at most train.epochs - 2)")
+    quantile: float = Field(default=0.25, gt=0.0, le=0.5, description="share of the points replaced (and copied)")
+    factors: list[float] = Field(default_factory=lambda: [0.8, 1.2], description="perturbation factors")
+    resample_probability: float = Field(default=0.25, ge=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, description="the population's draws (default: train.seed)")
+
+    @field_validator("factors")
+    @classmethod
+    def _factors_move_the_rate(cls, factors: list[float]) -> list[float]:
+        if not factors:
+            raise ValueError("must list at least one factor")
+        still = [factor for factor in factors if not (math.isfinite(factor) and factor > 0 and factor != 1.0)]
+        if still:
+            raise ValueError(f"every factor must be finite, > 0 and != 1 (one that does not move the rate), "
+                             f"got {still}")
+        return factors
+
+
 class SweepConfig(_Section):
     """The learning-rate grid and the policies applied across it (``sweep.*``)."""
 
     id: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    strategy: Literal["grid", "pbt"] = Field(
+        default="grid", description="grid: every point keeps its rate; pbt: population-based training (sweep.pbt)")
+    pbt: PbtConfig = Field(default_factory=PbtConfig)
     learning_rates: list[float] | LearningRateRange | Literal["auto"] = Field(
         default_factory=lambda: LearningRateRange(min=1e-4, max=1.0, num=8)
     )
@@ -519,6 +549,12 @@ class Config(_Section):
                         f"multinomial); model.loss is {self.model.loss!r}"})
         return self
 
+    @model_validator(mode="after")
+    def _pbt_settings(self) -> Config:
+        if self.sweep.strategy == "pbt":
+            _check_pbt(self.sweep, self.train, len(self.penalty_axis()))
+        return self
+
     def penalty_axis(self) -> list[Regularization]:
         """The grid's penalties: ``sweep.reg_params`` x ``sweep.l1_ratios`` (each defaulting to the single
         ``model.*`` value), reg-major."""
@@ -530,6 +566,32 @@ class Config(_Section):
         """The training problem every task receives, from ``model.*`` and ``train.schedule``/``optimizer``."""
         return TrainingProblem(self.model.loss, self.model.fit_intercept, self.model.regularization,
                                self.train.optimizer, self.train.schedule, self.model.epsilon)
+
+
+def _check_pbt(sweep: SweepConfig, train: TrainConfig, penalties: int) -> None:
+    """``sweep.strategy: pbt``'s rules across sections (one message each, naming the key)."""
+    def error(parameter: str, value: Any, rule: str) -> PydanticCustomError:
+        return PydanticCustomError("spec", "{rule}", {"parameter": parameter, "value": value, "rule": rule})
+
+    if sweep.pbt.interval > train.epochs - 2:
+        raise error("sweep.pbt.interval", sweep.pbt.interval,
+                    f"must be <= train.epochs - 2 = {train.epochs - 2} (points ranked after epoch k*interval take "
+                    "their copy after the next epoch and need one more to train at their explored rate)")
+    rates = sweep.auto_num if sweep.learning_rates == "auto" else len(sweep.grid())
+    if rates * penalties < 4:
+        raise error("sweep.learning_rates", sweep.learning_rates,
+                    f"sweep.strategy=pbt needs a population of at least 4 points, the grid has {rates * penalties}")
+    if sweep.pruning.enabled:
+        raise error("sweep.pruning.enabled", True, "successive halving removes the members population-based "
+                    "training copies from and replaces: use sweep.strategy=pbt or pruning, not both")
+    if sweep.learning_rates == "auto" and sweep.refine:
+        raise error("sweep.refine", True, "a second, finer grid around the best rate is a grid's refinement; "
+                    "sweep.strategy=pbt moves its points' rates itself")
+    schedule = train.schedule
+    if schedule.name != "constant" or schedule.warmup_epochs:
+        raise error("train.schedule", schedule.name if not schedule.warmup_epochs else
+                    f"{schedule.name} with warmup_epochs={schedule.warmup_epochs}",
+                    "sweep.strategy=pbt sets each point's rate itself: the schedule must be constant (no warm-up)")
 
 
 # -------------------------------------------------------------------------------------------- messages

@@ -301,6 +301,29 @@ class GridTrainer:
         self.models.weights[weight_rows] = weights.reshape(weight_rows.size, -1)
         self.models.intercepts[weight_rows] = intercepts.reshape(-1)
 
+    def copy_rows(self, targets: IntArray, sources: IntArray) -> None:
+        """Model rows ``targets`` become copies of rows ``sources`` (aligned): weights, intercepts, optimizer
+        state and the progressive training-loss sums (population-based training's exploit, between epochs)."""
+        to_rows, from_rows = self.models.weight_rows(targets), self.models.weight_rows(sources)
+        weights, intercepts = self.models.weights.copy(), self.models.intercepts.copy()
+        weights[to_rows], intercepts[to_rows] = weights[from_rows], intercepts[from_rows]
+        slots = {key: value.copy() for key, value in self.models.state.to_arrays().items()}
+        for value in slots.values():
+            value[to_rows] = value[from_rows]
+        sums = self.models.epoch_loss_sums.copy()
+        if sums.size:
+            sums[targets] = sums[sources]
+        self.models = replace(self.models, weights=weights, intercepts=intercepts,
+                              state=OptimizerState.from_arrays(slots), epoch_loss_sums=sums)
+
+    def set_hyperparameters(self, rows: IntArray, learning_rates: FloatArray, penalties: Penalties) -> None:
+        """Base rates and penalties of model ``rows`` from the next epoch on (population-based training's explore)."""
+        rates = self.models.learning_rates.copy()
+        rates[rows] = learning_rates
+        l1, l2 = self.models.penalties.l1.copy(), self.models.penalties.l2.copy()
+        l1[rows], l2[rows] = penalties.l1, penalties.l2
+        self.models = replace(self.models, learning_rates=rates, penalties=Penalties(l1, l2))
+
     def set_rate_multipliers(self, multipliers: FloatArray) -> None:
         """Per-row multipliers of the base rates from the next epoch on (the adaptive schedule)."""
         self.models = replace(self.models, rate_multipliers=np.asarray(multipliers, dtype=np.float64).copy())

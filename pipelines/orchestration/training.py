@@ -50,6 +50,7 @@ from pipelines.stopwatch import Stopwatch
 from pipelines.sweep.grid import GridPoint, row_penalties
 from pipelines.sweep.loop import BoundaryHook, run_grid
 from pipelines.sweep.outcome import GridOutcome
+from pipelines.sweep.pbt import PopulationBasedTraining
 from pipelines.sweep.policies import (
     AdaptiveRate,
     Divergence,
@@ -279,15 +280,26 @@ def make_strategy(train: TrainConfig, blocks: BlockSet) -> Strategy:
                     train_loss=train.train_loss)
 
 
-def make_policies(sweep: SweepConfig, schedule: ScheduleSpec, n_rates: int, n_rows: int) -> Policies:
-    """The sweep's policies with fresh state."""
+def make_policies(sweep: SweepConfig, schedule: ScheduleSpec, n_rates: int, n_rows: int,
+                  population: PopulationBasedTraining | None = None) -> Policies:
+    """The sweep's policies with fresh state (``population``: ``sweep.strategy: pbt``'s, see :func:`population`)."""
     early, pruning = sweep.early_stopping, sweep.pruning
     return Policies(
         divergence=Divergence(n_rates, sweep.divergence_factor),
         selection=EarlyStopping(n_rates, early.patience, early.min_delta) if early.enabled else KeepLatest(),
         pruning=SuccessiveHalving(pruning.min_epochs, pruning.eta) if pruning.enabled else None,
         adaptive=AdaptiveRate(n_rows, schedule.n_iter_no_change, schedule.tol) if schedule.name == "adaptive"
-        else None)
+        else None,
+        population=population)
+
+
+def population(sweep: SweepConfig, points: Sequence[GridPoint], epochs: int, seed: int) -> PopulationBasedTraining:
+    """``sweep.pbt``'s rules over the grid's ``points`` (``seed``: ``train.seed`` unless ``sweep.pbt.seed``)."""
+    pbt = sweep.pbt
+    return PopulationBasedTraining.start(
+        [point.learning_rate for point in points], [point.reg_param for point in points], interval=pbt.interval,
+        quantile=pbt.quantile, factors=pbt.factors, resample_probability=pbt.resample_probability,
+        seed=seed if pbt.seed is None else pbt.seed, epochs=epochs)
 
 
 def train_grid(prepared: PreparedData, problem: TrainingProblem, train: TrainConfig, sweep: SweepConfig,
@@ -309,8 +321,10 @@ def train_grid(prepared: PreparedData, problem: TrainingProblem, train: TrainCon
     if start is not None:
         models = models.started_at(*start)
     trainer = GridTrainer(prepared.executor, problem, make_strategy(train, blocks), models, train.epochs)
-    state = grid_state(points, seeds, train.epochs, problem.loss, blocks.n_features, problem.outputs)
-    policies = make_policies(sweep, problem.schedule, len(points), len(rows_rates))
+    pbt = population(sweep, points, train.epochs, train.seed) if sweep.strategy == "pbt" else None
+    state = grid_state(points, seeds, train.epochs, problem.loss, blocks.n_features, problem.outputs,
+                       population=pbt is not None)
+    policies = make_policies(sweep, problem.schedule, len(points), len(rows_rates), pbt)
     if resume is not None:
         resume.restore(trainer, state, policies)
     return run_grid(trainer, state, policies, on_boundary)

@@ -17,7 +17,12 @@ exponential     ``gamma**(t - 1)``
 cosine          ``min_factor + (1 - min_factor) * 0.5 * (1 + cos(pi * (t - 1) / T))``
 one_cycle       PyTorch ``OneCycleLR`` (cosine annealing, two phases) with peak 1
 warmup_cosine   ``cosine`` behind a linear warm-up of ``warmup_steps`` steps
+piecewise       ``rates[i]`` in the epochs from ``epochs[i]`` to ``epochs[i + 1] - 1`` (the step's epoch is
+                ``ceil(t / steps_per_epoch)``)
 =============== ==============================================================
+
+``piecewise`` replays a per-epoch learning rate (a population-based sweep's winning schedule, exported as
+``sweep.learning_rates: [1.0]`` and ``rates`` = the rates themselves: ``1.0 * rate`` is ``rate`` to the bit).
 
 Warm-up. With ``warmup_steps = W > 0`` every schedule is preceded by a linear ramp
 ``t / W`` for ``t <= W`` (reaching 1 at ``t = W``); afterwards the inner schedule
@@ -36,12 +41,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import ClassVar
 
 import numpy as np
 
 from pipelines.sgd._types import FloatArray, IntArray
-from pipelines.sgd._validation import Interval, OneOf, Rule, check_rules
+from pipelines.sgd._validation import Interval, OneOf, Rule, SpecError, check_rules
 
 SCHEDULE_NAMES: tuple[str, ...] = (
     "constant",
@@ -53,6 +59,7 @@ SCHEDULE_NAMES: tuple[str, ...] = (
     "one_cycle",
     "warmup_cosine",
     "adaptive",
+    "piecewise",
 )
 """Every schedule name lrsweep knows (the configuration's ``train.schedule.name`` is checked against it)."""
 
@@ -88,6 +95,10 @@ class ScheduleSpec:
         ``adaptive``: epochs without improvement before the rate is divided by 5, ``>= 1``.
     tol : float
         ``adaptive``: the decrease of the validation loss that counts as an improvement, ``>= 0``.
+    epochs : tuple of int
+        ``piecewise``: the first epoch of each piece, strictly increasing from 1.
+    rates : tuple of float
+        ``piecewise``: each piece's multiplier (finite, ``> 0``), one per entry of ``epochs``.
     """
 
     name: str = "constant"
@@ -101,6 +112,8 @@ class ScheduleSpec:
     final_div_factor: float = 1e4
     n_iter_no_change: int = 5
     tol: float = 1e-4
+    epochs: tuple[int, ...] = ()
+    rates: tuple[float, ...] = ()
 
     RULES: ClassVar[dict[str, Rule]] = {
         "name": OneOf(SCHEDULE_NAMES),
@@ -119,6 +132,10 @@ class ScheduleSpec:
 
     def __post_init__(self) -> None:
         check_rules(self, self.RULES)
+        object.__setattr__(self, "epochs", tuple(self.epochs))
+        object.__setattr__(self, "rates", tuple(self.rates))
+        if self.name == "piecewise":
+            _check_pieces(self.epochs, self.rates)
 
     def per_step(self, steps_per_epoch: int) -> StepSchedule:
         """The schedule over optimizer steps: durations times ``steps_per_epoch``.
@@ -132,10 +149,23 @@ class ScheduleSpec:
             raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch!r}")
         name = "constant" if self.name == "adaptive" else self.name
         gamma = self.gamma ** (1.0 / steps_per_epoch) if name == "exponential" else self.gamma
+        piece_starts = tuple((epoch - 1) * steps_per_epoch + 1 for epoch in self.epochs) if name == "piecewise" \
+            else ()
         return StepSchedule(
             name=name, power_t=self.power_t, step_size=max(1, round(self.step_epochs * steps_per_epoch)),
             gamma=gamma, min_factor=self.min_factor, warmup_steps=round(self.warmup_epochs * steps_per_epoch),
-            pct_start=self.pct_start, div_factor=self.div_factor, final_div_factor=self.final_div_factor)
+            pct_start=self.pct_start, div_factor=self.div_factor, final_div_factor=self.final_div_factor,
+            piece_starts=piece_starts, piece_rates=self.rates if name == "piecewise" else ())
+
+
+def _check_pieces(epochs: tuple[int, ...], rates: tuple[float, ...]) -> None:
+    """``piecewise``'s rules: pieces from epoch 1 on, strictly increasing, one finite rate > 0 each."""
+    if not epochs or any(isinstance(e, bool) or not isinstance(e, int) for e in epochs) or epochs[0] != 1 \
+            or any(later <= earlier for earlier, later in pairwise(epochs)):
+        raise SpecError("epochs", list(epochs), "piecewise needs the first epoch of each piece: integers strictly "
+                        "increasing from 1")
+    if len(rates) != len(epochs) or not all(Interval(0, None, "neither").accepts(rate) for rate in rates):
+        raise SpecError("rates", list(rates), f"piecewise needs one finite rate > 0 per piece ({len(epochs)})")
 
 
 @dataclass(frozen=True)
@@ -156,6 +186,8 @@ class StepSchedule:
     pct_start: float = 0.3
     div_factor: float = 25.0
     final_div_factor: float = 1e4
+    piece_starts: tuple[int, ...] = ()  # piecewise: the first step of each piece
+    piece_rates: tuple[float, ...] = ()
 
 
 CONSTANT = StepSchedule()
@@ -235,6 +267,12 @@ def _cosine(spec: StepSchedule, steps: FloatArray, total_steps: float) -> FloatA
     return result
 
 
+def _piecewise(spec: StepSchedule, steps: FloatArray, total_steps: float) -> FloatArray:
+    piece = np.searchsorted(np.asarray(spec.piece_starts, dtype=np.float64), steps, side="right") - 1
+    result: FloatArray = np.asarray(spec.piece_rates, dtype=np.float64)[piece]
+    return result
+
+
 def _one_cycle(spec: StepSchedule, steps: FloatArray, total_steps: float) -> FloatArray:
     """PyTorch ``OneCycleLR`` (``three_phase=False``, cosine) with peak multiplier 1.
 
@@ -272,6 +310,7 @@ _INNER_SCHEDULES: dict[str, Callable[[StepSchedule, FloatArray, float], FloatArr
     "cosine": _cosine,
     "one_cycle": _one_cycle,
     "warmup_cosine": _cosine,
+    "piecewise": _piecewise,
 }
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipelines.sgd._types import FloatArray
 from pipelines.sweep.grid import GridPoint, point_labels
+
+if TYPE_CHECKING:
+    from pipelines.sweep.pbt import Lineage
 from pipelines.sweep.status import SELECTABLE_STATUSES
 
 
@@ -27,6 +31,9 @@ class RateResult:
     initial: dict[str, float] = field(default_factory=dict)  # the curves' values at epoch 0 (initial models)
     reg_param: float = 0.0
     l1_ratio: float = 0.0
+    # population-based training: name -> (E,) epochs 1..E: "learning_rate" and "reg_param" the models were trained
+    # at, "pbt_exploited_from" the point they were copied from (NaN: not copied); empty for a grid
+    schedule: dict[str, FloatArray] = field(default_factory=dict)
 
     @property
     def point(self) -> GridPoint:
@@ -52,6 +59,7 @@ class GridOutcome:
     seconds: float
     epoch_seconds: list[float] = field(default_factory=list)
     recorded_at_ms: list[int] = field(default_factory=list)  # (E + 1,) when each epoch was recorded; 0 = not
+    lineage: Lineage | None = None  # population-based training: every point's path (pipelines.sweep.pbt)
 
     @property
     def labels(self) -> list[str]:

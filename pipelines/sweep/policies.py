@@ -1,4 +1,5 @@
-"""Per-epoch decisions across the grid: divergence, early stopping, successive halving, the adaptive rate.
+"""Per-epoch decisions across the grid: divergence, early stopping, successive halving, the adaptive rate and
+population-based training's exploit (:mod:`pipelines.sweep.pbt`).
 
 Each policy looks at one epoch's evaluation of the rates still running (:class:`EpochView`: one value per
 *rate*, the mean over its seeds, and the per-row validation losses) and returns a :class:`Decision`: which
@@ -14,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +23,9 @@ import numpy.typing as npt
 from pipelines.sgd._types import FloatArray, IntArray
 from pipelines.sgd.schedules import AdaptiveRateState
 from pipelines.sweep.status import DIVERGED, EARLY_STOPPED, PRUNED
+
+if TYPE_CHECKING:
+    from pipelines.sweep.pbt import Exploit, PopulationBasedTraining
 
 _NO_RATES = np.zeros(0, dtype=np.int64)
 
@@ -57,6 +61,7 @@ class Decision:
     status: str = ""  # ... with this status
     keep: IntArray | None = None  # rates whose models at this epoch become their kept models
     rate_multipliers: FloatArray | None = None  # (K,) new per-row multipliers of the base rates
+    exploit: Exploit | None = None  # population-based training: points that take others' models
 
 
 class Policy(Protocol):
@@ -100,6 +105,10 @@ class Divergence:
         self.best_train_loss[view.rates] = np.fmin(self.best_train_loss[view.rates], finite)
         return Decision(stop=view.rates[is_diverged], status=DIVERGED)
 
+    def inherit(self, targets: IntArray, sources: IntArray) -> None:
+        """``targets`` hold copies of the models of ``sources``: they are judged against their best loss."""
+        self.best_train_loss[targets] = self.best_train_loss[sources]
+
     def to_arrays(self) -> dict[str, npt.NDArray[np.generic]]:
         return {"best_train_loss": self.best_train_loss}
 
@@ -116,6 +125,9 @@ class KeepLatest:
 
     def decide(self, view: EpochView) -> Decision:
         return Decision(keep=view.rates)
+
+    def inherit(self, targets: IntArray, sources: IntArray) -> None:
+        return None
 
     def to_arrays(self) -> dict[str, npt.NDArray[np.generic]]:
         return {}
@@ -160,6 +172,11 @@ class EarlyStopping:
     def decide(self, view: EpochView) -> Decision:
         improved, stop = self.update(view.epoch, view.rates, view.val_loss)
         return Decision(stop=stop, status=EARLY_STOPPED, keep=improved)
+
+    def inherit(self, targets: IntArray, sources: IntArray) -> None:
+        """``targets`` took other models: they start counting afresh (their next epoch is an improvement, whose
+        models they keep, and they get ``patience`` epochs at their new rate)."""
+        self.best_loss[targets], self.best_epoch[targets], self.waited[targets] = np.inf, 0, 0
 
     def to_arrays(self) -> dict[str, npt.NDArray[np.generic]]:
         return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "waited": self.waited}
@@ -247,6 +264,7 @@ class Policies:
     selection: EarlyStopping | KeepLatest
     pruning: SuccessiveHalving | None = None
     adaptive: AdaptiveRate | None = None
+    population: PopulationBasedTraining | None = None  # last: it ranks the points the others left running
 
     def ordered(self) -> Iterator[tuple[str, Policy]]:
         """``(name, policy)`` pairs in decision order."""
@@ -256,6 +274,13 @@ class Policies:
             yield "pruning", self.pruning
         if self.adaptive is not None:
             yield "adaptive", self.adaptive
+        if self.population is not None:
+            yield "pbt", self.population
+
+    def inherit(self, targets: IntArray, sources: IntArray) -> None:
+        """The policies' per-point state after ``targets`` took copies of the models of ``sources``."""
+        self.divergence.inherit(targets, sources)
+        self.selection.inherit(targets, sources)
 
     def to_arrays(self) -> dict[str, npt.NDArray[np.generic]]:
         """Every policy's state, keys ``<policy>.<array>``."""

@@ -23,6 +23,7 @@ from pipelines.sgd._types import FloatArray, IntArray
 from pipelines.sgd.metrics import curve_names
 from pipelines.sweep.grid import GridPoint
 from pipelines.sweep.outcome import GridOutcome, RateResult
+from pipelines.sweep.pbt import Exploit, Lineage
 from pipelines.sweep.policies import Decision, EpochView
 from pipelines.sweep.status import COMPLETED, RUNNING
 
@@ -37,6 +38,7 @@ class GridState:
     loss: str
     n_features: int
     outputs: int = 1  # weight rows per model (a multinomial model's classes)
+    lineage: Lineage | None = None  # population-based training: each point's rates and copies, epoch by epoch
     curves: dict[str, FloatArray] = field(init=False)  # name -> (epochs + 1, K)
     status: npt.NDArray[np.str_] = field(init=False)  # (R,)
     stopped_epoch: IntArray = field(init=False)  # (R,) 0 = not stopped by a policy
@@ -127,6 +129,14 @@ class GridState:
             self.status[decision.stop] = decision.status
             self.stopped_epoch[decision.stop] = epoch
 
+    def exploit(self, exploit: Exploit) -> None:
+        """Population-based training's exploit after ``exploit.epoch``: the targets run again (a stopped one is
+        replaced rather than lost) and their lineage continues from their sources'."""
+        assert self.lineage is not None, "an exploit needs a population (sweep.strategy: pbt)"
+        self.status[exploit.targets] = RUNNING
+        self.stopped_epoch[exploit.targets] = 0
+        self.lineage.exploited(exploit)
+
     def finish(self) -> None:
         """Every rate still running completed all epochs."""
         self.status[self.status == RUNNING] = COMPLETED
@@ -136,6 +146,7 @@ class GridState:
     def outcome(self, jobs: int, row_passes: int, full_grid_row_passes: int, seconds: float) -> GridOutcome:
         """Per-rate curves (means and standard deviations over seeds) and kept models."""
         results = []
+        schedules = self._schedules()
         for rate, point in enumerate(self.points):
             rate_rows = self.rows_of[rate]
             means = {name: curve[:, rate_rows].mean(axis=1) for name, curve in self.curves.items()}
@@ -153,11 +164,22 @@ class GridState:
                 else self.kept_weights[rate].copy(),
                 intercept=self.kept_intercepts[rate].copy() if self.outputs > 1
                 else float(self.kept_intercepts[rate][0]),
-                initial={name: float(mean[0]) for name, mean in means.items()}))
+                initial={name: float(mean[0]) for name, mean in means.items()},
+                schedule={name: values[:, rate].copy() for name, values in schedules.items()}))
         return GridOutcome(rates=results, epochs=self.epochs, seeds=self.seeds, jobs=jobs, row_passes=row_passes,
                            full_grid_row_passes=full_grid_row_passes, seconds=seconds,
                            epoch_seconds=list(self.epoch_seconds),
-                           recorded_at_ms=[int(value) for value in self.recorded_at_ms])
+                           recorded_at_ms=[int(value) for value in self.recorded_at_ms],
+                           lineage=None if self.lineage is None else Lineage.from_arrays(self.lineage.to_arrays()))
+
+    def _schedules(self) -> dict[str, FloatArray]:
+        """Population-based training's per-epoch values of every point, ``(E, R)`` (epochs 1..E): the rate and
+        reg_param its models were trained at, and the point it took them from (NaN where none)."""
+        if self.lineage is None:
+            return {}
+        source = self.lineage.exploited_from[1:].astype(np.float64)
+        return {"learning_rate": self.lineage.learning_rates[1:], "reg_param": self.lineage.reg_params[1:],
+                "pbt_exploited_from": np.where(source >= 0, source, np.nan)}
 
     # ---------------------------------------------------------------------------------- checkpoints
 
@@ -176,6 +198,8 @@ class GridState:
             "epoch_seconds": np.asarray(self.epoch_seconds, dtype=np.float64),
         }
         arrays.update({f"curve.{name}": curve.copy() for name, curve in self.curves.items()})
+        if self.lineage is not None:
+            arrays.update({f"lineage.{key}": value for key, value in self.lineage.to_arrays().items()})
         return arrays
 
     @classmethod
@@ -195,6 +219,9 @@ class GridState:
         state.recorded_epoch, state.trained_epoch = (int(v) for v in np.asarray(arrays["progress"]))
         state.recorded_at_ms = np.asarray(arrays["recorded_at_ms"], dtype=np.int64).copy()
         state.epoch_seconds = [float(v) for v in np.asarray(arrays["epoch_seconds"])]
+        if "lineage.origin" in arrays:
+            state.lineage = Lineage.from_arrays({key.removeprefix("lineage."): value for key, value in arrays.items()
+                                                 if key.startswith("lineage.")})
         return state
 
 
@@ -208,6 +235,7 @@ def _std_over_seeds(values: FloatArray) -> FloatArray:
 
 
 def grid_state(points: Sequence[GridPoint], seeds: Sequence[int], epochs: int, loss: str,
-               n_features: int, outputs: int = 1) -> GridState:
-    """A fresh state: every point running, nothing evaluated."""
-    return GridState(tuple(points), tuple(int(s) for s in seeds), epochs, loss, n_features, outputs)
+               n_features: int, outputs: int = 1, population: bool = False) -> GridState:
+    """A fresh state: every point running, nothing evaluated (with ``population``, a :class:`Lineage` too)."""
+    return GridState(tuple(points), tuple(int(s) for s in seeds), epochs, loss, n_features, outputs,
+                     Lineage(epochs, len(points)) if population else None)

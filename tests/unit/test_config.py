@@ -226,3 +226,42 @@ def test_sql_names_quote_paths_and_catalog_names() -> None:
     assert sql_name("/tmp/we`ird/t") == "delta.`/tmp/we``ird/t`"
     assert sql_name("s3://bucket/a b/t") == "delta.`s3://bucket/a b/t`"
     assert sql_name("sales.churn") == "`sales`.`churn`"
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["sweep.pbt.quantile=0"], "conf: sweep.pbt.quantile = 0: must be > 0"),
+    (["sweep.pbt.quantile=0.75"], "conf: sweep.pbt.quantile = 0.75: must be <= 0.5"),
+    (["sweep.pbt.interval=0"], "conf: sweep.pbt.interval = 0: must be >= 1"),
+    (["train.epochs=6", "sweep.pbt.interval=5"], "conf: sweep.pbt.interval = 5: must be <= train.epochs - 2 = 4"),
+    (["sweep.learning_rates=[0.01, 0.1, 1.0]"],
+     "conf: sweep.learning_rates = [0.01, 0.1, 1.0]: sweep.strategy=pbt needs a population of at least 4 points"),
+    (["sweep.pbt.factors=[1.0, 1]"], "conf: sweep.pbt.factors = [1.0, 1]: every factor must be finite, > 0 and != 1"),
+    (["sweep.pbt.factors=[]"], "conf: sweep.pbt.factors = []: must list at least one factor"),
+    (["sweep.pbt.resample_probability=1.5"], "conf: sweep.pbt.resample_probability = 1.5: must be <= 1"),
+    (["sweep.pruning.enabled=true"],
+     "conf: sweep.pruning.enabled = True: successive halving removes the members population-based training"),
+    (["train.schedule=cosine"], "conf: train.schedule = 'cosine': sweep.strategy=pbt sets each point's rate itself"),
+    (["sweep.learning_rates=auto", "sweep.refine=true"], "conf: sweep.refine = True: a second, finer grid"),
+])
+def test_population_based_training_refuses_bad_settings_in_one_line_naming_the_key(
+        overrides: list[str], expected: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(overrides=["sweep.strategy=pbt", *overrides])
+    assert str(raised.value).startswith(expected) and "\n" not in str(raised.value)
+
+
+def test_population_based_training_defaults_and_a_joint_grid_population() -> None:
+    config = load_config(overrides=["sweep.strategy=pbt", "sweep.learning_rates=[0.01, 0.1]",
+                                    "sweep.reg_params=[0.001, 0.01]"])  # 2 x 2 points: a population of 4
+    assert config.sweep.strategy == "pbt" and config.sweep.pbt.factors == [0.8, 1.2]
+    assert (config.sweep.pbt.interval, config.sweep.pbt.quantile, config.sweep.pbt.seed) == (2, 0.25, None)
+    assert load_config().sweep.strategy == "grid"
+
+
+def test_a_piecewise_schedule_is_validated_at_load_naming_its_keys() -> None:
+    config = load_config(overrides=["train.schedule={name: piecewise, epochs: [1, 4], rates: [0.1, 0.01]}"])
+    assert (config.train.schedule.epochs, config.train.schedule.rates) == ((1, 4), (0.1, 0.01))
+    with pytest.raises(ConfigError, match=r"^conf: train.schedule.epochs = \[2\]: piecewise needs the first epoch"):
+        load_config(overrides=["train.schedule={name: piecewise, epochs: [2], rates: [0.1]}"])
+    with pytest.raises(ConfigError, match=r"^conf: train.schedule.rates = \[0.1\]: piecewise needs one finite rate"):
+        load_config(overrides=["train.schedule={name: piecewise, epochs: [1, 3], rates: [0.1]}"])

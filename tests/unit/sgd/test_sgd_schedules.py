@@ -12,6 +12,7 @@ from pipelines.sgd.schedules import SCHEDULE_NAMES, AdaptiveRateState, ScheduleS
 
 TOTAL_STEPS = 40
 PARAMETERS = {"power_t": 0.35, "step_size": 7, "gamma": 0.9, "min_factor": 0.1}
+PIECES = {"epochs": (1, 4, 13), "rates": (0.3, 0.07, 0.011)}
 
 
 def _scalar_one_cycle(t: int, total: int, spec: StepSchedule) -> float:
@@ -42,6 +43,8 @@ def _scalar_inner(spec: StepSchedule, t: int, total: int) -> float:
         return spec.gamma ** (t - 1)
     if spec.name in ("cosine", "warmup_cosine"):
         return spec.min_factor + (1 - spec.min_factor) * 0.5 * (1 + math.cos(math.pi * (t - 1) / total))
+    if spec.name == "piecewise":  # one step per epoch here: the step is the epoch
+        return [rate for first, rate in zip(PIECES["epochs"], PIECES["rates"], strict=True) if first <= t][-1]
     return _scalar_one_cycle(t, total, spec)
 
 
@@ -58,7 +61,7 @@ def test_multiplier_matches_scalar_formula(name: str, warmup_steps: int) -> None
     # one step per epoch: the epoch-based spec's durations are the step counts
     spec = ScheduleSpec(name, warmup_epochs=warmup_steps, power_t=PARAMETERS["power_t"],
                         step_epochs=PARAMETERS["step_size"], gamma=PARAMETERS["gamma"],
-                        min_factor=PARAMETERS["min_factor"]).per_step(1)
+                        min_factor=PARAMETERS["min_factor"], **PIECES).per_step(1)
     steps = np.arange(1, TOTAL_STEPS + 1)
     expected = [_scalar_multiplier(spec, int(t), TOTAL_STEPS) for t in steps]
     vectorized = multiplier(spec, steps, TOTAL_STEPS)
@@ -152,3 +155,23 @@ def test_adaptive_rate_divides_by_five_after_patience_runs_out() -> None:
     np.testing.assert_allclose(multipliers[3], [1.0, 0.2, 0.2])
     np.testing.assert_array_equal(state.epochs_without_improvement, [1, 0, 1])
     np.testing.assert_allclose(state.best_losses, [0.39, 0.9, 1.0])
+
+
+def test_piecewise_gives_each_epochs_rate_to_its_steps_exactly() -> None:
+    spec = ScheduleSpec("piecewise", epochs=[1, 3], rates=[0.1, 0.025]).per_step(4)
+    values = multiplier(spec, np.arange(1, 17), 16)
+    assert isinstance(values, np.ndarray)
+    assert values.tolist() == [0.1] * 8 + [0.025] * 8  # epochs 1-2, then 3-4: the rates' own bits
+
+
+@pytest.mark.parametrize(("pieces", "message"), [
+    ({"epochs": [], "rates": []}, "epochs = []: piecewise needs the first epoch of each piece"),
+    ({"epochs": [2, 5], "rates": [0.1, 0.2]}, "epochs = [2, 5]: piecewise needs"),
+    ({"epochs": [1, 1], "rates": [0.1, 0.2]}, "strictly increasing from 1"),
+    ({"epochs": [1, 3], "rates": [0.1]}, "rates = [0.1]: piecewise needs one finite rate > 0 per piece (2)"),
+    ({"epochs": [1], "rates": [0.0]}, "rates = [0.0]"),
+])
+def test_piecewise_rules(pieces: dict[str, list[float]], message: str) -> None:
+    with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+                       .replace("]", r"\]")):
+        ScheduleSpec("piecewise", **pieces)  # type: ignore[arg-type]
