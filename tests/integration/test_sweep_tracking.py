@@ -345,3 +345,42 @@ def test_rerun_keeps_the_table_version_of_the_first_attempt(spark: SparkSession,
     assert spark.read.format("delta").load(config.output.results_table).count() == first.results_rows
     client = MlflowClient(tracking_uri=config.tracking.uri)
     assert client.get_run(first.parent_run_id).data.params["table_version"] == "0"
+
+
+def test_show_and_history_read_the_results_table_while_mlflow_is_unreachable(
+    spark: SparkSession, swept: tuple[Config, SweepReport], demo_table: str, workdir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pipelines.cli import main
+    from pipelines.orchestration.results import show_sweep, sweep_history
+    from pipelines.reporting.tables import format_summary
+
+    config, report = swept
+    capsys.readouterr()
+    argv = [*table_overrides(demo_table, workdir), "--set", "tracking.uri=http://127.0.0.1:9",
+            "--set", "tracking.connect_timeout_seconds=1"]  # nothing listens there: MLflow is down
+    assert main(["show", SWEEP_ID, *argv]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"sweep {SWEEP_ID}: {demo_table} at version 1, logistic loss, 3 points (2 completed, 1 diverged)"
+    assert "\n".join(out[1:6]) == format_summary(report.summary, "logistic")  # the job's own closing table
+    assert out[-1] == f"parent run {report.parent_run_id}; rows in {config.output.results_table}"
+
+    summary = show_sweep(config, SWEEP_ID, spark)  # from Python: the DataFrame
+    assert summary["learning_rate"].tolist() == [0.01, 0.1, 1000.0] and summary["best"].sum() == 1
+    assert report.outcome.best is not None
+    best_val_loss = report.outcome.best.final_metrics()["val_loss"]
+    assert summary.loc[summary["best"], "val_loss"].item() == pytest.approx(best_val_loss)
+
+    assert main(["show", "no-such-sweep", *argv]) == 2  # a bad id: one line, exit 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: sweep 'no-such-sweep' has no rows in {config.output.results_table}; `lrsweep history` lists the "
+        "sweeps of data.table"]
+
+    assert main(["history", *argv]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(f"sweeps of {demo_table} (from {config.output.results_table}):")
+    assert lines[1].split()[:3] == ["sweep_id", "data_version", "data_since_version"]
+    history = sweep_history(config, spark)
+    assert SWEEP_ID in history["sweep_id"].tolist() and any(line.startswith(f"{SWEEP_ID} ") for line in lines)
+    mine = history[history["sweep_id"] == SWEEP_ID].iloc[0]
+    assert mine["best_learning_rate"] == report.outcome.best.learning_rate
