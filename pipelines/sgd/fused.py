@@ -8,10 +8,11 @@ the progressive training loss takes both at each margin from one rule, :func:`ma
 one-``exp`` ``value_and_derivative_at`` where it has one) and the optimizer's
 update rule (:data:`~pipelines.sgd.optimizers.UPDATE_RULES`), compiled into it (:func:`epoch_kernel`,
 :func:`loss_sums_kernel`, :func:`gradient_sums_kernel`; one per rule pair, built once per process and cached on
-disk). :class:`CompiledKernel` is the :class:`~pipelines.sgd.kernels.Kernel` of a scalar loss on dense inputs;
-sparse inputs and multinomial models run :mod:`pipelines.sgd.numpy_kernel`, which the tests also hold this
-one to (1e-12 relative, every loss, optimizer and penalty). The numpy loop spends ~85 µs of Python per batch;
-here a batch of 256 rows costs a few microseconds per model row, so an epoch is bound by arithmetic and memory instead.
+disk). :class:`CompiledKernel` is the :class:`~pipelines.sgd.kernels.Kernel` of a scalar loss on dense inputs
+(split designs: :mod:`pipelines.sgd.fused_sparse`; multinomial models: :mod:`pipelines.sgd.fused_multinomial`); the
+tests hold it to :mod:`pipelines.sgd.numpy_kernel` (1e-10 relative, every loss, optimizer and penalty). The numpy
+loop spends ~85 µs of Python per batch; here a batch of 256 rows costs a few microseconds per model row, so an
+epoch is bound by arithmetic and memory instead.
 
 Order of operations, fixed and per model row (so a row's bits never depend on K or on the other rows):
 
@@ -32,20 +33,15 @@ memory traffic halves; weights, state and every sum stay float64.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
-import marshal
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numba import njit
-from numba.core.caching import FunctionCache
-from numba.extending import register_jitable
 
 from pipelines.sgd._types import FloatArray
+from pipelines.sgd.compiling import compile_kernel, gather_batch, jitable, row_update
 from pipelines.sgd.kernels import Block, EpochPlan, EpochSteps, Models
 from pipelines.sgd.losses import PairedScalarLoss, ScalarLoss
 from pipelines.sgd.optimizers import SLOT_NAMES, OptimizerSpec, stacked_slots
@@ -55,37 +51,7 @@ ScalarRule = Callable[[float, float, float], float]
 PairRule = Callable[[float, float, float], tuple[float, float]]
 
 
-class _RuleCache(FunctionCache):
-    """numba keys a cached kernel by its own bytecode and its closure's pickle, which names the rules but does not
-    hold their code (they live in other files): their bytecode joins the key, so an edited rule compiles anew
-    instead of loading stale machine code."""
-
-    def __init__(self, py_func: Callable[..., Any], rules: tuple[Callable[..., Any], ...]) -> None:
-        super().__init__(py_func)
-        self._rules_key = hashlib.sha256(b"".join(marshal.dumps(rule.__code__) for rule in rules)).hexdigest()
-
-    def _index_key(self, sig: Any, codegen: Any) -> tuple[Any, ...]:
-        return (*super()._index_key(sig, codegen), self._rules_key)
-
-
-def _compiled(function: Callable[..., Any], rules: tuple[Callable[..., Any], ...] = ()) -> Any:
-    """``function`` compiled by numba, its machine code cached on disk for the next processes (Spark's Python
-    workers) where a cache location is writable, else compiled once per process; ``rules``: the functions from
-    other modules it compiles in."""
-    dispatcher = njit(nogil=True)(function)
-    with contextlib.suppress(RuntimeError):  # RuntimeError: no writable cache location (a read-only install)
-        dispatcher._cache = _RuleCache(function, rules)  # type: ignore[attr-defined]  # numba's cache slot
-    return dispatcher
-
-
-@functools.cache
-def _jitable(rule: Callable[..., Any]) -> Callable[..., Any]:
-    """``rule`` made callable from compiled code (registered once per process)."""
-    registered: Callable[..., Any] = register_jitable(rule)
-    return registered
-
-
-@_compiled
+@compile_kernel
 def _margins(X: FloatArray, row: int, w: FloatArray, out: FloatArray) -> int:  # pragma: no cover - compiled
     """``x_i . w`` for the four rows from ``row`` into ``out`` (fewer at the end; returns how many), each summed
     in input order (the same arithmetic as the epoch kernel's margins). The four sums are independent, so
@@ -114,7 +80,7 @@ def loss_sums_kernel(value_at: ScalarRule) -> Any:
     """The compiled ``sum_i s_i loss(x_i . w_k + b_k, y_i)`` per model row of the loss whose scalar rule is
     ``value_at`` (``sample_weight`` empty: ``s_i = 1``); each model row's total runs over the data rows in
     order."""
-    value = _jitable(value_at)
+    value = jitable(value_at)
 
     def loss_sums(X: FloatArray, y: FloatArray, sample_weight: FloatArray, weights: FloatArray,
                   intercepts: FloatArray, epsilon: float) -> FloatArray:  # pragma: no cover - compiled
@@ -135,14 +101,14 @@ def loss_sums_kernel(value_at: ScalarRule) -> Any:
             totals[k] = total
         return totals
 
-    return _compiled(loss_sums, (value_at,))
+    return compile_kernel(loss_sums, (value_at,))
 
 
 @functools.cache
 def gradient_sums_kernel(value_at: ScalarRule, derivative_at: ScalarRule) -> Any:
     """The compiled gradient pass of a loss's scalar rules, one pass per model row: ``sum_i s_i loss'(m_ik)
     x_i``, ``sum_i s_i loss'(m_ik)`` and ``sum_i s_i loss(m_ik)``, every sum over the data rows in order."""
-    value, derivative = _jitable(value_at), _jitable(derivative_at)
+    value, derivative = jitable(value_at), jitable(derivative_at)
 
     def gradient_sums(X: FloatArray, y: FloatArray, sample_weight: FloatArray, weights: FloatArray,
                       intercepts: FloatArray,
@@ -174,13 +140,13 @@ def gradient_sums_kernel(value_at: ScalarRule, derivative_at: ScalarRule) -> Any
             grad_b[k], losses[k] = bias_total, total
         return grad_w, grad_b, losses
 
-    return _compiled(gradient_sums, (value_at, derivative_at))
+    return compile_kernel(gradient_sums, (value_at, derivative_at))
 
 
 @functools.cache
 def _slope_only(derivative_at: ScalarRule) -> PairRule:
     """``(0, dloss/dm)``: the margin rule of an epoch that sums no loss (the derivative's rule alone)."""
-    derivative = _jitable(derivative_at)
+    derivative = jitable(derivative_at)
 
     def zero_and_derivative_at(m: float, y: float, epsilon: float) -> tuple[float, float]:
         return 0.0, derivative(m, y, epsilon)
@@ -191,7 +157,7 @@ def _slope_only(derivative_at: ScalarRule) -> PairRule:
 @functools.cache
 def _one_after_the_other(value_at: ScalarRule, derivative_at: ScalarRule) -> PairRule:
     """``(loss, dloss/dm)`` of a loss without a shared transcendental: its two rules (nothing to share)."""
-    value, derivative = _jitable(value_at), _jitable(derivative_at)
+    value, derivative = jitable(value_at), jitable(derivative_at)
 
     def value_and_derivative_at(m: float, y: float, epsilon: float) -> tuple[float, float]:
         return value(m, y, epsilon), derivative(m, y, epsilon)
@@ -225,7 +191,8 @@ def epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any], ...]
     ``sum_i s_i loss(m_ik, y_i)`` at the margins the batch's update is computed from, the rows in batch order,
     each batch's total added in batch order (zeros when ``margin_at`` gives no loss).
     """
-    margin_rule_at, update = _jitable(margin_at), _jitable(update_rule)
+    margin_rule_at, update, update_row = jitable(margin_at), jitable(update_rule), \
+        jitable(row_update(update_rule, decoupled_decay))
 
     def epoch(X: FloatArray, y: FloatArray, sample_weight: FloatArray, order: Any, first_batch: int,
               n_batches: int, batch_size: int, weights: FloatArray, intercepts: FloatArray,
@@ -243,19 +210,11 @@ def epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any], ...]
         derivatives = np.empty((TILE, batch_size))
         gradient = np.empty((TILE, d))
         bias_gradients = np.empty(TILE)
+        every_column = np.zeros(0, dtype=np.int64)
         for batch in range(n_batches):
             start = (first_batch + batch) * batch_size
             rows = min(batch_size, n_rows - start)
-            for i in range(rows):
-                source = order[start + i]
-                labels[i] = y[source]
-                if weighted:
-                    row_weights[i] = sample_weight[source]
-                for j in range(d):
-                    gathered[i, j] = X[source, j]
-            for j in range(d):  # a second, cache-resident pass (writing both at once measured 30% slower)
-                for i in range(rows):
-                    transposed[j, i] = gathered[i, j]
+            gather_batch(X, y, sample_weight, order, start, rows, gathered, transposed, labels, row_weights)
             inverse_rows = 1.0 / rows
             first = 0
             while first < n_models:
@@ -283,34 +242,15 @@ def epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any], ...]
                     step_size = step_sizes[batch, k]
                     steps[k] += 1
                     step = float(steps[k])
-                    l1_k, l2_k = l1[k], l2[k]
-                    if l2_k == 0.0 and l1_k == 0.0:  # no penalty: a loop the compiler vectorizes (plain SGD)
-                        for j in range(d):
-                            weights[k, j] = update(weights[k, j], gradient[t, j] * inverse_rows, step_size, step,
-                                                   weight_slots, (k, j), constants)
-                    else:
-                        decay = decoupled_decay and l2_k != 0.0
-                        smooth = not decoupled_decay and l2_k != 0.0
-                        for j in range(d):
-                            grad = gradient[t, j] * inverse_rows
-                            param = weights[k, j]
-                            if decay:
-                                param = param * (1.0 - step_size * l2_k)
-                            elif smooth:
-                                grad = grad + l2_k * param
-                            updated = update(param, grad, step_size, step, weight_slots, (k, j), constants)
-                            if l1_k != 0.0:
-                                shrunk = max(abs(updated) - step_size * l1_k, 0.0)
-                                # sign(w) * shrunk, NaN kept
-                                updated = shrunk if updated > 0.0 else (-shrunk if updated < 0.0 else
-                                                                        updated * shrunk)
-                            weights[k, j] = updated
+                    update_row(weights, k, every_column, d, gradient[t], inverse_rows, step_size, step, l1[k], l2[k],
+                               weight_slots, constants)
                     if fit_intercept:
                         intercepts[k] = update(intercepts[k], bias_gradients[t] * inverse_rows, step_size, step,
                                                intercept_slots, (k,), constants)
                 first += tile
 
-    return _compiled(epoch, (margin_at, *loss_rules, update_rule, tile_margins, tile_gradient))
+    return compile_kernel(epoch, (margin_at, *loss_rules, update_rule, tile_margins, tile_gradient, gather_batch,
+                                  row_update(update_rule, decoupled_decay)))
 
 
 def _contiguous(block: Block) -> tuple[FloatArray, FloatArray, FloatArray]:

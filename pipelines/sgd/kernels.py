@@ -1,9 +1,11 @@
 """Per-block numerics the distributed layer runs on each partition: the kernel role and the epoch.
 
 A :class:`Kernel` is one loss and one optimizer over one kind of block, chosen once from the problem
-(:meth:`pipelines.sgd.problem.TrainingProblem.kernel`): the compiled kernel of dense inputs
-(:class:`pipelines.sgd.fused.CompiledKernel`), or the numpy kernels of multinomial models and sparse inputs
-(:mod:`pipelines.sgd.numpy_kernel`). Two training modes share it:
+(:meth:`pipelines.sgd.problem.TrainingProblem.kernel`): the compiled kernels of dense inputs
+(:class:`pipelines.sgd.fused.CompiledKernel`), split designs (:class:`pipelines.sgd.fused_sparse.CompiledSparseKernel`)
+and multinomial models (:class:`pipelines.sgd.fused_multinomial.CompiledMultinomialKernel`), or the numpy kernels
+(:mod:`pipelines.sgd.numpy_kernel`: multinomial models on split designs, and every compiled kernel's test oracle).
+Two training modes share it:
 
 * full-batch gradient descent: every partition returns :meth:`Kernel.gradient_sums`
   (sums, not means) and :mod:`pipelines.sgd.gradient_step` turns the total into one step

@@ -1,5 +1,7 @@
-"""The numpy kernels: multinomial models (:class:`NumpyKernel`) and split designs with sparse inputs
-(:class:`SparseKernel`), where the compiled kernel of :mod:`pipelines.sgd.fused` does not apply.
+"""The numpy kernels: any loss (:class:`NumpyKernel`) and split designs with sparse inputs (:class:`SparseKernel`),
+the definition the compiled epochs (:mod:`pipelines.sgd.fused`, :mod:`pipelines.sgd.fused_sparse`,
+:mod:`pipelines.sgd.fused_multinomial`) are tested against; they train multinomial models on split designs, and
+their full passes (``loss_sums``, ``gradient_sums``) serve the compiled sparse and multinomial kernels.
 
 They run the losses' vectorized definitions (:meth:`~pipelines.sgd.losses.Loss.value`,
 :meth:`~pipelines.sgd.losses.Loss.derivative`) and the optimizers' update rules on arrays

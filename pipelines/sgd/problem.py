@@ -14,7 +14,7 @@ from pipelines.sgd._validation import Interval, OneOf, Rule, SpecError, check_ru
 from pipelines.sgd.design import Design, SplitDesign
 from pipelines.sgd.kernels import Kernel
 from pipelines.sgd.losses import DEFAULT_EPSILON, LOSS_NAMES, Loss, ScalarLoss, get_loss
-from pipelines.sgd.numpy_kernel import NumpyKernel, SparseKernel
+from pipelines.sgd.numpy_kernel import SparseKernel
 from pipelines.sgd.optimizers import OptimizerSpec
 from pipelines.sgd.regularization import Regularization
 from pipelines.sgd.schedules import ScheduleSpec
@@ -63,19 +63,26 @@ class TrainingProblem:
         object.__setattr__(self, "loss_function", get_loss(self.loss, self.epsilon, self.n_classes))
 
     def kernel(self, X: Design) -> Kernel:
-        """The kernel of this problem for blocks of ``X``'s kind, chosen once and passed down: the compiled kernel
-        of a one-margin loss on dense inputs (:class:`~pipelines.sgd.fused.CompiledKernel`, imported here: numba
-        is loaded by the processes that train only), the numpy kernel of a split design
-        (:class:`~pipelines.sgd.numpy_kernel.SparseKernel`) or of a multinomial model
-        (:class:`~pipelines.sgd.numpy_kernel.NumpyKernel`)."""
+        """The kernel of this problem for blocks of ``X``'s kind, chosen once and passed down (the compiled ones
+        imported here: numba is loaded by the processes that train only): a one-margin loss's compiled kernel on
+        dense inputs (:class:`~pipelines.sgd.fused.CompiledKernel`) or on a split design
+        (:class:`~pipelines.sgd.fused_sparse.CompiledSparseKernel`), a multinomial model's on dense inputs
+        (:class:`~pipelines.sgd.fused_multinomial.CompiledMultinomialKernel`), else the numpy kernel of a split
+        design (:class:`~pipelines.sgd.numpy_kernel.SparseKernel`, multinomial models)."""
         loss = self.loss_function
         if isinstance(X, SplitDesign):
+            if isinstance(loss, ScalarLoss):
+                from pipelines.sgd.fused_sparse import CompiledSparseKernel
+
+                return CompiledSparseKernel(loss, self.optimizer)
             return SparseKernel(loss, self.optimizer)
         if isinstance(loss, ScalarLoss):
             from pipelines.sgd.fused import CompiledKernel
 
             return CompiledKernel(loss, self.optimizer)
-        return NumpyKernel(loss, self.optimizer)
+        from pipelines.sgd.fused_multinomial import CompiledMultinomialKernel
+
+        return CompiledMultinomialKernel(loss, self.optimizer)
 
     @property
     def outputs(self) -> int:

@@ -1,0 +1,187 @@
+"""The compiled (numba) mini-batch epoch of a one-margin loss on a split design (dense and CSR inputs side by side,
+:class:`~pipelines.sgd.design.SplitDesign`).
+
+Per batch: the dense part's rows are gathered and their products run by the register-tiled kernels of
+:mod:`pipelines.sgd.tiles`; the sparse part's rows are gathered as CSR (their non-zeros in storage order) and the
+batch's touched columns listed once. Per model row:
+
+* ``m_i = (x_i,dense . w_dense + b) + (sum over the row's non-zeros of v w_c, in storage order)``, the order of the
+  numpy definition (:class:`~pipelines.sgd.numpy_kernel.SparseKernel`);
+* the loss's rule at each margin (:func:`~pipelines.sgd.fused.margin_rule`), times the row's weight;
+* the sparse gradient ``g_c = sum_i d_i v_ic`` over the batch's rows in order, for the touched columns only (SciPy's
+  ``X^T d`` adds each column's terms in row order too);
+* plain SGD without a penalty moves the dense and the touched columns only (the other columns' step is
+  ``w - s 0 = w``: the same bits), so a step costs in the batch's non-zeros, not the width; any other optimizer
+  or a penalty moves every column (state and decay move where the gradient is 0), as the numpy kernel does.
+
+Every sum is per model row, so a row's bits do not depend on the other rows (grid points) in the pass.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipelines.sgd._types import FloatArray
+from pipelines.sgd.compiling import compile_kernel, gather_batch, jitable, row_update
+from pipelines.sgd.design import SplitDesign
+from pipelines.sgd.fused import PairRule, margin_rule
+from pipelines.sgd.kernels import Block, EpochPlan, EpochSteps, Models
+from pipelines.sgd.losses import ScalarLoss
+from pipelines.sgd.numpy_kernel import SparseKernel
+from pipelines.sgd.optimizers import SLOT_NAMES, sgd_rule, stacked_slots
+from pipelines.sgd.tiles import TILE, tile_gradient, tile_margins
+
+
+@functools.cache
+def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any], ...],
+                        update_rule: Callable[..., Any], decoupled_decay: bool) -> Any:
+    """The compiled epoch of a split design (the arguments as :func:`pipelines.sgd.fused.epoch_kernel`'s):
+    ``dense`` ``(n, d_dense)`` and the CSR part's ``indptr``, ``indices``, ``values``; ``max_row_nonzeros``: the
+    most non-zeros of one row; ``sparse_steps``: the rule is plain SGD (rows without a penalty then move their dense
+    and touched columns only)."""
+    margin_rule_at, update = jitable(margin_at), jitable(update_rule)
+    update_row = jitable(row_update(update_rule, decoupled_decay))
+
+    def epoch(dense: FloatArray, indptr: Any, indices: Any, values: Any, max_row_nonzeros: int, y: FloatArray,
+              sample_weight: FloatArray, order: Any, first_batch: int, n_batches: int, batch_size: int,
+              weights: FloatArray, intercepts: FloatArray, weight_slots: FloatArray, intercept_slots: FloatArray,
+              steps: Any, step_sizes: FloatArray, l1: FloatArray, l2: FloatArray, epsilon: float, constants: Any,
+              fit_intercept: bool, sparse_steps: bool, loss_sums: FloatArray) -> None:  # pragma: no cover - compiled
+        n_rows, split = dense.shape
+        n_models, width = weights.shape
+        sparse_width = width - split
+        weighted = sample_weight.shape[0] > 0
+        gathered = np.empty((batch_size, split))
+        transposed = np.empty((split, batch_size))
+        labels = np.empty(batch_size)
+        row_weights = np.empty(batch_size)
+        batch_indptr = np.empty(batch_size + 1, dtype=np.int64)
+        batch_columns = np.empty(batch_size * max_row_nonzeros, dtype=np.int64)
+        batch_values = np.empty(batch_size * max_row_nonzeros)
+        touched = np.empty(batch_size * max_row_nonzeros, dtype=np.int64)  # weight columns: split + sparse column
+        touched_gradient = np.empty(batch_size * max_row_nonzeros)
+        last_batch_of = np.full(sparse_width, -1, dtype=np.int64)
+        sparse_gradient = np.zeros(sparse_width)
+        full_gradient = np.zeros(width)
+        margins = np.zeros((TILE, batch_size))
+        derivatives = np.empty((TILE, batch_size))
+        gradient = np.empty((TILE, split))
+        bias_gradients = np.empty(TILE)
+        every_column = np.zeros(0, dtype=np.int64)
+        for batch in range(n_batches):
+            start = (first_batch + batch) * batch_size
+            rows = min(batch_size, n_rows - start)
+            gather_batch(dense, y, sample_weight, order, start, rows, gathered, transposed, labels, row_weights)
+            n_touched, cursor = 0, 0
+            batch_indptr[0] = 0
+            for i in range(rows):
+                source = order[start + i]
+                for entry in range(indptr[source], indptr[source + 1]):
+                    column = indices[entry]
+                    batch_columns[cursor], batch_values[cursor] = column, values[entry]
+                    cursor += 1
+                    if last_batch_of[column] != batch:
+                        last_batch_of[column] = batch
+                        touched[n_touched] = split + column
+                        n_touched += 1
+                batch_indptr[i + 1] = cursor
+            inverse_rows = 1.0 / rows
+            first = 0
+            while first < n_models:
+                tile = TILE if first + TILE <= n_models else 1
+                if split > 0:
+                    tile_margins(transposed, weights, first, tile, rows, margins)
+                for t in range(tile):
+                    k = first + t
+                    bias = intercepts[k]
+                    total = 0.0
+                    batch_loss = 0.0
+                    for i in range(rows):
+                        sparse_sum = 0.0
+                        for entry in range(batch_indptr[i], batch_indptr[i + 1]):
+                            sparse_sum += batch_values[entry] * weights[k, split + batch_columns[entry]]
+                        loss, value = margin_rule_at((margins[t, i] + bias) + sparse_sum, labels[i], epsilon)
+                        if weighted:
+                            value = value * row_weights[i]
+                            loss = loss * row_weights[i]
+                        derivatives[t, i] = value
+                        total += value
+                        batch_loss += loss
+                    loss_sums[k] += batch_loss
+                    bias_gradients[t] = total
+                tile_gradient(gathered, derivatives, tile, rows, gradient)
+                for t in range(tile):
+                    k = first + t
+                    for p in range(n_touched):
+                        sparse_gradient[touched[p] - split] = 0.0
+                    for i in range(rows):
+                        value = derivatives[t, i]
+                        for entry in range(batch_indptr[i], batch_indptr[i + 1]):
+                            sparse_gradient[batch_columns[entry]] += batch_values[entry] * value
+                    step_size = step_sizes[batch, k]
+                    steps[k] += 1
+                    step = float(steps[k])
+                    if sparse_steps and l1[k] == 0.0 and l2[k] == 0.0:
+                        update_row(weights, k, every_column, split, gradient[t], inverse_rows, step_size, step,
+                                   0.0, 0.0, weight_slots, constants)
+                        for p in range(n_touched):
+                            touched_gradient[p] = sparse_gradient[touched[p] - split]
+                        update_row(weights, k, touched[:n_touched], n_touched, touched_gradient, inverse_rows,
+                                   step_size, step, 0.0, 0.0, weight_slots, constants)
+                    else:
+                        for j in range(split):
+                            full_gradient[j] = gradient[t, j]
+                        for c in range(sparse_width):
+                            full_gradient[split + c] = 0.0
+                        for p in range(n_touched):
+                            full_gradient[touched[p]] = sparse_gradient[touched[p] - split]
+                        update_row(weights, k, every_column, width, full_gradient, inverse_rows, step_size, step,
+                                   l1[k], l2[k], weight_slots, constants)
+                    if fit_intercept:
+                        intercepts[k] = update(intercepts[k], bias_gradients[t] * inverse_rows, step_size, step,
+                                               intercept_slots, (k,), constants)
+                first += tile
+
+    return compile_kernel(epoch, (margin_at, *loss_rules, update_rule, tile_margins, tile_gradient, gather_batch,
+                                  row_update(update_rule, decoupled_decay)))
+
+
+@dataclass(frozen=True)
+class CompiledSparseKernel(SparseKernel):
+    """The kernel of a one-margin loss on split designs: the epoch compiled (:func:`sparse_epoch_kernel`), the full
+    passes (:meth:`loss_sums`, :meth:`gradient_sums`) those of the numpy kernel (SciPy's products)."""
+
+    loss: ScalarLoss
+
+    def run_batches(self, block: Block, models: Models, plan: EpochPlan, steps: EpochSteps) -> Models:
+        """The epoch's batches in the compiled kernel; ``models.state`` is the caller's copy and is advanced."""
+        if not isinstance(block.X, SplitDesign):
+            raise TypeError(f"CompiledSparseKernel runs split designs, got {type(block.X).__name__}")
+        design, state, optimizer = block.X, models.state, self.optimizer
+        names = SLOT_NAMES[optimizer.name]
+        weights = np.ascontiguousarray(models.weights, dtype=np.float64).copy()
+        intercepts = np.ascontiguousarray(models.intercepts, dtype=np.float64).copy()
+        weight_slots = stacked_slots(state.weight_slots, names, weights.shape)
+        intercept_slots = stacked_slots(state.intercept_slots, names, intercepts.shape)
+        step_counts = state.step.copy()
+        loss_sums = np.zeros(weights.shape[0])
+        sparse = design.sparse
+        max_row_nonzeros = int(np.diff(sparse.indptr).max(initial=0))
+        sample_weight = np.zeros(0) if block.sample_weight is None else \
+            np.ascontiguousarray(block.sample_weight, dtype=np.float64)
+        kernel = sparse_epoch_kernel(*margin_rule(self.loss, plan.progressive_loss), optimizer.rule,
+                                     optimizer.decoupled_decay)
+        kernel(np.ascontiguousarray(design.dense), sparse.indptr, sparse.indices, sparse.data, max(max_row_nonzeros, 1),
+               np.ascontiguousarray(block.y, dtype=np.float64), sample_weight, steps.order, steps.first_batch,
+               steps.n_batches, plan.batch_size, weights, intercepts, weight_slots, intercept_slots, step_counts,
+               np.ascontiguousarray(steps.step_sizes, dtype=np.float64), plan.penalties.l1, plan.penalties.l2,
+               self.loss.epsilon, optimizer.constants, plan.fit_intercept, optimizer.rule is sgd_rule, loss_sums)
+        state.step = step_counts
+        for index, name in enumerate(names):
+            state.weight_slots[name], state.intercept_slots[name] = weight_slots[index], intercept_slots[index]
+        return Models(weights, intercepts, state, loss_sums if plan.progressive_loss else None)
