@@ -54,11 +54,11 @@ JVM_NOISE = (
     r"WARN NativeCodeLoader: Unable to load native-hadoop library",
     r"WARN SparkStringUtils: Truncated the string representation of a plan",
     r"WARN MapPartitionsRDD: RDD \d+ was locally checkpointed",
+    r"WARN Utils: Service 'SparkUI' could not bind on port \d+\. Attempting port",
     # Ivy's package resolution (when Delta's jars must still be resolved)
-    r"^:: (loading settings|resolving dependencies|resolution report|retrieving|problems summary) ::",
-    r"^Ivy Default Cache set to", r"^The jars for the packages stored in", r"added as a dependency$",
+    r"^:: ", r"^Ivy Default Cache set to", r"^The jars for the packages stored in", r"\S+#\S+ added as a dependency$",
     r"^\s*confs: \[", r"^\s*found \S+#\S+;", r"^\s*(downloading|\[SUCCESSFUL \])", r"^\s*\|", r"^\s*-{10,}",
-    r"artifacts copied, \d+ already retrieved", r"^\s*:: resolution report", r"^(loading settings|:: )",
+    r"artifacts copied, \d+ already retrieved",
 )
 _NOISE = re.compile("|".join(f"(?:{pattern})" for pattern in JVM_NOISE))
 

@@ -47,7 +47,7 @@ DEFAULT_CONF = {
 
 
 #: Spark's own console logging at WARN (spark-submit defaults to INFO); the console denies the JVM's known noise
-#: (:data:`pipelines.console.JVM_NOISE`: loopback hostname, native-hadoop, truncated plan, local checkpoint)
+#: (:data:`pipelines.console.JVM_NOISE`: loopback hostname, native-hadoop, truncated plan, local checkpoint, UI port)
 #: unless ``$LRSWEEP_JVM_NOISE`` is ``NEUTRAL`` (``--verbose``), which the filter reads when the JVM starts.
 LOG4J2_PROPERTIES = """\
 rootLogger.level = warn
@@ -60,7 +60,7 @@ appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
 appender.console.filter.noise.type = RegexFilter
 appender.console.filter.noise.regex = (?s).*(resolves to a loopback address|Set SPARK_LOCAL_IP if you need to bind\
 |Unable to load native-hadoop library|Truncated the string representation of a plan\
-|was locally checkpointed, its lineage has been truncated).*
+|was locally checkpointed, its lineage has been truncated|Service 'SparkUI' could not bind on port).*
 appender.console.filter.noise.onMatch = ${env:LRSWEEP_JVM_NOISE:-DENY}
 appender.console.filter.noise.onMismatch = NEUTRAL
 logger.repl.name = org.apache.spark.repl.Main

@@ -4,6 +4,7 @@ noise filter and the closing lines that say where to look."""
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -145,6 +146,7 @@ def test_the_jvms_known_noise_is_dropped_and_real_warnings_are_not() -> None:
         "\tfound io.delta#delta-storage;4.4.0 in central",
         "\t|      default     |   33  |   0   |   0   |   0   ||   33  |   0   |",
         "\t0 artifacts copied, 33 already retrieved (0kB/12ms)",
+        "26/12/06 08:23:22 WARN Utils: Service 'SparkUI' could not bind on port 4040. Attempting port 4041.",
     ]
     real = ["26/12/06 08:11:22 WARN TaskSetManager: Lost task 0.0 in stage 3.0: java.io.IOException: disk full",
             "26/12/06 08:11:22 ERROR Executor: Exception in task 1.0", "error: data.table: no Delta table at /x"]
@@ -162,3 +164,19 @@ def test_the_last_lines_say_where_to_look() -> None:
     server = where_to_look("https://mlflow.example.com/", "3", "abc", "lake.sweep_results", "n")
     assert server[0] == "MLflow: https://mlflow.example.com/#/experiments/3/runs/abc"
     assert server[1].startswith("Delta: lrsweep show n, or SELECT * FROM `lake`.`sweep_results`")
+
+
+def test_the_installed_log4j2_configuration_denies_the_same_warnings_unless_asked() -> None:
+    from pipelines.session import LOG4J2_PROPERTIES
+
+    settings = dict(line.split(" = ", 1) for line in LOG4J2_PROPERTIES.splitlines() if " = " in line)
+    denied = re.compile(settings["appender.console.filter.noise.regex"])  # log4j2 matches the whole message
+    messages = ["Your hostname, vm, resolves to a loopback address: 127.0.0.1; using 192.0.2.2 instead",
+                "Set SPARK_LOCAL_IP if you need to bind to another address",
+                "Unable to load native-hadoop library for your platform... using builtin-java classes",
+                "Truncated the string representation of a plan since it was too large.",
+                "RDD 202 was locally checkpointed, its lineage has been truncated and cannot be recomputed",
+                "Service 'SparkUI' could not bind on port 4040. Attempting port 4041."]
+    assert all(denied.fullmatch(message) for message in messages)
+    assert not denied.fullmatch("Lost task 0.0 in stage 3.0 (TID 7): java.io.IOException: No space left on device")
+    assert settings["appender.console.filter.noise.onMatch"] == "${env:LRSWEEP_JVM_NOISE:-DENY}"
