@@ -6,7 +6,6 @@ and the learning rate's history across a table's versions.
   about it. The same query is in the README and in ``notebooks/04_history.ipynb`` (``lrsweep history``).
 * :func:`summary_sql`: one row per grid point of a sweep's last round, at its kept epoch (``lrsweep show``),
   from a finished sweep or one still training (its points' newest rows).
-* :func:`epochs_sql`: a sweep's per-epoch rows (``notebooks/03_compare_runs.ipynb``).
 """
 
 from __future__ import annotations
@@ -79,14 +78,6 @@ FROM points p LEFT JOIN last_round r
 ORDER BY p.learning_rate, p.reg_param, p.l1_ratio"""
 
 
-def epochs_sql(results_table: str, sweep_id: str, curves: tuple[str, ...]) -> str:
-    """The query: ``sweep_id``'s rows, one per (round, grid point, epoch), in that order."""
-    return f"""SELECT round, learning_rate, reg_param, l1_ratio, epoch, {", ".join(curves)}, status, is_best,
-       data_version
-FROM {sql_name(results_table)} WHERE sweep_id = {sql_string(sweep_id)}
-ORDER BY round, learning_rate, reg_param, l1_ratio, epoch"""
-
-
 def sweep_summary(spark: SparkSession, results_table: str, sweep_id: str | None = None,
                   curves: tuple[str, ...] = ALL_CURVES) -> pd.DataFrame:
     """:func:`summary_sql` as pandas; ``sweep_id`` None: the newest sweep of the table.
@@ -110,10 +101,3 @@ def sweep_summary(spark: SparkSession, results_table: str, sweep_id: str | None 
     frame.insert(0, "sweep_id", sweep_id)
     return frame
 
-
-def sweep_epochs(spark: SparkSession, results_table: str, sweep_id: str,
-                 curves: tuple[str, ...] = ALL_CURVES) -> pd.DataFrame:
-    """:func:`epochs_sql` as pandas (no rows when the results table does not exist yet)."""
-    if not table_exists(spark, results_table):
-        return pd.DataFrame()
-    return spark.sql(epochs_sql(results_table, sweep_id, curves)).toPandas()
