@@ -33,7 +33,8 @@ from pipelines.sgd.metrics import ALL_CURVES
 #: The results table: one row per (sweep_id, round, grid point, epoch); a grid point is (learning_rate, reg_param,
 #: l1_ratio). Metric columns cover every loss. Tables written before the joint grid gain reg_param and l1_ratio at
 #: the next append (NULL on their older rows: read them as 0, the penalty they were trained with unless
-#: model.reg_param was set).
+#: model.reg_param was set). Population-based training's per-epoch lineage (the rate and reg_param each epoch's models
+#: were trained at, the point they were copied from: :data:`~pipelines.sweep.pbt.LINEAGE_COLUMNS`) is NULL for grids.
 RESULTS_SCHEMA = ", ".join([
     "sweep_id STRING NOT NULL", "round INT", "learning_rate DOUBLE NOT NULL", "reg_param DOUBLE", "l1_ratio DOUBLE",
     "epoch INT NOT NULL",
@@ -41,6 +42,7 @@ RESULTS_SCHEMA = ", ".join([
     "status STRING", "kept_epoch INT", "is_best BOOLEAN", "loss STRING", "parent_run_id STRING",
     "child_run_id STRING", "data_table STRING", "data_version BIGINT", "written_at TIMESTAMP",
     "data_since_version BIGINT", "registration STRING",
+    "effective_learning_rate DOUBLE", "effective_reg_param DOUBLE", "pbt_exploited_from INT",
 ])
 #: The columns an existing table must have to take a sweep's rows (what the first results tables had).
 RESULTS_KEY_COLUMNS = ("sweep_id", "learning_rate", "epoch")

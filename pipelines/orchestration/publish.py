@@ -32,6 +32,7 @@ from pipelines.orchestration.training import SplitEvaluator, problem_for
 from pipelines.reporting.figures import (
     learning_rate_history_figure,
     loss_curves_figure,
+    pbt_learning_rates_figure,
     penalty_heatmap_figure,
     range_test_figure,
     val_loss_vs_rate_figure,
@@ -40,7 +41,8 @@ from pipelines.reporting.tables import feature_rows, final_rows, rate_summary, s
 from pipelines.sgd.metrics import MAIN_METRIC
 from pipelines.sweep.checkpoint import SweepCheckpoint
 from pipelines.sweep.grid import point_label
-from pipelines.sweep.outcome import RateResult
+from pipelines.sweep.outcome import GridOutcome, RateResult
+from pipelines.sweep.pbt import winner_schedule
 from pipelines.tracking.export import linear_pipeline, log_model
 from pipelines.tracking.registry import (
     TAG_REGISTRATION,
@@ -181,6 +183,7 @@ class Publisher:
         heatmap = penalty_heatmap_figure(outcome)
         if heatmap is not None:
             tracker.log_figure(heatmap, "figures/val_loss_heatmap.png")
+        log_population(tracker, outcome)
         tracker.log_table_once(rate_summary(outcome, loss), "results/rates.json")
         tracker.log_table_once(feature_rows(self.facts.table.columns, self.facts.encoding), "features.json")
 
@@ -275,3 +278,17 @@ def finalize(spark: SparkSession, results_table: str, sweep_id: str, parent: Par
                            child_run_ids=done.child_run_ids, is_final_round=done is published.rounds[-1],
                            registration=decision)
     finalize_results(spark, rows, results_table, sweep_id)
+
+
+def log_population(tracker: SweepTracker, outcome: GridOutcome) -> None:
+    """Population-based training's parent artifacts: every point's learning rate per epoch with the copies
+    marked (``figures/pbt_learning_rates.png``) and the winner's lineage with its replay settings
+    (``pbt/winner_schedule.json``); nothing for a grid."""
+    figure = pbt_learning_rates_figure(outcome)
+    if figure is None or outcome.lineage is None:
+        return
+    tracker.log_figure(figure, "figures/pbt_learning_rates.png")
+    best = outcome.best_index
+    if best is not None and outcome.rates[best].kept_epoch >= 1:
+        path = outcome.lineage.path(best, outcome.rates[best].kept_epoch)
+        tracker.log_dict(winner_schedule(path, outcome.labels), "pbt/winner_schedule.json")

@@ -42,6 +42,39 @@ def loss_curves_figure(outcome: GridOutcome, loss: str) -> Figure:
     return figure
 
 
+def pbt_learning_rates_figure(outcome: GridOutcome) -> Figure | None:
+    """Population-based training: every point's learning rate per epoch (the rate its models after the epoch were
+    trained at, log y), each copy marked where it lands (an x at the epoch and the copied lineage's rate, joined to
+    the point's previous rate by a dotted jump), the winner's lineage drawn over them in black; None for a grid."""
+    if outcome.lineage is None:
+        return None
+    figure = Figure(figsize=(9, 5.5), layout="constrained")
+    axes = figure.add_subplot()
+    epochs = np.arange(1, outcome.epochs + 1)
+    for rate, label, color in zip(outcome.rates, outcome.labels, _colors(len(outcome.rates)), strict=True):
+        rates, copied = rate.schedule["learning_rate"], rate.schedule["pbt_exploited_from"]
+        shown = np.isfinite(rates)
+        axes.plot(epochs[shown], rates[shown], "-", color=color, marker=".", label=label, alpha=0.8)
+        for index in np.flatnonzero(np.isfinite(copied)):
+            axes.plot([epochs[index]], [rates[index]], "x", color=color, markersize=9, markeredgewidth=2)
+            previous = rates[:index][np.isfinite(rates[:index])]
+            if previous.size:
+                axes.plot([epochs[index] - 1, epochs[index]], [previous[-1], rates[index]], ":", color=color)
+    best = outcome.best_index
+    if best is not None and outcome.rates[best].kept_epoch >= 1:
+        path = outcome.lineage.path(best, outcome.rates[best].kept_epoch)
+        axes.step(np.arange(1, path.epoch + 1), path.learning_rates, where="mid", color="black", linewidth=2.2,
+                  label=f"winner's lineage ({outcome.labels[best]}, {len(path.exploits)} copies)")
+    axes.set_yscale("log")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("learning rate of the epoch's models")
+    axes.set_title("Population-based training: learning rate per point (x: copied from a better point)")
+    axes.legend(fontsize="small", ncols=2)
+    axes.grid(True, which="both", alpha=0.3)
+    return figure
+
+
 def val_loss_vs_rate_figure(outcome: GridOutcome) -> Figure:
     """Validation loss at each point's kept epoch against the learning rate (log x), one line per penalty of
     a joint grid.

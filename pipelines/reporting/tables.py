@@ -17,6 +17,7 @@ from pipelines.features.encoding import TableEncoding
 from pipelines.sgd.metrics import ALL_CURVES, MAIN_METRIC
 from pipelines.sweep.grid import GridPoint, point_labels
 from pipelines.sweep.outcome import GridOutcome, RateResult
+from pipelines.sweep.pbt import LINEAGE_COLUMNS
 from pipelines.sweep.state import GridState
 from pipelines.sweep.status import FINAL_STATUSES, RUNNING
 
@@ -95,6 +96,9 @@ def epoch_rows(rate: RateResult, first: int = 1, last: int | None = None) -> lis
             row[name] = None if curve is None else finite_or_none(float(curve[epoch - 1]))
         for name in ("train_loss", "val_loss"):
             row[f"{name}_std"] = finite_or_none(float(rate.curves_std[name][epoch - 1]))
+        for name, values in rate.schedule.items():  # population-based training's lineage (pipelines.sweep.pbt)
+            value = finite_or_none(float(values[epoch - 1]))
+            row[LINEAGE_COLUMNS[name]] = int(value) if value is not None and name == "pbt_exploited_from" else value
         rows.append(row)
     return rows
 

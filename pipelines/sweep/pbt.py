@@ -38,6 +38,12 @@ import numpy.typing as npt
 from pipelines.sgd._types import FloatArray, IntArray
 from pipelines.sweep.policies import Decision, EpochView
 
+#: A point's per-epoch lineage values (:attr:`~pipelines.sweep.outcome.RateResult.schedule`) as its child run's
+#: metrics (``step`` = epoch) and the results table's columns: the rate and reg_param its models after the epoch
+#: were trained at, and the point (index in the round's grid) it copied them from.
+LINEAGE_COLUMNS = {"learning_rate": "effective_learning_rate", "reg_param": "effective_reg_param",
+                   "pbt_exploited_from": "pbt_exploited_from"}
+
 
 @dataclass(frozen=True)
 class Exploit:
@@ -163,6 +169,22 @@ class LineagePath:
                   if index == 0 or self.learning_rates[index] != self.learning_rates[index - 1]]
         return {"epochs": [index + 1 for index in starts],
                 "rates": [float(self.learning_rates[index]) for index in starts]}
+
+
+def winner_schedule(path: LineagePath, labels: Sequence[str]) -> dict[str, object]:
+    """The winner's lineage as the parent's JSON artifact: its rates per epoch, the copies on the way and the
+    settings that replay it as a single-rate sweep (``train.schedule: piecewise``, ``sweep.learning_rates: [1.0]``:
+    a piecewise rate is a multiplier of the point's rate)."""
+    schedule = path.schedule()
+    return {
+        "point": labels[path.point], "kept_epoch": path.epoch,
+        "learning_rates": [float(rate) for rate in path.learning_rates],
+        "reg_params": [float(reg) for reg in path.reg_params],
+        "exploits": [{"epoch": epoch, "point": labels[target], "from": labels[source]}
+                     for epoch, target, source in path.exploits],
+        "replay": {"train.schedule": {"name": "piecewise", **schedule}, "train.epochs": path.epoch,
+                   "sweep.learning_rates": [1.0], "sweep.strategy": "grid"},
+    }
 
 
 @dataclass

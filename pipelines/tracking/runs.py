@@ -103,6 +103,10 @@ def curve_metrics(rate: RateResult, seeds: int, timestamps_ms: Sequence[int],
         if seeds > 1:
             std = [0.0 if math.isfinite(full[0]) else math.nan, *rate.curves_std[name].tolist()]
             metrics += metric_history(f"{name}_std", std, timestamps_ms, 0, logged.get(f"{name}_std", -1))
+    for name, values in rate.schedule.items():  # population-based training's lineage, once its epoch is recorded
+        recorded = [value if int(timestamps_ms[step] or 0) else math.nan
+                    for step, value in enumerate(values.tolist(), start=1)]
+        metrics += metric_history(name, recorded, timestamps_ms, 1, logged.get(name, -1))
     return metrics
 
 
@@ -266,6 +270,11 @@ class SweepTracker:
     def log_figure(self, figure: Figure, artifact_file: str) -> None:
         parent = self._parent()
         self.store.call("artifacts", lambda: self.client.log_figure(parent, figure, artifact_file))
+
+    def log_dict(self, dictionary: Mapping[str, Any], artifact_file: str) -> None:
+        """A JSON (or YAML) artifact on the parent."""
+        parent = self._parent()
+        self.store.call("artifacts", lambda: self.client.log_dict(parent, dict(dictionary), artifact_file))
 
     def log_table_once(self, rows: Sequence[Mapping[str, Any]], artifact_file: str) -> bool:
         """``mlflow.log_table`` on the parent unless the file is there (log_table appends to existing files)."""

@@ -1,16 +1,21 @@
 """Policies across the grid on real data: early stopping keeps the best epoch, halving prunes and saves
-compute, seeds repeat every rate in the same pass, adaptive optimizers and local_sgd state rules."""
+compute, seeds repeat every rate in the same pass, adaptive optimizers and local_sgd state rules; a
+population-based sweep's lineage in MLflow and the results table."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import mlflow
 import numpy as np
+from mlflow import MlflowClient
 from pyspark.sql import SparkSession
 
 from pipelines.config import Config
 from pipelines.distributed.blocks import collect_arrays
 from pipelines.lakehouse.reader import read_feature_table
+from pipelines.orchestration.sweep import run_tracked_sweep
 from pipelines.orchestration.training import prepare_data, train_grid
 from pipelines.sgd import reference_minibatch_sgd
 from pipelines.sweep.grid import joint_grid
@@ -114,3 +119,41 @@ def test_adaptive_schedule_divides_the_rate_on_plateaus(
     a, c = adaptive.rates[0].curves["val_loss"], constant.rates[0].curves["val_loss"]
     assert np.array_equal(a[:2], c[:2])  # same until the first plateau is acted on
     assert a[-1] < c[-1]  # dividing the rate by 5 on plateaus beats staying at 20
+
+
+def test_a_population_based_sweep_logs_its_lineage_to_mlflow_and_the_results_table(
+        spark: SparkSession, demo_table: str, tmp_path: Path) -> None:
+    """sweep.strategy=pbt wired through MLflow and Delta (the policy's math is unit-tested over in-memory blocks)."""
+    config = make_config(demo_table, tmp_path, [
+        "sweep.id=it-pbt", "sweep.strategy=pbt", "train.epochs=6", "tracking.register_when=never",
+        "sweep.learning_rates=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0]", "sweep.pbt.interval=1",
+        "sweep.pbt.quantile=0.5", "tracking.experiment=it-pbt"])
+    report = run_tracked_sweep(spark, config, progress=None)
+    outcome, client = report.outcome, MlflowClient(tracking_uri=config.tracking.uri)
+    assert outcome.lineage is not None and (outcome.lineage.exploited_from >= 0).any()
+    rows = spark.read.format("delta").load(config.output.results_table).toPandas()
+    copies = 0
+    for index, (rate, run_id) in enumerate(zip(outcome.rates, report.child_run_ids, strict=True)):
+        logged = {int(m.step): m.value for m in client.get_metric_history(run_id, "learning_rate")}
+        expected = {epoch: value for epoch, value in enumerate(rate.schedule["learning_rate"].tolist(), start=1)
+                    if math.isfinite(value)}
+        assert logged == expected and len(expected) >= 1
+        exploited = {int(m.step): int(m.value) for m in client.get_metric_history(run_id, "pbt_exploited_from")}
+        assert exploited == {int(e): int(outcome.lineage.exploited_from[e, index])
+                             for e in np.flatnonzero(outcome.lineage.exploited_from[:, index] >= 0)}
+        copies += len(exploited)
+        mine = rows[rows.child_run_id == run_id].set_index("epoch").sort_index()
+        assert {int(e): v for e, v in mine.effective_learning_rate.dropna().items()} == \
+            {e: v for e, v in expected.items() if e in mine.index}
+        assert {int(e): int(v) for e, v in mine.pbt_exploited_from.dropna().items()} == exploited
+    assert copies == int((outcome.lineage.exploited_from >= 0).sum())
+    artifacts = {a.path for a in client.list_artifacts(report.parent_run_id, "figures")} | \
+        {a.path for a in client.list_artifacts(report.parent_run_id, "pbt")}
+    assert {"figures/pbt_learning_rates.png", "pbt/winner_schedule.json"} <= artifacts
+    winner = mlflow.artifacts.load_dict(f"runs:/{report.parent_run_id}/pbt/winner_schedule.json")
+    best = outcome.best_index
+    assert best is not None and winner["point"] == outcome.labels[best]
+    replay = winner["replay"]
+    assert replay["train.schedule"]["name"] == "piecewise" and replay["sweep.learning_rates"] == [1.0]
+    path = outcome.lineage.path(best, outcome.rates[best].kept_epoch)
+    assert winner["learning_rates"] == path.learning_rates.tolist()
