@@ -38,3 +38,16 @@ def test_python_dash_m_pipelines_is_the_command() -> None:
     result = subprocess.run([sys.executable, "-m", "pipelines", "--help"], capture_output=True, text=True,
                             check=False)
     assert result.returncode == 0 and "demo-table" in result.stdout and "range-test" in result.stdout
+
+
+def test_every_command_takes_progress_and_verbose_and_show_takes_a_sweep_id() -> None:
+    from pipelines.cli import config_from_args
+
+    args = command_parser().parse_args(["show", "nightly-7", "--progress", "lines", "--verbose"])
+    assert (args.sweep_id, args.progress, args.verbose) == ("nightly-7", "lines", True)
+    assert config_from_args(args).sweep.id == "nightly-7"  # SWEEP_ID is sweep.id
+    args = command_parser().parse_args(["sweep"])
+    assert (args.progress, args.verbose) == ("auto", False)
+    with pytest.raises(SystemExit) as exited:
+        command_parser().parse_args(["sweep", "--progress", "fancy"])
+    assert exited.value.code == 2
