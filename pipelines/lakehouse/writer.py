@@ -6,8 +6,8 @@ carry Delta's idempotent-writer options ``txnAppId``/``txnVersion`` (app id ``lr
 version ``round * 10^6 + last epoch``): Delta skips a write whose version is not higher than the last one
 committed for the app, so a retried append never duplicates rows, and each append is atomic. When the sweep
 ends, :func:`finalize_results` sets each rate's final ``status``, ``kept_epoch``, ``is_best`` and run ids on
-its rows in one MERGE. Which epochs a table already holds is read back (:func:`journaled_epochs`), so a
-resumed sweep appends exactly the missing ones.
+its rows in one MERGE. Which epochs a table already holds is read back (:func:`journaled`), so a resumed
+sweep appends exactly the missing ones.
 
 Two sweeps may write one table at the same moment: the first commit creates it, and a commit that loses a
 race with another writer (Delta's concurrent-modification errors) is retried.
@@ -19,6 +19,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -215,16 +216,27 @@ def results_dataframe(spark: SparkSession, rows: Sequence[dict[str, Any]]) -> Da
     return spark.createDataFrame(records, schema).coalesce(1)
 
 
-def journaled_epochs(spark: SparkSession, identifier: str, sweep_id: str) -> dict[int, int]:
-    """``{round: last epoch}`` of the sweep's rows already in the results table (empty when none)."""
+@dataclass(frozen=True)
+class Journaled:
+    """What the results table holds of one sweep already: the last epoch of each round, and its row count."""
+
+    last_epochs: dict[int, int]  # round -> last epoch
+    rows: int
+
+
+def journaled(spark: SparkSession, identifier: str, sweep_id: str) -> Journaled:
+    """The sweep's rows already in the results table (none when the table does not exist), in one query."""
     if not table_exists(spark, identifier):
-        return {}
+        return Journaled({}, 0)
+    from pyspark.sql import functions as F
+
     table = spark.read.format("delta").load(identifier) if is_path(identifier) else spark.table(identifier)
+    rows = table.where(table["sweep_id"] == sweep_id)
     if "round" not in table.columns:  # written by an earlier lrsweep: one final round, no journal
-        rows = table.where(table["sweep_id"] == sweep_id).groupBy().max("epoch").collect()
-        return {1: int(rows[0][0])} if rows and rows[0][0] is not None else {}
-    rows = table.where(table["sweep_id"] == sweep_id).groupBy("round").max("epoch").collect()
-    return {int(row[0] or 1): int(row[1]) for row in rows}
+        [(last, count)] = rows.agg(F.max("epoch"), F.count(F.lit(1))).collect()
+        return Journaled({1: int(last)} if last is not None else {}, int(count))
+    found = rows.groupBy("round").agg(F.max("epoch"), F.count(F.lit(1))).collect()
+    return Journaled({int(round_ or 1): int(last) for round_, last, _ in found}, sum(int(count) for *_, count in found))
 
 
 def append_journal(spark: SparkSession, rows: Sequence[dict[str, Any]], identifier: str, sweep_id: str,

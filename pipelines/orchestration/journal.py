@@ -19,7 +19,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from pipelines.lakehouse.reader import FeatureTable
-from pipelines.lakehouse.writer import append_journal, table_exists
+from pipelines.lakehouse.writer import Journaled, append_journal
 from pipelines.reporting.tables import results_rows
 from pipelines.sweep.outcome import GridOutcome
 
@@ -34,11 +34,12 @@ class _Append:
 class Journal:
     """Appends a sweep's result rows to ``identifier`` as epochs complete."""
 
-    def __init__(self, spark: SparkSession, identifier: str, sweep_id: str, journaled: dict[int, int]) -> None:
+    def __init__(self, spark: SparkSession, identifier: str, sweep_id: str, journaled: Journaled) -> None:
         self.spark, self.identifier, self.sweep_id = spark, identifier, sweep_id
-        self.journaled = dict(journaled)  # round -> last epoch in the table (or queued for it)
-        self.provisional = bool(journaled)  # rows of an earlier attempt may still say "running"
-        self.appended_rows = 0
+        self.journaled = dict(journaled.last_epochs)  # round -> last epoch in the table (or queued for it)
+        self.provisional = bool(journaled.last_epochs)  # rows of an earlier attempt may still say "running"
+        self.rows_before = journaled.rows  # the sweep's rows earlier attempts committed
+        self.appended_rows = 0  # committed by this attempt
         self.last_append_seconds: float | None = None
         self.append_seconds = 0.0  # all appends', on the journal's thread
         self._queue: queue.Queue[_Append | None] = queue.Queue()
@@ -79,14 +80,9 @@ class Journal:
         self._worker.join()
 
     def rows_in_table(self) -> int:
-        """This sweep's rows in the results table."""
-        if not table_exists(self.spark, self.identifier):
-            return 0
-        from pipelines.config import is_path
-
-        reader = self.spark.read.format("delta")
-        frame = reader.load(self.identifier) if is_path(self.identifier) else self.spark.table(self.identifier)
-        return int(frame.where(frame["sweep_id"] == self.sweep_id).count())
+        """This sweep's rows in the results table once :meth:`flush` has returned (no query: the rows earlier
+        attempts committed, counted when the journal opened, and this attempt's appends; a MERGE adds none)."""
+        return self.rows_before + self.appended_rows
 
     def _run(self) -> None:
         while True:

@@ -37,7 +37,7 @@ from pyspark.sql import SparkSession
 from pipelines.config import Config
 from pipelines.lakehouse.checkpoints import CheckpointStore
 from pipelines.lakehouse.lease import LeaseStore, SweepLease
-from pipelines.lakehouse.writer import journaled_epochs
+from pipelines.lakehouse.writer import journaled
 from pipelines.orchestration.inputs import (
     Tracking,
     connect_tracking,
@@ -125,7 +125,7 @@ class SweepJob:
             warm = warm_start(tracking, facts, config.model.loss) if config.train.warm_start == "champion" else None
             parent = start_parent(spark, config, tracking, facts, prepared, warm)
             with closing(Journal(spark, results_table, sweep_id,
-                                 journaled_epochs(spark, results_table, sweep_id))) as journal:
+                                 journaled(spark, results_table, sweep_id))) as journal:
                 recorder = SweepRecorder(sweep_id, settings, self.checkpoints, journal, config.model.loss,
                                          config.train.checkpoint_every, checkpoint)
                 trained = RoundTrainer(config, sweep_id, self.may_train, facts, prepared, checkpoint, tracking, parent,
