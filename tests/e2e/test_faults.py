@@ -5,7 +5,8 @@ killed with SIGKILL, SIGTERM/SIGINT from a scheduler, a kill in every stage that
 *Nightly runs* section promises: the exit code, the output, the results table (read with delta-rs, an
 independent Delta reader), the MLflow runs and, after a rerun with the same ``sweep.id``, curves identical to an
 uninterrupted sweep's. Faults share sweeps: each ``spark-submit`` costs 30-90 s here, so one sweep id goes
-through SIGTERMs, a SIGKILL and an outage in turn, and another through a kill in every writing stage.
+through SIGTERMs, a SIGKILL and an outage in turn, and another through a kill in every writing stage, after which
+its registered champion loads from the server and ``spark-submit jobs/score.py`` scores the table with it.
 
 The uninterrupted sweep (:func:`reference`) is run once per module, slowed by the ``sleep`` fault so the
 live view can be observed while it trains; the tests compare with it. Epochs are slowed the same way where a
@@ -24,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -390,3 +392,44 @@ def test_a_kill_in_every_writing_stage_then_a_rerun_each_time_ends_equal_to_the_
     best = rows[rows.is_best.astype(bool)]
     assert set(best.registration) == {f"registered:{versions[0].version}"}, left
     assert rows[~rows.is_best.astype(bool)].registration.isna().all()
+    parent = runs.parent
+    assert parent.data.params["table_version"] == "1" and parent.data.params["epochs"] == str(EPOCHS)
+    assert 0 < parent.data.metrics["system/lrsweep_tracking_fraction"] < 1
+    for run in runs.all:  # every run names the pinned Delta version it trained on
+        assert run.inputs is not None, run.info.run_name
+        [dataset] = run.inputs.dataset_inputs
+        assert dataset.dataset.source_type == "delta_table"
+        assert demo_table in dataset.dataset.source and '"delta_table_version": 1' in dataset.dataset.source
+
+    # what the night left is usable: the champion loads from the server (its artifacts through the server's
+    # proxy) and a batch scoring job with it writes predictions with their lineage
+    assert_the_champion_loads_and_scores(server, demo_table, tmp_path, settings, model, versions[0].version, parent)
+
+
+def assert_the_champion_loads_and_scores(server: MlflowServer, demo_table: str, workdir: Path,
+                                        settings: Mapping[str, object], model: str, version: str,
+                                        parent: Run) -> None:
+    """``models:/<model>@champion`` from the server predicts raw rows read without Spark, and ``spark-submit
+    jobs/score.py`` scores every row of the table with it (predictions read with delta-rs)."""
+    import mlflow
+    from deltalake import DeltaTable
+
+    mlflow.set_tracking_uri(server.uri)  # restored after the module (tests/conftest.py)
+    mlflow.set_registry_uri(server.uri)
+    champion = mlflow.pyfunc.load_model(f"models:/{model}@champion")
+    features = champion.metadata.get_input_schema().input_names()
+    raw = DeltaTable(demo_table).to_pandas(columns=features).dropna().head(20)
+    example = raw.astype({column: "float64" for column in raw.select_dtypes("number").columns})
+    probabilities = np.asarray(champion.predict(example))
+    assert probabilities.shape == (20, 2)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-12)
+
+    with BackgroundJob("score.py", settings, job_log(workdir, "score")) as scoring:
+        code = scoring.wait()
+    assert code == 0, scoring.tail()
+    assert scoring.matches(rf"with {re.escape(model)} version {version}\b"), scoring.tail()
+    predictions = DeltaTable(str(workdir / "predictions")).to_pandas()
+    assert len(predictions) == len(DeltaTable(demo_table).to_pandas(columns=["customer_id"]))
+    assert predictions.prediction.dropna().between(0, 1).all()
+    assert (predictions.model_name == model).all() and (predictions.model_version == version).all()
+    assert (predictions.model_run_id == parent.info.run_id).all() and (predictions.source_version == 1).all()
