@@ -22,6 +22,7 @@ auto|bar|lines|off``).
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import re
@@ -155,13 +156,43 @@ def _forward(read_end: int, target: int) -> None:
 
 
 def resolve_mode(mode: ProgressMode, stream: TextIO) -> ProgressMode:
-    """``auto``: a bar when ``stream`` is a terminal, one line per epoch otherwise."""
+    """``auto``: a bar when ``stream`` is a terminal (or, under ``spark-submit``, which pipes the driver's output
+    through its JVM, when the JVM's is: :func:`submitter_terminal`), one line per epoch otherwise."""
     if mode != "auto":
         return mode
     try:
-        return "bar" if stream.isatty() else "lines"
+        terminal = stream.isatty() or (stream is sys.stdout and submitter_terminal() is not None)
     except (AttributeError, ValueError):
-        return "lines"
+        terminal = False
+    return "bar" if terminal else "lines"
+
+
+def submitter_terminal() -> str | None:
+    """The terminal ``spark-submit``'s JVM writes to when this Python driver is its child (the JVM copies the
+    driver's piped stdout there), else None. Linux's ``/proc``; elsewhere None (one line per epoch)."""
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        return None
+    try:
+        target = os.readlink(f"/proc/{os.getppid()}/fd/1")
+    except OSError:
+        return None
+    return target if target.startswith(("/dev/pts/", "/dev/tty")) else None
+
+
+def terminal_columns(stream: TextIO) -> int:
+    """The width of the terminal the bar is drawn on (120 when it cannot be told, or a pty reports 0)."""
+    for path in (None, submitter_terminal()):
+        try:
+            if path is None:
+                columns = os.get_terminal_size(stream.fileno()).columns
+            else:
+                with open(path, "rb") as terminal:
+                    columns = os.get_terminal_size(terminal.fileno()).columns
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            continue
+        if columns > 0:
+            return columns
+    return shutil.get_terminal_size((120, 24)).columns or 120
 
 
 class Console:
@@ -210,8 +241,8 @@ class Console:
         bar_format = f"{prefix} {{bar:20}} {postfix}"
         if self._bar is None or round_number != self._round:
             self.close()
-            width = shutil.get_terminal_size((120, 24)).columns  # the fallback also where a pty reports 0
-            self._bar = tqdm(total=status.epochs, initial=status.epoch, file=self.stream, ncols=width, leave=True,
+            self._bar = tqdm(total=status.epochs, initial=status.epoch, file=self.stream,
+                             ncols=terminal_columns(self.stream), leave=True,
                              mininterval=0, bar_format=bar_format)
             self._round = round_number
             Console.live = self

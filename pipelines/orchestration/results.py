@@ -47,8 +47,9 @@ def describe_sweep(summary: pd.DataFrame, results_table: str) -> list[str]:
              f"{rounds}, {len(summary)} points ({counts})",
              format_summary(summary_rows(summary), loss)]
     best = summary[summary["best"]]
-    if len(best) and isinstance(best.iloc[0]["registration"], str):
-        lines.append(f"registry: {best.iloc[0]['registration']}")
+    if len(best) and isinstance(best.iloc[0]["registration"], str):  # "registered:7", "kept_champion:", ...
+        decision, _, version = best.iloc[0]["registration"].partition(":")
+        lines.append(f"registry: {decision}{f' (version {version})' if version else ''}")
     lines.append(f"parent run {first['parent_run_id']}; rows in {results_table}")
     return lines
 
