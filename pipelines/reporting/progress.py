@@ -19,7 +19,7 @@ from pipelines.features.columns import FAMILIES, ColumnChoice
 from pipelines.features.encoding import TableEncoding
 from pipelines.sweep.grid import point_labels
 from pipelines.sweep.state import GridState
-from pipelines.sweep.status import RUNNING
+from pipelines.sweep.status import COMPLETED, RUNNING
 
 #: The epochs whose mean duration predicts the next ones (the first epoch also compiles and caches).
 ETA_WINDOW = 3
@@ -34,8 +34,9 @@ class EpochStatus:
     epochs: int
     best_label: str | None  # None: no point has a finite validation loss yet
     best_val_loss: float
-    active: int
-    stopped: int
+    points: int
+    active: int  # still training
+    stopped: int  # stopped by a policy (diverged, early-stopped, pruned); the rest completed
     rows_per_second: float | None  # training rows per second over the last epochs (None: no epoch timed)
     eta_seconds: float | None  # the round's time left at that pace (None: unknown)
 
@@ -52,6 +53,7 @@ def epoch_status(state: GridState, train_rows: int, round_number: int = 1) -> Ep
     finite = np.isfinite(val)
     best = int(np.argmin(np.where(finite, val, np.inf))) if finite.any() else None
     active = int(np.sum(state.status == RUNNING))
+    stopped = int(np.sum((state.status != RUNNING) & (state.status != COMPLETED)))
     recent = state.epoch_seconds[-ETA_WINDOW:]
     mean_seconds = sum(recent) / len(recent) if recent else None
     rows_per_second = train_rows / mean_seconds if mean_seconds else None
@@ -59,13 +61,13 @@ def epoch_status(state: GridState, train_rows: int, round_number: int = 1) -> Ep
     return EpochStatus(
         round_number=round_number, epoch=epoch, epochs=state.epochs,
         best_label=None if best is None else point_labels(state.points)[best],
-        best_val_loss=math.nan if best is None else float(val[best]), active=active,
-        stopped=state.n_rates - active, rows_per_second=rows_per_second, eta_seconds=eta)
+        best_val_loss=math.nan if best is None else float(val[best]), points=state.n_rates, active=active,
+        stopped=stopped, rows_per_second=rows_per_second, eta_seconds=eta)
 
 
 def bar_text(status: EpochStatus) -> tuple[str, str]:
     """``(prefix, postfix)`` of the progress bar, e.g. ``("round 1 epoch 3/10", "12.4k rows/s, ETA 0:21, best
-    lr=0.07197 val_loss=0.48573, 7 active, 1 stopped")``: the bar itself (and its counts) sits between them."""
+    lr=0.07197 val_loss=0.48573, 7/8 active, 1 stopped")``: the bar itself (and its counts) sits between them."""
     prefix = f"round {status.round_number} epoch {status.epoch}/{status.epochs}"
     parts = []
     if status.rows_per_second is not None:
@@ -74,7 +76,7 @@ def bar_text(status: EpochStatus) -> tuple[str, str]:
         parts.append(f"ETA {clock(status.eta_seconds)}")
     parts.append("no point evaluated" if status.best_label is None
                  else f"best {status.best_label} val_loss={status.best_val_loss:.5f}")
-    parts.append(f"{status.active} active, {status.stopped} stopped")
+    parts.append(f"{status.active}/{status.points} active, {status.stopped} stopped")
     return prefix, ", ".join(parts)
 
 

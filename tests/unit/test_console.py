@@ -41,10 +41,10 @@ def test_the_epoch_status_has_the_best_point_the_active_ones_the_speed_and_the_t
     assert status.best_val_loss == pytest.approx(0.49)
     assert status.rows_per_second == pytest.approx(5_000.0) and status.eta_seconds == pytest.approx(4.0)
     assert bar_text(status) == ("round 1 epoch 2/4",
-                                "5k rows/s, ETA 0:04, best lr=0.1 val_loss=0.49000, 2 active, 1 stopped")
+                                "5k rows/s, ETA 0:04, best lr=0.1 val_loss=0.49000, 2/3 active, 1 stopped")
     done = epoch_status(state_after(4), train_rows=10_000)
-    assert done.eta_seconds == 0.0 and done.active == 0 and done.stopped == 3
-    assert bar_text(epoch_status(state_after(0), 10))[1] == "best lr=0.01 val_loss=0.69000, 3 active, 0 stopped"
+    assert done.eta_seconds == 0.0 and done.active == 0 and done.stopped == 1  # 2 completed, 1 diverged
+    assert bar_text(epoch_status(state_after(0), 10))[1] == "best lr=0.01 val_loss=0.69000, 3/3 active, 0 stopped"
     assert [human_count(v) for v in (950, 12_400, 3_100_000)] == ["950", "12.4k", "3.1M"]
     assert [clock(v) for v in (7, 760, 3723)] == ["0:07", "12:40", "1:02:03"]
 
@@ -92,9 +92,9 @@ def test_on_a_terminal_one_bar_is_redrawn_per_round_and_lines_go_above_it() -> N
     frames = [frame for frame in screen.replace("\n", "\r").split("\r") if frame.strip()]
     assert "epoch " not in "".join(f for f in frames if f.startswith("epoch "))  # no plain epoch lines
     bars = [frame for frame in frames if frame.startswith("round 1 epoch")]
-    assert bars[0].startswith("round 1 epoch 1/4 ") and "3 active, 0 stopped" in bars[0]
+    assert bars[0].startswith("round 1 epoch 1/4 ") and "3/3 active, 0 stopped" in bars[0]
     assert "round 1 epoch 2/4" in screen and "5k rows/s, ETA 0:04, best lr=0.1 val_loss=0.49000" in screen
-    assert bars[-1].startswith("round 1 epoch 4/4 ") and "ETA 0:00" in bars[-1] and "0 active, 3 stopped" in bars[-1]
+    assert bars[-1].startswith("round 1 epoch 4/4 ") and "ETA 0:00" in bars[-1] and "0/3 active, 1 stopped" in bars[-1]
     assert "warning: a line while the bar is drawn" in frames
     assert screen.rstrip("\n").endswith("results: after the bar")
     assert screen.count("\n") == 3  # the line above the bar, the bar left on screen, the line after it
