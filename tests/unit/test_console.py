@@ -180,3 +180,28 @@ def test_the_installed_log4j2_configuration_denies_the_same_warnings_unless_aske
     assert all(denied.fullmatch(message) for message in messages)
     assert not denied.fullmatch("Lost task 0.0 in stage 3.0 (TID 7): java.io.IOException: No space left on device")
     assert settings["appender.console.filter.noise.onMatch"] == "${env:LRSWEEP_JVM_NOISE:-DENY}"
+
+
+def test_verbose_shows_each_columns_encoding_and_the_jvms_noise_and_quiet_does_not(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    import logging
+
+    from pipelines import console
+
+    monkeypatch.setattr(console, "_settings", console._settings)  # restored after the test
+    monkeypatch.setenv(console.JVM_NOISE_ENV, "DENY")
+    for name in ("pipelines", *console.QUIET_LOGGERS):
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "level", logger.level)
+    inputs = logging.getLogger("pipelines.orchestration.inputs")  # where the job logs the encoding
+    console.configure_output(verbose=False)
+    inputs.info("encoding: tenure: number")
+    inputs.warning("something a user must see")
+    assert capsys.readouterr().out.splitlines() == ["warning: something a user must see"]
+    assert console.spark_console_settings() == {"spark.ui.showConsoleProgress": "false"}
+    console.configure_output(verbose=True)
+    inputs.info("encoding: tenure: number")
+    assert capsys.readouterr().out.splitlines() == ["encoding: tenure: number"]
+    assert console.spark_console_settings() == {"spark.ui.showConsoleProgress": "true"}
+    assert console.os.environ[console.JVM_NOISE_ENV] == "NEUTRAL" and not console._settings.filter_jvm
