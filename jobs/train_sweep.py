@@ -4,7 +4,10 @@ Tracks a parent MLflow run per sweep and a child run per rate (live, while it tr
 results to ``output.results_table`` and checkpoints to ``output.checkpoints``, logs the best model and
 registers it as ``tracking.register_when`` says. Rerun with the same ``sweep.id`` to resume or complete.
 
-    spark-submit jobs/train_sweep.py [--env ENV] [--set key=value ...]
+    spark-submit jobs/train_sweep.py [--env ENV] [--set key=value ...] [--progress auto|bar|lines|off] [--verbose]
+
+On a terminal the epochs are one live progress bar, elsewhere one line each (``--progress``); ``--verbose`` adds
+each column's encoding and the JVM's start-up warnings (see :mod:`pipelines.console`).
 
 Exit codes: 0 success, 2 bad input, 3 no usable model, 4 MLflow incomplete (rerun), 130/143 signals, 1 bug.
 """
