@@ -7,7 +7,8 @@ registers it as ``tracking.register_when`` says. Rerun with the same ``sweep.id`
     spark-submit jobs/train_sweep.py [--env ENV] [--set key=value ...] [--progress auto|bar|lines|off] [--verbose]
 
 On a terminal the epochs are one live progress bar, elsewhere one line each (``--progress``); ``--verbose`` adds
-each column's encoding and the JVM's start-up warnings (see :mod:`pipelines.console`).
+each column's encoding and Spark's stage bars (the JVM's start-up warnings, which it prints before the job runs:
+``LRSWEEP_JVM_NOISE=NEUTRAL`` in spark-submit's environment; see :mod:`pipelines.console`).
 
 Exit codes: 0 success, 2 bad input, 3 no usable model, 4 MLflow incomplete (rerun), 130/143 signals, 1 bug.
 """
