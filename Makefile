@@ -85,6 +85,7 @@ typecheck: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(SUBMIT) --master "local[2]" --driver-memory 8g bench/bench_sweep.py $(BENCH_ARGS)
+	$(SUBMIT) --master "local[2]" --driver-memory 8g bench/bench_pbt.py $(PBT_BENCH_ARGS)
 
 ui: $(VENV)/.installed
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
