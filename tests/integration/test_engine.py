@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +49,15 @@ def _train_arrays(prepared: PreparedData) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([p.X_train for p in parts]), np.concatenate([p.y_train for p in parts])
 
 
+def _train(prepared: PreparedData, config: Config) -> GridOutcome:
+    return train_grid(prepared, config.problem, config.train, config.sweep,
+                      joint_grid(config.sweep.grid(), config.penalty_axis()))
+
+
 def _sweep(spark: SparkSession, config: Config) -> tuple[GridOutcome, PreparedData]:
     prepared = _prepare(spark, config)
     try:
-        return train_grid(prepared, config.problem, config.train, config.sweep,
-                         joint_grid(config.sweep.grid(), config.penalty_axis())), prepared
+        return _train(prepared, config), prepared
     finally:
         prepared.blocks.release()
 
@@ -68,21 +72,29 @@ def _gd_config(synthetic_tables: dict[str, str], loss: str, workdir: Path, *sett
 
 def _preparation(config: Config) -> tuple[object, ...]:
     """What :func:`prepare_data` reads of a configuration."""
-    return config.data, config.features, config.model.loss, config.train.seed, config.train.num_partitions
+    train = config.train
+    return (config.data, config.features, config.model.loss, train.seed, train.num_partitions, train.dtype,
+            train.executor, train.driver_max_cells)
 
 
 @pytest.fixture(scope="module")
-def gd_prepared(spark: SparkSession, synthetic_tables: dict[str, str],
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Config, PreparedData]]]:
-    """Each synthetic table prepared once for :func:`test_gd_matches_numpy_reference`, whose cases change the
-    model, the schedule and the optimizer, never the split, the encoding or the partitioning."""
-    prepared = {}
-    for loss in ("logistic", "squared"):
-        config = _gd_config(synthetic_tables, loss, tmp_path_factory.mktemp(f"gd-{loss}"))
-        prepared[loss] = config, _prepare(spark, config)
+def prepared_once(spark: SparkSession) -> Iterator[Callable[[Config], PreparedData]]:
+    """The blocks of a configuration, prepared once per :func:`_preparation` for the module's cases that change
+    only what training reads (the optimizer, the schedule, the training loss, the grid, the algorithm)."""
+    cache: list[tuple[tuple[object, ...], PreparedData]] = []
+
+    def prepared(config: Config) -> PreparedData:
+        key = _preparation(config)
+        for known, data in cache:
+            if known == key:
+                return data
+        cache.append((key, _prepare(spark, config)))
+        return cache[-1][1]
+
     yield prepared
-    for _, data in prepared.values():
+    for _, data in cache:
         data.blocks.release()
+
 
 
 @pytest.mark.parametrize("loss", ["logistic", "squared"])
@@ -100,14 +112,12 @@ def gd_prepared(spark: SparkSession, synthetic_tables: dict[str, str],
     ids=["constant", "inv_sqrt-l2", "step-l1", "warmup_cosine-elasticnet", "invscaling-nointercept",
          "exponential-momentum", "one_cycle-adam"],
 )
-def test_gd_matches_numpy_reference(gd_prepared: dict[str, tuple[Config, PreparedData]],
+def test_gd_matches_numpy_reference(prepared_once: Callable[[Config], PreparedData],
                                     synthetic_tables: dict[str, str], tmp_path: Path, loss: str,
                                     settings: list[str]) -> None:
     config = _gd_config(synthetic_tables, loss, tmp_path, *settings)
-    prepared_for, prepared = gd_prepared[loss]
-    assert _preparation(config) == _preparation(prepared_for)
-    outcome = train_grid(prepared, config.problem, config.train, config.sweep,
-                     joint_grid(config.sweep.grid(), config.penalty_axis()))
+    prepared = prepared_once(config)  # the cases change the model, the schedule and the optimizer
+    outcome = _train(prepared, config)
     X, y = _train_arrays(prepared)
     problem = config.problem
     weights, intercepts, history = reference_gradient_descent(problem, X, y, np.array(config.sweep.grid()),
@@ -127,14 +137,16 @@ def test_gd_matches_numpy_reference(gd_prepared: dict[str, tuple[Config, Prepare
     ("sgd", "exact"), ("nesterov", "progressive"), ("adagrad", "progressive"), ("rmsprop", "exact"),
     ("adam", "progressive"), ("adamw", "exact")])
 def test_local_sgd_on_one_partition_is_the_reference_minibatch_sgd(
-    spark: SparkSession, synthetic_tables: dict[str, str], tmp_path: Path, optimizer: str, train_loss: str,
+    prepared_once: Callable[[Config], PreparedData], synthetic_tables: dict[str, str], tmp_path: Path, optimizer: str,
+    train_loss: str,
 ) -> None:
     config = _config(synthetic_tables["logistic"], "logistic", tmp_path, "train.num_partitions=1",
                      "train.epochs=3", "train.batch_size=32", f"train.optimizer={optimizer}",
                      f"train.train_loss={train_loss}",
                      "model.reg_param=0.001", "train.schedule={name: cosine, warmup_epochs: 0.5}",
                      "sweep.learning_rates=[0.001, 0.01, 0.1]")
-    outcome, prepared = _sweep(spark, config)
+    prepared = prepared_once(config)
+    outcome = _train(prepared, config)
     X, y = _train_arrays(prepared)
     problem = config.problem
     weights, intercepts, history = reference_minibatch_sgd(problem, X, y, np.array(config.sweep.grid()), epochs=3,
@@ -229,13 +241,15 @@ def test_gd_reproduces_spark_mllib_gradient_descent(spark: SparkSession, synthet
      ["train.algorithm=gd", "train.epochs=40", "train.schedule=constant"]],
     ids=["local_sgd-cosine", "gd"],
 )
-def test_best_rate_reaches_scikit_learn_optimum(spark: SparkSession, synthetic_tables: dict[str, str],
-                                                tmp_path: Path, loss: str, settings: list[str]) -> None:
+def test_best_rate_reaches_scikit_learn_optimum(prepared_once: Callable[[Config], PreparedData],
+                                                synthetic_tables: dict[str, str], tmp_path: Path, loss: str,
+                                                settings: list[str]) -> None:
     from sklearn.linear_model import LinearRegression, LogisticRegression
 
     config = _config(synthetic_tables[loss], loss, tmp_path, *settings,
                      "sweep.learning_rates={min: 0.01, max: 3.0, num: 6}")
-    outcome, prepared = _sweep(spark, config)
+    prepared = prepared_once(config)
+    outcome = _train(prepared, config)
     X, y = _train_arrays(prepared)
     estimator = LogisticRegression(penalty=None, tol=1e-10, max_iter=5000) if loss == "logistic" \
         else LinearRegression()
@@ -248,15 +262,16 @@ def test_best_rate_reaches_scikit_learn_optimum(spark: SparkSession, synthetic_t
 
 
 @pytest.mark.parametrize("algorithm", ["local_sgd", "gd"])
-def test_diverging_rate_never_poisons_the_others(spark: SparkSession, synthetic_tables: dict[str, str],
-                                                 tmp_path: Path, algorithm: str) -> None:
+def test_diverging_rate_never_poisons_the_others(prepared_once: Callable[[Config], PreparedData],
+                                                 synthetic_tables: dict[str, str], tmp_path: Path,
+                                                 algorithm: str) -> None:
     common = ["train.epochs=5", f"train.algorithm={algorithm}", "train.num_partitions=2"]
     config_with = _config(synthetic_tables["squared"], "squared", tmp_path, *common,
                           "sweep.learning_rates=[0.01, 0.1, 50.0]")
     config_without = _config(synthetic_tables["squared"], "squared", tmp_path, *common,
                              "sweep.learning_rates=[0.01, 0.1]")
-    with_bad, prepared = _sweep(spark, config_with)
-    without, _ = _sweep(spark, config_without)
+    prepared = prepared_once(config_with)
+    with_bad, without = _train(prepared, config_with), _train(prepared_once(config_without), config_without)
     bad = with_bad.rates[2]
     assert bad.status == "diverged" and bad.stopped_epoch is not None and bad.stopped_epoch <= 2
     assert np.all(np.isnan(bad.curves["val_loss"][bad.stopped_epoch:]))
