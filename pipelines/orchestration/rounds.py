@@ -198,6 +198,8 @@ class RoundTrainer:
                                      on_boundary=watcher, start=self.start)
             finally:
                 watcher.close()
+        if outcome.lineage is not None:
+            self.say(population_line(outcome))
         return TrainedRound(number, tuple(points), outcome, tuple(child_ids))
 
     def open_round(self, number: int, points: list[GridPoint]) -> list[str | None]:
@@ -274,6 +276,23 @@ class RoundWatcher:
             self.live.close()
             if self.live.error is not None:
                 raise self.live.error
+
+
+def population_line(outcome: GridOutcome) -> str:
+    """``pbt: 9 copies; winner lr=0.3 (val_loss 0.4851), its lineage's rates per epoch: 0.097 x3, 0.0776 x4, ...``"""
+    assert outcome.lineage is not None
+    copies = int((outcome.lineage.exploited_from >= 0).sum())
+    best = outcome.best_index
+    if best is None or outcome.rates[best].kept_epoch < 1:
+        return f"pbt: {copies} copies; no usable winner"
+    winner = outcome.rates[best]
+    path = outcome.lineage.path(best, winner.kept_epoch)
+    schedule = path.schedule()
+    ends = [*schedule["epochs"][1:], path.epoch + 1]
+    runs = ", ".join(f"{rate:.3g} x{end - start}" for start, end, rate in zip(schedule["epochs"], ends,
+                                                                          schedule["rates"], strict=True))
+    return (f"pbt: {copies} copies; winner {outcome.labels[best]} (val_loss {winner.final_metrics()['val_loss']:.4f}, "
+            f"{len(path.exploits)} copies on its path), its lineage's rates per epoch: {runs}")
 
 
 def _spark_master(spark: SparkSession) -> str:
