@@ -223,9 +223,18 @@ def _spec_builder(cls: type[Any]) -> Any:
     return build
 
 
+def _schedule_fields(spec: ScheduleSpec) -> dict[str, Any]:
+    """A schedule as the configuration shows and records it: ``piecewise``'s pieces only when it is piecewise (a
+    sweep's recorded settings do not change with a key its schedule does not use)."""
+    fields = dataclasses.asdict(spec)
+    if spec.name != "piecewise":
+        del fields["epochs"], fields["rates"]
+    return fields
+
+
 #: Configuration fields that *are* the core specs, built (and so validated) when the configuration is loaded.
 ScheduleField = Annotated[ScheduleSpec, PlainValidator(_spec_builder(ScheduleSpec)),
-                          PlainSerializer(dataclasses.asdict)]
+                          PlainSerializer(lambda spec: _schedule_fields(spec))]
 OptimizerField = Annotated[OptimizerSpec, PlainValidator(_spec_builder(OptimizerSpec)),
                            PlainSerializer(dataclasses.asdict)]
 

@@ -45,7 +45,17 @@ def sweep_params(config: Config, table: FeatureTable, learning_rates: list[float
         "divergence_factor": repr(sweep.divergence_factor),
         "rows": str(table.rows),
         **(auto_params(config) if not learning_rates else {}),
+        **(pbt_params(config) if sweep.strategy == "pbt" else {}),
     }
+
+
+def pbt_params(config: Config) -> dict[str, str]:
+    """Population-based training's settings (a grid's parameters stay as they were)."""
+    pbt = config.sweep.pbt
+    return {"strategy": config.sweep.strategy, "pbt_interval": str(pbt.interval), "pbt_quantile": repr(pbt.quantile),
+            "pbt_factors": ",".join(repr(factor) for factor in pbt.factors),
+            "pbt_resample_probability": repr(pbt.resample_probability),
+            "pbt_seed": str(config.train.seed if pbt.seed is None else pbt.seed)}
 
 
 def auto_params(config: Config) -> dict[str, str]:
@@ -69,6 +79,9 @@ def sweep_settings(config: Config) -> dict[str, Any]:
     for key in ("checkpoint_every", "executor", "driver_max_cells", "driver_max_bytes"):
         settings["train"].pop(key, None)
     settings["sweep"].pop("id", None)
+    if config.sweep.strategy == "grid":  # a grid's settings are what they were before population-based training
+        settings["sweep"].pop("strategy", None)
+        settings["sweep"].pop("pbt", None)
     if config.sweep.learning_rates == "auto":
         settings["range_test"] = dumped["range_test"]
     return settings

@@ -136,6 +136,7 @@ class ScheduleSpec:
         object.__setattr__(self, "rates", tuple(self.rates))
         if self.name == "piecewise":
             _check_pieces(self.epochs, self.rates)
+            object.__setattr__(self, "rates", tuple(float(rate) for rate in self.rates))
 
     def per_step(self, steps_per_epoch: int) -> StepSchedule:
         """The schedule over optimizer steps: durations times ``steps_per_epoch``.
