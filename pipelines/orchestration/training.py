@@ -299,7 +299,7 @@ def population(sweep: SweepConfig, points: Sequence[GridPoint], epochs: int, see
     return PopulationBasedTraining.start(
         [point.learning_rate for point in points], [point.reg_param for point in points], interval=pbt.interval,
         quantile=pbt.quantile, factors=pbt.factors, resample_probability=pbt.resample_probability,
-        seed=seed if pbt.seed is None else pbt.seed, epochs=epochs)
+        seed=seed if pbt.seed is None else pbt.seed, epochs=epochs, l1_ratios=[point.l1_ratio for point in points])
 
 
 def train_grid(prepared: PreparedData, problem: TrainingProblem, train: TrainConfig, sweep: SweepConfig,

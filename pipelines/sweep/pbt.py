@@ -12,7 +12,8 @@ point index); with ``n = max(1, floor(quantile * P))``:
   known one epoch late and the copy is of the epoch just trained, as a stopped point's rollback is;
 * then *explores*: with probability ``resample_probability`` a rate drawn log-uniformly from the configured
   range ``[min, max]`` of the grid's rates, else the source's rate times a factor drawn from ``factors``
-  (and the same for ``reg_param`` when the grid varies it over positive values); the target trains from epoch
+  (and the same for ``reg_param`` when the grid varies it, resampled between its smallest positive and largest
+  value; otherwise, and for ``l1_ratio``, the target takes the source's); the target trains from epoch
   ``k * interval + 2`` on at the explored values.
 
 Every draw comes from ``numpy.random.default_rng([seed, epoch])``: a counter-based stream per ranking, so a
@@ -48,22 +49,23 @@ LINEAGE_COLUMNS = {"learning_rate": "effective_learning_rate", "reg_param": "eff
 @dataclass(frozen=True)
 class Exploit:
     """One ranking's decision: ``targets`` take the models of ``sources`` after ``epoch`` and then train at
-    ``learning_rates``/``reg_params`` (all ``(n,)``, aligned, targets ascending)."""
+    ``learning_rates``/``reg_params``/``l1_ratios`` (all ``(n,)``, aligned, targets ascending)."""
 
     epoch: int
     targets: IntArray
     sources: IntArray
     learning_rates: FloatArray
     reg_params: FloatArray
+    l1_ratios: FloatArray
 
 
 @dataclass
 class PopulationBasedTraining:
     """The ranking, exploit and explore rules with the population's current hyperparameters.
 
-    ``learning_rates``/``reg_params`` ``(P,)`` are what each point trains its next epoch with;
+    ``learning_rates``/``reg_params``/``l1_ratios`` ``(P,)`` are what each point trains its next epoch with;
     ``rate_range`` the log-uniform resampling range of the rate, ``reg_range`` that of ``reg_param`` (None: not
-    explored: the grid does not vary it over positive values).
+    explored: the grid does not vary it, or has no positive value).
     """
 
     interval: int
@@ -74,19 +76,22 @@ class PopulationBasedTraining:
     epochs: int
     learning_rates: FloatArray
     reg_params: FloatArray
+    l1_ratios: FloatArray
     rate_range: tuple[float, float]
     reg_range: tuple[float, float] | None = None
 
     @classmethod
     def start(cls, learning_rates: Sequence[float], reg_params: Sequence[float], *, interval: int, quantile: float,
-              factors: Sequence[float], resample_probability: float, seed: int, epochs: int
-              ) -> PopulationBasedTraining:
-        """The population of the grid's points (their rates and reg_params, point order)."""
+              factors: Sequence[float], resample_probability: float, seed: int, epochs: int,
+              l1_ratios: Sequence[float] | None = None) -> PopulationBasedTraining:
+        """The population of the grid's points (their rates, reg_params and l1_ratios, point order)."""
         rates, regs = np.asarray(learning_rates, np.float64), np.asarray(reg_params, np.float64)
-        positive = np.unique(regs[regs > 0])
-        reg_range = (float(positive.min()), float(positive.max())) if positive.size > 1 else None
+        l1s = np.zeros_like(regs) if l1_ratios is None else np.asarray(l1_ratios, np.float64)
+        positive = regs[regs > 0]
+        reg_range = (float(positive.min()), float(positive.max())) if np.unique(regs).size > 1 and positive.size \
+            else None
         return cls(interval, quantile, tuple(float(f) for f in factors), resample_probability, seed, epochs,
-                   rates.copy(), regs.copy(), (float(rates.min()), float(rates.max())), reg_range)
+                   rates.copy(), regs.copy(), l1s.copy(), (float(rates.min()), float(rates.max())), reg_range)
 
     @property
     def n_points(self) -> int:
@@ -124,13 +129,15 @@ class PopulationBasedTraining:
         sources = np.sort(sources_pool)[rng.integers(0, sources_pool.size, size=targets.size)]
         rates = np.array([self._explore(rng, self.learning_rates[s], self.rate_range) for s in sources])
         regs = np.array([self._explore(rng, self.reg_params[s], self.reg_range) if self.reg_range is not None
-                         else self.reg_params[t] for s, t in zip(sources, targets, strict=True)])
-        return Exploit(epoch + 1, targets.astype(np.int64), sources.astype(np.int64), rates, regs)
+                         else self.reg_params[s] for s in sources])
+        return Exploit(epoch + 1, targets.astype(np.int64), sources.astype(np.int64), rates, regs,
+                       self.l1_ratios[sources].copy())
 
     def adopt(self, exploit: Exploit) -> None:
         """The targets train at their explored values from now on."""
         self.learning_rates[exploit.targets] = exploit.learning_rates
         self.reg_params[exploit.targets] = exploit.reg_params
+        self.l1_ratios[exploit.targets] = exploit.l1_ratios
 
     def _explore(self, rng: np.random.Generator, value: float, bounds: tuple[float, float] | None) -> float:
         """``value`` times a drawn factor, or (with ``resample_probability``) a log-uniform draw in ``bounds``.
@@ -143,11 +150,12 @@ class PopulationBasedTraining:
         return float(drawn if resample and bounds is not None else value * factor)
 
     def to_arrays(self) -> dict[str, npt.NDArray[np.generic]]:
-        return {"learning_rates": self.learning_rates, "reg_params": self.reg_params}
+        return {"learning_rates": self.learning_rates, "reg_params": self.reg_params, "l1_ratios": self.l1_ratios}
 
     def load_arrays(self, arrays: dict[str, npt.NDArray[np.generic]]) -> None:
         self.learning_rates = np.asarray(arrays["learning_rates"], dtype=np.float64).copy()
         self.reg_params = np.asarray(arrays["reg_params"], dtype=np.float64).copy()
+        self.l1_ratios = np.asarray(arrays["l1_ratios"], dtype=np.float64).copy()
 
 
 @dataclass(frozen=True)

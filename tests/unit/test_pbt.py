@@ -181,6 +181,20 @@ def test_an_early_stopped_point_is_revived_by_exploit_and_counts_its_patience_af
         assert outcome.rates[point].kept_epoch >= epoch  # it keeps models of its new lineage
 
 
+def test_a_joint_grid_explores_reg_param_and_the_copies_train_with_their_explored_penalty() -> None:
+    points = [GridPoint(rate, reg) for rate in (0.01, 0.1, 1.0, 3.0) for reg in (1e-4, 1e-2)]
+    sweep = _sweep(points, epochs=6, pbt={"quantile": 0.5})
+    outcome = _run(sweep)
+    assert outcome.lineage is not None and sweep.policies.population is not None
+    assert (outcome.lineage.exploited_from >= 0).any()
+    trained = outcome.lineage.reg_params[np.isfinite(outcome.lineage.reg_params)]
+    assert set(trained.tolist()) - {1e-4, 1e-2}, "no reg_param was explored"
+    assert trained.min() >= 1e-4 * 0.8**3 and trained.max() <= 1e-2 * 1.2**3
+    # every model row trains with its point's current reg_param (l1_ratio 0: the L2 strength is reg_param itself)
+    np.testing.assert_array_equal(sweep.trainer.models.penalties.l2, sweep.policies.population.reg_params)
+    np.testing.assert_array_equal(sweep.trainer.models.learning_rates, sweep.policies.population.learning_rates)
+
+
 # ------------------------------------------------------------------------------------------------ resume
 
 
