@@ -21,6 +21,9 @@ def assert_same_outcome(one: GridOutcome, other: GridOutcome, *, same_jobs: bool
         for name in b.curves:  # NaN where not run, equal bits everywhere else
             np.testing.assert_array_equal(a.curves[name], b.curves[name], err_msg=name)
             np.testing.assert_array_equal(a.curves_std[name], b.curves_std[name], err_msg=name)
+        assert a.schedule.keys() == b.schedule.keys()  # population-based training's lineage, empty for grids
+        for name in b.schedule:
+            np.testing.assert_array_equal(a.schedule[name], b.schedule[name], err_msg=name)
         np.testing.assert_array_equal(a.weights, b.weights)
         assert a.intercept == b.intercept and a.initial == b.initial
     assert one.row_passes == other.row_passes
