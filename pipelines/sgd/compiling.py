@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import marshal
 from collections.abc import Callable
+from types import CodeType
 from typing import Any
 
 from numba import njit
@@ -26,17 +26,44 @@ from numba.extending import register_jitable
 from pipelines.sgd._types import FloatArray
 
 
+def _code_bytes(code: CodeType) -> bytes:
+    """A code object's identity: its bytecode, names and constants (nested code objects alike). Not
+    ``marshal.dumps``, whose output follows the objects' reference counts and so changes within a process."""
+    constants = b",".join(_code_bytes(constant) if isinstance(constant, CodeType) else repr(constant).encode()
+                          for constant in code.co_consts)
+    return b"|".join([code.co_code, repr(code.co_names).encode(), repr(code.co_varnames).encode(), constants])
+
+
+def _described(value: Any) -> bytes:
+    """Bytes that identify a kernel's closure value the same way in every process: a function by its module, name,
+    bytecode and own closure (a generated rule, e.g. :func:`row_update`'s, is a closure: numba's pickle of it
+    differs between processes, so its key never matched a cached kernel), a tuple by its items, anything else by
+    its ``repr`` (the flags and numbers closures hold)."""
+    if callable(value) and hasattr(value, "__code__"):
+        cells = value.__closure__ or ()
+        return b"|".join([f"{value.__module__}.{value.__qualname__}".encode(), _code_bytes(value.__code__),
+                          *(_described(cell.cell_contents) for cell in cells)])
+    if isinstance(value, tuple):
+        return b"(" + b",".join(_described(item) for item in value) + b")"
+    return repr(value).encode()
+
+
 class RuleCache(FunctionCache):
     """numba keys a cached kernel by its own bytecode and its closure's pickle, which names the rules but does not
-    hold their code (they live in other files): their bytecode joins the key, so an edited rule compiles anew
-    instead of loading stale machine code."""
+    hold their code (they live in other files), and which differs between processes where the closure holds a
+    generated rule: here the closure is described by :func:`_described` (its rules' names, bytecode and flags) and
+    the bytecode of ``rules`` (every function it compiles in) joins the key, so an edited rule compiles anew
+    instead of loading stale machine code, and each process finds the machine code the first one cached."""
 
     def __init__(self, py_func: Callable[..., Any], rules: tuple[Callable[..., Any], ...]) -> None:
         super().__init__(py_func)
-        self._rules_key = hashlib.sha256(b"".join(marshal.dumps(rule.__code__) for rule in rules)).hexdigest()
+        self._rules_key = hashlib.sha256(b"".join(_code_bytes(rule.__code__) for rule in rules)).hexdigest()
 
     def _index_key(self, sig: Any, codegen: Any) -> tuple[Any, ...]:
-        return (*super()._index_key(sig, codegen), self._rules_key)
+        function = self._py_func
+        closure = tuple(cell.cell_contents for cell in function.__closure__ or ())
+        return (sig, codegen.magic_tuple(), (hashlib.sha256(function.__code__.co_code).hexdigest(),
+                                             hashlib.sha256(_described(closure)).hexdigest()), self._rules_key)
 
 
 def compile_kernel(function: Callable[..., Any], rules: tuple[Callable[..., Any], ...] = ()) -> Any:

@@ -5,11 +5,14 @@ mix, row weights and batch range, and a row's bits independent of the other rows
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipelines.sgd._types import FloatArray
+from pipelines.sgd.compiling import row_update
 from pipelines.sgd.fused import CompiledKernel
 from pipelines.sgd.kernels import Block, EpochPlan, Kernel, Models, minibatch_epoch
 from pipelines.sgd.losses import LOSS_NAMES, LOSS_TASKS, ScalarLoss, get_loss
@@ -177,3 +180,51 @@ def test_compiled_gradient_sums_equal_the_numpy_definition(loss_name: str, regre
             np.testing.assert_allclose(ours, definition, rtol=1e-11, atol=1e-11)
     alone = [compiled.gradient_sums(Block(X, y), weights[k : k + 1], intercepts[k : k + 1])[0][0] for k in range(4)]
     np.testing.assert_array_equal(compiled.gradient_sums(Block(X, y), weights, intercepts)[0], np.vstack(alone))
+
+
+_INDEX_KEY = """
+import numpy as np
+from pipelines.sgd.fused import CompiledKernel, epoch_kernel, margin_rule
+from pipelines.sgd.kernels import Block, EpochPlan, Models, minibatch_epoch
+from pipelines.sgd.losses import get_loss
+from pipelines.sgd.optimizers import OptimizerSpec, init_state
+from pipelines.sgd.regularization import Penalties
+from pipelines.sgd.schedules import StepSchedule
+
+loss, optimizer = get_loss("logistic"), OptimizerSpec("adamw")
+X = np.random.default_rng(0).standard_normal((50, 3))
+plan = EpochPlan(CompiledKernel(loss, optimizer), np.array([0.1]), Penalties(np.zeros(1), np.full(1, 0.01)),
+                 StepSchedule(), 10, 16, 0, 0, progressive_loss=True)
+minibatch_epoch(Block(X, (X[:, 0] > 0).astype(float)), Models(np.zeros((1, 3)), np.zeros(1),
+                init_state(optimizer, 1, 3)), plan)
+kernel = epoch_kernel(*margin_rule(loss, True), optimizer.rule, optimizer.decoupled_decay)
+print(type(kernel._cache).__name__, sum(kernel.stats.cache_hits.values()))
+"""
+
+
+def test_a_second_process_loads_the_epoch_kernel_the_first_cached(tmp_path: Path) -> None:
+    """Spark's Python workers load the machine code the first process cached only if each computes the same cache
+    key before it compiles as after: numba's pickle of a generated rule (a closure) and marshal's bytes of a code
+    object (which follow reference counts) gave other keys, and every worker compiled its kernels anew (seconds
+    each)."""
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}  # an empty cache: the first process compiles
+    answers = [subprocess.run([sys.executable, "-c", _INDEX_KEY], capture_output=True, text=True, check=True,
+                              env=environment).stdout.split() for _ in range(2)]
+    if answers[0][0] != "RuleCache":
+        pytest.skip("no writable cache location")
+    assert answers[0][1] == "0" and answers[1][1] == "1", answers
+
+
+def test_a_rules_cache_key_does_not_follow_reference_counts() -> None:
+    """marshal's bytes of a code object change as its constants gain references (it marks shared objects), so a
+    key made of them differed between processes and between a kernel's load and its save."""
+    from pipelines.sgd.compiling import _described
+    from pipelines.sgd.optimizers import adam_rule
+
+    rule = row_update(adam_rule, True)
+    before = _described(rule)
+    references = [list(rule.__code__.co_consts) for _ in range(3)], [adam_rule.__code__.co_names] * 3
+    assert _described(rule) == before and references
