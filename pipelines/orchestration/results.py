@@ -44,7 +44,7 @@ def describe_sweep(summary: pd.DataFrame, results_table: str) -> list[str]:
     counts = ", ".join(f"{count} {status}" for status, count in statuses.items())
     rounds = f", round {int(first['round'])}" if int(first["round"]) > 1 else ""
     lines = [f"sweep {first['sweep_id']}: {first['data_table']} at version {first['data_version']}, {loss} loss"
-             f"{rounds}, {len(summary)} points ({counts})",
+             f"{rounds}, {len(summary)} point{'' if len(summary) == 1 else 's'} ({counts})",
              format_summary(summary_rows(summary), loss)]
     best = summary[summary["best"]]
     if len(best) and isinstance(best.iloc[0]["registration"], str):  # "registered:7", "kept_champion:", ...
