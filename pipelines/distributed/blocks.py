@@ -42,7 +42,7 @@ from pyspark.storagelevel import StorageLevel
 from pipelines.features.arrays import arrow_of, numpy_of
 from pipelines.features.encoding import TableEncoding
 from pipelines.features.split import VALIDATION_COLUMN
-from pipelines.identifiers import named_batches, positional_columns, positional_name
+from pipelines.identifiers import named_batches, positional_columns, positional_name, xxhash64_of
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.design import Design, SplitDesign
 
@@ -180,9 +180,9 @@ def build_blocks(
     # collision) equal rows, whose order changes no block's bytes, and a sort on thousands of columns made the
     # driver compile a comparator over each of them (a 10,000-column table's plan outgrew a 9 GB driver).
     # Columns travel under positional names (PySpark's mapInArrow parses names), renamed before the sort.
-    position = [F.col(positional_name(index)) for index in range(len(columns))]
+    positions = [positional_name(index) for index in range(len(columns))]
     ordered = positional_columns(dataframe, columns).repartition(num_partitions) \
-        .sortWithinPartitions(F.xxhash64(F.lit(0x5EED), *position), F.xxhash64(F.lit(0xC0FFEE), *position))
+        .sortWithinPartitions(xxhash64_of(0x5EED, positions), xxhash64_of(0xC0FFEE, positions))
     blocks = ordered.mapInArrow(named_batches(pack, columns), BLOCK_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
     summary = blocks.groupBy("partition", "is_validation").sum("rows").collect()
     train_rows = [0] * num_partitions

@@ -16,7 +16,7 @@ from pyspark.sql import Column
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipelines.identifiers import column
+from pipelines.identifiers import column, quote_identifier
 
 FAMILIES = ("number", "boolean", "date", "timestamp", "string", "array", "vector")
 
@@ -85,10 +85,9 @@ def choose_columns(types: dict[str, T.DataType], label: str, listed: list[str] |
 def model_input(name: str, family: str) -> Column:
     """A column as the logged model takes it: numbers and booleans as double, arrays as array<double>,
     vectors as dense array<double> (what a Spark UDF and an MLflow signature accept), the rest as read."""
-    if family in ("number", "boolean"):
-        return column(name).cast("double").alias(name)
-    if family == "array":
-        return column(name).cast("array<double>").alias(name)
+    if family in ("number", "boolean", "array"):  # SQL text: one py4j round trip, not three
+        quoted = quote_identifier(name)
+        return F.expr(f"CAST({quoted} AS {'ARRAY<DOUBLE>' if family == 'array' else 'DOUBLE'}) AS {quoted}")
     if family == "vector":
         from pyspark.ml.functions import vector_to_array
 

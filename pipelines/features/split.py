@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines.errors import DataError
-from pipelines.identifiers import column
+from pipelines.identifiers import column, xxhash64_of
 
 VALIDATION_COLUMN = "__is_validation"
 SPLIT_COLUMN = "__split"
@@ -52,7 +52,7 @@ def with_split(dataframe: DataFrame, method: str, columns: Sequence[str], valida
         raise ValueError(f"fractions must satisfy 0 < validation ({validation_fraction}) and 0 <= test "
                          f"({test_fraction}) and validation + test < 1")
     if method == "hash":
-        bucket = F.pmod(F.xxhash64(F.lit(seed), *[column(c) for c in columns]), F.lit(_BUCKETS))
+        bucket = F.pmod(xxhash64_of(seed, columns), F.lit(_BUCKETS))
         first, second = round(validation_fraction * _BUCKETS), round((validation_fraction + test_fraction) * _BUCKETS)
         split = F.when(bucket < F.lit(first), VALIDATION).when(bucket < F.lit(second), TEST).otherwise(TRAIN)
     elif method == "stratified":
@@ -73,8 +73,7 @@ def with_split(dataframe: DataFrame, method: str, columns: Sequence[str], valida
 def _stratified(dataframe: DataFrame, columns: Sequence[str], label: str, validation_fraction: float,
                 test_fraction: float, seed: int) -> tuple[Column, DataFrame]:
     key_name = "__split_key"
-    keyed = dataframe.withColumn(key_name, F.pmod(F.xxhash64(F.lit(seed), *[column(c) for c in columns]),
-                                                  F.lit(_KEY_RANGE)).cast("double"))
+    keyed = dataframe.withColumn(key_name, F.pmod(xxhash64_of(seed, columns), F.lit(_KEY_RANGE)).cast("double"))
     rows = keyed.groupBy(column(label)).agg(F.percentile(key_name, F.array(F.lit(validation_fraction),
                                                                  F.lit(validation_fraction + test_fraction)))
                                     .alias("bounds")).collect()
