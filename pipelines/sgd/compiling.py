@@ -83,6 +83,19 @@ def jitable(rule: Callable[..., Any]) -> Callable[..., Any]:
     return registered
 
 
+def named_for(function: Callable[..., Any], *rules: Any) -> Callable[..., Any]:
+    """``function``, a rule generated in a closure, renamed after what it closes over (``rules``: functions and
+    flags). numba names a compiled function by its qualified name and a per-process counter, and a kernel loaded
+    from the disk cache calls its inner functions by those names: two generated rules of one name (the update of
+    momentum and of sgd) loaded into one process could call each other's machine code (wrong steps, and writes
+    past a smaller optimizer state). With the rules in the name, one name is one rule."""
+    parts = [getattr(rule, "__qualname__", repr(rule)) for rule in rules]
+    function.__qualname__ = f"{function.__qualname__}__{'__'.join(parts)}".replace(".", "_").replace("<", "") \
+        .replace(">", "")
+    function.__name__ = function.__qualname__
+    return function
+
+
 @register_jitable
 def gather_batch(X: FloatArray, y: FloatArray, sample_weight: FloatArray, order: Any, start: int, rows: int,
                  gathered: FloatArray, transposed: FloatArray, labels: FloatArray,
@@ -147,4 +160,4 @@ def row_update(update_rule: Callable[..., Any], decoupled_decay: bool) -> Callab
                 updated = shrunk if updated > 0.0 else (-shrunk if updated < 0.0 else updated * shrunk)
             weights[k, c] = updated
 
-    return update_row
+    return named_for(update_row, update_rule, decoupled_decay)

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.sgd._types import FloatArray
-from pipelines.sgd.compiling import compile_kernel, gather_batch, jitable, row_update
+from pipelines.sgd.compiling import compile_kernel, gather_batch, jitable, named_for, row_update
 from pipelines.sgd.kernels import Block, EpochPlan, EpochSteps, Models
 from pipelines.sgd.losses import PairedScalarLoss, ScalarLoss
 from pipelines.sgd.optimizers import SLOT_NAMES, OptimizerSpec, stacked_slots
@@ -151,7 +151,7 @@ def _slope_only(derivative_at: ScalarRule) -> PairRule:
     def zero_and_derivative_at(m: float, y: float, epsilon: float) -> tuple[float, float]:
         return 0.0, derivative(m, y, epsilon)
 
-    return zero_and_derivative_at
+    return named_for(zero_and_derivative_at, derivative_at)
 
 
 @functools.cache
@@ -162,7 +162,7 @@ def _one_after_the_other(value_at: ScalarRule, derivative_at: ScalarRule) -> Pai
     def value_and_derivative_at(m: float, y: float, epsilon: float) -> tuple[float, float]:
         return value(m, y, epsilon), derivative(m, y, epsilon)
 
-    return value_and_derivative_at
+    return named_for(value_and_derivative_at, value_at, derivative_at)
 
 
 def margin_rule(loss: ScalarLoss, progressive_loss: bool) -> tuple[PairRule, tuple[Callable[..., Any], ...]]:

@@ -165,3 +165,20 @@ def test_the_problem_chooses_the_compiled_kernels() -> None:
     assert isinstance(TrainingProblem("logistic").kernel(block.X), CompiledSparseKernel)
     assert isinstance(TrainingProblem("multinomial", n_classes=3).kernel(np.zeros((2, 2))), CompiledMultinomialKernel)
     assert type(TrainingProblem("multinomial", n_classes=3).kernel(block.X)) is SparseKernel
+
+
+
+def test_each_generated_rule_has_a_name_of_its_own() -> None:
+    """numba calls a cached kernel's inner functions by their qualified name and a per-process counter: kernels
+    cached by different processes and loaded into one once called each other's update (momentum's on sgd's empty
+    state: wrong steps, a corrupted heap; seen as a progressive run of the sparse kernel after a dense one). Each
+    generated rule is named after the rules it closes over, so one name is one rule."""
+    from pipelines.sgd.compiling import row_update
+    from pipelines.sgd.fused import margin_rule
+    from pipelines.sgd.optimizers import UPDATE_RULES
+
+    updates = {row_update(rule, decay).__qualname__ for rule in set(UPDATE_RULES.values()) for decay in (False, True)}
+    assert len(updates) == 2 * len(set(UPDATE_RULES.values()))
+    rules = {margin_rule(loss, progressive)[0].__qualname__ for loss in map(get_loss, SCALAR_LOSSES)
+             for progressive in (False, True)}
+    assert len(rules) == 2 * len(SCALAR_LOSSES)
