@@ -101,7 +101,7 @@ def loss_sums_kernel(value_at: ScalarRule) -> Any:
             totals[k] = total
         return totals
 
-    return compile_kernel(loss_sums, (value_at,))
+    return compile_kernel(named_for(loss_sums, value_at), (value_at,))
 
 
 @functools.cache
@@ -140,7 +140,7 @@ def gradient_sums_kernel(value_at: ScalarRule, derivative_at: ScalarRule) -> Any
             grad_b[k], losses[k] = bias_total, total
         return grad_w, grad_b, losses
 
-    return compile_kernel(gradient_sums, (value_at, derivative_at))
+    return compile_kernel(named_for(gradient_sums, value_at, derivative_at), (value_at, derivative_at))
 
 
 @functools.cache
@@ -249,8 +249,9 @@ def epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any], ...]
                                                intercept_slots, (k,), constants)
                 first += tile
 
-    return compile_kernel(epoch, (margin_at, *loss_rules, update_rule, tile_margins, tile_gradient, gather_batch,
-                                  row_update(update_rule, decoupled_decay)))
+    return compile_kernel(named_for(epoch, margin_at, update_rule, decoupled_decay),
+                          (margin_at, *loss_rules, update_rule, tile_margins, tile_gradient, gather_batch,
+                           row_update(update_rule, decoupled_decay)))
 
 
 def _contiguous(block: Block) -> tuple[FloatArray, FloatArray, FloatArray]:

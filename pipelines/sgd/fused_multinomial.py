@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.sgd._types import FloatArray
-from pipelines.sgd.compiling import compile_kernel, gather_batch, jitable, row_update
+from pipelines.sgd.compiling import compile_kernel, gather_batch, jitable, named_for, row_update
 from pipelines.sgd.kernels import Block, EpochPlan, EpochSteps, Models
 from pipelines.sgd.numpy_kernel import NumpyKernel
 from pipelines.sgd.optimizers import SLOT_NAMES, stacked_slots
@@ -111,8 +111,9 @@ def multinomial_epoch_kernel(update_rule: Callable[..., Any], decoupled_decay: b
                         intercepts[k] = update(intercepts[k], bias_gradients[c] * inverse_rows, step_size, step,
                                                intercept_slots, (k,), constants)
 
-    return compile_kernel(epoch, (update_rule, tile_margins, tile_gradient, gather_batch,
-                                  row_update(update_rule, decoupled_decay)))
+    return compile_kernel(named_for(epoch, update_rule, decoupled_decay),
+                          (update_rule, tile_margins, tile_gradient, gather_batch,
+                           row_update(update_rule, decoupled_decay)))
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.sgd._types import FloatArray
-from pipelines.sgd.compiling import compile_kernel, gather_batch, jitable, row_update
+from pipelines.sgd.compiling import compile_kernel, gather_batch, jitable, named_for, row_update
 from pipelines.sgd.design import SplitDesign
 from pipelines.sgd.fused import PairRule, margin_rule
 from pipelines.sgd.kernels import Block, EpochPlan, EpochSteps, Models
@@ -147,8 +147,9 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
                                                intercept_slots, (k,), constants)
                 first += tile
 
-    return compile_kernel(epoch, (margin_at, *loss_rules, update_rule, tile_margins, tile_gradient, gather_batch,
-                                  row_update(update_rule, decoupled_decay)))
+    return compile_kernel(named_for(epoch, margin_at, update_rule, decoupled_decay),
+                          (margin_at, *loss_rules, update_rule, tile_margins, tile_gradient, gather_batch,
+                           row_update(update_rule, decoupled_decay)))
 
 
 @dataclass(frozen=True)
