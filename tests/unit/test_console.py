@@ -78,7 +78,9 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_on_a_terminal_one_bar_is_redrawn_per_round_and_lines_go_above_it() -> None:
+def test_on_a_terminal_one_bar_is_redrawn_per_round_and_lines_go_above_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a terminal of 150 columns, whatever this process's own is (the bar is cut to the width; CI's was 80)
+    monkeypatch.setattr("pipelines.console.terminal_columns", lambda stream: 150)
     stream = Terminal()
     console = Console("auto", stream)
     assert console.mode == "bar" and resolve_mode("lines", stream) == "lines"

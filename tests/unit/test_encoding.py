@@ -18,6 +18,7 @@ from pipelines.features.encoding import ColumnEncoding, TableEncoding
 from pipelines.features.hashing import murmurhash3_32
 from pipelines.sgd.design import SplitDesign
 from pipelines.sgd.kernels import Block, EpochPlan, Models, compute_margins, minibatch_epoch
+from pipelines.sgd.numpy_kernel import SparseKernel
 from pipelines.sgd.optimizers import OptimizerSpec, init_state
 from pipelines.sgd.problem import TrainingProblem
 from pipelines.sgd.regularization import Regularization
@@ -261,18 +262,24 @@ def test_sparse_sgd_steps_touch_only_the_batch_columns_with_the_full_updates_bit
     sgd = OptimizerSpec("sgd")
     sample_weight = np.random.default_rng(2).gamma(2.0, 0.5, size=y.shape[0]) if weighted else None
 
-    def run(regularization: Regularization, design: object) -> tuple[np.ndarray, np.ndarray]:
+    problem = TrainingProblem("logistic", optimizer=sgd)
+
+    def run(regularization: Regularization, design: object, numpy: bool = False) -> tuple[np.ndarray, np.ndarray]:
         k, d = rates.shape[0], X.shape[1]
-        plan = EpochPlan(TrainingProblem("logistic", optimizer=sgd).kernel(design), rates, regularization.rows(k),
-                         ScheduleSpec().per_step(10), 10, 16, 3, 1)
+        kernel = SparseKernel(problem.loss_function, sgd) if numpy else problem.kernel(design)
+        plan = EpochPlan(kernel, rates, regularization.rows(k), ScheduleSpec().per_step(10), 10, 16, 3, 1)
         trained, _ = minibatch_epoch(Block(design, y, sample_weight),
                                      Models(np.zeros((k, d)), np.zeros(k), init_state(sgd, k, d)), plan)
         return trained.weights, trained.intercepts
 
-    fast = run(Regularization(0.0, 0.0), X)
+    fast = run(Regularization(0.0, 0.0), X, numpy=True)  # the numpy kernel's touched-columns update
     np.testing.assert_allclose(fast[0], run(Regularization(0.0, 0.0), X.toarray())[0], atol=1e-12)  # dense twin
     reference = _general_split_epoch(X, y, rates, sample_weight)
     assert fast[0].tobytes() == reference[0].tobytes() and fast[1].tobytes() == reference[1].tobytes()
+    # the compiled CSR epoch (what a split design trains with) sums each batch's gradient in its own order
+    compiled = run(Regularization(0.0, 0.0), X)
+    np.testing.assert_allclose(compiled[0], reference[0], rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(compiled[1], reference[1], rtol=1e-10, atol=1e-14)
 
 
 def _general_split_epoch(X: SplitDesign, y: np.ndarray, rates: np.ndarray,
