@@ -82,7 +82,7 @@ def xxhash64_of(seed: int, names: Sequence[str]) -> Column:
     so the hash is ``F.xxhash64(F.lit(seed), *columns)``'s, bit for bit."""
     from pyspark.sql import functions as F
 
-    return F.expr(f"xxhash64({int(seed)}, {', '.join(quote_identifier(name) for name in names)})")
+    return F.expr(f"xxhash64({', '.join([str(int(seed)), *map(quote_identifier, names)])})")
 
 
 def named_batches(function: ArrowFunction, names: Sequence[str]) -> ArrowFunction:
