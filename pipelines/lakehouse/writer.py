@@ -268,10 +268,12 @@ def append_journal(spark: SparkSession, rows: Sequence[dict[str, Any]], identifi
         kill_point("journal_append")
 
 
-def finalize_results(spark: SparkSession, finals: Sequence[dict[str, Any]], identifier: str, sweep_id: str) -> bool:
+def finalize_results(spark: SparkSession, finals: Sequence[dict[str, Any]], identifier: str, sweep_id: str,
+                     pending: bool | None = None) -> bool:
     """Set each rate's :data:`FINAL_COLUMNS` on all its rows (one MERGE); False when nothing had to change.
 
-    ``finals`` holds one mapping per (round, grid point) with those columns.
+    ``finals`` holds one mapping per (round, grid point) with those columns. ``pending`` True: the caller knows
+    some rows differ (it appended rows without their final status), so the query that asks is skipped.
     """
     if not finals or not table_exists(spark, identifier):
         return False
@@ -291,9 +293,9 @@ def finalize_results(spark: SparkSession, finals: Sequence[dict[str, Any]], iden
     differs = " OR ".join(f"NOT (t.{column} <=> s.{column})" for column in FINAL_COLUMNS)
     match = ("t.sweep_id = s.sweep_id AND t.learning_rate = s.learning_rate AND t.reg_param = s.reg_param AND "
              "t.l1_ratio = s.l1_ratio AND (t.round <=> s.round)")
-    pending = spark.sql(f"SELECT count(*) FROM {sql_name(identifier)} t JOIN {view} s ON {match} "
-                        f"WHERE {differs}").collect()[0][0]
-    if not pending:
+    if not pending and not spark.sql(f"SELECT count(*) FROM {sql_name(identifier)} t JOIN {view} s ON {match} "
+                                     f"WHERE {differs}").collect()[0][0]:
+        spark.catalog.dropTempView(view)
         return False
     updates = ", ".join(f"t.{column} = s.{column}" for column in FINAL_COLUMNS)
 

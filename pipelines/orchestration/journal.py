@@ -5,6 +5,11 @@ training loop only the time to build the rows; :meth:`Journal.flush` waits for t
 already holds is known per round, so every epoch is appended exactly once, even across reruns (and Delta's
 ``txnVersion`` makes a retried append a no-op). :attr:`Journal.provisional` says whether any of the sweep's
 rows carry a provisional status (``running``) that the sweep's end must set.
+
+The last round's final rows are held (:meth:`Journal.append` with ``final`` and ``last_round``) until the sweep
+is published, then appended with the child run ids and the registry's decision (:meth:`Journal.release`): a
+sweep journaled only at its end, the usual short sweep, makes one commit and no MERGE. The complete checkpoint is
+written before they are held, so a job that dies in between loses nothing: its rerun appends them.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +36,19 @@ class _Append:
     rows: list[dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class _Held:
+    """The last round's final rows, built when the sweep is published (see :meth:`Journal.release`)."""
+
+    round_number: int
+    outcome: GridOutcome
+    parent_run_id: str | None
+    table: FeatureTable
+    loss: str
+    first_epoch: int
+    last_epoch: int
+
+
 class Journal:
     """Appends a sweep's result rows to ``identifier`` as epochs complete."""
 
@@ -38,10 +56,12 @@ class Journal:
         self.spark, self.identifier, self.sweep_id = spark, identifier, sweep_id
         self.journaled = dict(journaled.last_epochs)  # round -> last epoch in the table (or queued for it)
         self.provisional = bool(journaled.last_epochs)  # rows of an earlier attempt may still say "running"
+        self.unfinished = False  # this attempt appended rows without their final status (the end must set it)
         self.rows_before = journaled.rows  # the sweep's rows earlier attempts committed
         self.appended_rows = 0  # committed by this attempt
         self.last_append_seconds: float | None = None
         self.append_seconds = 0.0  # all appends', on the journal's thread
+        self.held: _Held | None = None
         self._queue: queue.Queue[_Append | None] = queue.Queue()
         self._error: BaseException | None = None
         self._worker = threading.Thread(target=self._run, name="lrsweep-journal", daemon=True)
@@ -49,23 +69,50 @@ class Journal:
 
     def append(self, round_number: int, outcome: GridOutcome, parent_run_id: str | None,
                child_run_ids: Sequence[str | None], table: FeatureTable, loss: str, last_epoch: int,
-               final: bool = False, last_round: bool = True) -> int:
-        """Queue the rows of epochs after the last journaled one up to ``last_epoch``; return their count.
+               final: bool = False, last_round: bool = True) -> None:
+        """Queue the rows of epochs after the last journaled one up to ``last_epoch``.
 
         With ``final`` (the round is over) the rows carry their final status, and the best flag when it is
-        the ``last_round``; otherwise a running rate's rows say ``running`` and the best flag is empty.
+        the ``last_round``; otherwise a running rate's rows say ``running`` and the best flag is empty. The last
+        round's final rows are held for :meth:`release`.
         """
         first = self.journaled.get(round_number, 0) + 1
+        if last_epoch < first:
+            return
+        self.journaled[round_number] = last_epoch
+        if final and last_round:
+            self.held = _Held(round_number, outcome, parent_run_id, table, loss, first, last_epoch)
+            return
+        self._queue_rows(round_number, last_epoch, self._rows(
+            round_number, outcome, parent_run_id, child_run_ids, table, loss, first, last_epoch, final=final,
+            best=last_round))
+
+    def release(self, child_run_ids: Mapping[int, Sequence[str | None]], registration: str | None) -> None:
+        """Queue the held rows (if any) with each round's child run ids and the registry's ``registration`` (on the
+        best point's rows; None while it is unknown: the rows stay provisional, a rerun's MERGE sets it)."""
+        held, self.held = self.held, None
+        if held is None:
+            return
+        rows = self._rows(held.round_number, held.outcome, held.parent_run_id, child_run_ids[held.round_number],
+                          held.table, held.loss, held.first_epoch, held.last_epoch, final=True, best=True,
+                          registration=registration)
+        self._queue_rows(held.round_number, held.last_epoch, rows)
+
+    def _rows(self, round_number: int, outcome: GridOutcome, parent_run_id: str | None,
+              child_run_ids: Sequence[str | None], table: FeatureTable, loss: str, first: int, last: int, *,
+              final: bool, best: bool, registration: str | None = None) -> list[dict[str, Any]]:
         rows = results_rows(outcome, loss, sweep_id=self.sweep_id, parent_run_id=parent_run_id,
                             child_run_ids=child_run_ids, data_table=table.ref.identifier,
                             data_version=table.ref.version, round_number=round_number, first_epoch=first,
-                            last_epoch=last_epoch, final=final, best=last_round,
-                            data_since_version=table.ref.since_version) if last_epoch >= first else []
+                            last_epoch=last, final=final, best=best, data_since_version=table.ref.since_version,
+                            registration=registration)
+        self.provisional = self.provisional or not final or any(row["child_run_id"] is None for row in rows)
+        self.unfinished = self.unfinished or (bool(rows) and not final)
+        return rows
+
+    def _queue_rows(self, round_number: int, last_epoch: int, rows: list[dict[str, Any]]) -> None:
         if rows:
-            self.journaled[round_number] = last_epoch
-            self.provisional = self.provisional or not final or any(row["child_run_id"] is None for row in rows)
             self._queue.put(_Append(round_number, last_epoch, rows))
-        return len(rows)
 
     def flush(self) -> None:
         """Wait until every queued append is committed; raise the first failure (an OutputError)."""

@@ -269,15 +269,16 @@ class Publisher:
 def finalize(spark: SparkSession, results_table: str, sweep_id: str, parent: ParentRun, published: Published,
              decision: str | None, journal: Journal) -> None:
     """Each rate's final status, kept epoch, best flag and run ids, and the registry's ``decision`` on the best
-    point, on its rows (one MERGE), unless every row holds them already."""
-    if not journal.provisional and decision is None:
+    point, on its rows (one MERGE), unless every row holds them already: rows the journal appended with their
+    final values (:meth:`Journal.release`) need none."""
+    if not journal.provisional:
         return
     rows = []
     for done in published.rounds:
         rows += final_rows(done.outcome, sweep_id=sweep_id, round_number=done.number, parent_run_id=parent.run_id,
                            child_run_ids=done.child_run_ids, is_final_round=done is published.rounds[-1],
                            registration=decision)
-    finalize_results(spark, rows, results_table, sweep_id)
+    finalize_results(spark, rows, results_table, sweep_id, pending=True if journal.unfinished else None)
 
 
 def log_population(tracker: SweepTracker, outcome: GridOutcome) -> None:

@@ -30,11 +30,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import closing
+from contextlib import ExitStack, closing
 
 from pyspark.sql import SparkSession
 
 from pipelines.config import Config
+from pipelines.errors import first_line
 from pipelines.lakehouse.checkpoints import CheckpointStore
 from pipelines.lakehouse.lease import LeaseStore, SweepLease
 from pipelines.lakehouse.writer import journaled
@@ -121,28 +122,51 @@ class SweepJob:
             with phases.timed("prepare"):  # a table too small to judge a model fails here, before any run exists
                 prepared = prepare(spark, table, config, checkpoint, phases, say)
         facts = data_facts(table, prepared, checkpoint)
-        try:
-            warm = warm_start(tracking, facts, config.model.loss) if config.train.warm_start == "champion" else None
-            parent = start_parent(spark, config, tracking, facts, prepared, warm)
-            with closing(Journal(spark, results_table, sweep_id,
-                                 journaled(spark, results_table, sweep_id))) as journal:
+        with ExitStack() as stack:
+            try:
+                warm = warm_start(tracking, facts, config.model.loss) if config.train.warm_start == "champion" \
+                    else None
+                parent = start_parent(spark, config, tracking, facts, prepared, warm)
+                journal = stack.enter_context(closing(Journal(spark, results_table, sweep_id,
+                                                              journaled(spark, results_table, sweep_id))))
                 recorder = SweepRecorder(sweep_id, settings, self.checkpoints, journal, config.model.loss,
                                          config.train.checkpoint_every, checkpoint)
                 trained = RoundTrainer(config, sweep_id, self.may_train, facts, prepared, checkpoint, tracking, parent,
                                        None if warm is None else warm.start, journal, recorder, lease, self.stop,
                                        say).train_journaled(phases)
-        finally:
-            if prepared is not None:
-                prepared.blocks.release()
-        lease.check()  # a job whose lease was taken over writes nothing more
-        with phases.timed("tracking"):
-            publisher = Publisher(spark, config, sweep_id, tracking, facts, parent, checkpoint, say)
-            published = publisher.publish(trained, lambda: self.timings(recorder, journal, tracking.store))
-        lease.check()
-        with phases.timed("results_write"):
-            finalize(spark, results_table, sweep_id, parent, published, published.decision(tracking.tracker), journal)
+            finally:
+                if prepared is not None:
+                    prepared.blocks.release()
+            lease.check()  # a job whose lease was taken over writes nothing more
+            published = self.publish(Publisher(spark, config, sweep_id, tracking, facts, parent, checkpoint, say),
+                                     trained, journal, lambda: self.timings(recorder, journal, tracking.store), lease)
+            with phases.timed("results_write"):
+                decision = published.decision(tracking.tracker)
+                journal.release({done.number: done.child_run_ids for done in published.rounds}, decision)
+                journal.flush()
+                finalize(spark, results_table, sweep_id, parent, published, decision, journal)
         self.checkpoints.prune(sweep_id)
         return self.report(checkpoint, facts, tracking, parent, trained, published, recorder, journal)
+
+    def publish(self, publisher: Publisher, trained: Trained, journal: Journal,
+                timings: Callable[[], dict[str, float]], lease: SweepLease) -> Published:
+        """MLflow brought up to the trained sweep. Should that fail, the journal's held rows are appended all the
+        same (the registry's decision unknown: a rerun sets it) or, failing that too, left to the rerun, which
+        restores them from the complete checkpoint."""
+        try:
+            with self.phases.timed("tracking"):
+                published = publisher.publish(trained, timings)
+        except BaseException:
+            try:
+                lease.check()
+                journal.release({done.number: done.child_run_ids for done in trained.rounds}, None)
+                journal.flush()
+            except Exception as error:
+                self.say(f"warning: the last results rows were not appended ({first_line(error)}); a rerun with "
+                         f"sweep.id={self.sweep_id} appends them")
+            raise
+        lease.check()
+        return published
 
     def report(self, checkpoint: SweepCheckpoint | None, facts: DataFacts, tracking: Tracking, parent: ParentRun,
                trained: Trained, published: Published, recorder: SweepRecorder, journal: Journal) -> SweepReport:

@@ -106,13 +106,15 @@ def epoch_rows(rate: RateResult, first: int = 1, last: int | None = None) -> lis
 def results_rows(outcome: GridOutcome, loss: str, *, sweep_id: str, parent_run_id: str | None,
                  child_run_ids: Sequence[str | None], data_table: str, data_version: int, round_number: int = 1,
                  first_epoch: int = 1, last_epoch: int | None = None, final: bool = True,
-                 best: bool = True, data_since_version: int | None = None) -> list[dict[str, Any]]:
+                 best: bool = True, data_since_version: int | None = None,
+                 registration: str | None = None) -> list[dict[str, Any]]:
     """The results table's rows: one per ``(sweep_id, round, learning_rate, epoch)`` an epoch was run.
 
     ``child_run_ids`` are aligned with ``outcome.rates`` (None where unknown). Only epochs
     ``first_epoch..last_epoch`` are included (a journal append). With ``final`` False (the sweep is still
     training) ``is_best`` is left empty and a rate still running has status ``running``; the sweep's end
     sets them (:func:`final_rows`). ``best`` False (a round before the last) flags no rate as the best.
+    ``registration``: the registry's decision, on the best rate's rows (as :func:`final_rows` sets it).
     """
     if len(child_run_ids) != len(outcome.rates):
         raise ValueError(f"{len(child_run_ids)} child run ids for {len(outcome.rates)} rates")
@@ -136,7 +138,7 @@ def results_rows(outcome: GridOutcome, loss: str, *, sweep_id: str, parent_run_i
                 "data_table": data_table,
                 "data_version": data_version,
                 "data_since_version": data_since_version,
-                "registration": None,  # the best row's, set by the sweep's end (final_rows)
+                "registration": registration if index == best_index else None,
             })
     return rows
 

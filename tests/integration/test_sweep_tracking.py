@@ -190,6 +190,11 @@ def test_results_table_has_one_row_per_rate_and_epoch(spark: SparkSession, swept
     diverged = rows[rows.learning_rate == 1000.0]
     assert (diverged.status == "diverged").all()
     assert (rows["round"] == 1).all() and "val_log_loss" not in rows.columns
+    # a short sweep is journaled at its end only: its rows, with the registry's decision, in one commit, no MERGE
+    assert set(rows.registration.dropna()) == {f"registered:{report.registration.version}"}  # type: ignore[union-attr]
+    assert rows.registration.notna().sum() == rows.is_best.sum() == EPOCHS
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{config.output.results_table}`").toPandas()
+    assert history.operation.tolist() == ["WRITE"], history[["version", "operation"]]
 
 
 def test_rerun_with_the_same_sweep_id_trains_nothing_adds_nothing_and_repairs_runs(
