@@ -23,10 +23,18 @@ from pipelines.config import Config, load_config
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+# Spark generates the Java source of an expression projection (UnsafeProjection.create) in every task that needs
+# one, before its compiled-class cache is consulted: over the suite's small, wide tables that text (a regex pass over
+# it) was a third of the JVMs' CPU (Java Flight Recorder, tests/integration/test_resume.py). Spark's own test
+# setting ``spark.sql.codegen.factoryMode=NO_CODEGEN`` interprets projections instead (test_resume.py: 213 -> 165
+# CPU-seconds, same results). Whole-stage code generation stays on; :func:`generated_projections` turns the
+# generated projections back on for the modules about odd column names and types, as lrsweep runs by default.
+INTERPRETED_PROJECTIONS = {"spark.sql.codegen.factoryMode": "NO_CODEGEN"}
 # The JVMs the end-to-end tests start (spark-submit jobs, the Connect server, a standalone cluster) run seconds,
 # not hours: C1-only compilation and the serial collector make such a job ~20% faster. The suite's own session
 # lives for the whole run and does the most work: it starts without them (see the ``spark`` fixture).
-SHORT_JVM_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+SHORT_JVM_OPTS = " ".join(["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC",
+                           *(f"-D{key}={value}" for key, value in INTERPRETED_PROJECTIONS.items())])
 os.environ.setdefault("SPARK_SUBMIT_OPTS", SHORT_JVM_OPTS)
 
 #: The level of the pyramid each test directory is, as a marker: ``-m unit`` runs in a few minutes without Spark.
@@ -113,6 +121,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
                 "spark.default.parallelism": "2",
                 "spark.sql.warehouse.dir": str(warehouse),
                 "spark.driver.memory": "2g",
+                **INTERPRETED_PROJECTIONS,
             },
         ))
     finally:
@@ -120,6 +129,17 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
             os.environ["SPARK_SUBMIT_OPTS"] = short_jvm_opts
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="module")
+def generated_projections(spark: SparkSession) -> Iterator[None]:
+    """The module's Spark jobs with generated projections, Spark's default (see :data:`INTERPRETED_PROJECTIONS`)."""
+    [(key, interpreted)] = INTERPRETED_PROJECTIONS.items()
+    spark.conf.set(key, "FALLBACK")
+    try:
+        yield
+    finally:
+        spark.conf.set(key, interpreted)
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,9 @@ from pipelines.orchestration.score import score_table
 from pipelines.orchestration.sweep import SweepReport, run_tracked_sweep
 from tests.conftest import make_config
 
+# odd names and every column type through Spark's generated projections, as lrsweep runs by default
+pytestmark = pytest.mark.usefixtures("generated_projections")
+
 ROWS = 3000
 SEVEN = ["visits", "balance", "is_member", "plan", "city", "embedding", "signals"]
 

@@ -21,6 +21,9 @@ from pipelines.orchestration.score import score_table
 from pipelines.orchestration.sweep import SweepReport, run_tracked_sweep
 from tests.conftest import make_config
 
+# odd names and every column type through Spark's generated projections, as lrsweep runs by default
+pytestmark = pytest.mark.usefixtures("generated_projections")
+
 ODD_FEATURES = ["monthly.charges", "plan type", "prix_€", "we`ird"]
 LABEL = "churn.flag"
 ROW_ID = "customer.id"  # passed through to the predictions table: no space, which Delta refuses there
