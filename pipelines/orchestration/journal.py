@@ -62,6 +62,7 @@ class Journal:
         self.last_append_seconds: float | None = None
         self.append_seconds = 0.0  # all appends', on the journal's thread
         self.held: _Held | None = None
+        self.released_round: int | None = None  # the round whose final rows :meth:`release` appended
         self._queue: queue.Queue[_Append | None] = queue.Queue()
         self._error: BaseException | None = None
         self._worker = threading.Thread(target=self._run, name="lrsweep-journal", daemon=True)
@@ -97,6 +98,7 @@ class Journal:
                           held.table, held.loss, held.first_epoch, held.last_epoch, final=True, best=True,
                           registration=registration)
         self._queue_rows(held.round_number, held.last_epoch, rows)
+        self.released_round = held.round_number
 
     def _rows(self, round_number: int, outcome: GridOutcome, parent_run_id: str | None,
               child_run_ids: Sequence[str | None], table: FeatureTable, loss: str, first: int, last: int, *,

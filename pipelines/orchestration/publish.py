@@ -270,8 +270,9 @@ def finalize(spark: SparkSession, results_table: str, sweep_id: str, parent: Par
              decision: str | None, journal: Journal) -> None:
     """Each rate's final status, kept epoch, best flag and run ids, and the registry's ``decision`` on the best
     point, on its rows (one MERGE), unless every row holds them already: rows the journal appended with their
-    final values (:meth:`Journal.release`) need none."""
-    if not journal.provisional:
+    final values (:meth:`Journal.release`) need none. (A refining sweep whose second round was not needed appended
+    its only round as a first round, without the best flag: the MERGE sets it.)"""
+    if not journal.provisional and journal.released_round == published.rounds[-1].number:
         return
     rows = []
     for done in published.rounds:

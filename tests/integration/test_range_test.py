@@ -160,3 +160,22 @@ def test_auto_sweep_logs_range_test_and_both_rounds_under_one_parent(spark: Spar
         assert report.registration is not None and report.registration.decision == "registered"
     finally:
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+
+
+def test_a_refining_sweep_with_one_rate_flags_its_best_without_a_second_round(
+    spark: SparkSession, logistic_table: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One rate cannot be refined: round 1 is the last, its rows (journaled as a first round, without the best flag)
+    get the flag and the registry's decision at the sweep's end."""
+    config = _config(logistic_table, tmp_path, "sweep.learning_rates=auto", "sweep.auto_num=1", "sweep.refine=true",
+                     "train.epochs=2", "range_test.num_steps=20", "range_test.min_lr=1e-4", "sweep.id=it-auto-one",
+                     "tracking.experiment=it-auto", "tracking.registered_model=it_auto_one")
+    try:
+        report = run_tracked_sweep(spark, config, progress=print)
+    finally:
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+    assert "not refining" in capsys.readouterr().out and len(report.rounds) == 1
+    assert report.registration is not None and report.registration.decision == "registered"
+    rows = spark.read.format("delta").load(config.output.results_table).toPandas()
+    assert len(rows) == 2 and rows.is_best.all()
+    assert set(rows.registration) == {f"registered:{report.registration.version}"}
