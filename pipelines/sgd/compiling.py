@@ -1,13 +1,17 @@
 """How the compiled (numba) kernels are built, and the steps every compiled epoch shares.
 
-* :func:`compile_kernel`: numba with strict IEEE math, its machine code cached on disk keyed by the rules it
-  compiles in (:class:`RuleCache`);
+* :func:`compile_kernel`: numba with strict IEEE math, numpy's error model (a division by zero is ``inf`` or
+  NaN, as in numpy, not an exception: the check would keep the compiler from vectorizing a loop that divides) and
+  every function it calls inlined (the rules and :mod:`pipelines.sgd.elementary`'s functions, which a loop over a
+  batch's rows vectorizes only when inlined; both settings pass down to the callees), its machine code cached on
+  disk keyed by the rules it compiles in (:class:`RuleCache`);
 * :func:`jitable`: a rule written once in Python (a loss's scalar rule, an optimizer's update rule) made callable
   from compiled code;
 * :func:`gather_batch`: a batch's rows of a dense block, gathered and transposed;
+* :func:`batch_rule`: a loss's rule at one model row's margins of a batch, and the sums of its derivatives and
+  losses, for the dense (:mod:`pipelines.sgd.fused`) and sparse (:mod:`pipelines.sgd.fused_sparse`) epochs;
 * :func:`row_update`: one model row's optimizer step with its penalty terms, element by element: the update of
-  the dense (:mod:`pipelines.sgd.fused`), multinomial (:mod:`pipelines.sgd.fused_multinomial`) and sparse
-  (:mod:`pipelines.sgd.fused_sparse`) epochs alike.
+  the dense, multinomial (:mod:`pipelines.sgd.fused_multinomial`) and sparse epochs alike.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from numba import njit
 from numba.core.caching import FunctionCache
 from numba.extending import register_jitable
 
+from pipelines.sgd import elementary
 from pipelines.sgd._types import FloatArray
 
 
@@ -48,6 +53,10 @@ def _described(value: Any) -> bytes:
     return repr(value).encode()
 
 
+#: How every kernel is compiled (part of the cache key: machine code compiled with other options is not loaded).
+JIT_OPTIONS: dict[str, Any] = {"nogil": True, "error_model": "numpy", "forceinline": True}
+
+
 class RuleCache(FunctionCache):
     """numba keys a cached kernel by its own bytecode and its closure's pickle, which names the rules but does not
     hold their code (they live in other files), and which differs between processes where the closure holds a
@@ -63,16 +72,17 @@ class RuleCache(FunctionCache):
         function = self._py_func
         closure = tuple(cell.cell_contents for cell in function.__closure__ or ())
         return (sig, codegen.magic_tuple(), (hashlib.sha256(function.__code__.co_code).hexdigest(),
-                                             hashlib.sha256(_described(closure)).hexdigest()), self._rules_key)
+                                             hashlib.sha256(_described(closure)).hexdigest()), self._rules_key,
+                repr(sorted(JIT_OPTIONS.items())))
 
 
 def compile_kernel(function: Callable[..., Any], rules: tuple[Callable[..., Any], ...] = ()) -> Any:
     """``function`` compiled by numba, its machine code cached on disk for the next processes (Spark's Python
     workers) where a cache location is writable, else compiled once per process; ``rules``: the functions from
-    other modules it compiles in."""
-    dispatcher = njit(nogil=True)(function)
+    other modules it compiles in (the elementary functions the losses' rules call are always in the key)."""
+    dispatcher = njit(**JIT_OPTIONS)(function)
     with contextlib.suppress(RuntimeError):  # RuntimeError: no writable cache location (a read-only install)
-        dispatcher._cache = RuleCache(function, rules)  # type: ignore[attr-defined]  # numba's cache slot
+        dispatcher._cache = RuleCache(function, (*rules, *elementary.FUNCTIONS))  # numba's cache slot
     return dispatcher
 
 
@@ -114,6 +124,38 @@ def gather_batch(X: FloatArray, y: FloatArray, sample_weight: FloatArray, order:
     for j in range(d):  # a second, cache-resident pass (writing both at once measured 30% slower)
         for i in range(rows):
             transposed[j, i] = gathered[i, j]
+
+
+@functools.cache
+def batch_rule(margin_at: Callable[..., Any]) -> Callable[..., Any]:
+    """A loss's rule at one margin (``margin_at``: ``(loss or 0, dloss/dm)``, :func:`pipelines.sgd.fused.margin_rule`)
+    over one model row's margins of a batch, compiled into the epochs.
+
+    ``derivatives_and_losses(margins, labels, row_weights, weighted, rows, epsilon, derivatives, losses)`` writes
+    ``derivatives[i]`` and ``losses[i]`` (each times ``row_weights[i]`` where ``weighted``) for the first ``rows``
+    margins and returns their sums ``(sum_i derivatives[i], sum_i losses[i])``, the rows in batch order. The rule
+    runs in a loop without a sum, which the compiler vectorizes (the rule and its elementary functions inlined);
+    the sums follow in a loop of their own, so their order is the rows' whatever the vector width.
+    """
+    rule = jitable(margin_at)
+
+    def derivatives_and_losses(margins: FloatArray, labels: FloatArray, row_weights: FloatArray, weighted: bool,
+                               rows: int, epsilon: float, derivatives: FloatArray,
+                               losses: FloatArray) -> tuple[float, float]:  # pragma: no cover - compiled
+        for i in range(rows):
+            loss, value = rule(margins[i], labels[i], epsilon)
+            if weighted:
+                value = value * row_weights[i]
+                loss = loss * row_weights[i]
+            derivatives[i] = value
+            losses[i] = loss
+        total, loss_total = 0.0, 0.0
+        for i in range(rows):
+            total += derivatives[i]
+            loss_total += losses[i]
+        return total, loss_total
+
+    return named_for(derivatives_and_losses, margin_at)
 
 
 @functools.cache

@@ -19,6 +19,9 @@ Order of operations, fixed and per model row (so a row's bits never depend on K 
 * the batch's rows are gathered once, and transposed (``XT[j, i]``) for the margins;
 * ``m_i = ((x_i0 w_0 + x_i1 w_1) + ...) + b``: the sum over inputs in input order, vectorized over the
   batch's rows (each lane is one row's sequential sum: no reassociation, numba's default strict IEEE math);
+* ``d_i = s_i loss'(m_i)`` (and ``s_i loss(m_i)``) in a loop over the batch's rows of their own, vectorized: the
+  rule and the elementary functions it calls (:mod:`pipelines.sgd.elementary`) are inlined into it
+  (:func:`~pipelines.sgd.compiling.batch_rule`);
 * ``g_j = (((d_0 x_0j) + d_1 x_1j) + ...) / B``: the sum over the batch's rows in batch order, vectorized
   over inputs; ``g_b = (sum_i d_i) / B``; the progressive loss ``sum_i s_i loss_i`` in batch order too;
 * both products run for a tile of model rows at once (:mod:`pipelines.sgd.tiles`: each load of the batch's
@@ -41,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.sgd._types import FloatArray
-from pipelines.sgd.compiling import compile_kernel, gather_batch, jitable, named_for, row_update
+from pipelines.sgd.compiling import batch_rule, compile_kernel, gather_batch, jitable, named_for, row_update
 from pipelines.sgd.kernels import Block, EpochPlan, EpochSteps, Models
 from pipelines.sgd.losses import PairedScalarLoss, ScalarLoss
 from pipelines.sgd.optimizers import SLOT_NAMES, OptimizerSpec, stacked_slots
@@ -51,13 +54,19 @@ ScalarRule = Callable[[float, float, float], float]
 PairRule = Callable[[float, float, float], tuple[float, float]]
 
 
+#: Rows per chunk of the full passes: their margins, then the rule over the chunk (a vectorized loop), then the sums.
+CHUNK = 256
+
+
 @compile_kernel
-def _margins(X: FloatArray, row: int, w: FloatArray, out: FloatArray) -> int:  # pragma: no cover - compiled
-    """``x_i . w`` for the four rows from ``row`` into ``out`` (fewer at the end; returns how many), each summed
-    in input order (the same arithmetic as the epoch kernel's margins). The four sums are independent, so
+def _chunk_margins(X: FloatArray, start: int, stop: int, w: FloatArray, bias: float,
+                   out: FloatArray) -> None:  # pragma: no cover - compiled
+    """``x_i . w + bias`` for rows ``start .. stop - 1`` into ``out[: stop - start]``, four rows at a time, each
+    summed in input order (the same arithmetic as the epoch kernel's margins). The four sums are independent, so
     their adds overlap; nothing is reassociated."""
     d = X.shape[1]
-    if row + 4 <= X.shape[0]:
+    row = start
+    while row + 4 <= stop:
         w0 = w[0]
         a0, a1, a2, a3 = X[row, 0] * w0, X[row + 1, 0] * w0, X[row + 2, 0] * w0, X[row + 3, 0] * w0
         for j in range(1, d):
@@ -66,13 +75,15 @@ def _margins(X: FloatArray, row: int, w: FloatArray, out: FloatArray) -> int:  #
             a1 += X[row + 1, j] * wj
             a2 += X[row + 2, j] * wj
             a3 += X[row + 3, j] * wj
-        out[0], out[1], out[2], out[3] = a0, a1, a2, a3
-        return 4
-    total = X[row, 0] * w[0]
-    for j in range(1, d):
-        total += X[row, j] * w[j]
-    out[0] = total
-    return 1
+        at = row - start
+        out[at], out[at + 1], out[at + 2], out[at + 3] = a0 + bias, a1 + bias, a2 + bias, a3 + bias
+        row += 4
+    while row < stop:
+        total = X[row, 0] * w[0]
+        for j in range(1, d):
+            total += X[row, j] * w[j]
+        out[row - start] = total + bias
+        row += 1
 
 
 @functools.cache
@@ -89,19 +100,21 @@ def loss_sums_kernel(value_at: ScalarRule) -> Any:
         totals = np.zeros(weights.shape[0])
         if d == 0:
             return totals
-        margins = np.empty(4)
+        margins, losses = np.empty(CHUNK), np.empty(CHUNK)
         for k in range(weights.shape[0]):
-            bias, total, i = intercepts[k], 0.0, 0
-            while i < n_rows:
-                block = _margins(X, i, weights[k], margins)
-                for r in range(block):
-                    loss = value(margins[r] + bias, y[i + r], epsilon)
-                    total += loss * sample_weight[i + r] if weighted else loss
-                i += block
+            total = 0.0
+            for start in range(0, n_rows, CHUNK):
+                rows = min(CHUNK, n_rows - start)
+                _chunk_margins(X, start, start + rows, weights[k], intercepts[k], margins)
+                for r in range(rows):
+                    loss = value(margins[r], y[start + r], epsilon)
+                    losses[r] = loss * sample_weight[start + r] if weighted else loss
+                for r in range(rows):
+                    total += losses[r]
             totals[k] = total
         return totals
 
-    return compile_kernel(named_for(loss_sums, value_at), (value_at,))
+    return compile_kernel(named_for(loss_sums, value_at), (value_at, _chunk_margins.py_func))
 
 
 @functools.cache
@@ -119,28 +132,31 @@ def gradient_sums_kernel(value_at: ScalarRule, derivative_at: ScalarRule) -> Any
         grad_w, grad_b, losses = np.zeros((n_models, d)), np.zeros(n_models), np.zeros(n_models)
         if d == 0:
             return grad_w, grad_b, losses
-        margins = np.empty(4)
+        margins, slopes, values = np.empty(CHUNK), np.empty(CHUNK), np.empty(CHUNK)
         for k in range(n_models):
             gradient = grad_w[k]
-            bias, bias_total, total, i = intercepts[k], 0.0, 0.0, 0
-            while i < n_rows:
-                block = _margins(X, i, weights[k], margins)
-                for r in range(block):
-                    margin, label = margins[r] + bias, y[i + r]
-                    slope = derivative(margin, label, epsilon)
-                    loss = value(margin, label, epsilon)
+            bias_total, total = 0.0, 0.0
+            for start in range(0, n_rows, CHUNK):
+                rows = min(CHUNK, n_rows - start)
+                _chunk_margins(X, start, start + rows, weights[k], intercepts[k], margins)
+                for r in range(rows):
+                    slope = derivative(margins[r], y[start + r], epsilon)
+                    loss = value(margins[r], y[start + r], epsilon)
                     if weighted:
-                        slope *= sample_weight[i + r]
-                        loss *= sample_weight[i + r]
+                        slope *= sample_weight[start + r]
+                        loss *= sample_weight[start + r]
+                    slopes[r], values[r] = slope, loss
+                for r in range(rows):
+                    slope = slopes[r]
                     bias_total += slope
-                    total += loss
+                    total += values[r]
                     for j in range(d):
-                        gradient[j] += slope * X[i + r, j]
-                i += block
+                        gradient[j] += slope * X[start + r, j]
             grad_b[k], losses[k] = bias_total, total
         return grad_w, grad_b, losses
 
-    return compile_kernel(named_for(gradient_sums, value_at, derivative_at), (value_at, derivative_at))
+    return compile_kernel(named_for(gradient_sums, value_at, derivative_at),
+                          (value_at, derivative_at, _chunk_margins.py_func))
 
 
 @functools.cache
@@ -191,7 +207,7 @@ def epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any], ...]
     ``sum_i s_i loss(m_ik, y_i)`` at the margins the batch's update is computed from, the rows in batch order,
     each batch's total added in batch order (zeros when ``margin_at`` gives no loss).
     """
-    margin_rule_at, update, update_row = jitable(margin_at), jitable(update_rule), \
+    derivatives_and_losses, update, update_row = jitable(batch_rule(margin_at)), jitable(update_rule), \
         jitable(row_update(update_rule, decoupled_decay))
 
     def epoch(X: FloatArray, y: FloatArray, sample_weight: FloatArray, order: Any, first_batch: int,
@@ -208,6 +224,8 @@ def epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any], ...]
         row_weights = np.empty(batch_size)
         margins = np.empty((TILE, batch_size))
         derivatives = np.empty((TILE, batch_size))
+        shifted = np.empty(batch_size)
+        losses = np.empty(batch_size)
         gradient = np.empty((TILE, d))
         bias_gradients = np.empty(TILE)
         every_column = np.zeros(0, dtype=np.int64)
@@ -224,18 +242,11 @@ def epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any], ...]
                 for t in range(tile):
                     k = first + t
                     bias = intercepts[k]
-                    total = 0.0
-                    batch_loss = 0.0
                     for i in range(rows):
-                        loss, value = margin_rule_at(margins[t, i] + bias, labels[i], epsilon)
-                        if weighted:
-                            value = value * row_weights[i]
-                            loss = loss * row_weights[i]
-                        derivatives[t, i] = value
-                        total += value
-                        batch_loss += loss
+                        shifted[i] = margins[t, i] + bias
+                    bias_gradients[t], batch_loss = derivatives_and_losses(
+                        shifted, labels, row_weights, weighted, rows, epsilon, derivatives[t], losses)
                     loss_sums[k] += batch_loss
-                    bias_gradients[t] = total
                 tile_gradient(gathered, derivatives, tile, rows, gradient)
                 for t in range(tile):
                     k = first + t
@@ -250,8 +261,8 @@ def epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any], ...]
                 first += tile
 
     return compile_kernel(named_for(epoch, margin_at, update_rule, decoupled_decay),
-                          (margin_at, *loss_rules, update_rule, tile_margins, tile_gradient, gather_batch,
-                           row_update(update_rule, decoupled_decay)))
+                          (margin_at, *loss_rules, batch_rule(margin_at), update_rule, tile_margins, tile_gradient,
+                           gather_batch, row_update(update_rule, decoupled_decay)))
 
 
 def _contiguous(block: Block) -> tuple[FloatArray, FloatArray, FloatArray]:

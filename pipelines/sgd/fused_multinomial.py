@@ -9,7 +9,9 @@ A model is ``C`` consecutive weight rows (:class:`~pipelines.sgd.losses.Multinom
 * the rows' gradients ``sum_i d_ic x_i`` (batch order), the intercepts' ``sum_i d_ic``, then each row's optimizer
   step with its penalty (:func:`~pipelines.sgd.compiling.row_update`).
 
-One ``exp`` per class and data row and one ``log`` per data row, where the numpy definition
+Each step runs over the batch's rows in a loop of its own, which the compiler vectorizes (the row's sums over
+classes stay in class order, the sums over rows in batch order follow in loops of their own). One ``exp`` per class
+and data row and one ``log`` per data row (:mod:`pipelines.sgd.elementary`'s), where the numpy definition
 (:class:`~pipelines.sgd.numpy_kernel.NumpyKernel`, the test oracle) takes two ``exp`` and a ``log``: the results
 agree to rounding (1e-10 relative in the tests). Every model's sums are its own, so a model's bits do not depend
 on the other models in the pass.
@@ -18,13 +20,13 @@ on the other models in the pass.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from pipelines.sgd import elementary
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.compiling import compile_kernel, gather_batch, jitable, named_for, row_update
 from pipelines.sgd.kernels import Block, EpochPlan, EpochSteps, Models
@@ -56,12 +58,18 @@ def multinomial_epoch_kernel(update_rule: Callable[..., Any], decoupled_decay: b
         derivatives = np.empty((n_classes, batch_size))
         gradient = np.empty((n_classes, d))
         bias_gradients = np.empty(n_classes)
+        classes = np.empty(batch_size, dtype=np.int64)
+        largest = np.empty(batch_size)
+        totals = np.empty(batch_size)
+        losses = np.empty(batch_size)
         every_column = np.zeros(0, dtype=np.int64)
         for batch in range(n_batches):
             start = (first_batch + batch) * batch_size
             rows = min(batch_size, n_rows - start)
             gather_batch(X, y, sample_weight, order, start, rows, gathered, transposed, labels, row_weights)
             inverse_rows = 1.0 / rows
+            for i in range(rows):
+                classes[i] = int(labels[i])
             for model in range(n_models):
                 base = model * n_classes
                 c = 0
@@ -69,31 +77,39 @@ def multinomial_epoch_kernel(update_rule: Callable[..., Any], decoupled_decay: b
                     tile = TILE if c + TILE <= n_classes else 1
                     tile_margins(transposed, weights, base + c, tile, rows, margins[c:])
                     c += tile
+                # each loop below runs over the batch's rows (vectorized), each row's sums in class order
+                for i in range(rows):
+                    largest[i] = margins[0, i] + intercepts[base]
                 for c in range(n_classes):
-                    bias_gradients[c] = 0.0
+                    bias = intercepts[base + c]
+                    for i in range(rows):
+                        margin = margins[c, i] + bias
+                        margins[c, i] = margin
+                        if margin > largest[i] or margin != margin:  # NaN propagates, as numpy's max
+                            largest[i] = margin
+                for i in range(rows):
+                    totals[i] = 0.0
+                for c in range(n_classes):
+                    for i in range(rows):
+                        exponential = elementary.exp(margins[c, i] - largest[i])
+                        derivatives[c, i] = exponential
+                        totals[i] += exponential
+                for i in range(rows):
+                    loss = elementary.log(totals[i]) - (margins[classes[i], i] - largest[i])
+                    losses[i] = loss * row_weights[i] if weighted else loss
+                for c in range(n_classes):
+                    for i in range(rows):
+                        value = derivatives[c, i] / totals[i] - (1.0 if c == classes[i] else 0.0)
+                        derivatives[c, i] = value * row_weights[i] if weighted else value
+                # the sums over the rows, in batch order
+                for c in range(n_classes):
+                    total = 0.0
+                    for i in range(rows):
+                        total += derivatives[c, i]
+                    bias_gradients[c] = total
                 batch_loss = 0.0
                 for i in range(rows):
-                    largest = margins[0, i] + intercepts[base]
-                    for c in range(n_classes):
-                        margin = margins[c, i] + intercepts[base + c]
-                        margins[c, i] = margin
-                        if margin > largest or margin != margin:  # NaN propagates, as numpy's max
-                            largest = margin
-                    total = 0.0
-                    for c in range(n_classes):
-                        exponential = math.exp(margins[c, i] - largest)
-                        derivatives[c, i] = exponential
-                        total += exponential
-                    label = int(labels[i])
-                    loss = math.log(total) - (margins[label, i] - largest)
-                    scale = row_weights[i] if weighted else 1.0
-                    for c in range(n_classes):
-                        value = derivatives[c, i] / total - (1.0 if c == label else 0.0)
-                        if weighted:
-                            value = value * scale
-                        derivatives[c, i] = value
-                        bias_gradients[c] += value
-                    batch_loss += loss * scale if weighted else loss
+                    batch_loss += losses[i]
                 loss_sums[model] += batch_loss
                 c = 0
                 while c < n_classes:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.sgd._types import FloatArray
-from pipelines.sgd.compiling import compile_kernel, gather_batch, jitable, named_for, row_update
+from pipelines.sgd.compiling import batch_rule, compile_kernel, gather_batch, jitable, named_for, row_update
 from pipelines.sgd.design import SplitDesign
 from pipelines.sgd.fused import PairRule, margin_rule
 from pipelines.sgd.kernels import Block, EpochPlan, EpochSteps, Models
@@ -44,7 +44,7 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
     ``dense`` ``(n, d_dense)`` and the CSR part's ``indptr``, ``indices``, ``values``; ``max_row_nonzeros``: the
     most non-zeros of one row; ``sparse_steps``: the rule is plain SGD (rows without a penalty then move their dense
     and touched columns only)."""
-    margin_rule_at, update = jitable(margin_at), jitable(update_rule)
+    derivatives_and_losses, update = jitable(batch_rule(margin_at)), jitable(update_rule)
     update_row = jitable(row_update(update_rule, decoupled_decay))
 
     def epoch(dense: FloatArray, indptr: Any, indices: Any, values: Any, max_row_nonzeros: int, y: FloatArray,
@@ -70,6 +70,8 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
         full_gradient = np.zeros(width)
         margins = np.zeros((TILE, batch_size))
         derivatives = np.empty((TILE, batch_size))
+        shifted = np.empty(batch_size)
+        losses = np.empty(batch_size)
         gradient = np.empty((TILE, split))
         bias_gradients = np.empty(TILE)
         every_column = np.zeros(0, dtype=np.int64)
@@ -99,21 +101,14 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
                 for t in range(tile):
                     k = first + t
                     bias = intercepts[k]
-                    total = 0.0
-                    batch_loss = 0.0
                     for i in range(rows):
                         sparse_sum = 0.0
                         for entry in range(batch_indptr[i], batch_indptr[i + 1]):
                             sparse_sum += batch_values[entry] * weights[k, split + batch_columns[entry]]
-                        loss, value = margin_rule_at((margins[t, i] + bias) + sparse_sum, labels[i], epsilon)
-                        if weighted:
-                            value = value * row_weights[i]
-                            loss = loss * row_weights[i]
-                        derivatives[t, i] = value
-                        total += value
-                        batch_loss += loss
+                        shifted[i] = (margins[t, i] + bias) + sparse_sum
+                    bias_gradients[t], batch_loss = derivatives_and_losses(
+                        shifted, labels, row_weights, weighted, rows, epsilon, derivatives[t], losses)
                     loss_sums[k] += batch_loss
-                    bias_gradients[t] = total
                 tile_gradient(gathered, derivatives, tile, rows, gradient)
                 for t in range(tile):
                     k = first + t
@@ -148,8 +143,8 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
                 first += tile
 
     return compile_kernel(named_for(epoch, margin_at, update_rule, decoupled_decay),
-                          (margin_at, *loss_rules, update_rule, tile_margins, tile_gradient, gather_batch,
-                           row_update(update_rule, decoupled_decay)))
+                          (margin_at, *loss_rules, batch_rule(margin_at), update_rule, tile_margins, tile_gradient,
+                           gather_batch, row_update(update_rule, decoupled_decay)))
 
 
 @dataclass(frozen=True)

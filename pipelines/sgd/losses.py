@@ -36,6 +36,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from pipelines.sgd import elementary
 from pipelines.sgd._types import FloatArray
 
 LOSS_TASKS: dict[str, str] = {
@@ -90,7 +91,8 @@ class ScalarLoss(Loss, Protocol):
     ``loss(m, y)`` and ``dloss/dm`` at one margin, written with scalar arithmetic only, so that numba compiles
     them into the kernels of :mod:`pipelines.sgd.fused` (the dense inputs' path), while :meth:`value` and
     :meth:`derivative` stay the vectorized numpy definitions (sparse inputs); a table-driven test holds the two
-    to 1e-12."""
+    to 1e-12. Their transcendentals are :mod:`pipelines.sgd.elementary`'s (arithmetic the compiler vectorizes
+    over a batch's rows), the numpy definitions' numpy's own: two implementations the tests compare."""
 
     epsilon: float
     """The width the regression losses use, 0.0 for the others (their scalar rules ignore it)."""
@@ -213,14 +215,14 @@ class LogisticLoss:
     @staticmethod
     def value_at(m: float, y: float, epsilon: float) -> float:
         """``log(1 + e^m) - y m``, as ``max(m, 0) + log1p(e^-|m|) - y m`` (no ``exp`` overflows)."""
-        result: float = (m if m > 0.0 else 0.0) + np.log1p(np.exp(-abs(m))) - y * m
+        result: float = (m if m > 0.0 else 0.0) + elementary.log1p(elementary.exp(-abs(m))) - y * m
         return result
 
     @staticmethod
     def derivative_at(m: float, y: float, epsilon: float) -> float:
         """``sigmoid(m) - y``, the margin floored at -700 as :func:`sigmoid` (NaN stays NaN)."""
         floored = -700.0 if m < -700.0 else m
-        result: float = 1.0 / (1.0 + np.exp(-floored)) - y
+        result: float = 1.0 / (1.0 + elementary.exp(-floored)) - y
         return result
 
     @staticmethod
@@ -229,9 +231,9 @@ class LogisticLoss:
         is then :meth:`value_at`'s bits) and ``1 / e`` below (a division instead of a second ``exp``: within an
         ulp of ``exp(m)``, and about ``1e-304`` where ``m < -700``)."""
         floored = -700.0 if m < -700.0 else m
-        e = np.exp(-floored)
+        e = elementary.exp(-floored)
         tail = e if m >= 0.0 else 1.0 / e
-        value: float = (m if m > 0.0 else 0.0) + np.log1p(tail) - y * m
+        value: float = (m if m > 0.0 else 0.0) + elementary.log1p(tail) - y * m
         derivative: float = 1.0 / (1.0 + e) - y
         return value, derivative
 
@@ -463,21 +465,21 @@ class PoissonLoss:
     @staticmethod
     def value_at(m: float, y: float, epsilon: float) -> float:
         """``exp(m) - y m + (y log(y) - y)``, ``y log y = 0`` at ``y = 0``."""
-        constant = y * np.log(y) if y > 0.0 else 0.0
-        result: float = np.exp(m) - y * m + (constant - y)
+        constant = y * elementary.log(y) if y > 0.0 else 0.0
+        result: float = elementary.exp(m) - y * m + (constant - y)
         return result
 
     @staticmethod
     def derivative_at(m: float, y: float, epsilon: float) -> float:
         """``exp(m) - y``."""
-        result: float = np.exp(m) - y
+        result: float = elementary.exp(m) - y
         return result
 
     @staticmethod
     def value_and_derivative_at(m: float, y: float, epsilon: float) -> tuple[float, float]:
         """Both from one ``exp(m)``, each with its own rule's bits."""
-        mean = np.exp(m)
-        constant = y * np.log(y) if y > 0.0 else 0.0
+        mean = elementary.exp(m)
+        constant = y * elementary.log(y) if y > 0.0 else 0.0
         value: float = mean - y * m + (constant - y)
         derivative: float = mean - y
         return value, derivative
