@@ -675,7 +675,7 @@ def run_breakdown(args: argparse.Namespace) -> dict[str, Any]:
     figures["open_staged_seconds"] = median(lambda: [load_staged(blocks.staging_dir, p)
                                                      for p in range(blocks.num_partitions)])
     problem = prepared.problem(config.problem)
-    for K in (1, 8):
+    for K in (1, 8, 64):
         figures.update({f"k{K}_{key}": value for key, value in breakdown_of_rows(blocks, problem, K, args).items()})
     prepared.blocks.release()
     for key, value in figures.items():

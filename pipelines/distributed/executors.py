@@ -8,9 +8,10 @@ executor, which maps it over the non-empty partitions and returns the results in
     one Spark job per call over the staged blocks (:func:`~pipelines.distributed.blocks.map_partitions`): the
     path for large tables and clusters.
 ``driver`` (:class:`DriverExecutor`)
-    the same task function called in the driver process, partition by partition in partition order, over the
-    same partitions' arrays, collected from Spark's cache once. No job, no pickling: on a small table an empty
-    Spark job costs more than the epoch itself (see :func:`choose_executor`).
+    the same task function called in the driver process over the same partitions' arrays, collected from Spark's
+    cache once, the partitions side by side on threads (one per CPU the process may run on, at most one per
+    partition: the compiled kernels release the GIL), the results in partition order. No job, no pickling: on a
+    small table an empty Spark job costs more than the epoch itself (see :func:`choose_executor`).
 
 Same partitioning, same task function and the same combination in partition order: a sweep gives the same
 bits under either executor (and a checkpoint written under one resumes under the other).
@@ -27,8 +28,10 @@ Spark's parallel tasks pay back the jobs; on a cluster even sooner.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from pipelines.distributed.blocks import BlockSet, PartitionBlocks, collect_arrays, map_partitions
@@ -82,13 +85,25 @@ class SparkExecutor:
         return map_partitions(self.blocks, compute)
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the platform has one)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+
+
 @dataclass(frozen=True)
 class DriverExecutor:
-    """The task function called in this process over every non-empty partition's arrays, in partition order."""
+    """The task function called in this process over every non-empty partition's arrays, on up to ``threads``
+    threads, the results in partition order.
+
+    A task reads its partition's arrays and returns a value of its own, so the tasks share nothing but the
+    read-only job: each result's bits are those of the partition run alone, and the caller combines them in
+    partition order, as it combines a Spark job's."""
 
     partitions: tuple[PartitionBlocks, ...]  # the non-empty partitions, ascending partition number
     train_rows: tuple[int, ...]
     n_features: int
+    threads: int = field(default_factory=available_cpus)
     name: str = "driver"
 
     @classmethod
@@ -113,7 +128,11 @@ class DriverExecutor:
         return cls(ordered, tuple(rows[p] for p in range(num_partitions)), widths.pop())
 
     def map(self, compute: Callable[[PartitionBlocks], Result]) -> list[Result]:
-        return [compute(part) for part in self.partitions]
+        workers = min(self.threads, len(self.partitions))
+        if workers <= 1:
+            return [compute(part) for part in self.partitions]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lrsweep-partition") as pool:
+            return list(pool.map(compute, self.partitions))  # a task's error is raised here, in partition order
 
 
 @dataclass(frozen=True)

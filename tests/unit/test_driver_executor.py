@@ -8,12 +8,23 @@ Spark path runs. Also: how ``train.executor`` is decided from the data's size.
 
 from __future__ import annotations
 
+import threading
+import time
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from pipelines.distributed.blocks import PartitionBlocks
 from pipelines.distributed.engine import GridTrainer, ModelRows
-from pipelines.distributed.executors import DataSize, DriverExecutor, choose_executor, driver_too_small, jvm_bytes
+from pipelines.distributed.executors import (
+    DataSize,
+    DriverExecutor,
+    available_cpus,
+    choose_executor,
+    driver_too_small,
+    jvm_bytes,
+)
 from pipelines.distributed.strategies import GradientDescent, LocalSGD
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.fused import CompiledKernel
@@ -118,6 +129,43 @@ def test_the_progressive_training_loss_is_summed_while_training_and_needs_no_pas
     for k in range(RATES.size):
         _, alone = curves(LocalSGD(batch_size=32, train_loss="progressive"), RATES[k : k + 1])
         assert [loss[0] for loss in alone] == [loss[k] for loss in progressive_losses]
+
+
+def test_partitions_on_threads_give_the_bits_of_one_after_the_other() -> None:
+    """Three partitions on three threads and on one: the same models, state and curves (each task's result is its
+    partition's alone, and the engine combines them in partition order)."""
+    parts = _partitions(400, 3)
+    problem = _problem("adam")
+    runs = []
+    for threads in (1, 3):
+        executor = replace(DriverExecutor.in_memory(parts, 3), threads=threads)
+        trainer = _train(executor, problem, LocalSGD(batch_size=32, sync_every=4), epochs=3)
+        runs.append((trainer.models.weights.tobytes(), trainer.models.intercepts.tobytes(),
+                     trainer.models.epoch_loss_sums.tobytes(), trainer.evaluate([0, 1, 2]).train_loss.tobytes()))
+    assert runs[0] == runs[1]
+
+
+def test_threads_return_results_in_partition_order_and_raise_the_first_partitions_error() -> None:
+    executor = replace(DriverExecutor.in_memory(_partitions(50, 4), 4), threads=4)
+    where: dict[int, str] = {}
+
+    def slow_first(part: PartitionBlocks) -> int:
+        time.sleep(0.05 if part.partition == 0 else 0.0)  # finishes last
+        where[part.partition] = threading.current_thread().name
+        return part.partition
+
+    assert executor.map(slow_first) == [0, 1, 2, 3]
+    assert all(name.startswith("lrsweep-partition") for name in where.values())
+
+    def failing(part: PartitionBlocks) -> int:
+        if part.partition in (1, 3):
+            time.sleep(0.05 if part.partition == 1 else 0.0)  # partition 3 fails first
+            raise RuntimeError(f"partition {part.partition}")
+        return part.partition
+
+    with pytest.raises(RuntimeError, match="partition 1"):
+        executor.map(failing)
+    assert DriverExecutor.in_memory(_partitions(50, 2), 2).threads == available_cpus() >= 1
 
 
 def test_in_memory_partitions_must_be_distinct_in_range_and_of_one_width() -> None:
