@@ -59,7 +59,7 @@ CHUNK = 256
 
 
 @compile_kernel
-def _chunk_margins(X: FloatArray, start: int, stop: int, w: FloatArray, bias: float,
+def chunk_margins(X: FloatArray, start: int, stop: int, w: FloatArray, bias: float,
                    out: FloatArray) -> None:  # pragma: no cover - compiled
     """``x_i . w + bias`` for rows ``start .. stop - 1`` into ``out[: stop - start]``, four rows at a time, each
     summed in input order (the same arithmetic as the epoch kernel's margins). The four sums are independent, so
@@ -105,7 +105,7 @@ def loss_sums_kernel(value_at: ScalarRule) -> Any:
             total = 0.0
             for start in range(0, n_rows, CHUNK):
                 rows = min(CHUNK, n_rows - start)
-                _chunk_margins(X, start, start + rows, weights[k], intercepts[k], margins)
+                chunk_margins(X, start, start + rows, weights[k], intercepts[k], margins)
                 for r in range(rows):
                     loss = value(margins[r], y[start + r], epsilon)
                     losses[r] = loss * sample_weight[start + r] if weighted else loss
@@ -114,7 +114,7 @@ def loss_sums_kernel(value_at: ScalarRule) -> Any:
             totals[k] = total
         return totals
 
-    return compile_kernel(named_for(loss_sums, value_at), (value_at, _chunk_margins.py_func))
+    return compile_kernel(named_for(loss_sums, value_at), (value_at, chunk_margins.py_func))
 
 
 @functools.cache
@@ -138,7 +138,7 @@ def gradient_sums_kernel(value_at: ScalarRule, derivative_at: ScalarRule) -> Any
             bias_total, total = 0.0, 0.0
             for start in range(0, n_rows, CHUNK):
                 rows = min(CHUNK, n_rows - start)
-                _chunk_margins(X, start, start + rows, weights[k], intercepts[k], margins)
+                chunk_margins(X, start, start + rows, weights[k], intercepts[k], margins)
                 for r in range(rows):
                     slope = derivative(margins[r], y[start + r], epsilon)
                     loss = value(margins[r], y[start + r], epsilon)
@@ -156,7 +156,7 @@ def gradient_sums_kernel(value_at: ScalarRule, derivative_at: ScalarRule) -> Any
         return grad_w, grad_b, losses
 
     return compile_kernel(named_for(gradient_sums, value_at, derivative_at),
-                          (value_at, derivative_at, _chunk_margins.py_func))
+                          (value_at, derivative_at, chunk_margins.py_func))
 
 
 @functools.cache

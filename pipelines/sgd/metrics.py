@@ -1,7 +1,8 @@
 """Evaluation metrics as mergeable sums, so that partitions can be evaluated apart.
 
 Each partition builds a :class:`MetricAccumulator` from its block with
-:meth:`MetricAccumulator.from_block`; accumulators add up with
+:meth:`MetricAccumulator.from_block` (a binary loss on dense inputs in compiled code:
+:mod:`pipelines.sgd.fused_metrics`); accumulators add up with
 :meth:`~MetricAccumulator.merge` (any order gives the same sums up to rounding) and
 :meth:`~MetricAccumulator.compute` turns the total into metrics per model row.
 
@@ -40,8 +41,9 @@ import numpy.typing as npt
 
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.design import Design
+from pipelines.sgd.fused_metrics import binary_validation_sums
 from pipelines.sgd.kernels import compute_margins
-from pipelines.sgd.losses import LOSS_TASKS, Loss, get_loss, sigmoid
+from pipelines.sgd.losses import LOSS_TASKS, Loss, ScalarLoss, get_loss, sigmoid
 
 DEFAULT_AUC_BINS = 2048
 """Histogram bins of predicted probability used for the AUC."""
@@ -103,6 +105,7 @@ class MetricAccumulator:
         loss: Loss,
         n_bins: int = DEFAULT_AUC_BINS,
         sample_weight: FloatArray | None = None,
+        compiled: bool = True,
     ) -> MetricAccumulator:
         """Sums over one block of rows (weighted by ``sample_weight`` when given: every sum, the AUC
         histograms included, and a ``weight_sum`` that :meth:`compute` divides by instead of the count).
@@ -118,11 +121,20 @@ class MetricAccumulator:
         n_bins : int
             Probability histogram bins for the AUC (logistic only), ``>= 1``.
         sample_weight : ndarray of shape (n,), optional
+        compiled : bool
+            A binary loss's sums on dense inputs from the compiled pass of :mod:`pipelines.sgd.fused_metrics` (one
+            pass per model row, no ``(n, K)`` arrays); False: from the numpy definition below (the tests' oracle),
+            which every other loss and design takes.
         """
         loss_name = loss.name
         task = LOSS_TASKS[loss_name]
         if n_bins < 1:
             raise ValueError(f"n_bins must be >= 1, got {n_bins!r}")
+        if compiled and task == "binary" and isinstance(X, np.ndarray) and isinstance(loss, ScalarLoss):
+            compiled_sums = binary_validation_sums(X, y, weights, intercepts, loss, n_bins, sample_weight)
+            if sample_weight is not None:
+                compiled_sums["weight_sum"] = np.asarray(float(np.add.reduce(sample_weight)))
+            return cls(loss_name, int(X.shape[0]), compiled_sums)
         with np.errstate(over="ignore", invalid="ignore"):
             margins = compute_margins(X, weights, intercepts)
             finite = np.isfinite(margins)

@@ -133,3 +133,37 @@ def test_multinomial_metrics_match_scikit_learn() -> None:
         assert metrics["macro_f1"][k] == pytest.approx(f1_score(y, predicted, average="macro"), rel=1e-12)
         assert metrics["loss"][k] == pytest.approx(log_loss(y, probabilities), rel=1e-10)
         assert metrics["auc"][k] == pytest.approx(roc_auc_score(y, probabilities, multi_class="ovr"), abs=5e-3)
+
+
+@pytest.mark.parametrize("name", ["logistic", "hinge", "squared_hinge", "modified_huber"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_compiled_binary_pass_gives_the_numpy_definitions_sums(name: str, weighted: bool,
+                                                                     classification_data: Data) -> None:
+    """Every sum of the compiled pass against the numpy definition: the counts and histograms equal, the loss sums
+    to rounding (the definition's margins are BLAS dot products); a row whose margins overflow is counted broken
+    by both; float32 inputs; a row's sums are those it has alone (bits)."""
+    X, y = classification_data
+    rng = np.random.default_rng(4)
+    weights = np.vstack([rng.standard_normal((4, X.shape[1])), np.full((1, X.shape[1]), 1e308)])
+    intercepts = np.append(rng.standard_normal(4), 0.0)
+    sample_weight = rng.uniform(0.5, 2.0, y.size) if weighted else None
+    loss = get_loss(name)
+    for inputs in (X, X.astype(np.float32)):
+        ours = MetricAccumulator.from_block(inputs, y, weights, intercepts, loss, n_bins=64,
+                                            sample_weight=sample_weight)
+        theirs = MetricAccumulator.from_block(inputs, y, weights, intercepts, loss, n_bins=64,
+                                              sample_weight=sample_weight, compiled=False)
+        assert ours.sums.keys() == theirs.sums.keys() and ours.count == theirs.count
+        for key in ("nonfinite_count", "positive_histogram", "negative_histogram", "correct_count", "weight_sum"):
+            if key in theirs.sums:
+                np.testing.assert_allclose(ours.sums[key], theirs.sums[key], rtol=1e-13, err_msg=key)
+        assert ours.sums["nonfinite_count"][:4].tolist() == [0, 0, 0, 0] and ours.sums["nonfinite_count"][4] > 0
+        np.testing.assert_allclose(ours.sums["loss_sum"][:4], theirs.sums["loss_sum"][:4], rtol=1e-12)
+        assert not np.isfinite(ours.sums["loss_sum"][4]) and not np.isfinite(theirs.sums["loss_sum"][4])
+        metrics, definition = ours.compute(), theirs.compute()
+        for key, value in definition.items():
+            np.testing.assert_allclose(metrics[key], value, rtol=1e-12, err_msg=key)
+    alone = MetricAccumulator.from_block(X, y, weights[2:3], intercepts[2:3], loss, sample_weight=sample_weight)
+    together = MetricAccumulator.from_block(X, y, weights, intercepts, loss, sample_weight=sample_weight)
+    for key, value in alone.sums.items():
+        assert value.tobytes() == (together.sums[key][2:3] if value.ndim else together.sums[key]).tobytes(), key

@@ -1,0 +1,90 @@
+"""The compiled (numba) validation pass of a binary loss on dense inputs: the sums of
+:class:`~pipelines.sgd.metrics.MetricAccumulator` (its definition, in numpy, is
+:meth:`~pipelines.sgd.metrics.MetricAccumulator.from_block`; the tests hold the two to each other) in one pass per
+model row, without the ``(n, K)`` arrays of margins, losses, probabilities and bins the numpy definition builds.
+
+Per model row, chunk after chunk of :data:`~pipelines.sgd.fused.CHUNK` rows: the margins (each a sequential sum in
+input order, then the intercept: :func:`~pipelines.sgd.fused.chunk_margins`), then in one vectorized loop each row's
+loss (the loss's scalar rule), whether its margin is finite, whether it is predicted right (``m > 0`` against
+``y = 1``, a non-finite margin taken as 0) and its probability bin (``sigmoid`` of the margin floored at -700, as
+:func:`~pipelines.sgd.losses.sigmoid`), then the sums over the chunk's rows in row order. The sums of a model row
+are its own: a row's bits do not depend on the other rows evaluated with it, nor on the BLAS library (the numpy
+definition's margins are BLAS dot products).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pipelines.sgd import elementary
+from pipelines.sgd._types import FloatArray
+from pipelines.sgd.compiling import compile_kernel, jitable, named_for
+from pipelines.sgd.fused import CHUNK, chunk_margins
+from pipelines.sgd.losses import ScalarLoss
+
+
+@functools.cache
+def binary_sums_kernel(value_at: Callable[..., Any]) -> Any:
+    """The compiled validation sums of the binary loss whose scalar rule is ``value_at``:
+    ``(loss_sum, nonfinite_count, correct_count, positive_histogram, negative_histogram)``, ``(K,)`` each and
+    ``(K, n_bins)`` for the histograms; ``sample_weight`` empty: every row counts 1."""
+    value = jitable(value_at)
+
+    def binary_sums(X: FloatArray, y: FloatArray, sample_weight: FloatArray, weights: FloatArray,
+                    intercepts: FloatArray, epsilon: float,
+                    n_bins: int) -> tuple[FloatArray, ...]:  # pragma: no cover - compiled
+        n_rows, d = X.shape
+        n_models = weights.shape[0]
+        weighted = sample_weight.shape[0] > 0
+        loss_sum, nonfinite, correct = np.zeros(n_models), np.zeros(n_models), np.zeros(n_models)
+        positive, negative = np.zeros((n_models, n_bins)), np.zeros((n_models, n_bins))
+        margins, losses, hits, broken = np.empty(CHUNK), np.empty(CHUNK), np.empty(CHUNK), np.empty(CHUNK)
+        bins = np.empty(CHUNK, dtype=np.int64)
+        for k in range(n_models):
+            total, broken_total, right = 0.0, 0.0, 0.0
+            for start in range(0, n_rows, CHUNK):
+                rows = min(CHUNK, n_rows - start)
+                if d == 0:
+                    margins[:rows] = intercepts[k]
+                else:
+                    chunk_margins(X, start, start + rows, weights[k], intercepts[k], margins)
+                for r in range(rows):
+                    margin, label = margins[r], y[start + r]
+                    loss = value(margin, label, epsilon)
+                    losses[r] = loss * sample_weight[start + r] if weighted else loss
+                    finite = margin - margin == 0.0  # False for inf and NaN
+                    broken[r] = 0.0 if finite else 1.0
+                    shown = margin if finite else 0.0
+                    hits[r] = 1.0 if (shown > 0.0) == (label == 1.0) else 0.0
+                    probability = 1.0 / (1.0 + elementary.exp(-(shown if shown > -700.0 else -700.0)))
+                    bins[r] = min(int(probability * n_bins), n_bins - 1)
+                for r in range(rows):
+                    row_weight = sample_weight[start + r] if weighted else 1.0
+                    total += losses[r]
+                    broken_total += broken[r]
+                    right += hits[r] * row_weight if weighted else hits[r]
+                    if y[start + r] == 1.0:
+                        positive[k, bins[r]] += row_weight
+                    else:
+                        negative[k, bins[r]] += row_weight
+            loss_sum[k], nonfinite[k], correct[k] = total, broken_total, right
+        return loss_sum, nonfinite, correct, positive, negative
+
+    return compile_kernel(named_for(binary_sums, value_at), (value_at, chunk_margins.py_func))
+
+
+def binary_validation_sums(X: FloatArray, y: FloatArray, weights: FloatArray, intercepts: FloatArray,
+                           loss: ScalarLoss, n_bins: int, sample_weight: FloatArray | None) -> dict[str, FloatArray]:
+    """:meth:`~pipelines.sgd.metrics.MetricAccumulator.from_block`'s sums of a binary loss on dense ``X``."""
+    row_weights = np.zeros(0) if sample_weight is None else np.ascontiguousarray(sample_weight, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        loss_sum, nonfinite, correct, positive, negative = binary_sums_kernel(loss.value_at)(
+            np.ascontiguousarray(X), np.ascontiguousarray(y, dtype=np.float64), row_weights,
+            np.ascontiguousarray(weights, dtype=np.float64), np.ascontiguousarray(intercepts, dtype=np.float64),
+            loss.epsilon, n_bins)
+    return {"loss_sum": loss_sum, "nonfinite_count": nonfinite, "correct_count": correct,
+            "positive_histogram": positive, "negative_histogram": negative}
