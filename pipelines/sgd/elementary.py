@@ -140,5 +140,30 @@ def log1p(x: float) -> float:
     return y
 
 
+@register_jitable
+def log1p_unit(x: float) -> float:
+    """:func:`log1p` of ``0 <= x <= 1`` (the logistic loss's ``log(1 + e^-|m|)``), NaN for NaN: ``1 + x`` is in
+    ``[1, 2]``, a normal number, so none of :func:`log`'s special cases apply (a third fewer operations). The same
+    bits as :func:`log1p` there."""
+    u = 1.0 + x
+    bits = float_bits(u)
+    mantissa = bits & _MANTISSA
+    upper = (mantissa + 0x95F6400000000) & 0x10000000000000
+    f = bits_float(mantissa | (upper ^ 0x3FF0000000000000)) - 1.0
+    k_float = float((bits >> 52) - 1023 + (upper >> 52))
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    r = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7))) + w * (_LG2 + w * (_LG4 + w * _LG6))
+    half_square = 0.5 * f * f
+    y = k_float * _LN2_HI - ((half_square - (s * (half_square + r) + k_float * _LN2_LO)) - f)
+    y = y + (x - (u - 1.0)) / u
+    if u == 1.0:
+        y = x
+    if x != x:
+        y = x
+    return y
+
+
 #: The functions compiled into the kernels through the losses' rules (their code is part of each kernel's cache key).
-FUNCTIONS = (exp, log, log1p)
+FUNCTIONS = (exp, log, log1p, log1p_unit)

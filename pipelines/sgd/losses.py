@@ -215,26 +215,23 @@ class LogisticLoss:
     @staticmethod
     def value_at(m: float, y: float, epsilon: float) -> float:
         """``log(1 + e^m) - y m``, as ``max(m, 0) + log1p(e^-|m|) - y m`` (no ``exp`` overflows)."""
-        result: float = (m if m > 0.0 else 0.0) + elementary.log1p(elementary.exp(-abs(m))) - y * m
+        result: float = (m if m > 0.0 else 0.0) + elementary.log1p_unit(elementary.exp(-abs(m))) - y * m
         return result
 
     @staticmethod
     def derivative_at(m: float, y: float, epsilon: float) -> float:
-        """``sigmoid(m) - y``, the margin floored at -700 as :func:`sigmoid` (NaN stays NaN)."""
-        floored = -700.0 if m < -700.0 else m
-        result: float = 1.0 / (1.0 + elementary.exp(-floored)) - y
+        """``sigmoid(m) - y`` from ``e = e^-|m|`` (no ``exp`` overflows): ``1 / (1 + e)`` for ``m >= 0``,
+        ``e / (1 + e)`` below (0 below -745, where :func:`sigmoid` gives about ``1e-304``); NaN stays NaN."""
+        e = elementary.exp(-abs(m))
+        result: float = (1.0 if m >= 0.0 else e) / (1.0 + e) - y
         return result
 
     @staticmethod
     def value_and_derivative_at(m: float, y: float, epsilon: float) -> tuple[float, float]:
-        """Both from the derivative's ``e = exp(-max(m, -700))``: ``e^-|m|`` is ``e`` for ``m >= 0`` (the value
-        is then :meth:`value_at`'s bits) and ``1 / e`` below (a division instead of a second ``exp``: within an
-        ulp of ``exp(m)``, and about ``1e-304`` where ``m < -700``)."""
-        floored = -700.0 if m < -700.0 else m
-        e = elementary.exp(-floored)
-        tail = e if m >= 0.0 else 1.0 / e
-        value: float = (m if m > 0.0 else 0.0) + elementary.log1p(tail) - y * m
-        derivative: float = 1.0 / (1.0 + e) - y
+        """Both from one ``e = e^-|m|``, each with its own rule's bits."""
+        e = elementary.exp(-abs(m))
+        value: float = (m if m > 0.0 else 0.0) + elementary.log1p_unit(e) - y * m
+        derivative: float = (1.0 if m >= 0.0 else e) / (1.0 + e) - y
         return value, derivative
 
     def prediction(self, margins: FloatArray) -> FloatArray:
