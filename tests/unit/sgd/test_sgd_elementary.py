@@ -104,7 +104,8 @@ def test_a_value_has_the_same_bits_in_any_lane_alone_and_from_python(name: str) 
 def test_log1p_of_the_unit_interval_is_log1p_there() -> None:
     arguments = np.concatenate([np.random.default_rng(3).uniform(0.0, 1.0, 20_000),
                                 np.exp(np.random.default_rng(4).uniform(-745.0, 0.0, 20_000)),
-                                [0.0, 5e-324, 1e-300, 1e-17, 2.0**-53, 2.0**-52, 0.4142135623730951, 0.5, 1.0, math.nan]])
+                                [0.0, 5e-324, 1e-300, 1e-17, 2.0**-53, 2.0**-52, 0.4142135623730951, 0.5, 1.0,
+                                 math.nan]])
     unit, general = np.empty_like(arguments), np.empty_like(arguments)
     _loop(elementary.log1p_unit)(arguments, unit)
     _loop(elementary.log1p)(arguments, general)
