@@ -280,7 +280,7 @@ class TrainConfig(_Section):
         "(the same tasks in the driver process, on the blocks collected once: small tables) or auto (the driver "
         "when training rows x model rows x inputs <= driver_max_cells and the blocks fit the driver)")
     driver_max_cells: int = Field(
-        default=50_000_000, ge=0, description="auto: the largest training rows x model rows x inputs run in the "
+        default=200_000_000, ge=0, description="auto: the largest training rows x model rows x inputs run in the "
         "driver (measured: below it an epoch costs less than a Spark job's overhead)")
     driver_max_bytes: int | None = Field(
         default=None, ge=0, description="the most bytes of blocks the driver executor collects (default: a quarter "

@@ -20,10 +20,11 @@ bits under either executor (and a checkpoint written under one resumes under the
 executor's name and the reason the job prints. ``auto``'s threshold, ``train.driver_max_cells`` (training rows x
 model rows x inputs), is where a driver epoch costs what an empty Spark job costs. Measured on this machine kind
 (2 cores, ``local[2]``; ``make bench BENCH_ARGS="--only small-tables"``): an empty job over the staged blocks
-costs 0.12-0.18 s idle (0.24-0.28 s loaded), a local_sgd epoch in the driver (training, and the evaluation of
-training and validation rows) about 2 ns a cell on 180k x 8 x 32 (7.6 ns on a 1k-row table, where fixed costs
-dominate), so they break even at about 6e7 cells idle (1.2e8 loaded); the default, 5e7, stays below. Above it
-Spark's parallel tasks pay back the jobs; on a cluster even sooner.
+costs 0.085-0.18 s idle (0.24-0.28 s loaded), a local_sgd epoch in the driver (training on two threads, and the
+evaluation of the validation rows) about 0.36 ns a cell on 180k x 8 x 32 (2 ns before the kernels were vectorized
+and the driver ran its partitions on threads), so they break even at about 2.4e8 cells idle; the default, 2e8,
+stays below. Above it a cluster's parallel tasks pay back the jobs. (In local mode Spark's executors share the
+driver's cores, so the driver would win wherever the blocks fit; ``auto`` does not know the mode.)
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ def test_auto_collects_the_blocks_once_and_runs_the_spark_jobs_above_driver_max_
         assert isinstance(small.executor, DriverExecutor)
         assert small.executor_choice.line() == (
             "executor: driver (auto: 1,946 training rows x 4 model rows x 5 inputs = 38,920 cells at most "
-            "train.driver_max_cells=50,000,000; Spark jobs would cost more than the epochs)")
+            "train.driver_max_cells=200,000,000; Spark jobs would cost more than the epochs)")
         # the driver's arrays are the cached blocks' own, partition by partition
         collected = collect_arrays(small.blocks)
         assert [part.partition for part in small.executor.partitions] == [part.partition for part in collected]
