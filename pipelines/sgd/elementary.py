@@ -101,22 +101,27 @@ def exp(x: float) -> float:
 
 
 @register_jitable
-def log(x: float) -> float:
-    """The natural logarithm: ``-inf`` at 0, NaN below 0 and for NaN, ``inf`` at ``inf``."""
-    subnormal = x < _SMALLEST_NORMAL
-    scaled = x * _TWO_TO_54 if subnormal else x
-    bits = float_bits(scaled)
-    k = ((bits >> 52) & 0x7FF) - (1023 + 54 if subnormal else 1023)
+def _log_of_bits(bits: int, bias: int) -> float:
+    """``log`` of the positive normal float64 whose bits are ``bits``, its exponent taken less ``bias`` (1023, or
+    1023 + 54 for a subnormal scaled by ``2^54``): the reduction to ``f`` in ``[sqrt(2)/2, sqrt(2))`` and fdlibm's
+    polynomial in ``s = (f - 1) / (f + 1)``."""
     mantissa = bits & _MANTISSA
     upper = (mantissa + 0x95F6400000000) & 0x10000000000000  # set where the mantissa is above sqrt(2)
     f = bits_float(mantissa | (upper ^ 0x3FF0000000000000)) - 1.0
-    k_float = float(k + (upper >> 52))
+    k_float = float(((bits >> 52) & 0x7FF) - bias + (upper >> 52))
     s = f / (2.0 + f)
     z = s * s
     w = z * z
     r = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7))) + w * (_LG2 + w * (_LG4 + w * _LG6))
     half_square = 0.5 * f * f
-    y = k_float * _LN2_HI - ((half_square - (s * (half_square + r) + k_float * _LN2_LO)) - f)
+    return k_float * _LN2_HI - ((half_square - (s * (half_square + r) + k_float * _LN2_LO)) - f)
+
+
+@register_jitable
+def log(x: float) -> float:
+    """The natural logarithm: ``-inf`` at 0, NaN below 0 and for NaN, ``inf`` at ``inf``."""
+    subnormal = x < _SMALLEST_NORMAL
+    y = _log_of_bits(float_bits(x * _TWO_TO_54 if subnormal else x), 1023 + 54 if subnormal else 1023)
     if x == 0.0:
         y = -np.inf
     if x < 0.0:
@@ -146,17 +151,7 @@ def log1p_unit(x: float) -> float:
     ``[1, 2]``, a normal number, so none of :func:`log`'s special cases apply (a third fewer operations). The same
     bits as :func:`log1p` there."""
     u = 1.0 + x
-    bits = float_bits(u)
-    mantissa = bits & _MANTISSA
-    upper = (mantissa + 0x95F6400000000) & 0x10000000000000
-    f = bits_float(mantissa | (upper ^ 0x3FF0000000000000)) - 1.0
-    k_float = float((bits >> 52) - 1023 + (upper >> 52))
-    s = f / (2.0 + f)
-    z = s * s
-    w = z * z
-    r = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7))) + w * (_LG2 + w * (_LG4 + w * _LG6))
-    half_square = 0.5 * f * f
-    y = k_float * _LN2_HI - ((half_square - (s * (half_square + r) + k_float * _LN2_LO)) - f)
+    y = _log_of_bits(float_bits(u), 1023)
     y = y + (x - (u - 1.0)) / u
     if u == 1.0:
         y = x
@@ -166,4 +161,4 @@ def log1p_unit(x: float) -> float:
 
 
 #: The functions compiled into the kernels through the losses' rules (their code is part of each kernel's cache key).
-FUNCTIONS = (exp, log, log1p, log1p_unit)
+FUNCTIONS = (exp, _log_of_bits, log, log1p, log1p_unit)
