@@ -278,10 +278,11 @@ class TrainConfig(_Section):
     executor: Literal["auto", "spark", "driver"] = Field(
         default="auto", description="where the engine's tasks run: spark (a Spark job per synchronization), driver "
         "(the same tasks in the driver process, on the blocks collected once: small tables) or auto (the driver "
-        "when training rows x model rows x inputs <= driver_max_cells and the blocks fit the driver)")
+        "when the blocks fit it and either the master is local or training rows x model rows x inputs <= "
+        "driver_max_cells)")
     driver_max_cells: int = Field(
-        default=200_000_000, ge=0, description="auto: the largest training rows x model rows x inputs run in the "
-        "driver (measured: below it an epoch costs less than a Spark job's overhead)")
+        default=200_000_000, ge=0, description="auto on a master that is not local: the largest training rows x "
+        "model rows x inputs run in the driver (measured: below it an epoch costs less than a Spark job's overhead)")
     driver_max_bytes: int | None = Field(
         default=None, ge=0, description="the most bytes of blocks the driver executor collects (default: a quarter "
         "of spark.driver.memory); train.executor=driver above it exits 2 before the blocks are built")

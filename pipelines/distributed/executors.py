@@ -23,8 +23,10 @@ model rows x inputs), is where a driver epoch costs what an empty Spark job cost
 costs 0.085-0.18 s idle (0.24-0.28 s loaded), a local_sgd epoch in the driver (training on two threads, and the
 evaluation of the validation rows) about 0.36 ns a cell on 180k x 8 x 32 (2 ns before the kernels were vectorized
 and the driver ran its partitions on threads), so they break even at about 2.4e8 cells idle; the default, 2e8,
-stays below. Above it a cluster's parallel tasks pay back the jobs. (In local mode Spark's executors share the
-driver's cores, so the driver would win wherever the blocks fit; ``auto`` does not know the mode.)
+stays below. Above it a cluster's parallel tasks pay back the jobs. With a local master (a classic session's
+``local[...]``) Spark's executors share the driver's host and cores, so the driver's threads do the same work
+without the jobs: ``auto`` then runs in the driver wherever the blocks fit its share of memory, whatever the cells
+(measured at 1M x 32: a 10-class multinomial 8-rate epoch 0.83 s through Spark jobs; see the benchmark).
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ class DataSize:
     inputs: int  # model inputs
     block_bytes: int  # the blocks' arrays (inputs, labels, weights), all partitions
     driver_limit_bytes: int  # DRIVER_MEMORY_SHARE of spark.driver.memory
+    local_master: bool = False  # a classic session whose master is local[...]: its executors share this host
 
     @property
     def cells(self) -> int:
@@ -165,8 +168,9 @@ class ExecutorChoice:
 
 def choose_executor(requested: str, size: DataSize, max_cells: int) -> ExecutorChoice:
     """``train.executor`` on data of ``size``: ``spark`` and ``driver`` are taken as asked (the caller has checked
-    that a requested driver fits, :func:`driver_too_small`); ``auto`` runs in the driver when ``size.cells <=
-    max_cells`` and the blocks fit the driver's share of memory, else on Spark."""
+    that a requested driver fits, :func:`driver_too_small`); ``auto`` runs in the driver when the blocks fit the
+    driver's share of memory and either the master is local (its executors would use the same cores, plus a job
+    per epoch) or ``size.cells <= max_cells``; else on Spark."""
     shape = (f"{size.train_rows:,} training rows x {size.model_rows:,} model rows x {size.inputs:,} inputs = "
              f"{size.cells:,} cells")
     if requested == "spark":
@@ -175,12 +179,15 @@ def choose_executor(requested: str, size: DataSize, max_cells: int) -> ExecutorC
         return ExecutorChoice("driver", f"train.executor=driver; {shape}")
     if requested != "auto":
         raise ValueError(f"train.executor {requested!r}: one of auto, spark, driver")
-    if size.cells > max_cells:
-        return ExecutorChoice("spark", f"auto: {shape} above train.driver_max_cells={max_cells:,}; an epoch "
-                                       "outweighs a Spark job's overhead")
     if size.block_bytes > size.driver_limit_bytes:
         return ExecutorChoice("spark", f"auto: blocks of {_size(size.block_bytes)} above the driver's "
                                        f"{_size(size.driver_limit_bytes)}")
+    if size.local_master:
+        return ExecutorChoice("driver", f"auto: {shape}; a local master's executors share this host's cores, so "
+                                        "the driver's threads do the same work without a job per epoch")
+    if size.cells > max_cells:
+        return ExecutorChoice("spark", f"auto: {shape} above train.driver_max_cells={max_cells:,}; an epoch "
+                                       "outweighs a Spark job's overhead")
     return ExecutorChoice("driver", f"auto: {shape} at most train.driver_max_cells={max_cells:,}; Spark jobs "
                                     "would cost more than the epochs")
 

@@ -97,6 +97,15 @@ def default_parallelism(spark: SparkSession) -> int:
         return int(spark.conf.get("spark.default.parallelism", "2") or 2)
 
 
+def local_master(spark: SparkSession) -> bool:
+    """Whether the session is classic with a ``local[...]`` master (False under Spark Connect: the executors are
+    wherever its server is, not in this process's host)."""
+    try:
+        return str(spark.sparkContext.master).startswith("local")
+    except Exception:  # Spark Connect: a session without a SparkContext
+        return False
+
+
 def split_table(table: FeatureTable, data: DataConfig, seed: int) -> DataFrame:
     """The table's rows with their split (:data:`~pipelines.features.split.SPLIT_COLUMN`), by ``data.split``."""
     return with_split(table.dataframe, data.split, [table.label, *table.features], data.validation_fraction,
@@ -167,7 +176,7 @@ def prepare_data(spark: SparkSession, table: FeatureTable, data: DataConfig, fea
     size = DataSize(blocks.total_train_rows, model_rows, encoding.n_inputs,
                     block_bytes_estimate(blocks.total_train_rows + blocks.total_val_rows, encoding.dense_width,
                                          len(encoding.sparse_columns), np.dtype(train.dtype).itemsize,
-                                         weight is not None), driver_limit)
+                                         weight is not None), driver_limit, local_master(spark))
     choice = choose_executor(train.executor, size, train.driver_max_cells)
     executor = DriverExecutor.collected(blocks) if choice.name == "driver" else SparkExecutor(blocks)
     return PreparedData(blocks, encoding, executor, choice, classes, notes)

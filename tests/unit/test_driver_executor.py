@@ -201,6 +201,18 @@ def test_auto_runs_in_the_driver_at_most_driver_max_cells_and_when_the_blocks_fi
         choose_executor("cluster", _size(10), max_cells=0)
 
 
+def test_auto_with_a_local_master_runs_in_the_driver_wherever_the_blocks_fit() -> None:
+    """A local master's executors share the driver's cores: no cell count makes its jobs pay; memory still does."""
+    local = replace(_size(10**6), local_master=True)
+    assert choose_executor("auto", replace(_size(10**6), local_master=False), max_cells=240_000).name == "spark"
+    chosen = choose_executor("auto", local, max_cells=240_000)
+    assert chosen.name == "driver" and "a local master's executors share this host's cores" in chosen.reason
+    too_big = choose_executor("auto", replace(local, block_bytes=3 * 2**20, driver_limit_bytes=2**20),
+                              max_cells=10**12)
+    assert too_big.name == "spark" and too_big.reason == "auto: blocks of 3.0 MiB above the driver's 1.0 MiB"
+    assert choose_executor("spark", local, max_cells=10**12).name == "spark"
+
+
 def test_a_driver_too_small_for_the_blocks_is_said_with_both_sizes() -> None:
     assert driver_too_small(2**20, 2**20) is None
     message = driver_too_small(3 * 2**30, 512 * 2**20)
