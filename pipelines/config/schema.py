@@ -285,7 +285,8 @@ class TrainConfig(_Section):
         "model rows x inputs run in the driver (measured: below it an epoch costs less than a Spark job's overhead)")
     driver_max_bytes: int | None = Field(
         default=None, ge=0, description="the most bytes of blocks the driver executor collects (default: a quarter "
-        "of spark.driver.memory); train.executor=driver above it exits 2 before the blocks are built")
+        "of spark.driver.memory, at most 90% of spark.driver.maxResultSize); train.executor=driver above it exits 2 "
+        "before the blocks are built")
     checkpoint_every: int | Literal["auto"] = Field(
         default="auto", description="epochs between checkpoints and journal appends (also on signals and at the "
         "end); 'auto': as often as keeps their measured cost under 5% of the training time")

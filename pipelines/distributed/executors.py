@@ -45,6 +45,10 @@ Result = TypeVar("Result")
 #: JVM, then the arrays in Python: about twice the blocks' size at the peak of the collection).
 DRIVER_MEMORY_SHARE = 0.25
 
+#: Share of ``spark.driver.maxResultSize`` the collected blocks may fill (their Arrow payload is a little larger
+#: than the arrays: 0.5% at 4M rows x 32 inputs).
+RESULT_SIZE_SHARE = 0.9
+
 
 class PartitionExecutor(Protocol):
     """Maps a task function over the non-empty partitions' blocks (see the module docstring)."""
@@ -198,7 +202,24 @@ def driver_too_small(block_bytes: int, limit_bytes: int) -> str | None:
         return None
     return (f"train.executor=driver: the blocks would take about {_size(block_bytes)} in the driver, above its "
             f"limit of {_size(limit_bytes)} (train.driver_max_bytes, by default {DRIVER_MEMORY_SHARE:g} of "
-            "spark.driver.memory); use train.executor=auto or spark, or give the driver more memory")
+            f"spark.driver.memory and at most {RESULT_SIZE_SHARE:g} of spark.driver.maxResultSize); use "
+            "train.executor=auto or spark, or give the driver more memory")
+
+
+def default_driver_limit(driver_memory: str, max_result_size: str) -> int:
+    """The most bytes of blocks the driver executor collects by default: :data:`DRIVER_MEMORY_SHARE` of
+    ``spark.driver.memory``, and at most :data:`RESULT_SIZE_SHARE` of ``spark.driver.maxResultSize`` (0: no limit),
+    since the blocks come to the driver in one action whose results Spark refuses beyond it; a size Spark cannot
+    read either is taken as its default, 1g."""
+    def size(text: str) -> int:
+        try:
+            return jvm_bytes(text)
+        except ValueError:
+            return jvm_bytes("1g")
+
+    limit = round(DRIVER_MEMORY_SHARE * size(driver_memory))
+    results = size(max_result_size)
+    return min(limit, round(RESULT_SIZE_SHARE * results)) if results > 0 else limit
 
 
 def block_bytes_estimate(rows: int, dense_width: int, sparse_columns: int, itemsize: int, weighted: bool) -> int:

@@ -20,7 +20,6 @@ from pipelines.distributed.blocks import BlockSet, build_blocks
 from pipelines.distributed.engine import GridTrainer, ModelRows
 from pipelines.distributed.evaluation import evaluate_rows
 from pipelines.distributed.executors import (
-    DRIVER_MEMORY_SHARE,
     DataSize,
     DriverExecutor,
     ExecutorChoice,
@@ -28,8 +27,8 @@ from pipelines.distributed.executors import (
     SparkExecutor,
     block_bytes_estimate,
     choose_executor,
+    default_driver_limit,
     driver_too_small,
-    jvm_bytes,
 )
 from pipelines.distributed.range_test import RangeTestStepper
 from pipelines.distributed.strategies import GradientDescent, LocalSGD, Strategy
@@ -184,15 +183,19 @@ def prepare_data(spark: SparkSession, table: FeatureTable, data: DataConfig, fea
 
 def driver_limit_bytes(spark: SparkSession, train: TrainConfig) -> int:
     """The most bytes of blocks the driver executor may hold: ``train.driver_max_bytes``, else
-    :data:`~pipelines.distributed.executors.DRIVER_MEMORY_SHARE` of ``spark.driver.memory`` (Spark's default,
-    1g, when unset or unreadable)."""
+    :func:`~pipelines.distributed.executors.default_driver_limit` of ``spark.driver.memory`` and
+    ``spark.driver.maxResultSize`` (Spark's defaults, 1g each, when unset or unreadable)."""
     if train.driver_max_bytes is not None:
         return train.driver_max_bytes
+    return default_driver_limit(_spark_setting(spark, "spark.driver.memory"),
+                                _spark_setting(spark, "spark.driver.maxResultSize"))
+
+
+def _spark_setting(spark: SparkSession, key: str) -> str:
     try:
-        memory = jvm_bytes(spark.conf.get("spark.driver.memory", "1g") or "1g")
-    except Exception:  # a Connect server may refuse to read it; a malformed size is Spark's to refuse
-        memory = jvm_bytes("1g")
-    return round(DRIVER_MEMORY_SHARE * memory)
+        return str(spark.conf.get(key, "1g") or "1g")
+    except Exception:  # a Connect server may refuse to read it
+        return "1g"
 
 
 def model_rows(sweep: SweepConfig, penalties: int) -> int:

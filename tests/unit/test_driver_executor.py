@@ -22,6 +22,7 @@ from pipelines.distributed.executors import (
     DriverExecutor,
     available_cpus,
     choose_executor,
+    default_driver_limit,
     driver_too_small,
     jvm_bytes,
 )
@@ -211,6 +212,15 @@ def test_auto_with_a_local_master_runs_in_the_driver_wherever_the_blocks_fit() -
                               max_cells=10**12)
     assert too_big.name == "spark" and too_big.reason == "auto: blocks of 3.0 MiB above the driver's 1.0 MiB"
     assert choose_executor("spark", local, max_cells=10**12).name == "spark"
+
+
+def test_the_drivers_default_limit_is_a_share_of_its_memory_and_below_the_largest_result_spark_takes() -> None:
+    """The blocks come to the driver in one action: Spark refuses its results above spark.driver.maxResultSize
+    (found by an 8M-row table whose 2.1 GB of blocks fitted a quarter of 8g but not the default 1g of results)."""
+    assert default_driver_limit("8g", "1g") == round(0.9 * 2**30)
+    assert default_driver_limit("8g", "0") == 2**31  # 0: Spark sets no limit
+    assert default_driver_limit("2g", "4g") == 2**29
+    assert default_driver_limit("2g", "lots") == 2**29  # unreadable: Spark's default, 1g
 
 
 def test_a_driver_too_small_for_the_blocks_is_said_with_both_sizes() -> None:
