@@ -150,7 +150,7 @@ class DataSize:
     model_rows: int  # grid points x seeds trained at once
     inputs: int  # model inputs
     block_bytes: int  # the blocks' arrays (inputs, labels, weights), all partitions
-    driver_limit_bytes: int  # DRIVER_MEMORY_SHARE of spark.driver.memory
+    driver_limit_bytes: int  # the most bytes of blocks the driver may collect (default_driver_limit)
     local_master: bool = False  # a classic session whose master is local[...]: its executors share this host
 
     @property
