@@ -2,19 +2,24 @@
 :class:`~pipelines.sgd.design.SplitDesign`).
 
 Per batch: the dense part's rows are gathered and their products run by the register-tiled kernels of
-:mod:`pipelines.sgd.tiles`; the sparse part's rows are gathered as CSR (their non-zeros in storage order) and the
-batch's touched columns listed once. Per model row:
+:mod:`pipelines.sgd.tiles`; the sparse part's rows are gathered as CSR (their non-zeros in storage order), the
+batch's touched columns listed once (first touch first) and their weights gathered for every model row. Per tile
+of model rows (each non-zero's loads shared by the tile, as the dense products share theirs):
 
 * ``m_i = (x_i,dense . w_dense + b) + (sum over the row's non-zeros of v w_c, in storage order)``, the order of the
   numpy definition (:class:`~pipelines.sgd.numpy_kernel.SparseKernel`);
 * the loss's rule at each margin (:func:`~pipelines.sgd.fused.margin_rule`), times the row's weight;
 * the sparse gradient ``g_c = sum_i d_i v_ic`` over the batch's rows in order, for the touched columns only (SciPy's
   ``X^T d`` adds each column's terms in row order too);
-* plain SGD without a penalty moves the dense and the touched columns only (the other columns' step is
-  ``w - s 0 = w``: the same bits), so a step costs in the batch's non-zeros, not the width; any other optimizer
-  or a penalty moves every column (state and decay move where the gradient is 0), as the numpy kernel does.
+* plain SGD without a penalty on any row moves the dense and the touched columns only (the other columns' step is
+  ``w - s 0 = w``: the same bits), so a step costs in the batch's non-zeros, not the width; the epoch then holds the
+  sparse weights by column (every model row's weight of a column side by side: a non-zero's weights are one cache
+  line, where a model row each cost one cache miss on a wide model) and writes them back at its end. Any other
+  optimizer or a penalty moves every column (state and decay move where the gradient is 0), as the numpy kernel
+  does.
 
-Every sum is per model row, so a row's bits do not depend on the other rows (grid points) in the pass.
+Every sum is per model row, so a row's bits do not depend on the other rows (grid points) in the pass, nor on which
+of the two kinds of step the pass takes.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numba.extending import register_jitable
 
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.compiling import batch_rule, compile_kernel, gather_batch, jitable, named_for, row_update
@@ -35,6 +41,54 @@ from pipelines.sgd.losses import ScalarLoss
 from pipelines.sgd.numpy_kernel import SparseKernel
 from pipelines.sgd.optimizers import SLOT_NAMES, sgd_rule, stacked_slots
 from pipelines.sgd.tiles import TILE, tile_gradient, tile_margins
+
+
+@register_jitable
+def tile_sparse_margins(batch_indptr: Any, slots: Any, values: FloatArray, touched_weights: FloatArray, first: int,
+                        tile: int, rows: int, sums: FloatArray) -> None:  # pragma: no cover - compiled
+    """``sums[t, i]``: row ``i``'s sparse margin of model row ``first + t`` (``t < tile``, :data:`TILE` or 1), over
+    its non-zeros in storage order from 0.0; ``touched_weights[slot, k]``: the weights of the batch's touched
+    columns (``slots``: each non-zero's column among them). A tile's rows share each non-zero's loads."""
+    if tile == TILE:
+        for i in range(rows):
+            s0, s1, s2, s3 = 0.0, 0.0, 0.0, 0.0
+            for entry in range(batch_indptr[i], batch_indptr[i + 1]):
+                value, slot = values[entry], slots[entry]
+                s0 += value * touched_weights[slot, first]
+                s1 += value * touched_weights[slot, first + 1]
+                s2 += value * touched_weights[slot, first + 2]
+                s3 += value * touched_weights[slot, first + 3]
+            sums[0, i], sums[1, i], sums[2, i], sums[3, i] = s0, s1, s2, s3
+        return
+    for i in range(rows):
+        total = 0.0
+        for entry in range(batch_indptr[i], batch_indptr[i + 1]):
+            total += values[entry] * touched_weights[slots[entry], first]
+        sums[0, i] = total
+
+
+@register_jitable
+def tile_sparse_gradient(batch_indptr: Any, slots: Any, values: FloatArray, derivatives: FloatArray, first: int,
+                         tile: int, rows: int, n_touched: int, gradient: FloatArray) -> None:  # pragma: no cover
+    """``gradient[slot, t]``: the touched column's ``sum_i derivatives[first + t, i] v_i`` over the batch's rows in
+    order (from 0.0), for ``t < tile`` (:data:`TILE` or 1)."""
+    for p in range(n_touched):
+        gradient[p, 0], gradient[p, 1], gradient[p, 2], gradient[p, 3] = 0.0, 0.0, 0.0, 0.0
+    if tile == TILE:
+        for i in range(rows):
+            d0, d1 = derivatives[first, i], derivatives[first + 1, i]
+            d2, d3 = derivatives[first + 2, i], derivatives[first + 3, i]
+            for entry in range(batch_indptr[i], batch_indptr[i + 1]):
+                value, slot = values[entry], slots[entry]
+                gradient[slot, 0] += value * d0
+                gradient[slot, 1] += value * d1
+                gradient[slot, 2] += value * d2
+                gradient[slot, 3] += value * d3
+        return
+    for i in range(rows):
+        derivative = derivatives[first, i]
+        for entry in range(batch_indptr[i], batch_indptr[i + 1]):
+            gradient[slots[entry], 0] += values[entry] * derivative
 
 
 @functools.cache
@@ -56,95 +110,118 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
         n_models, width = weights.shape
         sparse_width = width - split
         weighted = sample_weight.shape[0] > 0
+        # plain SGD without a penalty on every row: the steps move the touched columns only, on the sparse weights
+        # held by column (every model row's weight of a column side by side, for the epoch): a non-zero's weights
+        # then cost one cache line, where the rows' own arrays cost one cache miss per model row
+        by_column_steps = sparse_steps
+        for k in range(n_models):
+            if l1[k] != 0.0 or l2[k] != 0.0:
+                by_column_steps = False
+        by_column = np.empty((sparse_width if by_column_steps else 0, n_models))
+        if by_column_steps:
+            for k in range(n_models):
+                for c in range(sparse_width):
+                    by_column[c, k] = weights[k, split + c]
         gathered = np.empty((batch_size, split))
         transposed = np.empty((split, batch_size))
         labels = np.empty(batch_size)
         row_weights = np.empty(batch_size)
         batch_indptr = np.empty(batch_size + 1, dtype=np.int64)
-        batch_columns = np.empty(batch_size * max_row_nonzeros, dtype=np.int64)
-        batch_values = np.empty(batch_size * max_row_nonzeros)
-        touched = np.empty(batch_size * max_row_nonzeros, dtype=np.int64)  # weight columns: split + sparse column
-        touched_gradient = np.empty(batch_size * max_row_nonzeros)
-        last_batch_of = np.full(sparse_width, -1, dtype=np.int64)
-        sparse_gradient = np.zeros(sparse_width)
+        capacity = batch_size * max_row_nonzeros
+        batch_slots = np.empty(capacity, dtype=np.int64)  # each non-zero's place among the batch's touched columns
+        batch_values = np.empty(capacity)
+        touched = np.empty(capacity, dtype=np.int64)  # the batch's touched sparse columns, first touch first
+        touched_weights = np.empty((capacity, n_models))  # their weights as the batch starts, model rows side by side
+        touched_gradient = np.empty((capacity, TILE))
+        slot_of = np.full(sparse_width, -1, dtype=np.int64)  # batch * capacity + place, for the batch's columns
         full_gradient = np.zeros(width)
         margins = np.zeros((TILE, batch_size))
-        derivatives = np.empty((TILE, batch_size))
+        sparse_margins = np.empty((TILE, batch_size))
+        derivatives = np.empty((n_models, batch_size))
         shifted = np.empty(batch_size)
         losses = np.empty(batch_size)
         gradient = np.empty((TILE, split))
-        bias_gradients = np.empty(TILE)
+        bias_gradients = np.empty(n_models)
         every_column = np.zeros(0, dtype=np.int64)
         for batch in range(n_batches):
             start = (first_batch + batch) * batch_size
             rows = min(batch_size, n_rows - start)
             gather_batch(dense, y, sample_weight, order, start, rows, gathered, transposed, labels, row_weights)
-            n_touched, cursor = 0, 0
+            n_touched, cursor, first_slot = 0, 0, batch * capacity
             batch_indptr[0] = 0
             for i in range(rows):
                 source = order[start + i]
                 for entry in range(indptr[source], indptr[source + 1]):
                     column = indices[entry]
-                    batch_columns[cursor], batch_values[cursor] = column, values[entry]
-                    cursor += 1
-                    if last_batch_of[column] != batch:
-                        last_batch_of[column] = batch
-                        touched[n_touched] = split + column
+                    if slot_of[column] < first_slot:
+                        slot_of[column] = first_slot + n_touched
+                        touched[n_touched] = column
                         n_touched += 1
+                    batch_slots[cursor], batch_values[cursor] = slot_of[column] - first_slot, values[entry]
+                    cursor += 1
                 batch_indptr[i + 1] = cursor
+            for p in range(n_touched):
+                column = touched[p]
+                if by_column_steps:
+                    for k in range(n_models):
+                        touched_weights[p, k] = by_column[column, k]
+                else:
+                    for k in range(n_models):
+                        touched_weights[p, k] = weights[k, split + column]
             inverse_rows = 1.0 / rows
             first = 0
             while first < n_models:
                 tile = TILE if first + TILE <= n_models else 1
                 if split > 0:
                     tile_margins(transposed, weights, first, tile, rows, margins)
+                tile_sparse_margins(batch_indptr, batch_slots, batch_values, touched_weights, first, tile, rows,
+                                    sparse_margins)
                 for t in range(tile):
                     k = first + t
                     bias = intercepts[k]
                     for i in range(rows):
-                        sparse_sum = 0.0
-                        for entry in range(batch_indptr[i], batch_indptr[i + 1]):
-                            sparse_sum += batch_values[entry] * weights[k, split + batch_columns[entry]]
-                        shifted[i] = (margins[t, i] + bias) + sparse_sum
-                    bias_gradients[t], batch_loss = derivatives_and_losses(
-                        shifted, labels, row_weights, weighted, rows, epsilon, derivatives[t], losses)
+                        shifted[i] = (margins[t, i] + bias) + sparse_margins[t, i]
+                    bias_gradients[k], batch_loss = derivatives_and_losses(
+                        shifted, labels, row_weights, weighted, rows, epsilon, derivatives[k], losses)
                     loss_sums[k] += batch_loss
-                tile_gradient(gathered, derivatives, tile, rows, gradient)
+                tile_gradient(gathered, derivatives[first:], tile, rows, gradient)
+                tile_sparse_gradient(batch_indptr, batch_slots, batch_values, derivatives, first, tile, rows, n_touched,
+                                     touched_gradient)
                 for t in range(tile):
                     k = first + t
-                    for p in range(n_touched):
-                        sparse_gradient[touched[p] - split] = 0.0
-                    for i in range(rows):
-                        value = derivatives[t, i]
-                        for entry in range(batch_indptr[i], batch_indptr[i + 1]):
-                            sparse_gradient[batch_columns[entry]] += batch_values[entry] * value
                     step_size = step_sizes[batch, k]
                     steps[k] += 1
                     step = float(steps[k])
-                    if sparse_steps and l1[k] == 0.0 and l2[k] == 0.0:
+                    if by_column_steps:
                         update_row(weights, k, every_column, split, gradient[t], inverse_rows, step_size, step,
                                    0.0, 0.0, weight_slots, constants)
-                        for p in range(n_touched):
-                            touched_gradient[p] = sparse_gradient[touched[p] - split]
-                        update_row(weights, k, touched[:n_touched], n_touched, touched_gradient, inverse_rows,
-                                   step_size, step, 0.0, 0.0, weight_slots, constants)
+                        for p in range(n_touched):  # update_row's step without a penalty, on the held columns
+                            column = touched[p]
+                            by_column[column, k] = update(by_column[column, k], touched_gradient[p, t] * inverse_rows,
+                                                          step_size, step, weight_slots, (k, split + column),
+                                                          constants)
                     else:
                         for j in range(split):
                             full_gradient[j] = gradient[t, j]
                         for c in range(sparse_width):
                             full_gradient[split + c] = 0.0
                         for p in range(n_touched):
-                            full_gradient[touched[p]] = sparse_gradient[touched[p] - split]
+                            full_gradient[split + touched[p]] = touched_gradient[p, t]
                         update_row(weights, k, every_column, width, full_gradient, inverse_rows, step_size, step,
                                    l1[k], l2[k], weight_slots, constants)
                     if fit_intercept:
-                        intercepts[k] = update(intercepts[k], bias_gradients[t] * inverse_rows, step_size, step,
+                        intercepts[k] = update(intercepts[k], bias_gradients[k] * inverse_rows, step_size, step,
                                                intercept_slots, (k,), constants)
                 first += tile
+        if by_column_steps:
+            for k in range(n_models):
+                for c in range(sparse_width):
+                    weights[k, split + c] = by_column[c, k]
 
     return compile_kernel(named_for(epoch, margin_at, update_rule, decoupled_decay),
                           (margin_at, *loss_rules, batch_rule(margin_at), update_rule, tile_margins, tile_gradient,
-                           gather_batch, row_update(update_rule, decoupled_decay)))
+                           tile_sparse_margins, tile_sparse_gradient, gather_batch,
+                           row_update(update_rule, decoupled_decay)))
 
 
 @dataclass(frozen=True)
