@@ -36,5 +36,5 @@ def weighted_mean(arrays: Sequence[npt.NDArray[np.generic]], weights: Sequence[f
     fractions = weight_array / weight_array.sum()
     total: FloatArray = np.zeros(shape, dtype=np.float64)
     for fraction, array in zip(fractions, arrays, strict=True):
-        total += fraction * array.astype(np.float64)
+        total += fraction * array.astype(np.float64, copy=False)
     return total

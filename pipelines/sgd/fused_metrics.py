@@ -1,15 +1,16 @@
-"""The compiled (numba) validation pass of a binary loss on dense inputs: the sums of
+"""The compiled (numba) validation pass of a binary loss on dense inputs and split designs: the sums of
 :class:`~pipelines.sgd.metrics.MetricAccumulator` (its definition, in numpy, is
 :meth:`~pipelines.sgd.metrics.MetricAccumulator.from_block`; the tests hold the two to each other) in one pass per
 model row, without the ``(n, K)`` arrays of margins, losses, probabilities and bins the numpy definition builds.
 
 Per model row, chunk after chunk of :data:`~pipelines.sgd.fused.CHUNK` rows: the margins (each a sequential sum in
-input order, then the intercept: :func:`~pipelines.sgd.fused.chunk_margins`), then in one vectorized loop each row's
-loss (the loss's scalar rule), whether its margin is finite, whether it is predicted right (``m > 0`` against
-``y = 1``, a non-finite margin taken as 0) and its probability bin (``sigmoid`` of the margin floored at -700, as
-:func:`~pipelines.sgd.losses.sigmoid`), then the sums over the chunk's rows in row order. The sums of a model row
-are its own: a row's bits do not depend on the other rows evaluated with it, nor on the BLAS library (the numpy
-definition's margins are BLAS dot products).
+input order, then the intercept: :func:`~pipelines.sgd.fused.chunk_margins`; a split design's sparse part then adds
+the sum over the row's non-zeros in storage order, as SciPy's product in the definition does), then in one
+vectorized loop each row's loss (the loss's scalar rule), whether its margin is finite, whether it is predicted
+right (``m > 0`` against ``y = 1``, a non-finite margin taken as 0) and its probability bin (``sigmoid`` of the
+margin floored at -700, as :func:`~pipelines.sgd.losses.sigmoid`), then the sums over the chunk's rows in row order.
+The sums of a model row are its own: a row's bits do not depend on the other rows evaluated with it, nor on the BLAS
+library (the numpy definition's margins are BLAS dot products).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 from pipelines.sgd import elementary
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.compiling import compile_kernel, jitable, named_for
+from pipelines.sgd.design import Design, SplitDesign
 from pipelines.sgd.fused import CHUNK, chunk_margins
 from pipelines.sgd.losses import ScalarLoss
 
@@ -34,10 +36,11 @@ def binary_sums_kernel(value_at: Callable[..., Any]) -> Any:
     ``(K, n_bins)`` for the histograms; ``sample_weight`` empty: every row counts 1."""
     value = jitable(value_at)
 
-    def binary_sums(X: FloatArray, y: FloatArray, sample_weight: FloatArray, weights: FloatArray,
-                    intercepts: FloatArray, epsilon: float,
+    def binary_sums(X: FloatArray, indptr: Any, indices: Any, values: FloatArray, y: FloatArray,
+                    sample_weight: FloatArray, weights: FloatArray, intercepts: FloatArray, epsilon: float,
                     n_bins: int) -> tuple[FloatArray, ...]:  # pragma: no cover - compiled
         n_rows, d = X.shape
+        sparse = indptr.shape[0] > 0  # a split design's CSR part: weight columns d onwards
         n_models = weights.shape[0]
         weighted = sample_weight.shape[0] > 0
         loss_sum, nonfinite, correct = np.zeros(n_models), np.zeros(n_models), np.zeros(n_models)
@@ -52,6 +55,12 @@ def binary_sums_kernel(value_at: Callable[..., Any]) -> Any:
                     margins[:rows] = intercepts[k]
                 else:
                     chunk_margins(X, start, start + rows, weights[k], intercepts[k], margins)
+                if sparse:
+                    for r in range(rows):
+                        sparse_sum = 0.0
+                        for entry in range(indptr[start + r], indptr[start + r + 1]):
+                            sparse_sum += values[entry] * weights[k, d + indices[entry]]
+                        margins[r] += sparse_sum
                 for r in range(rows):
                     margin, label = margins[r], y[start + r]
                     loss = value(margin, label, epsilon)
@@ -77,13 +86,19 @@ def binary_sums_kernel(value_at: Callable[..., Any]) -> Any:
     return compile_kernel(named_for(binary_sums, value_at), (value_at, chunk_margins.py_func))
 
 
-def binary_validation_sums(X: FloatArray, y: FloatArray, weights: FloatArray, intercepts: FloatArray,
+def binary_validation_sums(X: Design, y: FloatArray, weights: FloatArray, intercepts: FloatArray,
                            loss: ScalarLoss, n_bins: int, sample_weight: FloatArray | None) -> dict[str, FloatArray]:
-    """:meth:`~pipelines.sgd.metrics.MetricAccumulator.from_block`'s sums of a binary loss on dense ``X``."""
+    """:meth:`~pipelines.sgd.metrics.MetricAccumulator.from_block`'s sums of a binary loss on ``X``."""
     row_weights = np.zeros(0) if sample_weight is None else np.ascontiguousarray(sample_weight, dtype=np.float64)
+    if isinstance(X, SplitDesign):
+        dense, csr = X.dense, X.sparse
+        indptr, indices, values = csr.indptr, csr.indices, np.ascontiguousarray(csr.data, dtype=np.float64)
+    else:  # no sparse part
+        dense, indptr, indices, values = X, np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0)
     with np.errstate(over="ignore", invalid="ignore"):
         loss_sum, nonfinite, correct, positive, negative = binary_sums_kernel(loss.value_at)(
-            np.ascontiguousarray(X), np.ascontiguousarray(y, dtype=np.float64), row_weights,
+            np.ascontiguousarray(dense), indptr, indices, values, np.ascontiguousarray(y, dtype=np.float64),
+            row_weights,
             np.ascontiguousarray(weights, dtype=np.float64), np.ascontiguousarray(intercepts, dtype=np.float64),
             loss.epsilon, n_bins)
     return {"loss_sum": loss_sum, "nonfinite_count": nonfinite, "correct_count": correct,

@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipelines.sgd._types import FloatArray
-from pipelines.sgd.design import Design
+from pipelines.sgd.design import Design, SplitDesign
 from pipelines.sgd.fused_metrics import binary_validation_sums
 from pipelines.sgd.kernels import compute_margins
 from pipelines.sgd.losses import LOSS_TASKS, Loss, ScalarLoss, get_loss, sigmoid
@@ -122,15 +122,15 @@ class MetricAccumulator:
             Probability histogram bins for the AUC (logistic only), ``>= 1``.
         sample_weight : ndarray of shape (n,), optional
         compiled : bool
-            A binary loss's sums on dense inputs from the compiled pass of :mod:`pipelines.sgd.fused_metrics` (one
-            pass per model row, no ``(n, K)`` arrays); False: from the numpy definition below (the tests' oracle),
-            which every other loss and design takes.
+            A binary loss's sums from the compiled pass of :mod:`pipelines.sgd.fused_metrics` (dense inputs or a
+            split design; one pass per model row, no ``(n, K)`` arrays); False: from the numpy definition below (the
+            tests' oracle), which every other loss takes.
         """
         loss_name = loss.name
         task = LOSS_TASKS[loss_name]
         if n_bins < 1:
             raise ValueError(f"n_bins must be >= 1, got {n_bins!r}")
-        if compiled and task == "binary" and isinstance(X, np.ndarray) and isinstance(loss, ScalarLoss):
+        if compiled and task == "binary" and isinstance(X, np.ndarray | SplitDesign) and isinstance(loss, ScalarLoss):
             compiled_sums = binary_validation_sums(X, y, weights, intercepts, loss, n_bins, sample_weight)
             if sample_weight is not None:
                 compiled_sums["weight_sum"] = np.asarray(float(np.add.reduce(sample_weight)))

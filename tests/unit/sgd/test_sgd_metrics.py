@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from sklearn.metrics import (
     accuracy_score,
     log_loss,
@@ -14,6 +15,7 @@ from sklearn.metrics import (
 )
 
 from pipelines.sgd._types import FloatArray
+from pipelines.sgd.design import SplitDesign
 from pipelines.sgd.losses import get_loss
 from pipelines.sgd.metrics import MetricAccumulator
 
@@ -141,14 +143,14 @@ def test_the_compiled_binary_pass_gives_the_numpy_definitions_sums(name: str, we
                                                                      classification_data: Data) -> None:
     """Every sum of the compiled pass against the numpy definition: the counts and histograms equal, the loss sums
     to rounding (the definition's margins are BLAS dot products); a row whose margins overflow is counted broken
-    by both; float32 inputs; a row's sums are those it has alone (bits)."""
+    by both; float32 inputs; a split design (dense and CSR parts); a row's sums are those it has alone (bits)."""
     X, y = classification_data
     rng = np.random.default_rng(4)
     weights = np.vstack([rng.standard_normal((4, X.shape[1])), np.full((1, X.shape[1]), 1e308)])
     intercepts = np.append(rng.standard_normal(4), 0.0)
     sample_weight = rng.uniform(0.5, 2.0, y.size) if weighted else None
     loss = get_loss(name)
-    for inputs in (X, X.astype(np.float32)):
+    for inputs in (X, X.astype(np.float32), _split(X)):
         ours = MetricAccumulator.from_block(inputs, y, weights, intercepts, loss, n_bins=64,
                                             sample_weight=sample_weight)
         theirs = MetricAccumulator.from_block(inputs, y, weights, intercepts, loss, n_bins=64,
@@ -163,7 +165,17 @@ def test_the_compiled_binary_pass_gives_the_numpy_definitions_sums(name: str, we
         metrics, definition = ours.compute(), theirs.compute()
         for key, value in definition.items():
             np.testing.assert_allclose(metrics[key], value, rtol=1e-12, err_msg=key)
-    alone = MetricAccumulator.from_block(X, y, weights[2:3], intercepts[2:3], loss, sample_weight=sample_weight)
-    together = MetricAccumulator.from_block(X, y, weights, intercepts, loss, sample_weight=sample_weight)
-    for key, value in alone.sums.items():
-        assert value.tobytes() == (together.sums[key][2:3] if value.ndim else together.sums[key]).tobytes(), key
+    for inputs in (X, _split(X)):
+        alone = MetricAccumulator.from_block(inputs, y, weights[2:3], intercepts[2:3], loss,
+                                             sample_weight=sample_weight)
+        together = MetricAccumulator.from_block(inputs, y, weights, intercepts, loss, sample_weight=sample_weight)
+        for key, value in alone.sums.items():
+            assert value.tobytes() == (together.sums[key][2:3] if value.ndim else together.sums[key]).tobytes(), key
+
+
+def _split(X: FloatArray) -> SplitDesign:
+    """``X`` as a split design: its first column dense, the others CSR with about a third of the entries zeroed
+    (explicit zeros removed: rows of 0 to 3 non-zeros)."""
+    sparse = X[:, 1:].copy()
+    sparse[np.random.default_rng(5).uniform(size=sparse.shape) < 0.35] = 0.0
+    return SplitDesign(np.ascontiguousarray(X[:, :1]), sp.csr_matrix(sparse))
