@@ -29,6 +29,7 @@ from numba.extending import register_jitable
 
 from pipelines.sgd import elementary
 from pipelines.sgd._types import FloatArray
+from pipelines.sgd.tiles import TILE
 
 
 def _code_bytes(code: CodeType) -> bytes:
@@ -129,31 +130,50 @@ def gather_batch(X: FloatArray, y: FloatArray, sample_weight: FloatArray, order:
 @functools.cache
 def batch_rule(margin_at: Callable[..., Any]) -> Callable[..., Any]:
     """A loss's rule at one margin (``margin_at``: ``(loss or 0, dloss/dm)``, :func:`pipelines.sgd.fused.margin_rule`)
-    over one model row's margins of a batch, compiled into the epochs.
+    over a tile of model rows' margins of a batch, compiled into the epochs.
 
-    ``derivatives_and_losses(margins, labels, row_weights, weighted, rows, epsilon, derivatives, losses)`` writes
-    ``derivatives[i]`` and ``losses[i]`` (each times ``row_weights[i]`` where ``weighted``) for the first ``rows``
-    margins and returns their sums ``(sum_i derivatives[i], sum_i losses[i])``, the rows in batch order. The rule
-    runs in a loop without a sum, which the compiler vectorizes (the rule and its elementary functions inlined);
-    the sums follow in a loop of their own, so their order is the rows' whatever the vector width.
+    ``derivatives_and_losses(margins, labels, row_weights, weighted, rows, tile, epsilon, derivatives, losses,
+    totals)`` writes ``derivatives[t, i]`` and ``losses[t, i]`` (each times ``row_weights[i]`` where ``weighted``)
+    for the first ``tile`` model rows (:data:`~pipelines.sgd.tiles.TILE` or 1) and ``rows`` margins, and
+    their sums ``totals[0, t] = sum_i derivatives[t, i]``, ``totals[1, t] = sum_i losses[t, i]``, the rows in batch
+    order. The rule runs in a loop without a sum, which the compiler vectorizes (the rule and its elementary
+    functions inlined); the sums follow in a loop of their own, so their order is the rows' whatever the vector
+    width, and the tile's sums advance side by side (independent chains of additions, each in row order: a row's
+    bits are those it has alone).
     """
     rule = jitable(margin_at)
 
     def derivatives_and_losses(margins: FloatArray, labels: FloatArray, row_weights: FloatArray, weighted: bool,
-                               rows: int, epsilon: float, derivatives: FloatArray,
-                               losses: FloatArray) -> tuple[float, float]:  # pragma: no cover - compiled
-        for i in range(rows):
-            loss, value = rule(margins[i], labels[i], epsilon)
-            if weighted:
-                value = value * row_weights[i]
-                loss = loss * row_weights[i]
-            derivatives[i] = value
-            losses[i] = loss
-        total, loss_total = 0.0, 0.0
-        for i in range(rows):
-            total += derivatives[i]
-            loss_total += losses[i]
-        return total, loss_total
+                               rows: int, tile: int, epsilon: float, derivatives: FloatArray, losses: FloatArray,
+                               totals: FloatArray) -> None:  # pragma: no cover - compiled
+        for t in range(tile):
+            for i in range(rows):
+                loss, value = rule(margins[t, i], labels[i], epsilon)
+                if weighted:
+                    value = value * row_weights[i]
+                    loss = loss * row_weights[i]
+                derivatives[t, i] = value
+                losses[t, i] = loss
+        if tile == TILE:
+            d0, d1, d2, d3, l0, l1, l2, l3 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+            for i in range(rows):
+                d0 += derivatives[0, i]
+                d1 += derivatives[1, i]
+                d2 += derivatives[2, i]
+                d3 += derivatives[3, i]
+                l0 += losses[0, i]
+                l1 += losses[1, i]
+                l2 += losses[2, i]
+                l3 += losses[3, i]
+            totals[0, 0], totals[0, 1], totals[0, 2], totals[0, 3] = d0, d1, d2, d3
+            totals[1, 0], totals[1, 1], totals[1, 2], totals[1, 3] = l0, l1, l2, l3
+            return
+        for t in range(tile):
+            total, loss_total = 0.0, 0.0
+            for i in range(rows):
+                total += derivatives[t, i]
+                loss_total += losses[t, i]
+            totals[0, t], totals[1, t] = total, loss_total
 
     return named_for(derivatives_and_losses, margin_at)
 

@@ -23,7 +23,8 @@ Order of operations, fixed and per model row (so a row's bits never depend on K 
   rule and the elementary functions it calls (:mod:`pipelines.sgd.elementary`) are inlined into it
   (:func:`~pipelines.sgd.compiling.batch_rule`);
 * ``g_j = (((d_0 x_0j) + d_1 x_1j) + ...) / B``: the sum over the batch's rows in batch order, vectorized
-  over inputs; ``g_b = (sum_i d_i) / B``; the progressive loss ``sum_i s_i loss_i`` in batch order too;
+  over inputs; ``g_b = (sum_i d_i) / B``; the progressive loss ``sum_i s_i loss_i`` in batch order too (a tile's
+  model rows' sums side by side: independent chains of additions);
 * both products run for a tile of model rows at once (:mod:`pipelines.sgd.tiles`: each load of the batch's
   inputs serves the tile's rows), the tile changing which loads are shared, never a sum's order;
 * the optimizer's rule of :mod:`pipelines.sgd.optimizers`, element by element, with the penalty terms of
@@ -224,8 +225,8 @@ def epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any], ...]
         row_weights = np.empty(batch_size)
         margins = np.empty((TILE, batch_size))
         derivatives = np.empty((TILE, batch_size))
-        shifted = np.empty(batch_size)
-        losses = np.empty(batch_size)
+        losses = np.empty((TILE, batch_size))
+        totals = np.empty((2, TILE))
         gradient = np.empty((TILE, d))
         bias_gradients = np.empty(TILE)
         every_column = np.zeros(0, dtype=np.int64)
@@ -240,13 +241,14 @@ def epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any], ...]
                 tile = TILE if first + TILE <= n_models else 1
                 tile_margins(transposed, weights, first, tile, rows, margins)
                 for t in range(tile):
-                    k = first + t
-                    bias = intercepts[k]
+                    bias = intercepts[first + t]
                     for i in range(rows):
-                        shifted[i] = margins[t, i] + bias
-                    bias_gradients[t], batch_loss = derivatives_and_losses(
-                        shifted, labels, row_weights, weighted, rows, epsilon, derivatives[t], losses)
-                    loss_sums[k] += batch_loss
+                        margins[t, i] += bias
+                derivatives_and_losses(margins, labels, row_weights, weighted, rows, tile, epsilon, derivatives,
+                                       losses, totals)
+                for t in range(tile):
+                    bias_gradients[t] = totals[0, t]
+                    loss_sums[first + t] += totals[1, t]
                 tile_gradient(gathered, derivatives, tile, rows, gradient)
                 for t in range(tile):
                     k = first + t

@@ -138,8 +138,8 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
         margins = np.zeros((TILE, batch_size))
         sparse_margins = np.empty((TILE, batch_size))
         derivatives = np.empty((n_models, batch_size))
-        shifted = np.empty(batch_size)
-        losses = np.empty(batch_size)
+        losses = np.empty((TILE, batch_size))
+        totals = np.empty((2, TILE))
         gradient = np.empty((TILE, split))
         bias_gradients = np.empty(n_models)
         every_column = np.zeros(0, dtype=np.int64)
@@ -177,13 +177,14 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
                 tile_sparse_margins(batch_indptr, batch_slots, batch_values, touched_weights, first, tile, rows,
                                     sparse_margins)
                 for t in range(tile):
-                    k = first + t
-                    bias = intercepts[k]
+                    bias = intercepts[first + t]
                     for i in range(rows):
-                        shifted[i] = (margins[t, i] + bias) + sparse_margins[t, i]
-                    bias_gradients[k], batch_loss = derivatives_and_losses(
-                        shifted, labels, row_weights, weighted, rows, epsilon, derivatives[k], losses)
-                    loss_sums[k] += batch_loss
+                        margins[t, i] = ((margins[t, i] if split > 0 else 0.0) + bias) + sparse_margins[t, i]
+                derivatives_and_losses(margins, labels, row_weights, weighted, rows, tile, epsilon, derivatives[first:],
+                                       losses, totals)
+                for t in range(tile):
+                    bias_gradients[first + t] = totals[0, t]
+                    loss_sums[first + t] += totals[1, t]
                 tile_gradient(gathered, derivatives[first:], tile, rows, gradient)
                 tile_sparse_gradient(batch_indptr, batch_slots, batch_values, derivatives, first, tile, rows, n_touched,
                                      touched_gradient)
