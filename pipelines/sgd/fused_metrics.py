@@ -3,14 +3,16 @@
 :meth:`~pipelines.sgd.metrics.MetricAccumulator.from_block`; the tests hold the two to each other) in one pass per
 model row, without the ``(n, K)`` arrays of margins, losses, probabilities and bins the numpy definition builds.
 
-Per model row, chunk after chunk of :data:`~pipelines.sgd.fused.CHUNK` rows: the margins (each a sequential sum in
-input order, then the intercept: :func:`~pipelines.sgd.fused.chunk_margins`; a split design's sparse part then adds
-the sum over the row's non-zeros in storage order, as SciPy's product in the definition does), then in one
-vectorized loop each row's loss (the loss's scalar rule), whether its margin is finite, whether it is predicted
-right (``m > 0`` against ``y = 1``, a non-finite margin taken as 0) and its probability bin (``sigmoid`` of the
-margin floored at -700, as :func:`~pipelines.sgd.losses.sigmoid`), then the sums over the chunk's rows in row order.
-The sums of a model row are its own: a row's bits do not depend on the other rows evaluated with it, nor on the BLAS
-library (the numpy definition's margins are BLAS dot products).
+Chunk after chunk of :data:`~pipelines.sgd.fused.CHUNK` rows (read from memory once), per model row: the margins
+(each a sequential sum in input order, then the intercept: :func:`~pipelines.sgd.fused.chunk_margins`; a split
+design's sparse part then adds the sum over the row's non-zeros in storage order, as SciPy's product in the
+definition does, computed for every model row at once, from the sparse weights held by column where the non-zeros
+are many), then in one vectorized loop each row's loss (the loss's scalar rule), whether its margin is finite,
+whether it is predicted right (``m > 0`` against ``y = 1``, a non-finite margin taken as 0) and its probability bin
+(``sigmoid`` of the margin floored at -700, as :func:`~pipelines.sgd.losses.sigmoid`), then the sums over the
+chunk's rows in row order (each model row's sums run over the chunks in order: the rows in order). The sums of a
+model row are its own: a row's bits do not depend on the other rows evaluated with it, nor on the BLAS library (the
+numpy definition's margins are BLAS dot products).
 """
 
 from __future__ import annotations
@@ -40,27 +42,44 @@ def binary_sums_kernel(value_at: Callable[..., Any]) -> Any:
                     sample_weight: FloatArray, weights: FloatArray, intercepts: FloatArray, epsilon: float,
                     n_bins: int) -> tuple[FloatArray, ...]:  # pragma: no cover - compiled
         n_rows, d = X.shape
+        n_models, width = weights.shape
         sparse = indptr.shape[0] > 0  # a split design's CSR part: weight columns d onwards
-        n_models = weights.shape[0]
+        # many non-zeros against the width: the sparse weights held by column (a non-zero's weights of every model
+        # row in one cache line) for the pass
+        by_column_weights = sparse and 4 * indptr[n_rows] >= width - d
+        by_column = np.empty((width - d if by_column_weights else 0, n_models))
+        if by_column_weights:
+            for k in range(n_models):
+                for c in range(width - d):
+                    by_column[c, k] = weights[k, d + c]
         weighted = sample_weight.shape[0] > 0
         loss_sum, nonfinite, correct = np.zeros(n_models), np.zeros(n_models), np.zeros(n_models)
         positive, negative = np.zeros((n_models, n_bins)), np.zeros((n_models, n_bins))
         margins, losses, hits, broken = np.empty(CHUNK), np.empty(CHUNK), np.empty(CHUNK), np.empty(CHUNK)
+        sparse_sums = np.empty((CHUNK if sparse else 0, n_models))
         bins = np.empty(CHUNK, dtype=np.int64)
-        for k in range(n_models):
-            total, broken_total, right = 0.0, 0.0, 0.0
-            for start in range(0, n_rows, CHUNK):
-                rows = min(CHUNK, n_rows - start)
+        for start in range(0, n_rows, CHUNK):  # the chunk's rows (in cache) for every model row in turn
+            rows = min(CHUNK, n_rows - start)
+            if sparse:  # every model row's sum over each row's non-zeros, in storage order
+                for r in range(rows):
+                    for k in range(n_models):
+                        sparse_sums[r, k] = 0.0
+                    for entry in range(indptr[start + r], indptr[start + r + 1]):
+                        nonzero, column = values[entry], indices[entry]
+                        if by_column_weights:
+                            for k in range(n_models):
+                                sparse_sums[r, k] += nonzero * by_column[column, k]
+                        else:
+                            for k in range(n_models):
+                                sparse_sums[r, k] += nonzero * weights[k, d + column]
+            for k in range(n_models):
                 if d == 0:
                     margins[:rows] = intercepts[k]
                 else:
                     chunk_margins(X, start, start + rows, weights[k], intercepts[k], margins)
                 if sparse:
                     for r in range(rows):
-                        sparse_sum = 0.0
-                        for entry in range(indptr[start + r], indptr[start + r + 1]):
-                            sparse_sum += values[entry] * weights[k, d + indices[entry]]
-                        margins[r] += sparse_sum
+                        margins[r] += sparse_sums[r, k]
                 for r in range(rows):
                     margin, label = margins[r], y[start + r]
                     loss = value(margin, label, epsilon)
@@ -71,6 +90,7 @@ def binary_sums_kernel(value_at: Callable[..., Any]) -> Any:
                     hits[r] = 1.0 if (shown > 0.0) == (label == 1.0) else 0.0
                     probability = 1.0 / (1.0 + elementary.exp(-(shown if shown > -700.0 else -700.0)))
                     bins[r] = min(int(probability * n_bins), n_bins - 1)
+                total, broken_total, right = loss_sum[k], nonfinite[k], correct[k]
                 for r in range(rows):
                     row_weight = sample_weight[start + r] if weighted else 1.0
                     total += losses[r]
@@ -80,7 +100,7 @@ def binary_sums_kernel(value_at: Callable[..., Any]) -> Any:
                         positive[k, bins[r]] += row_weight
                     else:
                         negative[k, bins[r]] += row_weight
-            loss_sum[k], nonfinite[k], correct[k] = total, broken_total, right
+                loss_sum[k], nonfinite[k], correct[k] = total, broken_total, right
         return loss_sum, nonfinite, correct, positive, negative
 
     return compile_kernel(named_for(binary_sums, value_at), (value_at, chunk_margins.py_func))

@@ -143,17 +143,18 @@ def test_the_compiled_binary_pass_gives_the_numpy_definitions_sums(name: str, we
                                                                      classification_data: Data) -> None:
     """Every sum of the compiled pass against the numpy definition: the counts and histograms equal, the loss sums
     to rounding (the definition's margins are BLAS dot products); a row whose margins overflow is counted broken
-    by both; float32 inputs; a split design (dense and CSR parts); a row's sums are those it has alone (bits)."""
+    by both; float32 inputs; split designs (dense and CSR parts; the sparse weights read by column or in place); a
+    row's sums are those it has alone (bits)."""
     X, y = classification_data
     rng = np.random.default_rng(4)
     weights = np.vstack([rng.standard_normal((4, X.shape[1])), np.full((1, X.shape[1]), 1e308)])
     intercepts = np.append(rng.standard_normal(4), 0.0)
     sample_weight = rng.uniform(0.5, 2.0, y.size) if weighted else None
     loss = get_loss(name)
-    for inputs in (X, X.astype(np.float32), _split(X)):
-        ours = MetricAccumulator.from_block(inputs, y, weights, intercepts, loss, n_bins=64,
-                                            sample_weight=sample_weight)
-        theirs = MetricAccumulator.from_block(inputs, y, weights, intercepts, loss, n_bins=64,
+    wide = np.hstack([weights, rng.standard_normal((weights.shape[0], 20000))])  # 20000 sparse columns never used
+    for inputs, rows in ((X, weights), (X.astype(np.float32), weights), (_split(X), weights), (_split(X, 20000), wide)):
+        ours = MetricAccumulator.from_block(inputs, y, rows, intercepts, loss, n_bins=64, sample_weight=sample_weight)
+        theirs = MetricAccumulator.from_block(inputs, y, rows, intercepts, loss, n_bins=64,
                                               sample_weight=sample_weight, compiled=False)
         assert ours.sums.keys() == theirs.sums.keys() and ours.count == theirs.count
         for key in ("nonfinite_count", "positive_histogram", "negative_histogram", "correct_count", "weight_sum"):
@@ -165,17 +166,17 @@ def test_the_compiled_binary_pass_gives_the_numpy_definitions_sums(name: str, we
         metrics, definition = ours.compute(), theirs.compute()
         for key, value in definition.items():
             np.testing.assert_allclose(metrics[key], value, rtol=1e-12, err_msg=key)
-    for inputs in (X, _split(X)):
-        alone = MetricAccumulator.from_block(inputs, y, weights[2:3], intercepts[2:3], loss,
-                                             sample_weight=sample_weight)
-        together = MetricAccumulator.from_block(inputs, y, weights, intercepts, loss, sample_weight=sample_weight)
+    for inputs, rows in ((X, weights), (_split(X), weights), (_split(X, 20000), wide)):
+        alone = MetricAccumulator.from_block(inputs, y, rows[2:3], intercepts[2:3], loss, sample_weight=sample_weight)
+        together = MetricAccumulator.from_block(inputs, y, rows, intercepts, loss, sample_weight=sample_weight)
         for key, value in alone.sums.items():
             assert value.tobytes() == (together.sums[key][2:3] if value.ndim else together.sums[key]).tobytes(), key
 
 
-def _split(X: FloatArray) -> SplitDesign:
+def _split(X: FloatArray, unused_columns: int = 0) -> SplitDesign:
     """``X`` as a split design: its first column dense, the others CSR with about a third of the entries zeroed
-    (explicit zeros removed: rows of 0 to 3 non-zeros)."""
-    sparse = X[:, 1:].copy()
-    sparse[np.random.default_rng(5).uniform(size=sparse.shape) < 0.35] = 0.0
+    (explicit zeros removed: rows of 0 to 3 non-zeros), then ``unused_columns`` columns without a non-zero (a wide
+    sparse part: its non-zeros few against its width)."""
+    sparse = np.hstack([X[:, 1:], np.zeros((X.shape[0], unused_columns))])
+    sparse[:, : X.shape[1] - 1][np.random.default_rng(5).uniform(size=(X.shape[0], X.shape[1] - 1)) < 0.35] = 0.0
     return SplitDesign(np.ascontiguousarray(X[:, :1]), sp.csr_matrix(sparse))
