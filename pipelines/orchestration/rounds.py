@@ -19,6 +19,7 @@ from pipelines.orchestration.params import sweep_params
 from pipelines.orchestration.recorder import DataFacts, SweepRecorder
 from pipelines.orchestration.signals import StopRequest
 from pipelines.orchestration.training import PreparedData, Start, range_test, train_grid
+from pipelines.session import spark_context
 from pipelines.stopwatch import Stopwatch
 from pipelines.sweep.checkpoint import RoundCheckpoint, SweepCheckpoint
 from pipelines.sweep.grid import GridPoint, joint_grid
@@ -296,8 +297,6 @@ def population_line(outcome: GridOutcome) -> str:
 
 
 def _spark_master(spark: SparkSession) -> str:
-    try:
-        return str(spark.sparkContext.master)
-    except Exception:  # Spark Connect sessions have no SparkContext
-        return str(spark.conf.get("spark.master", "unknown"))
+    context = spark_context(spark)
+    return str(context.master) if context is not None else str(spark.conf.get("spark.master", "unknown"))
 

@@ -40,6 +40,7 @@ from pipelines.features.weights import WEIGHT_COLUMN, row_weights
 from pipelines.identifiers import column
 from pipelines.lakehouse.checks import class_index
 from pipelines.lakehouse.reader import FeatureTable
+from pipelines.session import spark_context
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.kernels import small_table_batch_size
 from pipelines.sgd.losses import Loss
@@ -89,20 +90,19 @@ def problem_for(problem: TrainingProblem, classes: tuple[Any, ...] | None) -> Tr
 
 
 def default_parallelism(spark: SparkSession) -> int:
-    """Spark's default parallelism (2 when it cannot be read, e.g. under Spark Connect)."""
-    try:
-        return int(spark.sparkContext.defaultParallelism)
-    except Exception:
-        return int(spark.conf.get("spark.default.parallelism", "2") or 2)
+    """Spark's default parallelism (under Spark Connect, which has no SparkContext: ``spark.default.parallelism``,
+    else 2)."""
+    context = spark_context(spark)
+    if context is not None:
+        return int(context.defaultParallelism)
+    return int(spark.conf.get("spark.default.parallelism", "2") or 2)
 
 
 def local_master(spark: SparkSession) -> bool:
     """Whether the session is classic with a ``local[...]`` master (False under Spark Connect: the executors are
     wherever its server is, not in this process's host)."""
-    try:
-        return str(spark.sparkContext.master).startswith("local")
-    except Exception:  # Spark Connect: a session without a SparkContext
-        return False
+    context = spark_context(spark)
+    return context is not None and str(context.master).startswith("local")
 
 
 def split_table(table: FeatureTable, data: DataConfig, seed: int) -> DataFrame:
