@@ -91,7 +91,7 @@ def chunk_margins(X: FloatArray, start: int, stop: int, w: FloatArray, bias: flo
 def loss_sums_kernel(value_at: ScalarRule) -> Any:
     """The compiled ``sum_i s_i loss(x_i . w_k + b_k, y_i)`` per model row of the loss whose scalar rule is
     ``value_at`` (``sample_weight`` empty: ``s_i = 1``); each model row's total runs over the data rows in
-    order."""
+    order (chunk after chunk, each chunk's rows read from memory once for all model rows)."""
     value = jitable(value_at)
 
     def loss_sums(X: FloatArray, y: FloatArray, sample_weight: FloatArray, weights: FloatArray,
@@ -102,17 +102,17 @@ def loss_sums_kernel(value_at: ScalarRule) -> Any:
         if d == 0:
             return totals
         margins, losses = np.empty(CHUNK), np.empty(CHUNK)
-        for k in range(weights.shape[0]):
-            total = 0.0
-            for start in range(0, n_rows, CHUNK):
-                rows = min(CHUNK, n_rows - start)
+        for start in range(0, n_rows, CHUNK):  # the chunk's rows (in cache) for every model row in turn
+            rows = min(CHUNK, n_rows - start)
+            for k in range(weights.shape[0]):
                 chunk_margins(X, start, start + rows, weights[k], intercepts[k], margins)
                 for r in range(rows):
                     loss = value(margins[r], y[start + r], epsilon)
                     losses[r] = loss * sample_weight[start + r] if weighted else loss
+                total = totals[k]
                 for r in range(rows):
                     total += losses[r]
-            totals[k] = total
+                totals[k] = total
         return totals
 
     return compile_kernel(named_for(loss_sums, value_at), (value_at, chunk_margins.py_func))
@@ -120,8 +120,9 @@ def loss_sums_kernel(value_at: ScalarRule) -> Any:
 
 @functools.cache
 def gradient_sums_kernel(value_at: ScalarRule, derivative_at: ScalarRule) -> Any:
-    """The compiled gradient pass of a loss's scalar rules, one pass per model row: ``sum_i s_i loss'(m_ik)
-    x_i``, ``sum_i s_i loss'(m_ik)`` and ``sum_i s_i loss(m_ik)``, every sum over the data rows in order."""
+    """The compiled gradient pass of a loss's scalar rules: ``sum_i s_i loss'(m_ik) x_i``, ``sum_i s_i loss'(m_ik)``
+    and ``sum_i s_i loss(m_ik)`` per model row, every sum over the data rows in order (chunk after chunk, each
+    chunk's rows read from memory once for all model rows)."""
     value, derivative = jitable(value_at), jitable(derivative_at)
 
     def gradient_sums(X: FloatArray, y: FloatArray, sample_weight: FloatArray, weights: FloatArray,
@@ -134,11 +135,11 @@ def gradient_sums_kernel(value_at: ScalarRule, derivative_at: ScalarRule) -> Any
         if d == 0:
             return grad_w, grad_b, losses
         margins, slopes, values = np.empty(CHUNK), np.empty(CHUNK), np.empty(CHUNK)
-        for k in range(n_models):
-            gradient = grad_w[k]
-            bias_total, total = 0.0, 0.0
-            for start in range(0, n_rows, CHUNK):
-                rows = min(CHUNK, n_rows - start)
+        for start in range(0, n_rows, CHUNK):  # the chunk's rows (in cache) for every model row in turn
+            rows = min(CHUNK, n_rows - start)
+            for k in range(n_models):
+                gradient = grad_w[k]
+                bias_total, total = grad_b[k], losses[k]
                 chunk_margins(X, start, start + rows, weights[k], intercepts[k], margins)
                 for r in range(rows):
                     slope = derivative(margins[r], y[start + r], epsilon)
@@ -153,7 +154,7 @@ def gradient_sums_kernel(value_at: ScalarRule, derivative_at: ScalarRule) -> Any
                     total += values[r]
                     for j in range(d):
                         gradient[j] += slope * X[start + r, j]
-            grad_b[k], losses[k] = bias_total, total
+                grad_b[k], losses[k] = bias_total, total
         return grad_w, grad_b, losses
 
     return compile_kernel(named_for(gradient_sums, value_at, derivative_at),
