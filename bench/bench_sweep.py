@@ -126,8 +126,10 @@ def make_table(spark: Any, path: Path, rows: int, features: int, partitions: int
     columns = [(F.randn(seed=100 + j) * (10.0 ** (j % 4 - 1))).alias(f"x{j}") for j in range(features)]
     frame = frame.select(*columns)
     true_weights = np.random.default_rng(0).normal(size=features) / np.sqrt(features) * 3
-    z = sum(float(w) * F.col(f"x{j}") / (10.0 ** (j % 4 - 1)) for j, w in enumerate(true_weights))
-    frame = frame.withColumn("label", (F.rand(seed=7) < 1 / (1 + F.exp(-z))).cast("int"))
+    terms = [float(w) * F.col(f"x{j}") / (10.0 ** (j % 4 - 1)) for j, w in enumerate(true_weights)]
+    while len(terms) > 1:  # a balanced sum: a chain of 512 additions overflows the JVM analyzer's stack
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    frame = frame.withColumn("label", (F.rand(seed=7) < 1 / (1 + F.exp(-terms[0]))).cast("int"))
     frame.write.format("delta").mode("overwrite").save(str(path))
 
 
