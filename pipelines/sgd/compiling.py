@@ -122,9 +122,19 @@ def gather_batch(X: FloatArray, y: FloatArray, sample_weight: FloatArray, order:
             row_weights[i] = sample_weight[source]
         for j in range(d):
             gathered[i, j] = X[source, j]
-    for j in range(d):  # a second, cache-resident pass (writing both at once measured 30% slower)
-        for i in range(rows):
-            transposed[j, i] = gathered[i, j]
+    if d <= 64:  # a second, cache-resident pass (writing both at once measured 30% slower)
+        for j in range(d):
+            for i in range(rows):
+                transposed[j, i] = gathered[i, j]
+        return
+    # wide rows: eight rows at a time, so each input's eight values fill one cache line of ``transposed`` while the
+    # eight rows' pages stay in the TLB (a whole column of the batch's rows at a time, each row a page apart,
+    # missed the TLB at every read: at 512 inputs the transposition cost 2.6 times the gather)
+    for first in range(0, rows, 8):
+        last = min(first + 8, rows)
+        for j in range(d):
+            for i in range(first, last):
+                transposed[j, i] = gathered[i, j]
 
 
 @functools.cache

@@ -90,6 +90,19 @@ def test_compiled_epoch_with_row_weights_equals_the_numpy_loop(fit_intercept: bo
         np.testing.assert_array_equal(compiled[1], 0.0)
 
 
+def test_wide_rows_train_as_the_numpy_loop() -> None:
+    """Rows of more than 64 inputs are transposed eight rows at a time: the same updates as the numpy loop, with
+    batches of 64 rows and a last batch of 45 (not a multiple of eight)."""
+    rng = np.random.default_rng(70)
+    X = rng.standard_normal((301, 70))
+    y = (rng.uniform(size=301) < 1.0 / (1.0 + np.exp(-X[:, 0] + 0.5 * X[:, 69]))).astype(np.float64)
+    compiled = _epochs(X, y, OptimizerSpec("sgd"), "logistic", compiled=True)
+    numpy_loop = _epochs(X, y, OptimizerSpec("sgd"), "logistic", compiled=False)
+    assert np.abs(compiled[0]).max() > 1e-3  # it trained
+    np.testing.assert_allclose(compiled[0], numpy_loop[0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(compiled[1], numpy_loop[1], rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("optimizer_name", ["sgd", "adam"])
 def test_a_compiled_row_is_bit_identical_whatever_rows_share_its_pass(optimizer_name: str,
                                                                      classification_data: Data) -> None:
