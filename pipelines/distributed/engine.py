@@ -39,7 +39,7 @@ import numpy.typing as npt
 
 from pipelines.distributed.blocks import PartitionBlocks
 from pipelines.distributed.executors import PartitionExecutor
-from pipelines.distributed.strategies import LocalModels, Strategy, TrainedRows, TrainJob
+from pipelines.distributed.strategies import LocalModels, Strategy, TrainedRows, TrainJob, rows_of
 from pipelines.faults import maybe_inject_fault
 from pipelines.sgd._types import FloatArray, IntArray
 from pipelines.sgd.gradient_step import GradientSums
@@ -109,8 +109,12 @@ class ModelRows:
         return rates
 
     def updated(self, rows: IntArray, trained: TrainedRows) -> ModelRows:
-        """A copy with ``rows`` replaced by ``trained`` (whose arrays are the rows' weight rows)."""
+        """A copy with ``rows`` replaced by ``trained`` (whose arrays are the rows' weight rows); with every row
+        replaced, ``trained``'s arrays themselves."""
         weight_rows = self.weight_rows(rows)
+        if weight_rows.size == self.weights.shape[0] and np.array_equal(weight_rows, np.arange(weight_rows.size)):
+            return replace(self, weights=trained.weights, intercepts=trained.intercepts,
+                           state=OptimizerState.from_arrays(dict(trained.state.to_arrays())))
         weights, intercepts = self.weights.copy(), self.intercepts.copy()
         weights[weight_rows], intercepts[weight_rows] = trained.weights, trained.intercepts
         slots = {key: value.copy() for key, value in self.state.to_arrays().items()}
@@ -342,8 +346,8 @@ class GridTrainer:
         """The job of model rows ``train``, as the kernels see it: one entry per weight row."""
         weight_rows, outputs = models.weight_rows(train), models.outputs
         return TrainJob(problem=self.problem, schedule=self.schedule, total_steps=self.total_steps, epoch=epoch,
-                        weights=models.weights[weight_rows], intercepts=models.intercepts[weight_rows],
-                        state=models.state.select(weight_rows),
+                        weights=rows_of(models.weights, weight_rows),
+                        intercepts=rows_of(models.intercepts, weight_rows), state=models.state.select(weight_rows),
                         step_rates=np.repeat(models.step_rates(train), outputs),
                         seeds=np.repeat(models.seeds[train], outputs),
                         penalties=models.penalties.select(train).repeat(outputs), batch_range=batch_range)
@@ -353,7 +357,8 @@ class GridTrainer:
         fused = job is not None and self.strategy.training_loss_is_exact() and np.array_equal(train, evaluate)
         eval_weight_rows = models.weight_rows(evaluate)
         task = _Task(strategy=self.strategy, problem=self.problem, train=job, eval_rows=evaluate,
-                     eval_weights=models.weights[eval_weight_rows], eval_intercepts=models.intercepts[eval_weight_rows],
+                     eval_weights=rows_of(models.weights, eval_weight_rows),
+                     eval_intercepts=rows_of(models.intercepts, eval_weight_rows),
                      fused=fused, exact_train_loss=self._progressive_sums(models, evaluate) is None)
 
         def run(blocks: PartitionBlocks) -> TaskResult:

@@ -131,6 +131,19 @@ class Strategy(Protocol):
         ...
 
 
+def rows_of(array: FloatArray, rows: IntArray) -> FloatArray:
+    """``array[rows]``; where ``rows`` are all of its rows in order (the usual epoch: every point still running, one
+    seed), a read-only view instead of a copy, so a wide model (2^18 hashed inputs x the grid) is not copied at each
+    step of the epoch. The engine's model arrays are never written in place (each update makes new ones), and the
+    view refuses writes."""
+    if rows.size == array.shape[0] and np.array_equal(rows, np.arange(rows.size)):
+        view = array.view()
+        view.flags.writeable = False
+        return view
+    taken: FloatArray = array[rows]
+    return taken
+
+
 @dataclass(frozen=True)
 class LocalSGD:
     """Mini-batch SGD per partition, models averaged at synchronization points."""
@@ -152,22 +165,30 @@ class LocalSGD:
     def train_partition(self, job: TrainJob, blocks: PartitionBlocks, kernel: Kernel) -> LocalModels:
         """Rows with different seeds get their own row order (one pass per seed)."""
         block = Block(blocks.X_train, blocks.y_train, blocks.w_train)
-        new_weights, new_intercepts = job.weights.copy(), job.intercepts.copy()
+        seeds = np.unique(job.seeds)
+        one_seed = seeds.size == 1  # the epoch's models are the kernel's: nothing to assemble
+        new_weights, new_intercepts = (job.weights, job.intercepts) if one_seed else \
+            (job.weights.copy(), job.intercepts.copy())
         slots: dict[str, npt.NDArray[np.generic]] = {k: v.copy() for k, v in job.state.to_arrays().items()}
         outputs = job.problem.outputs
         progressive = self.train_loss == "progressive"
         loss_sums = np.zeros(job.weights.shape[0] // outputs) if progressive else None
         steps = 0
-        for seed in np.unique(job.seeds):
+        for seed in seeds:
             group = np.flatnonzero(job.seeds == seed)
             plan = EpochPlan(kernel, job.step_rates[group], job.penalties.select(group), job.schedule,
                              job.total_steps, self.batch_size, int(seed) + PARTITION_SEED_STRIDE * blocks.partition,
                              job.epoch - 1, job.problem.fit_intercept, job.batch_range, progressive)
             trained, steps = minibatch_epoch(
-                block, Models(job.weights[group], job.intercepts[group], job.state.select(group)), plan)
-            new_weights[group], new_intercepts[group] = trained.weights, trained.intercepts
-            for key, value in trained.state.to_arrays().items():
-                slots[key][group] = value
+                block, Models(rows_of(job.weights, group), rows_of(job.intercepts, group), job.state.select(group)),
+                plan)
+            if one_seed:
+                new_weights, new_intercepts = trained.weights, trained.intercepts
+                slots = dict(trained.state.to_arrays())
+            else:
+                new_weights[group], new_intercepts[group] = trained.weights, trained.intercepts
+                for key, value in trained.state.to_arrays().items():
+                    slots[key][group] = value
             if loss_sums is not None and trained.loss_sums is not None:
                 loss_sums[group[::outputs] // outputs] = trained.loss_sums  # a model's rows share its seed
         return LocalModels(new_weights, new_intercepts, OptimizerState.from_arrays(slots), steps, loss_sums)
