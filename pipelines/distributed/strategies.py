@@ -132,15 +132,14 @@ class Strategy(Protocol):
 
 
 def rows_of(array: FloatArray, rows: IntArray) -> FloatArray:
-    """``array[rows]``; where ``rows`` are all of its rows in order (the usual epoch: every point still running, one
-    seed), a read-only view instead of a copy, so a wide model (2^18 hashed inputs x the grid) is not copied at each
-    step of the epoch. The engine's model arrays are never written in place (each update makes new ones), and the
-    view refuses writes."""
-    if rows.size == array.shape[0] and np.array_equal(rows, np.arange(rows.size)):
-        view = array.view()
-        view.flags.writeable = False
-        return view
-    taken: FloatArray = array[rows]
+    """``array[rows]``, read-only; where ``rows`` are all of its rows in order (the usual epoch: every point still
+    running, one seed), a view instead of a copy, so a wide model (2^18 hashed inputs x the grid) is not copied at
+    each step of the epoch. The engine's model arrays are never written in place (each update makes new ones), and
+    the result refuses writes; read-only either way, so the compiled kernels see one array type (numba compiles a
+    read-only array as a type of its own)."""
+    taken: FloatArray = array.view() if rows.size == array.shape[0] and np.array_equal(rows, np.arange(rows.size)) \
+        else array[rows]
+    taken.flags.writeable = False
     return taken
 
 
@@ -169,7 +168,8 @@ class LocalSGD:
         one_seed = seeds.size == 1  # the epoch's models are the kernel's: nothing to assemble
         new_weights, new_intercepts = (job.weights, job.intercepts) if one_seed else \
             (job.weights.copy(), job.intercepts.copy())
-        slots: dict[str, npt.NDArray[np.generic]] = {k: v.copy() for k, v in job.state.to_arrays().items()}
+        slots: dict[str, npt.NDArray[np.generic]] = {} if one_seed else \
+            {k: v.copy() for k, v in job.state.to_arrays().items()}
         outputs = job.problem.outputs
         progressive = self.train_loss == "progressive"
         loss_sums = np.zeros(job.weights.shape[0] // outputs) if progressive else None

@@ -8,7 +8,7 @@
 * :func:`jitable`: a rule written once in Python (a loss's scalar rule, an optimizer's update rule) made callable
   from compiled code;
 * :func:`gather_batch`: a batch's rows of a dense block, gathered and transposed;
-* :func:`batch_rule`: a loss's rule at one model row's margins of a batch, and the sums of its derivatives and
+* :func:`batch_rule`: a loss's rule at a tile of model rows' margins of a batch, and the sums of its derivatives and
   losses, for the dense (:mod:`pipelines.sgd.fused`) and sparse (:mod:`pipelines.sgd.fused_sparse`) epochs;
 * :func:`row_update`: one model row's optimizer step with its penalty terms, element by element: the update of
   the dense, multinomial (:mod:`pipelines.sgd.fused_multinomial`) and sparse epochs alike.

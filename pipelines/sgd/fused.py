@@ -296,7 +296,7 @@ class CompiledKernel:
 
     def gradient_sums(self, block: Block, weights: FloatArray,
                       intercepts: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """:meth:`pipelines.sgd.kernels.Kernel.gradient_sums` in one compiled pass per model row."""
+        """:meth:`pipelines.sgd.kernels.Kernel.gradient_sums` in one compiled pass over the rows."""
         kernel = gradient_sums_kernel(self.loss.value_at, self.loss.derivative_at)
         sums: tuple[FloatArray, FloatArray, FloatArray] = kernel(*_contiguous(block), *_rows(weights, intercepts),
                                                                  self.loss.epsilon)

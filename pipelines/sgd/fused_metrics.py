@@ -1,7 +1,7 @@
 """The compiled (numba) validation pass of a binary loss on dense inputs and split designs: the sums of
 :class:`~pipelines.sgd.metrics.MetricAccumulator` (its definition, in numpy, is
-:meth:`~pipelines.sgd.metrics.MetricAccumulator.from_block`; the tests hold the two to each other) in one pass per
-model row, without the ``(n, K)`` arrays of margins, losses, probabilities and bins the numpy definition builds.
+:meth:`~pipelines.sgd.metrics.MetricAccumulator.from_block`; the tests hold the two to each other) in one pass over
+the rows, without the ``(n, K)`` arrays of margins, losses, probabilities and bins the numpy definition builds.
 
 Chunk after chunk of :data:`~pipelines.sgd.fused.CHUNK` rows (read from memory once), per model row: the margins
 (each a sequential sum in input order, then the intercept: :func:`~pipelines.sgd.fused.chunk_margins`; a split
@@ -35,7 +35,9 @@ from pipelines.sgd.losses import ScalarLoss
 def binary_sums_kernel(value_at: Callable[..., Any]) -> Any:
     """The compiled validation sums of the binary loss whose scalar rule is ``value_at``:
     ``(loss_sum, nonfinite_count, correct_count, positive_histogram, negative_histogram)``, ``(K,)`` each and
-    ``(K, n_bins)`` for the histograms; ``sample_weight`` empty: every row counts 1."""
+    ``(K, n_bins)`` for the histograms; ``sample_weight`` empty: every row counts 1. ``X``: the dense inputs (a split
+    design's dense part); ``indptr``, ``indices``, ``values``: a split design's CSR part, whose columns are the weight
+    columns from ``X``'s width on (``indptr`` empty: no sparse part)."""
     value = jitable(value_at)
 
     def binary_sums(X: FloatArray, indptr: Any, indices: Any, values: FloatArray, y: FloatArray,

@@ -11,12 +11,12 @@ of model rows (each non-zero's loads shared by the tile, as the dense products s
 * the loss's rule at each margin (:func:`~pipelines.sgd.fused.margin_rule`), times the row's weight;
 * the sparse gradient ``g_c = sum_i d_i v_ic`` over the batch's rows in order, for the touched columns only (SciPy's
   ``X^T d`` adds each column's terms in row order too);
-* plain SGD without a penalty on any row moves the dense and the touched columns only (the other columns' step is
-  ``w - s 0 = w``: the same bits), so a step costs in the batch's non-zeros, not the width; the epoch then holds the
-  sparse weights by column (every model row's weight of a column side by side: a non-zero's weights are one cache
-  line, where a model row each cost one cache miss on a wide model) and writes them back at its end. Any other
-  optimizer or a penalty moves every column (state and decay move where the gradient is 0), as the numpy kernel
-  does.
+* under plain SGD a row without a penalty moves its dense and touched columns only (the other columns' step is
+  ``w - s 0 = w``: the same bits), so a step costs in the batch's non-zeros, not the width; with no penalty on any
+  row the epoch holds the sparse weights by column (every model row's weight of a column side by side: a non-zero's
+  weights are one cache line, where a model row each cost one cache miss on a wide model) and writes them back at
+  its end. Any other optimizer, or a row's penalty, moves every column of the row (state and decay move where the
+  gradient is 0), as the numpy kernel does.
 
 Every sum is per model row, so a row's bits do not depend on the other rows (grid points) in the pass, nor on which
 of the two kinds of step the pass takes.
@@ -68,16 +68,15 @@ def tile_sparse_margins(batch_indptr: Any, slots: Any, values: FloatArray, touch
 
 
 @register_jitable
-def tile_sparse_gradient(batch_indptr: Any, slots: Any, values: FloatArray, derivatives: FloatArray, first: int,
-                         tile: int, rows: int, n_touched: int, gradient: FloatArray) -> None:  # pragma: no cover
-    """``gradient[slot, t]``: the touched column's ``sum_i derivatives[first + t, i] v_i`` over the batch's rows in
-    order (from 0.0), for ``t < tile`` (:data:`TILE` or 1)."""
+def tile_sparse_gradient(batch_indptr: Any, slots: Any, values: FloatArray, derivatives: FloatArray, tile: int,
+                         rows: int, n_touched: int, gradient: FloatArray) -> None:  # pragma: no cover - compiled
+    """``gradient[slot, t]``: the touched column's ``sum_i derivatives[t, i] v_i`` over the batch's rows in order
+    (from 0.0), for ``t < tile`` (:data:`TILE` or 1)."""
     for p in range(n_touched):
         gradient[p, 0], gradient[p, 1], gradient[p, 2], gradient[p, 3] = 0.0, 0.0, 0.0, 0.0
     if tile == TILE:
         for i in range(rows):
-            d0, d1 = derivatives[first, i], derivatives[first + 1, i]
-            d2, d3 = derivatives[first + 2, i], derivatives[first + 3, i]
+            d0, d1, d2, d3 = derivatives[0, i], derivatives[1, i], derivatives[2, i], derivatives[3, i]
             for entry in range(batch_indptr[i], batch_indptr[i + 1]):
                 value, slot = values[entry], slots[entry]
                 gradient[slot, 0] += value * d0
@@ -86,7 +85,7 @@ def tile_sparse_gradient(batch_indptr: Any, slots: Any, values: FloatArray, deri
                 gradient[slot, 3] += value * d3
         return
     for i in range(rows):
-        derivative = derivatives[first, i]
+        derivative = derivatives[0, i]
         for entry in range(batch_indptr[i], batch_indptr[i + 1]):
             gradient[slots[entry], 0] += values[entry] * derivative
 
@@ -97,7 +96,7 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
     """The compiled epoch of a split design (the arguments as :func:`pipelines.sgd.fused.epoch_kernel`'s):
     ``dense`` ``(n, d_dense)`` and the CSR part's ``indptr``, ``indices``, ``values``; ``max_row_nonzeros``: the
     most non-zeros of one row; ``sparse_steps``: the rule is plain SGD (rows without a penalty then move their dense
-    and touched columns only)."""
+    and touched columns only; with no penalty on any row, on the sparse weights held by column)."""
     derivatives_and_losses, update = jitable(batch_rule(margin_at)), jitable(update_rule)
     update_row = jitable(row_update(update_rule, decoupled_decay))
 
@@ -110,9 +109,10 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
         n_models, width = weights.shape
         sparse_width = width - split
         weighted = sample_weight.shape[0] > 0
-        # plain SGD without a penalty on every row: the steps move the touched columns only, on the sparse weights
-        # held by column (every model row's weight of a column side by side, for the epoch): a non-zero's weights
-        # then cost one cache line, where the rows' own arrays cost one cache miss per model row
+        # plain SGD without a penalty on any row: the steps move the touched columns only, on the sparse weights held
+        # by column (every model row's weight of a column side by side, for the epoch): a non-zero's weights then
+        # cost one cache line, where the rows' own arrays cost one cache miss per model row. Otherwise the rows
+        # without a penalty move their touched columns in their own arrays, the others every column.
         by_column_steps = sparse_steps
         for k in range(n_models):
             if l1[k] != 0.0 or l2[k] != 0.0:
@@ -130,18 +130,19 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
         capacity = batch_size * max_row_nonzeros
         batch_slots = np.empty(capacity, dtype=np.int64)  # each non-zero's place among the batch's touched columns
         batch_values = np.empty(capacity)
-        touched = np.empty(capacity, dtype=np.int64)  # the batch's touched sparse columns, first touch first
-        touched_weights = np.empty((capacity, n_models))  # their weights as the batch starts, model rows side by side
-        touched_gradient = np.empty((capacity, TILE))
+        most_touched = min(capacity, sparse_width)
+        touched = np.empty(most_touched, dtype=np.int64)  # the batch's touched sparse columns, first touch first
+        touched_weights = np.empty((most_touched, n_models))  # their weights as the batch starts, rows side by side
+        touched_gradient = np.empty((most_touched, TILE))
         slot_of = np.full(sparse_width, -1, dtype=np.int64)  # batch * capacity + place, for the batch's columns
         full_gradient = np.zeros(width)
         margins = np.zeros((TILE, batch_size))
         sparse_margins = np.empty((TILE, batch_size))
-        derivatives = np.empty((n_models, batch_size))
+        derivatives = np.empty((TILE, batch_size))
         losses = np.empty((TILE, batch_size))
         totals = np.empty((2, TILE))
         gradient = np.empty((TILE, split))
-        bias_gradients = np.empty(n_models)
+        bias_gradients = np.empty(TILE)
         every_column = np.zeros(0, dtype=np.int64)
         for batch in range(n_batches):
             start = (first_batch + batch) * batch_size
@@ -180,13 +181,13 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
                     bias = intercepts[first + t]
                     for i in range(rows):
                         margins[t, i] = ((margins[t, i] if split > 0 else 0.0) + bias) + sparse_margins[t, i]
-                derivatives_and_losses(margins, labels, row_weights, weighted, rows, tile, epsilon, derivatives[first:],
-                                       losses, totals)
+                derivatives_and_losses(margins, labels, row_weights, weighted, rows, tile, epsilon, derivatives, losses,
+                                       totals)
                 for t in range(tile):
-                    bias_gradients[first + t] = totals[0, t]
+                    bias_gradients[t] = totals[0, t]
                     loss_sums[first + t] += totals[1, t]
-                tile_gradient(gathered, derivatives[first:], tile, rows, gradient)
-                tile_sparse_gradient(batch_indptr, batch_slots, batch_values, derivatives, first, tile, rows, n_touched,
+                tile_gradient(gathered, derivatives, tile, rows, gradient)
+                tile_sparse_gradient(batch_indptr, batch_slots, batch_values, derivatives, tile, rows, n_touched,
                                      touched_gradient)
                 for t in range(tile):
                     k = first + t
@@ -201,6 +202,13 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
                             by_column[column, k] = update(by_column[column, k], touched_gradient[p, t] * inverse_rows,
                                                           step_size, step, weight_slots, (k, split + column),
                                                           constants)
+                    elif sparse_steps and l1[k] == 0.0 and l2[k] == 0.0:  # the same step, in the row's own array
+                        update_row(weights, k, every_column, split, gradient[t], inverse_rows, step_size, step,
+                                   0.0, 0.0, weight_slots, constants)
+                        for p in range(n_touched):
+                            column = split + touched[p]
+                            weights[k, column] = update(weights[k, column], touched_gradient[p, t] * inverse_rows,
+                                                        step_size, step, weight_slots, (k, column), constants)
                     else:
                         for j in range(split):
                             full_gradient[j] = gradient[t, j]
@@ -211,7 +219,7 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
                         update_row(weights, k, every_column, width, full_gradient, inverse_rows, step_size, step,
                                    l1[k], l2[k], weight_slots, constants)
                     if fit_intercept:
-                        intercepts[k] = update(intercepts[k], bias_gradients[k] * inverse_rows, step_size, step,
+                        intercepts[k] = update(intercepts[k], bias_gradients[t] * inverse_rows, step_size, step,
                                                intercept_slots, (k,), constants)
                 first += tile
         if by_column_steps:

@@ -123,7 +123,7 @@ class MetricAccumulator:
         sample_weight : ndarray of shape (n,), optional
         compiled : bool
             A binary loss's sums from the compiled pass of :mod:`pipelines.sgd.fused_metrics` (dense inputs or a
-            split design; one pass per model row, no ``(n, K)`` arrays); False: from the numpy definition below (the
+            split design; one pass over the rows, no ``(n, K)`` arrays); False: from the numpy definition below (the
             tests' oracle), which every other loss takes.
         """
         loss_name = loss.name

@@ -174,9 +174,9 @@ def test_the_compiled_binary_pass_gives_the_numpy_definitions_sums(name: str, we
 
 
 def _split(X: FloatArray, unused_columns: int = 0) -> SplitDesign:
-    """``X`` as a split design: its first column dense, the others CSR with about a third of the entries zeroed
-    (explicit zeros removed: rows of 0 to 3 non-zeros), then ``unused_columns`` columns without a non-zero (a wide
+    """``X`` as a split design: its first two columns dense, the others CSR with about a third of the entries zeroed
+    (explicit zeros removed: rows of 0 to 2 non-zeros), then ``unused_columns`` columns without a non-zero (a wide
     sparse part: its non-zeros few against its width)."""
-    sparse = np.hstack([X[:, 1:], np.zeros((X.shape[0], unused_columns))])
-    sparse[:, : X.shape[1] - 1][np.random.default_rng(5).uniform(size=(X.shape[0], X.shape[1] - 1)) < 0.35] = 0.0
-    return SplitDesign(np.ascontiguousarray(X[:, :1]), sp.csr_matrix(sparse))
+    sparse = np.hstack([X[:, 2:], np.zeros((X.shape[0], unused_columns))])
+    sparse[:, : X.shape[1] - 2][np.random.default_rng(5).uniform(size=(X.shape[0], X.shape[1] - 2)) < 0.35] = 0.0
+    return SplitDesign(np.ascontiguousarray(X[:, :2]), sp.csr_matrix(sparse))
