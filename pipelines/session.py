@@ -171,15 +171,6 @@ def remote_url(config: SparkConfig) -> str | None:
     return config.remote or os.environ.get("SPARK_REMOTE") or None
 
 
-def spark_context(spark: Any) -> Any:
-    """The session's SparkContext, or None for a Spark Connect session (which has none): what tells the two kinds
-    of session apart wherever the work differs (RDD jobs, the master, the default parallelism)."""
-    try:
-        return spark.sparkContext
-    except Exception:  # Spark Connect raises its own error class here
-        return None
-
-
 def get_spark(config: SparkConfig | None = None) -> SparkSession:
     """Build (or return the running) SparkSession with Delta Lake configured.
 

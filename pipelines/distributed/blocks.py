@@ -43,7 +43,6 @@ from pipelines.features.arrays import arrow_of, numpy_of
 from pipelines.features.encoding import TableEncoding
 from pipelines.features.split import VALIDATION_COLUMN
 from pipelines.identifiers import named_batches, positional_columns, positional_name, xxhash64_of
-from pipelines.session import spark_context
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.design import Design, SplitDesign
 
@@ -301,6 +300,17 @@ def map_partitions(blocks: BlockSet, compute: Callable[[PartitionBlocks], Result
         rerun = blocks.dataframe.where(F.col("partition").isin(missed)).mapInArrow(from_cache, RESULT_SCHEMA)
         results.update({int(r["partition"]): r["payload"] for r in rerun.collect()})
     return [pickle.loads(results[p]) for p in sorted(results)]
+
+
+def spark_context(spark: Any) -> Any:
+    """The session's SparkContext, or None for a Spark Connect session (which has none): what tells the two kinds
+    of session apart wherever the work differs (the blocks' RDD jobs, the master, the default parallelism). Here,
+    not in :mod:`pipelines.session`, because the workers import this module and must not import the configuration
+    (pydantic) that one does."""
+    try:
+        return spark.sparkContext
+    except Exception:  # Spark Connect raises its own error class here
+        return None
 
 
 def _result(partition: int, payload: bytes) -> pa.RecordBatch:

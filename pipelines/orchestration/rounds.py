@@ -11,6 +11,7 @@ from pyspark.sql import SparkSession
 
 from pipelines.config import Config
 from pipelines.console import show_epoch
+from pipelines.distributed.blocks import spark_context
 from pipelines.errors import ConfigError, LeaseLostError, TerminatedError, TrackingUnavailableError
 from pipelines.lakehouse.lease import SweepLease
 from pipelines.orchestration.inputs import Say, Tracking, effective_batch_size
@@ -19,7 +20,6 @@ from pipelines.orchestration.params import sweep_params
 from pipelines.orchestration.recorder import DataFacts, SweepRecorder
 from pipelines.orchestration.signals import StopRequest
 from pipelines.orchestration.training import PreparedData, Start, range_test, train_grid
-from pipelines.session import spark_context
 from pipelines.stopwatch import Stopwatch
 from pipelines.sweep.checkpoint import RoundCheckpoint, SweepCheckpoint
 from pipelines.sweep.grid import GridPoint, joint_grid

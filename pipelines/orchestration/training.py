@@ -16,7 +16,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.config import DataConfig, FeaturesConfig, RangeTestConfig, SweepConfig, TrainConfig
-from pipelines.distributed.blocks import BlockSet, build_blocks
+from pipelines.distributed.blocks import BlockSet, build_blocks, spark_context
 from pipelines.distributed.engine import GridTrainer, ModelRows
 from pipelines.distributed.evaluation import evaluate_rows
 from pipelines.distributed.executors import (
@@ -40,7 +40,6 @@ from pipelines.features.weights import WEIGHT_COLUMN, row_weights
 from pipelines.identifiers import column
 from pipelines.lakehouse.checks import class_index
 from pipelines.lakehouse.reader import FeatureTable
-from pipelines.session import spark_context
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.kernels import small_table_batch_size
 from pipelines.sgd.losses import Loss
