@@ -39,7 +39,7 @@ import numpy.typing as npt
 
 from pipelines.distributed.blocks import PartitionBlocks
 from pipelines.distributed.executors import PartitionExecutor
-from pipelines.distributed.strategies import LocalModels, Strategy, TrainedRows, TrainJob, rows_of
+from pipelines.distributed.strategies import LocalModels, Strategy, TrainedRows, TrainJob, every_row, rows_of
 from pipelines.faults import maybe_inject_fault
 from pipelines.sgd._types import FloatArray, IntArray
 from pipelines.sgd.gradient_step import GradientSums
@@ -112,7 +112,7 @@ class ModelRows:
         """A copy with ``rows`` replaced by ``trained`` (whose arrays are the rows' weight rows); with every row
         replaced, ``trained``'s arrays themselves."""
         weight_rows = self.weight_rows(rows)
-        if weight_rows.size == self.weights.shape[0] and np.array_equal(weight_rows, np.arange(weight_rows.size)):
+        if every_row(weight_rows, self.weights.shape[0]):
             return replace(self, weights=trained.weights, intercepts=trained.intercepts,
                            state=OptimizerState.from_arrays(dict(trained.state.to_arrays())))
         weights, intercepts = self.weights.copy(), self.intercepts.copy()

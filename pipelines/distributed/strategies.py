@@ -131,14 +131,18 @@ class Strategy(Protocol):
         ...
 
 
+def every_row(rows: IntArray, n_rows: int) -> bool:
+    """Whether ``rows`` are all ``n_rows`` rows, in order."""
+    return rows.size == n_rows and np.array_equal(rows, np.arange(n_rows))
+
+
 def rows_of(array: FloatArray, rows: IntArray) -> FloatArray:
     """``array[rows]``, read-only; where ``rows`` are all of its rows in order (the usual epoch: every point still
     running, one seed), a view instead of a copy, so a wide model (2^18 hashed inputs x the grid) is not copied at
     each step of the epoch. The engine's model arrays are never written in place (each update makes new ones), and
     the result refuses writes; read-only either way, so the compiled kernels see one array type (numba compiles a
     read-only array as a type of its own)."""
-    taken: FloatArray = array.view() if rows.size == array.shape[0] and np.array_equal(rows, np.arange(rows.size)) \
-        else array[rows]
+    taken: FloatArray = array.view() if every_row(rows, array.shape[0]) else array[rows]
     taken.flags.writeable = False
     return taken
 

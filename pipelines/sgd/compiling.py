@@ -137,6 +137,16 @@ def gather_batch(X: FloatArray, y: FloatArray, sample_weight: FloatArray, order:
                 transposed[j, i] = gathered[i, j]
 
 
+@register_jitable
+def held_by_column(weights: FloatArray, first_column: int, by_column: FloatArray) -> None:  # pragma: no cover
+    """``by_column[c, k] = weights[k, first_column + c]``: a wide model's sparse weights with every model row's weight
+    of a column side by side (one cache line for a non-zero's weights of all the rows), for the passes over sparse
+    rows."""
+    for k in range(weights.shape[0]):
+        for c in range(by_column.shape[0]):
+            by_column[c, k] = weights[k, first_column + c]
+
+
 @functools.cache
 def batch_rule(margin_at: Callable[..., Any]) -> Callable[..., Any]:
     """A loss's rule at one margin (``margin_at``: ``(loss or 0, dloss/dm)``, :func:`pipelines.sgd.fused.margin_rule`)

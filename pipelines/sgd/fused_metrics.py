@@ -25,7 +25,7 @@ import numpy as np
 
 from pipelines.sgd import elementary
 from pipelines.sgd._types import FloatArray
-from pipelines.sgd.compiling import compile_kernel, jitable, named_for
+from pipelines.sgd.compiling import compile_kernel, held_by_column, jitable, named_for
 from pipelines.sgd.design import Design, SplitDesign
 from pipelines.sgd.fused import CHUNK, chunk_margins
 from pipelines.sgd.losses import ScalarLoss
@@ -50,10 +50,7 @@ def binary_sums_kernel(value_at: Callable[..., Any]) -> Any:
         # row in one cache line) for the pass
         by_column_weights = sparse and 4 * indptr[n_rows] >= width - d
         by_column = np.empty((width - d if by_column_weights else 0, n_models))
-        if by_column_weights:
-            for k in range(n_models):
-                for c in range(width - d):
-                    by_column[c, k] = weights[k, d + c]
+        held_by_column(weights, d, by_column)
         weighted = sample_weight.shape[0] > 0
         loss_sum, nonfinite, correct = np.zeros(n_models), np.zeros(n_models), np.zeros(n_models)
         positive, negative = np.zeros((n_models, n_bins)), np.zeros((n_models, n_bins))
@@ -105,7 +102,7 @@ def binary_sums_kernel(value_at: Callable[..., Any]) -> Any:
                 loss_sum[k], nonfinite[k], correct[k] = total, broken_total, right
         return loss_sum, nonfinite, correct, positive, negative
 
-    return compile_kernel(named_for(binary_sums, value_at), (value_at, chunk_margins.py_func))
+    return compile_kernel(named_for(binary_sums, value_at), (value_at, chunk_margins.py_func, held_by_column))
 
 
 def binary_validation_sums(X: Design, y: FloatArray, weights: FloatArray, intercepts: FloatArray,

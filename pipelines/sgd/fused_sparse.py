@@ -33,7 +33,15 @@ import numpy as np
 from numba.extending import register_jitable
 
 from pipelines.sgd._types import FloatArray
-from pipelines.sgd.compiling import batch_rule, compile_kernel, gather_batch, jitable, named_for, row_update
+from pipelines.sgd.compiling import (
+    batch_rule,
+    compile_kernel,
+    gather_batch,
+    held_by_column,
+    jitable,
+    named_for,
+    row_update,
+)
 from pipelines.sgd.design import SplitDesign
 from pipelines.sgd.fused import PairRule, margin_rule
 from pipelines.sgd.kernels import Block, EpochPlan, EpochSteps, Models
@@ -118,10 +126,7 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
             if l1[k] != 0.0 or l2[k] != 0.0:
                 by_column_steps = False
         by_column = np.empty((sparse_width if by_column_steps else 0, n_models))
-        if by_column_steps:
-            for k in range(n_models):
-                for c in range(sparse_width):
-                    by_column[c, k] = weights[k, split + c]
+        held_by_column(weights, split, by_column)
         gathered = np.empty((batch_size, split))
         transposed = np.empty((split, batch_size))
         labels = np.empty(batch_size)
@@ -229,7 +234,7 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
 
     return compile_kernel(named_for(epoch, margin_at, update_rule, decoupled_decay),
                           (margin_at, *loss_rules, batch_rule(margin_at), update_rule, tile_margins, tile_gradient,
-                           tile_sparse_margins, tile_sparse_gradient, gather_batch,
+                           tile_sparse_margins, tile_sparse_gradient, gather_batch, held_by_column,
                            row_update(update_rule, decoupled_decay)))
 
 
