@@ -13,7 +13,11 @@ with ``KIND`` one of
   temporary name, not yet renamed), ``journal_create`` (the results table's first data files written, its
   first commit not yet made: a watcher kills as soon as a data file appears), ``journal_append`` (an append
   to the existing table committed, the journal not yet told), ``register`` (a model version created, the
-  parent run not yet told), ``merge`` (the final MERGE about to run).
+  parent run not yet told), ``merge`` (the final MERGE about to run);
+* ``journal_sync`` (read by the driver): each checkpoint waits for its journal append to commit, as if the
+  journal had no thread of its own, so a test knows which epochs the results table holds when it kills the
+  driver (without it, a slow first commit lets training run on, and the epochs a kill leaves depend on the
+  machine's speed).
 
 Several faults are separated by commas (``python_worker:...,executor:...``); each fires on its own.
 
@@ -35,14 +39,20 @@ ENV_VAR = "LRSWEEP_INJECT_FAULT"
 
 
 DRIVER_KILL = "driver_kill"
+JOURNAL_SYNC = "journal_sync"
 WATCH_SECONDS = 120.0
 
 
 def maybe_inject_fault(epoch: int, partition: int) -> None:
     """Crash here if ``LRSWEEP_INJECT_FAULT`` names this epoch and partition (first attempt only)."""
     for setting in os.environ.get(ENV_VAR, "").split(","):
-        if setting and not setting.startswith(DRIVER_KILL):
+        if setting and not setting.startswith((DRIVER_KILL, JOURNAL_SYNC)):
             _inject(setting, epoch, partition)
+
+
+def journal_synchronous() -> bool:
+    """Whether a ``journal_sync`` fault asks each checkpoint to wait for its journal append."""
+    return JOURNAL_SYNC in os.environ.get(ENV_VAR, "").split(",")
 
 
 def _driver_kill(stage: str) -> str | None:

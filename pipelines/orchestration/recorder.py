@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from pipelines.faults import journal_synchronous
 from pipelines.features.encoding import TableEncoding
 from pipelines.lakehouse.checkpoints import CheckpointStore
 from pipelines.lakehouse.reader import FeatureTable
@@ -95,6 +96,8 @@ class SweepRecorder:
             self.write_seconds = time.monotonic() - started
             self.journal.append(number, outcome, parent_run_id, child_run_ids, facts.table, self.loss,
                                 last_epoch=epoch, final=round_complete, last_round=last_round)
+            if journal_synchronous():  # a fault-injection test's kills at known epochs
+                self.journal.flush()
             self.saved_epoch[number] = epoch
             self.last_saved_at = time.monotonic()
             self.seconds += self.last_saved_at - started
