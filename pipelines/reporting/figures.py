@@ -28,10 +28,9 @@ def loss_curves_figure(outcome: GridOutcome, loss: str) -> Figure:
     for rate, label, color in zip(outcome.rates, outcome.labels, colors, strict=True):
         for name, style in (("train_loss", "-"), ("val_loss", "--")):
             curve = rate.curves[name]
-            shown = np.isfinite(curve) & (curve > 0)
-            if shown.any():
-                axes.plot(epochs[shown], curve[shown], style, color=color, marker=".",
-                          label=f"{label} ({rate.status})" if name == "train_loss" else None)
+            shown = np.isfinite(curve) & (curve > 0)  # none at all: the rate stays in the legend, with its status
+            axes.plot(epochs[shown], curve[shown], style, color=color, marker=".",
+                      label=f"{label} ({rate.status})" if name == "train_loss" else None)
     axes.set_yscale("log")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     axes.set_xlabel("epoch")

@@ -142,9 +142,11 @@ class Penalties:
         ndarray of shape (K / outputs,)
             ``l1_k * ||w_k||_1 + l2_k / 2 * ||w_k||_2^2`` (summed over a model's rows).
         """
-        l1_norms = np.abs(weights).sum(axis=1)
-        squared_l2_norms = np.einsum("kd,kd->k", weights, weights)
-        result: FloatArray = self.l1 * l1_norms + 0.5 * self.l2 * squared_l2_norms
+        result: FloatArray = np.zeros(weights.shape[0])  # a row without a term adds nothing (0 * inf is not 0)
+        if self.l1_rows is not None:
+            result[self.l1_rows] = self.l1[self.l1_rows] * np.abs(weights).sum(axis=1)[self.l1_rows]
+        if self.l2_rows is not None:
+            result[self.l2_rows] += 0.5 * self.l2[self.l2_rows] * np.einsum("kd,kd->k", weights, weights)[self.l2_rows]
         if outputs > 1:
             result = result.reshape(-1, outputs).sum(axis=1)
         return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -80,6 +82,17 @@ def test_figures_are_built_without_pyplot(outcome: GridOutcome) -> None:
     versus = val_loss_vs_rate_figure(outcome)
     assert isinstance(curves, Figure) and curves.axes[0].get_yscale() == "log"
     assert isinstance(versus, Figure) and versus.axes[0].get_xscale() == "log"
+
+
+def test_the_loss_figure_lists_every_rate_when_none_has_a_finite_loss() -> None:
+    """Every rate diverged at its first epoch: nothing to draw, but the legend still names each rate and status."""
+    diverged = GridOutcome(rates=[_rate(rate, "diverged", [INF, NAN, NAN], [INF, NAN, NAN], 0) for rate in (1.0, 10.0)],
+                           epochs=3, seeds=(42,), jobs=1, row_passes=1, full_grid_row_passes=1, seconds=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figure = loss_curves_figure(diverged, "logistic")
+    legend = figure.axes[0].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == [f"{label} (diverged)" for label in diverged.labels]
 
 
 @pytest.mark.parametrize("loss", ["logistic", "squared"])

@@ -96,3 +96,12 @@ def test_penalties_select_rows_and_know_when_they_are_all_zero() -> None:
                                   [r.penalty(weights[i : i + 1])[0] for i, r in enumerate(PENALTIES)])
     with pytest.raises(ValueError, match="penalties have 4 rows, the models 3"):
         as_penalties(penalties, 3)
+
+
+def test_a_diverged_row_without_a_penalty_term_adds_nothing() -> None:
+    """A row whose weights overflowed: a term it does not have is 0, not 0 * inf (NaN, and numpy's warning)."""
+    penalties = Penalties.of(PENALTIES)
+    weights = np.array([[np.inf, -np.inf], [np.inf, 1.0], [1.0, -2.0], [np.inf, 0.5]])
+    with np.errstate(all="raise"):
+        found = penalties.penalty(weights)
+    np.testing.assert_array_equal(found, [0.0, np.inf, 0.025 * 3 + 0.0125 * 5, np.inf])
