@@ -199,21 +199,16 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
                     step_size = step_sizes[batch, k]
                     steps[k] += 1
                     step = float(steps[k])
-                    if by_column_steps:
+                    if by_column_steps or (sparse_steps and l1[k] == 0.0 and l2[k] == 0.0):
                         update_row(weights, k, every_column, split, gradient[t], inverse_rows, step_size, step,
                                    0.0, 0.0, weight_slots, constants)
-                        for p in range(n_touched):  # update_row's step without a penalty, on the held columns
-                            column = touched[p]
-                            by_column[column, k] = update(by_column[column, k], touched_gradient[p, t] * inverse_rows,
-                                                          step_size, step, weight_slots, (k, split + column),
-                                                          constants)
-                    elif sparse_steps and l1[k] == 0.0 and l2[k] == 0.0:  # the same step, in the row's own array
-                        update_row(weights, k, every_column, split, gradient[t], inverse_rows, step_size, step,
-                                   0.0, 0.0, weight_slots, constants)
+                        # update_row's step without a penalty on the touched columns, wherever the row's sparse
+                        # weights are held: by column for the epoch, or in the row's own array
+                        held = by_column[:, k] if by_column_steps else weights[k, split:]
                         for p in range(n_touched):
-                            column = split + touched[p]
-                            weights[k, column] = update(weights[k, column], touched_gradient[p, t] * inverse_rows,
-                                                        step_size, step, weight_slots, (k, column), constants)
+                            column = touched[p]
+                            held[column] = update(held[column], touched_gradient[p, t] * inverse_rows, step_size,
+                                                  step, weight_slots, (k, split + column), constants)
                     else:
                         for j in range(split):
                             full_gradient[j] = gradient[t, j]
