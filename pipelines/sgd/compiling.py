@@ -23,6 +23,7 @@ from collections.abc import Callable
 from types import CodeType
 from typing import Any
 
+import numpy as np
 from numba import njit
 from numba.core.caching import FunctionCache
 from numba.extending import register_jitable
@@ -137,11 +138,18 @@ def gather_batch(X: FloatArray, y: FloatArray, sample_weight: FloatArray, order:
                 transposed[j, i] = gathered[i, j]
 
 
+def by_column_buffer(columns: int, n_models: int) -> FloatArray:
+    """An empty ``(columns, n_models)`` array for :func:`held_by_column`, allocated here rather than in the compiled
+    pass: numpy asks Linux for transparent huge pages for its large arrays, and a pass over sparse rows reads this
+    one at random columns, which on 4 KiB pages miss the TLB (16 MiB of weights, 2M random reads: 35 -> 25 ms)."""
+    return np.empty((columns, n_models))
+
+
 @register_jitable
 def held_by_column(weights: FloatArray, first_column: int, by_column: FloatArray) -> None:  # pragma: no cover
     """``by_column[c, k] = weights[k, first_column + c]``: a wide model's sparse weights with every model row's weight
     of a column side by side (one cache line for a non-zero's weights of all the rows), for the passes over sparse
-    rows."""
+    rows; ``by_column`` from :func:`by_column_buffer`."""
     for k in range(weights.shape[0]):
         for c in range(by_column.shape[0]):
             by_column[c, k] = weights[k, first_column + c]

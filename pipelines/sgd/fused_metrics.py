@@ -25,7 +25,7 @@ import numpy as np
 
 from pipelines.sgd import elementary
 from pipelines.sgd._types import FloatArray
-from pipelines.sgd.compiling import compile_kernel, held_by_column, jitable, named_for
+from pipelines.sgd.compiling import by_column_buffer, compile_kernel, held_by_column, jitable, named_for
 from pipelines.sgd.design import Design, SplitDesign
 from pipelines.sgd.fused import CHUNK, chunk_margins
 from pipelines.sgd.losses import ScalarLoss
@@ -37,19 +37,18 @@ def binary_sums_kernel(value_at: Callable[..., Any]) -> Any:
     ``(loss_sum, nonfinite_count, correct_count, positive_histogram, negative_histogram)``, ``(K,)`` each and
     ``(K, n_bins)`` for the histograms; ``sample_weight`` empty: every row counts 1. ``X``: the dense inputs (a split
     design's dense part); ``indptr``, ``indices``, ``values``: a split design's CSR part, whose columns are the weight
-    columns from ``X``'s width on (``indptr`` empty: no sparse part)."""
+    columns from ``X``'s width on (``indptr`` empty: no sparse part); ``by_column``: a
+    :func:`~pipelines.sgd.compiling.by_column_buffer` of the sparse width to hold the sparse weights by column for
+    the pass (a non-zero's weights of every model row in one cache line), or of no rows."""
     value = jitable(value_at)
 
     def binary_sums(X: FloatArray, indptr: Any, indices: Any, values: FloatArray, y: FloatArray,
                     sample_weight: FloatArray, weights: FloatArray, intercepts: FloatArray, epsilon: float,
-                    n_bins: int) -> tuple[FloatArray, ...]:  # pragma: no cover - compiled
+                    n_bins: int, by_column: FloatArray) -> tuple[FloatArray, ...]:  # pragma: no cover - compiled
         n_rows, d = X.shape
-        n_models, width = weights.shape
+        n_models = weights.shape[0]
         sparse = indptr.shape[0] > 0  # a split design's CSR part: weight columns d onwards
-        # many non-zeros against the width: the sparse weights held by column (a non-zero's weights of every model
-        # row in one cache line) for the pass
-        by_column_weights = sparse and 4 * indptr[n_rows] >= width - d
-        by_column = np.empty((width - d if by_column_weights else 0, n_models))
+        by_column_weights = by_column.shape[0] > 0
         held_by_column(weights, d, by_column)
         weighted = sample_weight.shape[0] > 0
         loss_sum, nonfinite, correct = np.zeros(n_models), np.zeros(n_models), np.zeros(n_models)
@@ -114,11 +113,14 @@ def binary_validation_sums(X: Design, y: FloatArray, weights: FloatArray, interc
         indptr, indices, values = csr.indptr, csr.indices, np.ascontiguousarray(csr.data, dtype=np.float64)
     else:  # no sparse part
         dense, indptr, indices, values = X, np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0)
+    sparse_width = weights.shape[1] - dense.shape[1]
+    # many non-zeros against the width: the sparse weights held by column for the pass
+    held = len(indptr) > 0 and 4 * int(indptr[-1]) >= sparse_width
     with np.errstate(over="ignore", invalid="ignore"):
         loss_sum, nonfinite, correct, positive, negative = binary_sums_kernel(loss.value_at)(
             np.ascontiguousarray(dense), indptr, indices, values, np.ascontiguousarray(y, dtype=np.float64),
             row_weights,
             np.ascontiguousarray(weights, dtype=np.float64), np.ascontiguousarray(intercepts, dtype=np.float64),
-            loss.epsilon, n_bins)
+            loss.epsilon, n_bins, by_column_buffer(sparse_width if held else 0, weights.shape[0]))
     return {"loss_sum": loss_sum, "nonfinite_count": nonfinite, "correct_count": correct,
             "positive_histogram": positive, "negative_histogram": negative}

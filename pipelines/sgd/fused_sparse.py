@@ -35,6 +35,7 @@ from numba.extending import register_jitable
 from pipelines.sgd._types import FloatArray
 from pipelines.sgd.compiling import (
     batch_rule,
+    by_column_buffer,
     compile_kernel,
     gather_batch,
     held_by_column,
@@ -104,7 +105,9 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
     """The compiled epoch of a split design (the arguments as :func:`pipelines.sgd.fused.epoch_kernel`'s):
     ``dense`` ``(n, d_dense)`` and the CSR part's ``indptr``, ``indices``, ``values``; ``max_row_nonzeros``: the
     most non-zeros of one row; ``sparse_steps``: the rule is plain SGD (rows without a penalty then move their dense
-    and touched columns only; with no penalty on any row, on the sparse weights held by column)."""
+    and touched columns only); ``by_column``: a :func:`~pipelines.sgd.compiling.by_column_buffer` of the sparse
+    width when, besides, no row has a penalty (the sparse weights are then held by column for the epoch), else of no
+    rows."""
     derivatives_and_losses, update = jitable(batch_rule(margin_at)), jitable(update_rule)
     update_row = jitable(row_update(update_rule, decoupled_decay))
 
@@ -112,20 +115,18 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
               sample_weight: FloatArray, order: Any, first_batch: int, n_batches: int, batch_size: int,
               weights: FloatArray, intercepts: FloatArray, weight_slots: FloatArray, intercept_slots: FloatArray,
               steps: Any, step_sizes: FloatArray, l1: FloatArray, l2: FloatArray, epsilon: float, constants: Any,
-              fit_intercept: bool, sparse_steps: bool, loss_sums: FloatArray) -> None:  # pragma: no cover - compiled
+              fit_intercept: bool, sparse_steps: bool, by_column: FloatArray,
+              loss_sums: FloatArray) -> None:  # pragma: no cover - compiled
         n_rows, split = dense.shape
         n_models, width = weights.shape
         sparse_width = width - split
         weighted = sample_weight.shape[0] > 0
-        # plain SGD without a penalty on any row: the steps move the touched columns only, on the sparse weights held
-        # by column (every model row's weight of a column side by side, for the epoch): a non-zero's weights then
-        # cost one cache line, where the rows' own arrays cost one cache miss per model row. Otherwise the rows
-        # without a penalty move their touched columns in their own arrays, the others every column.
-        by_column_steps = sparse_steps
-        for k in range(n_models):
-            if l1[k] != 0.0 or l2[k] != 0.0:
-                by_column_steps = False
-        by_column = np.empty((sparse_width if by_column_steps else 0, n_models))
+        # ``by_column`` has the sparse width's rows for plain SGD without a penalty on any row: the steps move the
+        # touched columns only, on the sparse weights held by column (every model row's weight of a column side by
+        # side, for the epoch): a non-zero's weights then cost one cache line, where the rows' own arrays cost one
+        # cache miss per model row. Otherwise (no rows) the rows without a penalty move their touched columns in
+        # their own arrays, the others every column.
+        by_column_steps = by_column.shape[0] > 0
         held_by_column(weights, split, by_column)
         gathered = np.empty((batch_size, split))
         transposed = np.empty((split, batch_size))
@@ -256,13 +257,17 @@ class CompiledSparseKernel(SparseKernel):
         max_row_nonzeros = int(np.diff(sparse.indptr).max(initial=0))
         sample_weight = np.zeros(0) if block.sample_weight is None else \
             np.ascontiguousarray(block.sample_weight, dtype=np.float64)
+        sparse_steps = optimizer.rule is sgd_rule
+        held = sparse_steps and plan.penalties.is_zero  # the sparse weights held by column for the epoch
         kernel = sparse_epoch_kernel(*margin_rule(self.loss, plan.progressive_loss), optimizer.rule,
                                      optimizer.decoupled_decay)
         kernel(np.ascontiguousarray(design.dense), sparse.indptr, sparse.indices, sparse.data, max(max_row_nonzeros, 1),
                np.ascontiguousarray(block.y, dtype=np.float64), sample_weight, steps.order, steps.first_batch,
                steps.n_batches, plan.batch_size, weights, intercepts, weight_slots, intercept_slots, step_counts,
                np.ascontiguousarray(steps.step_sizes, dtype=np.float64), plan.penalties.l1, plan.penalties.l2,
-               self.loss.epsilon, optimizer.constants, plan.fit_intercept, optimizer.rule is sgd_rule, loss_sums)
+               self.loss.epsilon, optimizer.constants, plan.fit_intercept, sparse_steps,
+               by_column_buffer(weights.shape[1] - design.dense.shape[1] if held else 0, weights.shape[0]),
+               loss_sums)
         state.step = step_counts
         for index, name in enumerate(names):
             state.weight_slots[name], state.intercept_slots[name] = weight_slots[index], intercept_slots[index]
