@@ -14,8 +14,9 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
-from pipelines.distributed.blocks import PartitionBlocks
+from pipelines.distributed.blocks import PartitionBlocks, in_numpy_memory
 from pipelines.distributed.engine import GridTrainer, ModelRows
 from pipelines.distributed.executors import (
     DataSize,
@@ -28,6 +29,7 @@ from pipelines.distributed.executors import (
 )
 from pipelines.distributed.strategies import GradientDescent, LocalSGD
 from pipelines.sgd._types import FloatArray
+from pipelines.sgd.design import SplitDesign
 from pipelines.sgd.fused import CompiledKernel
 from pipelines.sgd.optimizers import OptimizerSpec
 from pipelines.sgd.problem import TrainingProblem
@@ -183,6 +185,28 @@ def test_in_memory_partitions_must_be_distinct_in_range_and_of_one_width() -> No
 def _size(train_rows: int, model_rows: int = 8, inputs: int = 30, block_bytes: int = 10**6,
           limit: int = 10**9) -> DataSize:
     return DataSize(train_rows, model_rows, inputs, block_bytes, limit)
+
+
+def test_the_drivers_copy_of_the_blocks_is_numpys_own_memory_with_the_same_values_and_flags() -> None:
+    """Blocks read from bytes (as the cached blocks are) are copied once into numpy's memory (huge pages for large
+    arrays); arrays numpy owns already, or views of them, are kept as they are."""
+    def from_bytes(array: np.ndarray) -> np.ndarray:
+        return np.frombuffer(array.tobytes(), dtype=array.dtype).reshape(array.shape)
+
+    rng = np.random.default_rng(3)
+    dense, labels = rng.normal(size=(50, 3)), rng.integers(0, 2, 50).astype(float)
+    csr = sp.random(50, 400, density=0.02, format="csr", random_state=4)
+    read = SplitDesign(from_bytes(dense), sp.csr_matrix((from_bytes(csr.data), from_bytes(csr.indices),
+                                                        from_bytes(csr.indptr)), shape=csr.shape))
+    owned_labels = labels.reshape(5, 10).reshape(50)  # a view of an array numpy owns
+    parts = PartitionBlocks(0, read, from_bytes(labels), read, owned_labels, from_bytes(labels), None)
+    copied = in_numpy_memory(parts)
+    for before, after in [(read.dense, copied.X_train.dense), (read.sparse.data, copied.X_train.sparse.data),
+                          (read.sparse.indices, copied.X_val.sparse.indices), (parts.y_train, copied.y_train),
+                          (parts.w_train, copied.w_train)]:
+        assert after.tobytes() == before.tobytes() and after.dtype == before.dtype
+        assert not np.shares_memory(after, before) and not after.flags.writeable  # read-only, as the blocks are
+    assert copied.y_val is owned_labels and copied.w_val is None
 
 
 def test_auto_runs_in_the_driver_at_most_driver_max_cells_and_when_the_blocks_fit() -> None:
