@@ -1,4 +1,5 @@
-"""Fault injection for resilience tests: crash a Python worker, an executor or the driver once, or slow every task.
+"""Fault injection for resilience tests: crash a Python worker, an executor or the driver once, slow every task, or
+make the journal synchronous.
 
 Enabled only by the environment variable ``LRSWEEP_INJECT_FAULT`` (on the executors, pass it with
 ``--conf spark.executorEnv.LRSWEEP_INJECT_FAULT=...``), formatted ``KIND:epoch=E:partition=P:once=PATH``
@@ -43,23 +44,31 @@ JOURNAL_SYNC = "journal_sync"
 WATCH_SECONDS = 120.0
 
 
+def _settings() -> list[tuple[str, dict[str, str]]]:
+    """``LRSWEEP_INJECT_FAULT``'s faults, each as its kind and its ``key=value`` pairs."""
+    faults = []
+    for setting in os.environ.get(ENV_VAR, "").split(","):
+        if setting:
+            kind, *pairs = setting.split(":")
+            faults.append((kind, dict(pair.split("=", 1) for pair in pairs if "=" in pair)))
+    return faults
+
+
 def maybe_inject_fault(epoch: int, partition: int) -> None:
     """Crash here if ``LRSWEEP_INJECT_FAULT`` names this epoch and partition (first attempt only)."""
-    for setting in os.environ.get(ENV_VAR, "").split(","):
-        if setting and not setting.startswith((DRIVER_KILL, JOURNAL_SYNC)):
-            _inject(setting, epoch, partition)
+    for kind, wanted in _settings():
+        if kind not in (DRIVER_KILL, JOURNAL_SYNC):
+            _inject(kind, wanted, epoch, partition)
 
 
 def journal_synchronous() -> bool:
     """Whether a ``journal_sync`` fault asks each checkpoint to wait for its journal append."""
-    return JOURNAL_SYNC in os.environ.get(ENV_VAR, "").split(",")
+    return any(kind == JOURNAL_SYNC for kind, _ in _settings())
 
 
 def _driver_kill(stage: str) -> str | None:
     """The ``once`` marker of a ``driver_kill`` fault armed for ``stage``, if any (and not yet fired)."""
-    for setting in os.environ.get(ENV_VAR, "").split(","):
-        kind, *pairs = setting.split(":")
-        wanted = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+    for kind, wanted in _settings():
         if kind == DRIVER_KILL and wanted.get("stage") == stage and not os.path.exists(wanted["once"]):
             return wanted["once"]
     return None
@@ -98,9 +107,7 @@ def _kill(marker: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _inject(setting: str, epoch: int, partition: int) -> None:
-    kind, *pairs = setting.split(":")
-    wanted = dict(pair.split("=", 1) for pair in pairs)
+def _inject(kind: str, wanted: dict[str, str], epoch: int, partition: int) -> None:
     if kind == "sleep":
         time.sleep(float(wanted.get("seconds", "1")))
         return
@@ -119,4 +126,5 @@ def _inject(setting: str, epoch: int, partition: int) -> None:
             executor_jvm = int(stat.read().rsplit(")", 1)[1].split()[1])
         os.kill(executor_jvm, signal.SIGKILL)
         os._exit(17)
-    raise ValueError(f"{ENV_VAR}={setting!r}: kind must be python_worker, executor or sleep")
+    raise ValueError(f"{ENV_VAR}: fault kind {kind!r} must be python_worker, executor, sleep, driver_kill or "
+                     f"journal_sync")

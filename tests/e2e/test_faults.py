@@ -370,7 +370,8 @@ def test_a_kill_in_every_writing_stage_then_a_rerun_each_time_ends_equal_to_the_
     markers = {stage: tmp_path / f"killed-in-{stage}" for stage in WRITING_STAGES}
     # each checkpoint waits for its journal append, so training never outruns the journal whatever this machine's
     # speed: the results table's first commit (killed in the second attempt, at its first checkpoint) and a later
-    # append (the third, at its second) happen while there are epochs left to train
+    # append (the third, at its second checkpoint, or its first when the killed commit landed) happen while there are
+    # epochs left to train
     env = {"LRSWEEP_INJECT_FAULT": ",".join(["journal_sync", *(
         f"driver_kill:stage={stage}:once={marker}" for stage, marker in markers.items())])}
     left: dict[str, str] = {}
