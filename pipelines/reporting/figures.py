@@ -19,7 +19,7 @@ def loss_curves_figure(outcome: GridOutcome, loss: str) -> Figure:
     """Every rate's training (solid) and validation (dashed) loss per epoch on one log-y plot.
 
     Non-finite and non-positive values are left out (a diverged rate's curve stops at its last
-    finite point).
+    finite point; a rate without any stays in the legend, with its status).
     """
     figure = Figure(figsize=(9, 5.5), layout="constrained")
     axes = figure.add_subplot()

@@ -143,10 +143,12 @@ class Penalties:
             ``l1_k * ||w_k||_1 + l2_k / 2 * ||w_k||_2^2`` (summed over a model's rows).
         """
         result: FloatArray = np.zeros(weights.shape[0])  # a row without a term adds nothing (0 * inf is not 0)
-        if self.l1_rows is not None:
-            result[self.l1_rows] = self.l1[self.l1_rows] * np.abs(weights).sum(axis=1)[self.l1_rows]
-        if self.l2_rows is not None:
-            result[self.l2_rows] += 0.5 * self.l2[self.l2_rows] * np.einsum("kd,kd->k", weights, weights)[self.l2_rows]
+        with np.errstate(over="ignore"):  # a diverged row's norms are inf
+            if self.l1_rows is not None:
+                result[self.l1_rows] = self.l1[self.l1_rows] * np.abs(weights).sum(axis=1)[self.l1_rows]
+            if self.l2_rows is not None:
+                squared_l2_norms = np.einsum("kd,kd->k", weights, weights)
+                result[self.l2_rows] += 0.5 * self.l2[self.l2_rows] * squared_l2_norms[self.l2_rows]
         if outputs > 1:
             result = result.reshape(-1, outputs).sum(axis=1)
         return result
