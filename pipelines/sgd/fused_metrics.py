@@ -49,6 +49,9 @@ def binary_sums_kernel(value_at: Callable[..., Any]) -> Any:
         n_models = weights.shape[0]
         sparse = indptr.shape[0] > 0  # a split design's CSR part: weight columns d onwards
         by_column_weights = by_column.shape[0] > 0
+        if by_column.shape[1] != n_models or (by_column_weights and (not sparse or
+                                                                     by_column.shape[0] != weights.shape[1] - d)):
+            raise ValueError("by_column: (the sparse width, the model rows) for a sparse part, or no rows")
         held_by_column(weights, d, by_column)
         weighted = sample_weight.shape[0] > 0
         loss_sum, nonfinite, correct = np.zeros(n_models), np.zeros(n_models), np.zeros(n_models)
@@ -113,14 +116,13 @@ def binary_validation_sums(X: Design, y: FloatArray, weights: FloatArray, interc
         indptr, indices, values = csr.indptr, csr.indices, np.ascontiguousarray(csr.data, dtype=np.float64)
     else:  # no sparse part
         dense, indptr, indices, values = X, np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0)
-    sparse_width = weights.shape[1] - dense.shape[1]
-    # many non-zeros against the width: the sparse weights held by column for the pass
-    held = len(indptr) > 0 and 4 * int(indptr[-1]) >= sparse_width
+    # many non-zeros against the sparse width: the sparse weights held by column for the pass
+    by_column = len(indptr) > 0 and 4 * int(indptr[-1]) >= weights.shape[1] - dense.shape[1]
     with np.errstate(over="ignore", invalid="ignore"):
         loss_sum, nonfinite, correct, positive, negative = binary_sums_kernel(loss.value_at)(
             np.ascontiguousarray(dense), indptr, indices, values, np.ascontiguousarray(y, dtype=np.float64),
             row_weights,
             np.ascontiguousarray(weights, dtype=np.float64), np.ascontiguousarray(intercepts, dtype=np.float64),
-            loss.epsilon, n_bins, by_column_buffer(sparse_width if held else 0, weights.shape[0]))
+            loss.epsilon, n_bins, by_column_buffer(weights, dense.shape[1], by_column))
     return {"loss_sum": loss_sum, "nonfinite_count": nonfinite, "correct_count": correct,
             "positive_histogram": positive, "negative_histogram": negative}

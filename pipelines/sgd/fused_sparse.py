@@ -127,6 +127,10 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
         # cache miss per model row. Otherwise (no rows) the rows without a penalty move their touched columns in
         # their own arrays, the others every column.
         by_column_steps = by_column.shape[0] > 0
+        if by_column.shape[1] != n_models or (by_column_steps and (by_column.shape[0] != sparse_width or
+                                                                   not sparse_steps or l1.any() or l2.any())):
+            raise ValueError("by_column: (the sparse width, the model rows) under plain SGD without penalties, "
+                             "else no rows")
         held_by_column(weights, split, by_column)
         gathered = np.empty((batch_size, split))
         transposed = np.empty((split, batch_size))
@@ -205,11 +209,11 @@ def sparse_epoch_kernel(margin_at: PairRule, loss_rules: tuple[Callable[..., Any
                                    0.0, 0.0, weight_slots, constants)
                         # update_row's step without a penalty on the touched columns, wherever the row's sparse
                         # weights are held: by column for the epoch, or in the row's own array
-                        held = by_column[:, k] if by_column_steps else weights[k, split:]
+                        row_sparse = by_column[:, k] if by_column_steps else weights[k, split:]
                         for p in range(n_touched):
                             column = touched[p]
-                            held[column] = update(held[column], touched_gradient[p, t] * inverse_rows, step_size,
-                                                  step, weight_slots, (k, split + column), constants)
+                            row_sparse[column] = update(row_sparse[column], touched_gradient[p, t] * inverse_rows,
+                                                        step_size, step, weight_slots, (k, split + column), constants)
                     else:
                         for j in range(split):
                             full_gradient[j] = gradient[t, j]
@@ -258,7 +262,6 @@ class CompiledSparseKernel(SparseKernel):
         sample_weight = np.zeros(0) if block.sample_weight is None else \
             np.ascontiguousarray(block.sample_weight, dtype=np.float64)
         sparse_steps = optimizer.rule is sgd_rule
-        held = sparse_steps and plan.penalties.is_zero  # the sparse weights held by column for the epoch
         kernel = sparse_epoch_kernel(*margin_rule(self.loss, plan.progressive_loss), optimizer.rule,
                                      optimizer.decoupled_decay)
         kernel(np.ascontiguousarray(design.dense), sparse.indptr, sparse.indices, sparse.data, max(max_row_nonzeros, 1),
@@ -266,7 +269,7 @@ class CompiledSparseKernel(SparseKernel):
                steps.n_batches, plan.batch_size, weights, intercepts, weight_slots, intercept_slots, step_counts,
                np.ascontiguousarray(steps.step_sizes, dtype=np.float64), plan.penalties.l1, plan.penalties.l2,
                self.loss.epsilon, optimizer.constants, plan.fit_intercept, sparse_steps,
-               by_column_buffer(weights.shape[1] - design.dense.shape[1] if held else 0, weights.shape[0]),
+               by_column_buffer(weights, design.dense.shape[1], sparse_steps and plan.penalties.is_zero),
                loss_sums)
         state.step = step_counts
         for index, name in enumerate(names):
