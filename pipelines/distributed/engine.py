@@ -376,7 +376,7 @@ class GridTrainer:
             if part.train_loss_sum is not None:
                 loss_total += part.train_loss_sum
         penalty = models.penalties.select(rows).repeat(models.outputs).penalty(
-            models.weights[models.weight_rows(rows)], models.outputs)
+            rows_of(models.weights, models.weight_rows(rows)), models.outputs)
         with np.errstate(over="ignore", invalid="ignore"):
             train_loss = loss_total / self.total_train_rows + penalty
         accumulator = parts[0].validation
