@@ -23,6 +23,7 @@ its files or a Python worker only costs a rerun of the affected partitions, with
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import shutil
@@ -404,19 +405,15 @@ def in_numpy_memory(parts: PartitionBlocks) -> PartitionBlocks:
     def owned(array: Any) -> Any:
         if array is None or in_numpy(array):
             return array
-        copy = np.array(array)
-        copy.flags.writeable = array.flags.writeable
-        return copy
+        taken = np.array(array)
+        taken.flags.writeable = array.flags.writeable
+        return taken
 
     def design(X: Design) -> Design:
         if not isinstance(X, SplitDesign):
             return owned(X)
-        csr = X.sparse
-        if not all(in_numpy(part) for part in (csr.data, csr.indices, csr.indptr)):
-            csr = csr.copy()  # the same dtypes
-            for copied, read in ((csr.data, X.sparse.data), (csr.indices, X.sparse.indices),
-                                 (csr.indptr, X.sparse.indptr)):
-                copied.flags.writeable = read.flags.writeable
+        csr = copy.copy(X.sparse)  # the same shape and flags; its three arrays (dtypes kept) in numpy's memory
+        csr.data, csr.indices, csr.indptr = owned(csr.data), owned(csr.indices), owned(csr.indptr)
         return SplitDesign(owned(X.dense), csr)
 
     return PartitionBlocks(parts.partition, design(parts.X_train), owned(parts.y_train), design(parts.X_val),
